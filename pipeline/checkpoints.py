@@ -1,0 +1,61 @@
+"""Checkpoint files: written atomically, read only with `torch.load(weights_only=True)`.
+
+A checkpoint is a dict of plain data and tensors: `model_state`, `model_config` (the model's
+params, to rebuild it by name), `epoch`, `val_accuracy`, `model_params` (trainable count),
+`normalization` (the training set's mean/std) and `class_names`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.config import ModelParams
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_path
+from pipeline.models import build_model
+
+REQUIRED_KEYS = ("model_state", "model_config", "epoch", "val_accuracy", "normalization")
+
+
+def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
+    with atomic_path(path) as temp_path:
+        torch.save(checkpoint, temp_path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint without unpickling arbitrary objects; check its keys."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: checkpoint not found; run the train stage first") from None
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise PipelineError(
+            f"{path}: corrupt or unsafe checkpoint ({type(error).__name__}: {first_line})"
+        ) from None
+    if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in REQUIRED_KEYS):
+        raise PipelineError(
+            f"{path}: not a pipeline checkpoint (expected keys {list(REQUIRED_KEYS)})"
+        )
+    return checkpoint
+
+
+def model_from_checkpoint(path: Path, checkpoint: dict[str, Any]) -> nn.Module:
+    """Rebuild the checkpoint's model by name (budget checked again) and load its weights."""
+    try:
+        params = ModelParams(**checkpoint["model_config"])
+    except TypeError as error:
+        raise PipelineError(f"{path}: checkpoint's model_config is not valid ({error})") from None
+    model = build_model(params)
+    try:
+        model.load_state_dict(checkpoint["model_state"])
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise PipelineError(
+            f"{path}: weights do not fit model '{params.name}' ({first_line})"
+        ) from None
+    return model

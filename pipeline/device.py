@@ -1,0 +1,25 @@
+"""Device choice and mixed precision, shared by train, select and predict."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from pipeline.errors import PipelineError
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` → CUDA when present, else CPU; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("params: train.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (BatchNorm stays in fp32 under autocast); a no-op on CPU."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -1,0 +1,323 @@
+"""Stage 1, fetch → data/raw/: the CIFAR-10 python batches and the custom test pickle.
+
+`data.source` picks where they come from (kaggle, url, local, synthetic, or auto). Whatever the
+source, the files are assembled in a temporary folder, checked by structure through the same
+restricted loaders `prepare` uses, and only then swapped into `data/raw` in one rename.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from pipeline.config import DataParams
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_directory, atomic_path
+from pipeline.formats import (
+    CIFAR_FILES,
+    CIFAR_FOLDER,
+    CUSTOM_TEST_NAMES,
+    META_NAME,
+    load_cifar_batch,
+    load_class_names,
+    load_custom_test,
+)
+from pipeline.reporting import console, download_progress
+from pipeline.synthetic import write_synthetic_raw
+
+RAW_DIR = Path("data/raw")
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # the official cifar-10-python.tar.gz
+OFFICIAL_IMAGES_PER_BATCH = 10_000
+DOWNLOAD_ATTEMPTS = 4
+DOWNLOAD_BACKOFF_SECONDS = 2.0  # doubled after each failed attempt
+OFFLINE_ALTERNATIVES = (
+    "offline: set data.source to 'local' with data.path pointing to the competition's .zip, a "
+    "CIFAR-10 .tar.gz or a folder, or to 'synthetic' for the demo"
+)
+
+
+# --- credentials and the Kaggle source --------------------------------------------------------
+
+
+def kaggle_config_dir() -> Path:
+    """Where the kaggle client looks for kaggle.json / access_token (its own rules)."""
+    if os.environ.get("KAGGLE_CONFIG_DIR"):
+        return Path(os.environ["KAGGLE_CONFIG_DIR"])
+    home_dir = Path.home() / ".kaggle"
+    if home_dir.exists():
+        return home_dir
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"
+
+
+def kaggle_credentials_source() -> str | None:
+    """Name where Kaggle credentials were found (never their value), or None."""
+    if os.environ.get("KAGGLE_API_TOKEN"):
+        return "KAGGLE_API_TOKEN"
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return "KAGGLE_USERNAME/KAGGLE_KEY"
+    for name in ("kaggle.json", "access_token", "access_token.txt"):
+        if (kaggle_config_dir() / name).is_file():
+            return str(kaggle_config_dir() / name)
+    return None
+
+
+def missing_credentials_message() -> str:
+    return (
+        "no Kaggle credentials found: put kaggle.json in ~/.kaggle/ (chmod 600), or set "
+        "KAGGLE_USERNAME and KAGGLE_KEY, or set KAGGLE_API_TOKEN (from kaggle.com/settings); "
+        + OFFLINE_ALTERNATIVES
+    )
+
+
+def download_from_kaggle(competition: str, download_dir: Path) -> Path:
+    """Download the competition's zip with the kaggle client; return its path."""
+    if kaggle_credentials_source() is None:
+        raise PipelineError(missing_credentials_message())
+    from kaggle.api.kaggle_api_extended import KaggleApi  # imported late: it reads credentials
+
+    api = KaggleApi()
+    try:
+        api.authenticate()
+        api.competition_download_files(competition, path=str(download_dir), quiet=False)
+    except SystemExit:
+        raise PipelineError(
+            "kaggle: authentication failed; check your Kaggle credentials"
+        ) from None
+    except Exception as error:  # noqa: BLE001 - the client raises many types; say which
+        raise PipelineError(
+            f"kaggle: downloading competition '{competition}' failed ({type(error).__name__}: "
+            f"{error}); have you accepted its rules at https://www.kaggle.com/c/{competition}/rules?"
+        ) from None
+    archives = sorted(download_dir.glob("*.zip"))
+    if not archives:
+        raise PipelineError(f"kaggle: competition '{competition}' download produced no .zip")
+    return archives[0]
+
+
+# --- the URL source ---------------------------------------------------------------------------
+
+
+def download_file(url: str, destination: Path, md5: str | None) -> None:
+    """Stream `url` to `destination` with a progress bar, retrying transient failures.
+
+    The file lands only after its length and (if given) md5 check out; a client error (4xx) is
+    not retried.
+    """
+    from torchvision.datasets.utils import check_integrity  # heavy import, only when downloading
+
+    delay = DOWNLOAD_BACKOFF_SECONDS
+    last_problem = ""
+    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        try:
+            with atomic_path(destination) as temp_path:
+                _stream_to(url, temp_path)
+                if md5 is not None and not check_integrity(str(temp_path), md5):
+                    raise _TransientDownloadError(f"md5 mismatch (expected {md5})")
+            return
+        except urllib.error.HTTPError as error:
+            if 400 <= error.code < 500 and error.code not in (408, 429):
+                raise PipelineError(
+                    f"{url}: download failed: HTTP {error.code} {error.reason}"
+                ) from None
+            last_problem = f"HTTP {error.code} {error.reason}"
+        except (_TransientDownloadError, urllib.error.URLError, OSError) as error:
+            last_problem = str(getattr(error, "reason", None) or error)
+        if attempt < DOWNLOAD_ATTEMPTS:
+            console.print(
+                f"[yellow]download attempt {attempt} failed ({last_problem}); retrying in {delay:.0f} s"
+            )
+            time.sleep(delay)
+            delay *= 2
+    raise PipelineError(
+        f"{url}: download failed after {DOWNLOAD_ATTEMPTS} attempts: {last_problem}"
+    )
+
+
+class _TransientDownloadError(Exception):
+    pass
+
+
+def _stream_to(url: str, path: Path) -> None:
+    with urllib.request.urlopen(url, timeout=60) as response, path.open("wb") as handle:
+        expected = int(response.headers.get("Content-Length") or 0) or None
+        received = 0
+        with download_progress() as progress:
+            task = progress.add_task(Path(url).name or url, total=expected)
+            while chunk := response.read(1 << 20):
+                handle.write(chunk)
+                received += len(chunk)
+                progress.update(task, advance=len(chunk))
+    if expected is not None and received != expected:
+        raise _TransientDownloadError(f"connection closed after {received} of {expected} bytes")
+
+
+# --- archives ---------------------------------------------------------------------------------
+
+
+def extract_archive(archive: Path, destination: Path) -> None:
+    """Extract a .zip or .tar(.gz) refusing members that would land outside `destination`."""
+    if zipfile.is_zipfile(archive):
+        _extract_zip(archive, destination)
+        return
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(destination, filter="data")
+    except tarfile.FilterError as error:
+        raise PipelineError(f"{archive}: refused unsafe archive member ({error})") from None
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise PipelineError(
+            f"{archive}: not a readable .zip or .tar.gz archive ({error})"
+        ) from None
+
+
+def _extract_zip(archive: Path, destination: Path) -> None:
+    root = destination.resolve()
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            for member in bundle.infolist():
+                is_symlink = (member.external_attr >> 16) & 0o170000 == 0o120000
+                target = (root / member.filename).resolve()
+                if (
+                    is_symlink
+                    or member.filename.startswith(("/", "\\"))
+                    or not target.is_relative_to(root)
+                ):
+                    raise PipelineError(
+                        f"{archive}: refused unsafe archive member '{member.filename}' "
+                        "(absolute path, '..' or symlink)"
+                    )
+            bundle.extractall(destination)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise PipelineError(f"{archive}: corrupt .zip archive ({error})") from None
+
+
+def locate_files(folder: Path) -> tuple[Path | None, Path | None]:
+    """Find the `cifar-10-batches-py` folder and the custom test pickle anywhere under `folder`."""
+    batches_dir = next(
+        (p.parent for p in sorted(folder.rglob(META_NAME)) if p.parent.name == CIFAR_FOLDER), None
+    )
+    custom_test = next(
+        (p for name in CUSTOM_TEST_NAMES for p in sorted(folder.rglob(name)) if p.is_file()), None
+    )
+    if batches_dir is None:  # the competition zip may hold the CIFAR-10 tarball itself
+        tarball = next(iter(sorted(folder.rglob("cifar-10-python.tar.gz"))), None)
+        if tarball is not None:
+            extract_archive(tarball, tarball.parent)
+            return locate_files(folder)
+    return batches_dir, custom_test
+
+
+# --- assembling and checking data/raw ---------------------------------------------------------
+
+
+def check_raw(raw_dir: Path, official_counts: bool) -> int:
+    """Load every file through the restricted loaders; return the custom test's image count."""
+    batches_dir = raw_dir / CIFAR_FOLDER
+    for name in CIFAR_FILES:
+        if not (batches_dir / name).is_file():
+            raise PipelineError(
+                f"{batches_dir / name}: missing (expected the official CIFAR-10 files {list(CIFAR_FILES)})"
+            )
+    load_class_names(batches_dir / META_NAME)
+    for name in CIFAR_FILES[:-1]:
+        images, _ = load_cifar_batch(batches_dir / name)
+        if official_counts and images.shape[0] != OFFICIAL_IMAGES_PER_BATCH:
+            raise PipelineError(
+                f"{batches_dir / name}: expected {OFFICIAL_IMAGES_PER_BATCH} images as in the "
+                f"official archive, found {images.shape[0]}"
+            )
+    _, custom_test = locate_files(raw_dir)
+    if custom_test is None:
+        raise PipelineError(f"{raw_dir}: no custom test pickle ({' or '.join(CUSTOM_TEST_NAMES)})")
+    return load_custom_test(custom_test)[0].shape[0]
+
+
+def _assemble(
+    raw_tmp: Path,
+    batches_dir: Path | None,
+    custom_test: Path | None,
+    origin: str,
+    params: DataParams,
+) -> None:
+    if batches_dir is None:
+        raise PipelineError(f"{origin}: no {CIFAR_FOLDER}/ folder with {META_NAME} inside")
+    if custom_test is None:
+        if not params.custom_test_path:
+            raise PipelineError(
+                f"{origin}: holds CIFAR-10 but no custom test pickle; set data.custom_test_path "
+                f"to your {CUSTOM_TEST_NAMES[0]}"
+            )
+        custom_test = Path(params.custom_test_path)
+        if not custom_test.is_file():
+            raise PipelineError(f"{custom_test}: data.custom_test_path points to no file")
+    (raw_tmp / CIFAR_FOLDER).mkdir()
+    for name in CIFAR_FILES:
+        if not (batches_dir / name).is_file():
+            raise PipelineError(f"{origin}: {CIFAR_FOLDER}/{name} is missing")
+        shutil.copyfile(batches_dir / name, raw_tmp / CIFAR_FOLDER / name)
+    custom_name = (
+        custom_test.name if custom_test.name in CUSTOM_TEST_NAMES else CUSTOM_TEST_NAMES[0]
+    )
+    shutil.copyfile(custom_test, raw_tmp / custom_name)
+
+
+def _fetch_into(raw_tmp: Path, source: str, params: DataParams, scratch: Path) -> None:
+    if source == "synthetic":
+        write_synthetic_raw(raw_tmp, params.synthetic)
+        return
+    if source == "kaggle":
+        archive = download_from_kaggle(params.competition, scratch)
+        origin = f"kaggle competition '{params.competition}'"
+    elif source == "url":
+        archive = scratch / "cifar-10-python.tar.gz"
+        download_file(params.cifar_url, archive, CIFAR10_MD5)
+        origin = params.cifar_url
+    else:  # local
+        if not params.path:
+            raise PipelineError(
+                "params: data.path is empty; data.source 'local' needs a folder, .zip or .tar.gz"
+            )
+        archive = Path(params.path)
+        origin = str(archive)
+        if not archive.exists():
+            raise PipelineError(f"{archive}: data.path does not exist")
+    if archive.is_dir():
+        batches_dir, custom_test = locate_files(archive)
+    else:
+        extracted = scratch / "extracted"
+        extracted.mkdir()
+        extract_archive(archive, extracted)
+        batches_dir, custom_test = locate_files(extracted)
+    _assemble(raw_tmp, batches_dir, custom_test, origin, params)
+
+
+def raw_files_present(raw_dir: Path) -> bool:
+    batches_dir, custom_test = locate_files(raw_dir) if raw_dir.is_dir() else (None, None)
+    return batches_dir == raw_dir / CIFAR_FOLDER and custom_test is not None
+
+
+def run(params: DataParams, raw_dir: Path = RAW_DIR) -> None:
+    source = params.source
+    if source == "auto":
+        if raw_files_present(raw_dir):
+            count = check_raw(raw_dir, official_counts=False)
+            console.print(
+                f"fetch: using the files already in {raw_dir} ({count} custom test images)"
+            )
+            return
+        if kaggle_credentials_source() is None:
+            raise PipelineError(f"{raw_dir}: no data yet, and " + missing_credentials_message())
+        source = "kaggle"
+    raw_dir.parent.mkdir(parents=True, exist_ok=True)
+    scratch_dir = tempfile.TemporaryDirectory(prefix=".fetch-", dir=raw_dir.parent)
+    with scratch_dir as scratch, atomic_directory(raw_dir) as raw_tmp:
+        _fetch_into(raw_tmp, source, params, Path(scratch))
+        count = check_raw(raw_tmp, official_counts=source != "synthetic")
+    console.print(f"fetch: {source} → {raw_dir} ({count} custom test images)")

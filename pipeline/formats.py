@@ -1,0 +1,215 @@
+"""The competition's file formats: CIFAR-10 python batches and the custom test pickle.
+
+Reading goes through `restricted_load`, an unpickler that resolves only the few globals numpy
+arrays need: unpickling an arbitrary file can run code, so anything else (`os.system`,
+`builtins.eval`, …) is refused before it is called. Writing produces the formats exactly as the
+competition ships them (protocol 2 with byte-string keys for the batches), so synthetic data and
+tests go through the same loaders as real data.
+
+Image arrays everywhere in the project are (N, 32, 32, 3) uint8, channels-last.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_path
+
+NUM_CLASSES = 10
+# Label order of CIFAR-10 and of the submission's integer labels.
+CIFAR10_CLASS_NAMES = [
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+]  # fmt: skip
+IMAGE_SHAPE = (32, 32, 3)  # height, width, channels
+PIXELS_PER_IMAGE = 32 * 32 * 3  # 3072: one flat row of a CIFAR batch (R plane, G plane, B plane)
+CIFAR_FOLDER = "cifar-10-batches-py"
+TRAIN_BATCH_NAMES = tuple(f"data_batch_{i}" for i in range(1, 6))
+VAL_BATCH_NAME = "test_batch"
+META_NAME = "batches.meta"
+CIFAR_FILES = (*TRAIN_BATCH_NAMES, VAL_BATCH_NAME, META_NAME)
+CUSTOM_TEST_NAMES = ("cifar_test_nolabel.pkl", "cifar_test_nolabels.pkl")  # 2025, 2024
+
+# (module, name) pairs a numpy-array pickle may reference; numpy 2 moved numpy.core → numpy._core.
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how Python 3 writes bytes in protocol 2
+}
+
+
+class _ForbiddenGlobal(Exception):
+    pass
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise _ForbiddenGlobal(f"{module}.{name}")
+        if module.startswith("numpy.core") and hasattr(np, "_core"):
+            module = module.replace("numpy.core", "numpy._core", 1)
+        return getattr(importlib.import_module(module), name)
+
+
+def restricted_load(path: Path) -> Any:
+    """Unpickle `path` allowing only numpy arrays and plain containers; refuse anything else."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            if handle.read(1) == b"":
+                raise PipelineError(f"{path}: file is empty, expected a pickle")
+            handle.seek(0)
+            return _RestrictedUnpickler(handle, encoding="bytes").load()
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: file not found") from None
+    except _ForbiddenGlobal as error:
+        raise PipelineError(
+            f"{path}: refused: the pickle asks to load '{error}', which is not a numpy array or "
+            "plain container (loading it could run code); nothing was executed"
+        ) from None
+    except EOFError:
+        raise PipelineError(f"{path}: pickle is truncated (ended before its STOP opcode)") from None
+    except PipelineError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any decoding failure means a malformed pickle
+        raise PipelineError(
+            f"{path}: not a valid pickle ({type(error).__name__}: {error})"
+        ) from None
+
+
+def _get(mapping: Any, key: str, path: Path) -> Any:
+    """Look up `key` as the byte string the originals use (or a str, as re-saved copies have)."""
+    if not isinstance(mapping, dict):
+        raise PipelineError(f"{path}: expected a dict, found {type(mapping).__name__}")
+    for candidate in (key.encode(), key):
+        if candidate in mapping:
+            return mapping[candidate]
+    found = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in mapping)
+    raise PipelineError(f"{path}: missing key b'{key}' (found keys: {found})")
+
+
+def _check_uint8(array: Any, path: Path, what: str) -> np.ndarray:
+    if not isinstance(array, np.ndarray):
+        raise PipelineError(f"{path}: {what} must be a numpy array, found {type(array).__name__}")
+    if array.dtype != np.uint8:
+        raise PipelineError(f"{path}: {what} must have dtype uint8, found {array.dtype}")
+    return array
+
+
+def planes_to_images(rows: np.ndarray) -> np.ndarray:
+    """(N, 3072) rows of R, G, B planes → (N, 32, 32, 3) channels-last."""
+    return rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+
+
+def images_to_planes(images: np.ndarray) -> np.ndarray:
+    """(N, 32, 32, 3) channels-last → (N, 3072) rows of R, G, B planes, as CIFAR batches store."""
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2)).reshape(-1, PIXELS_PER_IMAGE)
+
+
+def _check_int_vector(values: Any, path: Path, what: str, expected_len: int) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 1 or array.shape[0] != expected_len:
+        raise PipelineError(
+            f"{path}: {what} must be a list of {expected_len} integers (one per image), "
+            f"found shape {array.shape}"
+        )
+    if not np.issubdtype(array.dtype, np.integer):
+        raise PipelineError(f"{path}: {what} must be integers, found dtype {array.dtype}")
+    return array.astype(np.int64)
+
+
+def load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One `data_batch_*` / `test_batch` → images (N, 32, 32, 3) uint8, labels (N,) int64 in 0–9."""
+    batch = restricted_load(path)
+    rows = _check_uint8(_get(batch, "data", path), path, "b'data'")
+    if rows.ndim != 2 or rows.shape[1] != PIXELS_PER_IMAGE or rows.shape[0] == 0:
+        raise PipelineError(
+            f"{path}: b'data' must have shape (N, {PIXELS_PER_IMAGE}) with N > 0, found {rows.shape}"
+        )
+    labels = _check_int_vector(_get(batch, "labels", path), path, "b'labels'", rows.shape[0])
+    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
+        raise PipelineError(
+            f"{path}: b'labels' must be in 0–{NUM_CLASSES - 1}, found {labels.min()}–{labels.max()}"
+        )
+    return planes_to_images(rows), labels
+
+
+def load_class_names(path: Path) -> list[str]:
+    """`batches.meta` → the 10 class names in label order."""
+    meta = restricted_load(path)
+    names = _get(meta, "label_names", path)
+    if not isinstance(names, list) or len(names) != NUM_CLASSES:
+        raise PipelineError(f"{path}: b'label_names' must be a list of {NUM_CLASSES} names")
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+
+
+def load_custom_test(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The unlabeled custom test pickle → images (N, 32, 32, 3) uint8, ids (N,) int64.
+
+    Accepts both layouts the competition has shipped: 2025 `b'data'` (N, 32, 32, 3) channels-last
+    and 2024 flat (N, 3072) rows in CIFAR's plane order.
+    """
+    content = restricted_load(path)
+    data = _check_uint8(_get(content, "data", path), path, "b'data'")
+    if data.ndim == 4 and data.shape[1:] == IMAGE_SHAPE:
+        images = data
+    elif data.ndim == 2 and data.shape[1] == PIXELS_PER_IMAGE:
+        images = planes_to_images(data)
+    else:
+        raise PipelineError(
+            f"{path}: b'data' must have shape (N, 32, 32, 3) (2025 layout) or (N, 3072) "
+            f"(2024 layout), found {data.shape}"
+        )
+    if images.shape[0] == 0:
+        raise PipelineError(f"{path}: b'data' holds no images")
+    ids = _check_int_vector(_get(content, "ids", path), path, "b'ids'", images.shape[0])
+    unique_ids, counts = np.unique(ids, return_counts=True)
+    if unique_ids.size != ids.size:
+        duplicates = unique_ids[counts > 1][:5].tolist()
+        raise PipelineError(f"{path}: b'ids' must be unique, found duplicates such as {duplicates}")
+    return np.ascontiguousarray(images), ids
+
+
+def _pickle_atomic(path: Path, content: dict, protocol: int) -> None:
+    with atomic_path(path) as temp_path, temp_path.open("wb") as handle:
+        pickle.dump(content, handle, protocol=protocol)
+
+
+def write_cifar_batch(path: Path, images: np.ndarray, labels: np.ndarray, batch_label: str) -> None:
+    """Write a batch the way the original archive does: protocol 2, byte-string keys, plane rows."""
+    content = {
+        b"batch_label": batch_label.encode(),
+        b"labels": [int(label) for label in labels],
+        b"data": images_to_planes(images),
+        b"filenames": [f"image_{i:05d}.png".encode() for i in range(len(labels))],
+    }
+    _pickle_atomic(path, content, protocol=2)
+
+
+def write_class_names(path: Path, class_names: list[str], images_per_batch: int) -> None:
+    content = {
+        b"num_cases_per_batch": images_per_batch,
+        b"label_names": [name.encode() for name in class_names],
+        b"num_vis": PIXELS_PER_IMAGE,
+    }
+    _pickle_atomic(path, content, protocol=2)
+
+
+def write_custom_test(
+    path: Path, images: np.ndarray, ids: np.ndarray, layout: str = "2025"
+) -> None:
+    """Write the custom test pickle: 2025 channels-last images or 2024 flat plane rows."""
+    data = images if layout == "2025" else images_to_planes(images)
+    content = {b"data": np.ascontiguousarray(data, dtype=np.uint8), b"ids": np.asarray(ids)}
+    _pickle_atomic(path, content, protocol=pickle.DEFAULT_PROTOCOL)

@@ -1,0 +1,67 @@
+"""Stage 5, predict → submissions/latest.csv: the selected model with test-time augmentation.
+
+Loads models/best.pt (weights only), averages logits over the `predict.tta` views of each custom
+test image, and writes one `ID,Labels` row per id in the pickle's order. The CSV is validated
+before it replaces latest.csv. Validation accuracy under the same TTA goes to metrics/predict.json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pipeline.augment import to_device_tensor
+from pipeline.checkpoints import load_checkpoint, model_from_checkpoint
+from pipeline.config import PredictParams, TrainParams
+from pipeline.device import resolve_device
+from pipeline.files import write_json_atomic
+from pipeline.prepare import PREPARED_DIR, load_split
+from pipeline.reporting import console
+from pipeline.select import BEST_PATH
+from pipeline.submission_csv import write_submission
+from pipeline.tta import evaluate, load_eval_set, predict_logits
+
+SUBMISSION_PATH = Path("submissions/latest.csv")
+PREDICT_METRICS_PATH = Path("metrics/predict.json")
+
+
+def run(
+    params: PredictParams,
+    train_params: TrainParams,
+    prepared_dir: Path = PREPARED_DIR,
+    best_path: Path = BEST_PATH,
+    submission_path: Path = SUBMISSION_PATH,
+) -> None:
+    device = resolve_device(train_params.device)
+    checkpoint = load_checkpoint(best_path)
+    model = model_from_checkpoint(best_path, checkpoint).to(
+        device, memory_format=torch.channels_last
+    )
+    mean, std = checkpoint["normalization"]["mean"], checkpoint["normalization"]["std"]
+    class_names = checkpoint.get("class_names", [])
+
+    val_split = load_split(prepared_dir, "val")
+    val_set = load_eval_set(val_split["images"], val_split["labels"], mean, std, device)
+    mixed = train_params.mixed_precision
+    val_accuracy, _ = evaluate(model, *val_set, params.tta, params.batch_size, mixed)
+
+    custom_test = load_split(prepared_dir, "custom_test")
+    images = to_device_tensor(custom_test["images"], mean, std, device)
+    labels = (
+        predict_logits(model, images, params.tta, params.batch_size, mixed).argmax(1).cpu().numpy()
+    )
+    write_submission(submission_path, custom_test["ids"], labels)
+
+    counts = torch.bincount(torch.from_numpy(labels), minlength=len(class_names) or 10).tolist()
+    write_json_atomic(
+        PREDICT_METRICS_PATH,
+        {
+            "tta": params.tta, "val_accuracy": val_accuracy, "epoch": int(checkpoint["epoch"]),
+            "custom_test_images": int(labels.size),
+            "predicted_per_class": dict(zip(class_names or [str(c) for c in range(10)], counts, strict=True)),
+        },
+    )  # fmt: skip
+    console.print(
+        f"predict: {labels.size} rows → {submission_path} (TTA {params.tta}, val accuracy {val_accuracy:.4f})"
+    )

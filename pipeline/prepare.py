@@ -1,0 +1,135 @@
+"""Stage 2, prepare → data/prepared/: validated, compact arrays for train / val / custom test.
+
+Reads data/raw through the restricted loaders (formats.py), picks the validation set
+(`prepare.val`: the official test_batch, or a stratified hold-out of training images), and
+writes uncompressed .npz files plus `dataset.json` (class names, the training set's per-channel
+mean/std) and a data report of counts per class (a DVC metric).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import PrepareParams
+from pipeline.errors import PipelineError
+from pipeline.fetch import RAW_DIR, locate_files
+from pipeline.files import atomic_directory, write_json_atomic
+from pipeline.formats import (
+    CIFAR10_CLASS_NAMES,
+    CIFAR_FOLDER,
+    META_NAME,
+    NUM_CLASSES,
+    TRAIN_BATCH_NAMES,
+    VAL_BATCH_NAME,
+    load_cifar_batch,
+    load_class_names,
+    load_custom_test,
+)
+from pipeline.reporting import console
+
+PREPARED_DIR = Path("data/prepared")
+DATA_REPORT_PATH = Path("metrics/data.json")
+
+
+def stratified_holdout(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Indices of `count` images, an equal share per class (remainder to the first classes)."""
+    rng = np.random.default_rng(seed)
+    per_class = [
+        count // NUM_CLASSES + (1 if c < count % NUM_CLASSES else 0) for c in range(NUM_CLASSES)
+    ]
+    chosen = []
+    for class_index, wanted in enumerate(per_class):
+        members = np.flatnonzero(labels == class_index)
+        if members.size <= wanted:
+            raise PipelineError(
+                f"params: prepare.holdout_images={count} asks for {wanted} images of class "
+                f"{class_index}, but the training set has only {members.size}"
+            )
+        chosen.append(rng.choice(members, size=wanted, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of (N, 32, 32, 3) uint8 images, on the 0–1 scale."""
+    pixels = images.reshape(-1, 3).astype(np.float64) / 255.0
+    return pixels.mean(axis=0).tolist(), pixels.std(axis=0).tolist()
+
+
+def class_counts(labels: np.ndarray) -> list[int]:
+    return np.bincount(labels, minlength=NUM_CLASSES).tolist()
+
+
+def run(params: PrepareParams, raw_dir: Path = RAW_DIR, prepared_dir: Path = PREPARED_DIR,
+        report_path: Path = DATA_REPORT_PATH) -> None:  # fmt: skip
+    batches_dir = raw_dir / CIFAR_FOLDER
+    class_names = load_class_names(batches_dir / META_NAME)
+    if class_names != CIFAR10_CLASS_NAMES:
+        raise PipelineError(
+            f"{batches_dir / META_NAME}: class names must be CIFAR-10's in order "
+            f"{CIFAR10_CLASS_NAMES} (submission labels follow it), found {class_names}"
+        )
+    loaded = [load_cifar_batch(batches_dir / name) for name in TRAIN_BATCH_NAMES]
+    train_images = np.concatenate([images for images, _ in loaded])
+    train_labels = np.concatenate([labels for _, labels in loaded])
+    if params.val == "test_batch":
+        val_images, val_labels = load_cifar_batch(batches_dir / VAL_BATCH_NAME)
+    else:
+        holdout = stratified_holdout(train_labels, params.holdout_images, params.seed)
+        keep = np.ones(train_labels.size, dtype=bool)
+        keep[holdout] = False
+        val_images, val_labels = train_images[holdout], train_labels[holdout]
+        train_images, train_labels = train_images[keep], train_labels[keep]
+
+    _, custom_test_path = locate_files(raw_dir)
+    if custom_test_path is None:
+        raise PipelineError(f"{raw_dir}: no custom test pickle; run the fetch stage first")
+    custom_test_images, custom_test_ids = load_custom_test(custom_test_path)
+
+    mean, std = channel_stats(train_images)
+    report = {
+        "train_images": int(train_labels.size),
+        "val_images": int(val_labels.size),
+        "custom_test_images": int(custom_test_ids.size),
+        "train_per_class": dict(zip(class_names, class_counts(train_labels), strict=True)),
+        "val_per_class": dict(zip(class_names, class_counts(val_labels), strict=True)),
+    }
+    with atomic_directory(prepared_dir) as out:
+        np.savez(out / "train.npz", images=train_images, labels=train_labels)
+        np.savez(out / "val.npz", images=val_images, labels=val_labels)
+        np.savez(out / "custom_test.npz", images=custom_test_images, ids=custom_test_ids)
+        write_json_atomic(
+            out / "dataset.json",
+            {"class_names": class_names, "mean": mean, "std": std, "val_source": params.val,
+             "custom_test_file": custom_test_path.name},
+        )  # fmt: skip
+    write_json_atomic(report_path, report)
+    console.print(
+        f"prepare: {report['train_images']} train / {report['val_images']} val "
+        f"({params.val}) / {report['custom_test_images']} custom test images → {prepared_dir}"
+    )
+
+
+def load_split(prepared_dir: Path, split: str) -> dict[str, np.ndarray]:
+    """Read one prepared split (train, val, custom_test) as a dict of arrays."""
+    path = Path(prepared_dir) / f"{split}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return {key: arrays[key] for key in arrays.files}
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found; run the prepare stage first") from None
+    except (ValueError, OSError) as error:
+        raise PipelineError(f"{path}: unreadable prepared array ({error}); rerun prepare") from None
+
+
+def load_dataset_info(prepared_dir: Path) -> dict:
+    """`dataset.json`: class names and the training set's per-channel mean/std (0–1 scale)."""
+    path = Path(prepared_dir) / "dataset.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found; run the prepare stage first") from None
+    except json.JSONDecodeError as error:
+        raise PipelineError(f"{path}: not valid JSON ({error}); rerun prepare") from None
