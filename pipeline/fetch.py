@@ -168,7 +168,11 @@ def extract_archive(archive: Path, destination: Path) -> None:
         return
     try:
         with tarfile.open(archive) as tar:
-            tar.extractall(destination, filter="data")
+            for (
+                member
+            ) in tar.getmembers():  # as for zip: absolute names are refused, not made relative
+                _check_member_name(archive, member.name, destination)
+            tar.extractall(destination, filter="data")  # plus tarfile's own link and device checks
     except tarfile.FilterError as error:
         raise PipelineError(f"{archive}: refused unsafe archive member ({error})") from None
     except (tarfile.TarError, EOFError, OSError) as error:
@@ -177,22 +181,23 @@ def extract_archive(archive: Path, destination: Path) -> None:
         ) from None
 
 
-def _extract_zip(archive: Path, destination: Path) -> None:
+def _check_member_name(
+    archive: Path, name: str, destination: Path, is_symlink: bool = False
+) -> None:
     root = destination.resolve()
+    escapes = not (root / name).resolve().is_relative_to(root)
+    if is_symlink or name.startswith(("/", "\\")) or escapes:
+        raise PipelineError(
+            f"{archive}: refused unsafe archive member '{name}' (absolute path, '..' or symlink)"
+        )
+
+
+def _extract_zip(archive: Path, destination: Path) -> None:
     try:
         with zipfile.ZipFile(archive) as bundle:
             for member in bundle.infolist():
                 is_symlink = (member.external_attr >> 16) & 0o170000 == 0o120000
-                target = (root / member.filename).resolve()
-                if (
-                    is_symlink
-                    or member.filename.startswith(("/", "\\"))
-                    or not target.is_relative_to(root)
-                ):
-                    raise PipelineError(
-                        f"{archive}: refused unsafe archive member '{member.filename}' "
-                        "(absolute path, '..' or symlink)"
-                    )
+                _check_member_name(archive, member.filename, destination, is_symlink)
             bundle.extractall(destination)
     except (zipfile.BadZipFile, OSError) as error:
         raise PipelineError(f"{archive}: corrupt .zip archive ({error})") from None

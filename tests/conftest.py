@@ -1,0 +1,107 @@
+"""Shared test helpers: small data in the competition's real formats, written the way the originals are."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.config import SyntheticParams
+from pipeline.formats import (
+    CIFAR10_CLASS_NAMES,
+    CIFAR_FOLDER,
+    META_NAME,
+    TRAIN_BATCH_NAMES,
+    VAL_BATCH_NAME,
+    images_to_planes,
+    write_custom_test,
+)
+from pipeline.synthetic import write_synthetic_raw
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SMALL_SYNTHETIC = SyntheticParams(train_images=200, val_images=50, custom_test_images=40, seed=3)
+
+
+class Python2StylePickler(pickle._Pickler):
+    """Protocol 2 written as Python 2 did: byte strings as (SHORT_)BINSTRING opcodes, not _codecs.encode.
+
+    This is how the official CIFAR-10 batches are stored; `pickle.load(..., encoding='bytes')`
+    turns those strings back into bytes.
+    """
+
+    def save_bytes(self, obj: bytes) -> None:  # noqa: D102
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch[bytes] = save_bytes
+
+
+def python2_style_pickle(content: object) -> bytes:
+    buffer = io.BytesIO()
+    Python2StylePickler(buffer, protocol=2).dump(content)
+    return buffer.getvalue()
+
+
+def write_python2_style_batch(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    content = {
+        b"batch_label": b"training batch 1 of 5",
+        b"labels": [int(label) for label in labels],
+        b"data": images_to_planes(images),
+        b"filenames": [f"img_{i}.png".encode() for i in range(len(labels))],
+    }
+    path.write_bytes(python2_style_pickle(content))
+
+
+def write_official_sized_raw(folder: Path, images_per_batch: int = 10_000) -> Path:
+    """CIFAR-10 folder at the official sizes, with cheap flat-colour images (fast to write and compress)."""
+    batches_dir = folder / CIFAR_FOLDER
+    batches_dir.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in (*TRAIN_BATCH_NAMES, VAL_BATCH_NAME):
+        labels = np.arange(images_per_batch) % 10
+        images = np.broadcast_to(
+            (labels * 25).astype(np.uint8)[:, None, None, None], (images_per_batch, 32, 32, 3)
+        )
+        write_python2_style_batch(
+            batches_dir / name, np.ascontiguousarray(images), rng.permutation(labels)
+        )
+    meta = {
+        b"num_cases_per_batch": images_per_batch,
+        b"label_names": [n.encode() for n in CIFAR10_CLASS_NAMES],
+        b"num_vis": 3072,
+    }
+    (batches_dir / META_NAME).write_bytes(python2_style_pickle(meta))
+    return batches_dir
+
+
+def write_small_custom_test(
+    path: Path, count: int = 30, layout: str = "2025"
+) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(count, 32, 32, 3), dtype=np.uint8)
+    ids = np.arange(count)
+    write_custom_test(path, images, ids, layout=layout)
+    return images, ids
+
+
+@pytest.fixture
+def synthetic_raw(tmp_path: Path) -> Path:
+    raw_dir = tmp_path / "raw"
+    write_synthetic_raw(raw_dir, SMALL_SYNTHETIC)
+    return raw_dir
+
+
+@pytest.fixture(scope="session")
+def official_sized_cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding cifar-10-batches-py/ at official sizes (50,000 + 10,000 images)."""
+    root = tmp_path_factory.mktemp("official")
+    write_official_sized_raw(root)
+    return root

@@ -1,0 +1,74 @@
+"""params.yaml → frozen dataclasses; every mistake names its key."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+
+from pipeline.config import Params, load_params, params_from_dict
+from pipeline.errors import PipelineError
+
+
+def test_repository_params_load_and_hold_the_seed_recipe() -> None:
+    params = load_params(REPO_ROOT / "params.yaml")
+    train = params.train
+    assert (train.lr, train.momentum, train.weight_decay, train.batch_size, train.epochs) == (
+        0.09,
+        0.9,
+        3e-4,
+        128,
+        200,
+    )
+    assert (train.schedule, train.milestones, train.gamma) == ("multistep", [90, 180], 0.1)
+    assert (train.crop_padding, train.flip) == (4, True)
+    assert params.model.name == "seed_resnet" and params.model.max_params == 5_000_000
+    assert params.data.competition == "deep-learning-spring-2025-project-1"
+
+
+def test_params_are_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Params().train.epochs = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"train": {"epoch": 3}}, "unknown key 'train.epoch'"),
+        ({"trian": {}}, "unknown key 'trian'"),
+        ({"data": {"synthetic": {"train_imgs": 5}}}, "unknown key 'data.synthetic.train_imgs'"),
+        ({"train": {"epochs": "ten"}}, "train.epochs must be an integer, found 'ten'"),
+        ({"train": {"epochs": 2.5}}, "train.epochs must be an integer"),
+        ({"train": {"epochs": -1}}, "train.epochs must be at least 1, found -1"),
+        ({"train": {"lr": "fast"}}, "train.lr must be a number"),
+        ({"train": {"flip": "yes"}}, "train.flip must be true or false"),
+        ({"train": {"milestones": [90, "x"]}}, r"train.milestones\[1\] must be an integer"),
+        ({"data": {"source": "ftp"}}, "data.source must be one of"),
+        ({"predict": {"tta": "all"}}, "predict.tta must be one of"),
+        ({"model": {"blocks": []}}, "model.blocks must be a non-empty list"),
+        ({"train": []}, "train must be a mapping"),
+    ],
+)
+def test_bad_params_are_refused_naming_the_key(values: dict, expected: str) -> None:
+    with pytest.raises(PipelineError, match=expected):
+        params_from_dict(values)
+
+
+def test_ints_are_accepted_for_floats_and_sections_default() -> None:
+    params = params_from_dict({"train": {"lr": 1}})
+    assert params.train.lr == 1.0 and isinstance(params.train.lr, float)
+    assert params.predict.tta == "flip"
+
+
+def test_params_file_errors_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  epochs: [\n")
+    with pytest.raises(PipelineError, match=r"params.yaml: not valid YAML"):
+        load_params(path)
+    path.write_text("train:\n  bogus: 1\n")
+    with pytest.raises(PipelineError, match=r"params.yaml: params: unknown key 'train.bogus'"):
+        load_params(path)
+    with pytest.raises(PipelineError, match="file not found"):
+        load_params(tmp_path / "missing.yaml")

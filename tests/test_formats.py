@@ -1,0 +1,166 @@
+"""The competition's pickles: written like the originals, read only through the restricted unpickler."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import python2_style_pickle, write_python2_style_batch, write_small_custom_test
+
+from pipeline.errors import PipelineError
+from pipeline.formats import (
+    CIFAR_FOLDER,
+    TRAIN_BATCH_NAMES,
+    images_to_planes,
+    load_cifar_batch,
+    load_class_names,
+    load_custom_test,
+    planes_to_images,
+    restricted_load,
+    write_cifar_batch,
+)
+
+
+def test_batches_are_written_as_protocol_2_with_byte_string_keys(synthetic_raw: Path) -> None:
+    path = synthetic_raw / CIFAR_FOLDER / TRAIN_BATCH_NAMES[0]
+    raw_bytes = path.read_bytes()
+    assert raw_bytes[:2] == b"\x80\x02"  # PROTO 2
+    with path.open("rb") as handle:
+        batch = pickle.load(handle, encoding="bytes")
+    assert set(batch) == {b"batch_label", b"labels", b"data", b"filenames"}
+    assert batch[b"data"].dtype == np.uint8 and batch[b"data"].shape == (40, 3072)
+
+
+def test_python2_style_batch_loads_with_planes_turned_channels_last(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(12, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(12) % 10
+    path = tmp_path / "data_batch_1"
+    write_python2_style_batch(path, images, labels)
+    assert b"_codecs" not in path.read_bytes()  # really the old opcodes
+    loaded_images, loaded_labels = load_cifar_batch(path)
+    np.testing.assert_array_equal(loaded_images, images)
+    np.testing.assert_array_equal(loaded_labels, labels)
+
+
+def test_plane_rows_round_trip_and_match_cifar_layout() -> None:
+    image = np.zeros((1, 32, 32, 3), dtype=np.uint8)
+    image[0, 0, 1, 0] = 7  # red channel, row 0, column 1
+    image[0, 0, 0, 2] = 9  # blue channel, row 0, column 0
+    rows = images_to_planes(image)
+    assert rows[0, 1] == 7 and rows[0, 2048] == 9  # R plane first, B plane at 2 * 1024
+    np.testing.assert_array_equal(planes_to_images(rows), image)
+
+
+@pytest.mark.parametrize("layout", ["2025", "2024"])
+def test_both_custom_test_layouts_load_to_the_same_images(tmp_path: Path, layout: str) -> None:
+    path = tmp_path / "custom.pkl"
+    images, ids = write_small_custom_test(path, count=30, layout=layout)
+    loaded_images, loaded_ids = load_custom_test(path)
+    assert loaded_images.shape == (30, 32, 32, 3) and loaded_images.dtype == np.uint8
+    np.testing.assert_array_equal(loaded_images, images)
+    np.testing.assert_array_equal(loaded_ids, ids)
+
+
+def test_class_names_come_back_as_text(synthetic_raw: Path) -> None:
+    names = load_class_names(synthetic_raw / CIFAR_FOLDER / "batches.meta")
+    assert names[0] == "airplane" and names[-1] == "truck"
+
+
+class _RunsACommand:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_hostile_pickle_is_refused_without_running(tmp_path: Path) -> None:
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "cifar_test_nolabel.pkl"
+    path.write_bytes(pickle.dumps({b"data": _RunsACommand(marker), b"ids": [0]}))
+    with pytest.raises(
+        PipelineError, match=r"cifar_test_nolabel\.pkl: refused: .*(posix|os)\.system"
+    ):
+        load_custom_test(path)
+    assert not marker.exists()
+
+
+def test_hostile_global_in_python2_style_pickle_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(b"\x80\x02cbuiltins\neval\nq\x00X\x05\x00\x00\x001+1+1q\x01\x85q\x02Rq\x03.")
+    with pytest.raises(PipelineError, match="builtins.eval"):
+        restricted_load(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "file is empty"),
+        (pickle.dumps({b"data": 1}, protocol=2)[:-5], "truncated"),
+        (b"this is not a pickle at all", "not a valid pickle"),
+    ],
+)
+def test_broken_pickles_fail_with_one_clear_line(
+    tmp_path: Path, content: bytes, expected: str
+) -> None:
+    path = tmp_path / "test_batch"
+    path.write_bytes(content)
+    with pytest.raises(PipelineError, match=expected) as error:
+        load_cifar_batch(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def _batch(data: object, labels: object) -> bytes:
+    return python2_style_pickle({b"data": data, b"labels": labels})
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (python2_style_pickle({b"labels": [1]}), r"missing key b'data'"),
+        (_batch(np.zeros((2, 3072), np.float32), [0, 1]), "dtype uint8, found float32"),
+        (_batch(np.zeros((2, 1024), np.uint8), [0, 1]), r"shape \(N, 3072\)"),
+        (_batch(np.zeros((2, 3072), np.uint8), [0, 10]), "must be in 0–9"),
+        (_batch(np.zeros((2, 3072), np.uint8), [0]), "list of 2 integers"),
+        (_batch(np.zeros((2, 3072), np.uint8), [0.5, 1.0]), "must be integers"),
+        (python2_style_pickle([1, 2, 3]), "expected a dict"),
+    ],
+)
+def test_malformed_batches_are_named(tmp_path: Path, content: bytes, expected: str) -> None:
+    path = tmp_path / "data_batch_3"
+    path.write_bytes(content)
+    with pytest.raises(PipelineError, match=expected):
+        load_cifar_batch(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ({b"data": np.zeros((3, 32, 32, 3), np.uint8), b"ids": np.array([0, 1, 1])}, "unique"),
+        ({b"data": np.zeros((3, 32, 32), np.uint8), b"ids": np.arange(3)}, r"\(N, 32, 32, 3\)"),
+        (
+            {b"data": np.full((3, 32, 32, 3), np.nan), b"ids": np.arange(3)},
+            "dtype uint8, found float64",
+        ),
+        ({b"data": np.zeros((3, 32, 32, 3), np.uint8), b"ids": np.arange(2)}, "list of 3 integers"),
+        ({b"data": np.zeros((3, 32, 32, 3), np.uint8)}, "missing key b'ids'"),
+    ],
+)
+def test_malformed_custom_test_is_named(tmp_path: Path, content: dict, expected: str) -> None:
+    path = tmp_path / "cifar_test_nolabel.pkl"
+    path.write_bytes(pickle.dumps(content))
+    with pytest.raises(PipelineError, match=expected):
+        load_custom_test(path)
+
+
+def test_written_batch_reads_back(tmp_path: Path) -> None:
+    images = np.random.default_rng(2).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(20) % 10
+    write_cifar_batch(tmp_path / "b", images, labels, "x")
+    loaded, loaded_labels = load_cifar_batch(tmp_path / "b")
+    np.testing.assert_array_equal(loaded, images)
+    np.testing.assert_array_equal(loaded_labels, labels)

@@ -1,0 +1,44 @@
+"""Models by name, and the 5,000,000-parameter budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.config import ModelParams
+from pipeline.errors import PipelineError
+from pipeline.models import build_model, count_trainable_params
+
+
+def test_seed_resnet_has_exactly_the_seed_teams_parameter_count() -> None:
+    model = build_model(ModelParams())
+    assert count_trainable_params(model) == 1_177_130
+
+
+def test_seed_resnet_structure_matches_the_seed() -> None:
+    model = build_model(ModelParams())
+    blocks = list(model.stages)
+    assert len(blocks) == 11
+    widths = [block.residual[0].out_channels for block in blocks]
+    assert widths == [32] * 4 + [64] * 4 + [128] * 3
+    dropouts = [m.p for m in blocks[0].residual if isinstance(m, torch.nn.Dropout)]
+    assert dropouts == [0.17, 0.17]
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_over_budget_model_fails_before_training_with_count_and_limit() -> None:
+    with pytest.raises(
+        PipelineError,
+        match=r"has 5,9\d\d,\d{3} trainable parameters, over the budget model.max_params = 5,000,000",
+    ):
+        build_model(ModelParams(base_width=72))
+
+
+def test_budget_is_a_param() -> None:
+    with pytest.raises(PipelineError, match="over the budget model.max_params = 1,000,000"):
+        build_model(ModelParams(max_params=1_000_000))
+
+
+def test_unknown_model_name_lists_the_known_ones() -> None:
+    with pytest.raises(PipelineError, match=r"model.name must be one of \['seed_resnet'\]"):
+        build_model(ModelParams(name="resnet9000"))
