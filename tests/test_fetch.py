@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 import http.server
+import importlib
 import io
 import shutil
 import tarfile

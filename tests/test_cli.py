@@ -1,0 +1,58 @@
+"""`python -m pipeline <stage>` as a user runs it: one-line errors, non-zero exits, --debug."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO_ROOT
+
+
+def _run_stage(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess, expected: str) -> None:
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_over_budget_model_fails_fast_with_count_and_limit(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("model:\n  base_width: 72\ntrain:\n  device: cpu\n")
+    result = _run_stage(tmp_path, "train")
+    _assert_one_line_error(result, "has 5,9")
+    assert "over the budget model.max_params = 5,000,000" in result.stderr
+    assert not (tmp_path / "models").exists()  # failed before any training or output
+
+
+def test_unknown_param_key_is_named(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("train:\n  epoch: 3\n")
+    _assert_one_line_error(_run_stage(tmp_path, "train"), "unknown key 'train.epoch'")
+
+
+def test_missing_input_tells_which_stage_to_run(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("prepare:\n  val: test_batch\n")
+    _assert_one_line_error(_run_stage(tmp_path, "prepare"), "batches.meta: file not found")
+    assert not (tmp_path / "data" / "prepared").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("train:\n  epoch: 3\n")
+    result = _run_stage(tmp_path, "train", "--debug")
+    assert (
+        result.returncode != 0 and "Traceback" in result.stderr and "PipelineError" in result.stderr
+    )

@@ -1,0 +1,94 @@
+"""A newcomer's run: `dvc repro` on synthetic data in a fresh copy of the repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import REPO_ROOT
+
+from pipeline.submission_csv import validate_submission
+
+TINY_PARAMS = {
+    "data": {
+        "source": "synthetic",
+        "synthetic": {"train_images": 1000, "val_images": 300, "custom_test_images": 200},
+    },
+    "model": {"base_width": 8, "blocks": [1, 1, 1], "dropout": 0.0},
+    "train": {
+        "device": "cpu",
+        "epochs": 6,
+        "batch_size": 50,
+        "lr": 0.05,
+        "schedule": "cosine",
+        "checkpoint_every": 2,
+    },
+}
+
+
+def _copy_repo(destination: Path) -> None:
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    for name in tracked.splitlines():
+        source = REPO_ROOT / name
+        if source.is_file() and not name.startswith(("tests/", "bench/")):
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+
+
+def _sh(folder: Path, *command: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        command, cwd=folder, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_every_stage_then_nothing(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    _copy_repo(project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for section, values in TINY_PARAMS.items():
+        for key, value in values.items():
+            params[section][key] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    _sh(project, "git", "init", "-q")
+    if not (project / ".dvc").is_dir():
+        _sh(project, "dvc", "init", "-q")
+    # A clone has commits; dvclive needs one (it records the baseline revision).
+    _sh(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    _sh(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy")
+
+    first = _sh(project, "dvc", "repro")
+    for stage in ("fetch", "prepare", "train", "select", "predict"):
+        assert f"Running stage '{stage}'" in first.stdout
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"fetch", "prepare", "train", "select", "predict"}
+
+    ids = np.arange(TINY_PARAMS["data"]["synthetic"]["custom_test_images"])
+    validate_submission(project / "submissions/latest.csv", ids)
+    selected = json.loads((project / "metrics/select.json").read_text())
+    assert selected["val_accuracy"] > 0.5  # chance is 0.1
+    train_metrics = json.loads((project / "metrics/train/metrics.json").read_text())
+    assert train_metrics["model_params"] == selected["model_params"] == 19_954
+    data_report = json.loads((project / "metrics/data.json").read_text())
+    assert data_report["train_per_class"]["truck"] == 100
+
+    stamp = (project / "submissions/latest.csv").stat().st_mtime_ns
+    second = _sh(project, "dvc", "repro")
+    assert "Running stage" not in second.stdout
+    assert (project / "submissions/latest.csv").stat().st_mtime_ns == stamp
+    shown = _sh(project, "dvc", "metrics", "show", "--json")
+    assert "val_accuracy" in shown.stdout

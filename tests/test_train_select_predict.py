@@ -1,0 +1,224 @@
+"""train → select → predict on small synthetic data, on CPU."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SMALL_SYNTHETIC
+
+from pipeline import predict, prepare, select, train
+from pipeline.augment import to_device_tensor
+from pipeline.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.config import ModelParams, PredictParams, PrepareParams, SelectParams, TrainParams
+from pipeline.errors import PipelineError
+from pipeline.models import build_model, model_config
+from pipeline.synthetic import write_synthetic_raw
+from pipeline.tta import predict_logits
+
+TINY_MODEL = ModelParams(base_width=8, blocks=[1, 1, 1], dropout=0.0)
+TINY_TRAIN = TrainParams(
+    device="cpu", epochs=4, batch_size=32, lr=0.05, schedule="cosine", checkpoint_every=1
+)
+
+
+@pytest.fixture(scope="module")
+def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project folder after fetch (synthetic), prepare and train with a tiny model."""
+    root = tmp_path_factory.mktemp("project")
+    write_synthetic_raw(root / "data/raw", SMALL_SYNTHETIC)
+    prepare.run(
+        PrepareParams(), root / "data/raw", root / "data/prepared", root / "metrics/data.json"
+    )
+    train.run(
+        TINY_MODEL,
+        TINY_TRAIN,
+        root / "data/prepared",
+        root / "models/checkpoints",
+        root / "metrics/train",
+    )
+    return root
+
+
+def _metric_series(root: Path, name: str) -> list[float]:
+    with (root / f"metrics/train/plots/metrics/{name}.tsv").open() as handle:
+        return [float(row[name]) for row in csv.DictReader(handle, delimiter="\t")]
+
+
+def test_training_lowers_the_loss_and_logs_every_epoch(trained_project: Path) -> None:
+    losses = _metric_series(trained_project, "train_loss")
+    assert len(losses) == TINY_TRAIN.epochs
+    assert losses[-1] < losses[0]
+    summary = json.loads((trained_project / "metrics/train/metrics.json").read_text())
+    assert summary["model_params"] == 19_954  # seed_resnet at base_width 8, blocks [1, 1, 1]
+    assert {"val_accuracy", "learning_rate", "images_per_second", "train_accuracy"} <= set(summary)
+
+
+def test_checkpoints_carry_weights_epoch_and_val_accuracy(trained_project: Path) -> None:
+    paths = sorted((trained_project / "models/checkpoints").glob("*.pt"))
+    assert [p.name for p in paths] == [f"epoch_{e:04d}.pt" for e in range(1, 5)]
+    checkpoint = load_checkpoint(paths[-1])
+    assert checkpoint["epoch"] == 4 and 0.0 <= checkpoint["val_accuracy"] <= 1.0
+    assert checkpoint["model_config"]["base_width"] == 8
+
+
+def test_checkpoint_every_keeps_the_last_epoch() -> None:
+    assert train.checkpoint_epochs(TrainParams(epochs=25, checkpoint_every=10)) == {10, 20, 25}
+
+
+def test_lr_schedules_have_the_documented_shape() -> None:
+    seed = TrainParams()
+    factors = [train.lr_factor(epoch, seed) for epoch in (0, 89, 90, 179, 180, 199)]
+    assert factors == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    cosine = TrainParams(schedule="cosine", epochs=10)
+    assert train.lr_factor(0, cosine) == 1.0 and train.lr_factor(5, cosine) == pytest.approx(0.5)
+
+
+def test_same_seed_gives_identical_weights(tmp_path: Path, trained_project: Path) -> None:
+    params = TrainParams(device="cpu", epochs=1, batch_size=64, checkpoint_every=1)
+    for run in ("a", "b"):
+        train.run(
+            TINY_MODEL,
+            params,
+            trained_project / "data/prepared",
+            tmp_path / run,
+            tmp_path / f"live-{run}",
+        )
+    first, second = (
+        load_checkpoint(tmp_path / run / "epoch_0001.pt")["model_state"] for run in "ab"
+    )
+    assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+def _write_candidate(path: Path, model: torch.nn.Module, epoch: int, norm: dict) -> None:
+    save_checkpoint(
+        path,
+        {"model_state": model.state_dict(), "model_config": model_config(TINY_MODEL), "epoch": epoch,
+         "val_accuracy": 0.0, "model_params": 0, "normalization": norm, "class_names": []},
+    )  # fmt: skip
+
+
+def test_select_prefers_an_earlier_better_checkpoint_and_later_on_ties(
+    trained_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    trained = load_checkpoint(trained_project / "models/checkpoints/epoch_0004.pt")
+    good = build_model(TINY_MODEL)
+    good.load_state_dict(trained["model_state"])
+    torch.manual_seed(123)
+    untrained = build_model(TINY_MODEL)
+    checkpoints = tmp_path / "checkpoints"
+    _write_candidate(checkpoints / "epoch_0001.pt", good, 1, trained["normalization"])
+    _write_candidate(checkpoints / "epoch_0002.pt", untrained, 2, trained["normalization"])
+    select.run(
+        SelectParams(),
+        TrainParams(device="cpu"),
+        trained_project / "data/prepared",
+        checkpoints,
+        tmp_path / "best.pt",
+    )
+    chosen = json.loads(Path("metrics/select.json").read_text())
+    assert chosen["checkpoint"] == "epoch_0001.pt"
+    assert chosen["val_accuracy"] > chosen["last_epoch_val_accuracy"]
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
+
+    _write_candidate(checkpoints / "epoch_0002.pt", good, 2, trained["normalization"])
+    select.run(
+        SelectParams(),
+        TrainParams(device="cpu"),
+        trained_project / "data/prepared",
+        checkpoints,
+        tmp_path / "best.pt",
+    )
+    assert json.loads(Path("metrics/select.json").read_text())["checkpoint"] == "epoch_0002.pt"
+
+
+def test_predict_writes_a_valid_csv_in_the_pickles_id_order(
+    trained_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    best = trained_project / "models/checkpoints/epoch_0004.pt"
+    predict.run(
+        PredictParams(tta="flip"),
+        TrainParams(device="cpu"),
+        trained_project / "data/prepared",
+        best,
+        tmp_path / "latest.csv",
+    )
+    lines = (tmp_path / "latest.csv").read_text().splitlines()
+    assert lines[0] == "ID,Labels" and len(lines) == SMALL_SYNTHETIC.custom_test_images + 1
+    assert [int(line.split(",")[0]) for line in lines[1:]] == list(
+        range(SMALL_SYNTHETIC.custom_test_images)
+    )
+    report = json.loads(Path("metrics/predict.json").read_text())
+    assert (
+        report["tta"] == "flip"
+        and sum(report["predicted_per_class"].values()) == SMALL_SYNTHETIC.custom_test_images
+    )
+
+
+def test_corrupt_checkpoint_is_named(tmp_path: Path, trained_project: Path) -> None:
+    good = (trained_project / "models/checkpoints/epoch_0004.pt").read_bytes()
+    path = tmp_path / "epoch_0001.pt"
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(PipelineError, match="epoch_0001.pt: corrupt or unsafe checkpoint"):
+        load_checkpoint(path)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("ran",))
+
+
+def test_checkpoint_with_arbitrary_objects_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "best.pt"
+    torch.save({"model_state": _Payload()}, path)
+    with pytest.raises(PipelineError, match="best.pt: corrupt or unsafe checkpoint"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_of_another_architecture_is_named(
+    tmp_path: Path, trained_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    checkpoint = load_checkpoint(trained_project / "models/checkpoints/epoch_0004.pt")
+    checkpoint["model_config"]["base_width"] = 16
+    save_checkpoint(tmp_path / "best.pt", checkpoint)
+    with pytest.raises(PipelineError, match="best.pt: weights do not fit model 'seed_resnet'"):
+        predict.run(
+            PredictParams(),
+            TrainParams(device="cpu"),
+            trained_project / "data/prepared",
+            tmp_path / "best.pt",
+            tmp_path / "latest.csv",
+        )
+    assert not (tmp_path / "latest.csv").exists()
+
+
+def test_select_without_checkpoints_says_what_to_run(tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match="no checkpoints"):
+        select.run(
+            SelectParams(),
+            TrainParams(device="cpu"),
+            tmp_path,
+            tmp_path / "none",
+            tmp_path / "best.pt",
+        )
+
+
+def test_prediction_matches_argmax_of_flip_tta(trained_project: Path) -> None:
+    """The CSV's labels are the argmax of the mean of plain and mirrored logits."""
+    path = trained_project / "models/checkpoints/epoch_0004.pt"
+    checkpoint = load_checkpoint(path)
+    model = model_from_checkpoint(path, checkpoint).eval()
+    custom = prepare.load_split(trained_project / "data/prepared", "custom_test")
+    norm = checkpoint["normalization"]
+    images = to_device_tensor(custom["images"], norm["mean"], norm["std"], torch.device("cpu"))
+    with torch.no_grad():
+        expected = ((model(images) + model(images.flip(3))) / 2).argmax(1).numpy()
+    got = predict_logits(model, images, "flip", 16).argmax(1).numpy()
+    np.testing.assert_array_equal(got, expected)
