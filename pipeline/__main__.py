@@ -13,6 +13,14 @@ from pipeline.config import DEFAULT_PARAMS_PATH, Params, load_params
 from pipeline.errors import PipelineError
 
 STAGES = ("fetch", "prepare", "train", "select", "predict")
+# The params each stage reads, as dvc.yaml must declare them (a test holds the two together).
+STAGE_PARAMS = {
+    "fetch": ["data"],
+    "prepare": ["prepare"],
+    "train": ["model", "train"],
+    "select": ["select", "train.device", "train.mixed_precision"],
+    "predict": ["predict", "train.device", "train.mixed_precision"],
+}
 
 
 def run_stage(stage: str, params: Params) -> None:
@@ -32,11 +40,11 @@ def run_stage(stage: str, params: Params) -> None:
     elif stage == "select":
         from pipeline import select
 
-        select.run(params.select, params.train)
+        select.run(params.select, params.train.device, params.train.mixed_precision)
     elif stage == "predict":
         from pipeline import predict
 
-        predict.run(params.predict, params.train)
+        predict.run(params.predict, params.train.device, params.train.mixed_precision)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,17 @@ def to_device_tensor(
     return ((pixels - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
 
 
+def to_device_set(
+    images: np.ndarray,
+    labels: np.ndarray,
+    mean: list[float],
+    std: list[float],
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A labelled split on `device`: normalised images as above and int64 labels."""
+    return to_device_tensor(images, mean, std, device), torch.from_numpy(labels).to(device)
+
+
 def random_crop(
     images: torch.Tensor, padding: int, pad_mode: str, generator: torch.Generator
 ) -> torch.Tensor:

@@ -25,14 +25,16 @@ from pipeline.formats import (
     CIFAR_FOLDER,
     CUSTOM_TEST_NAMES,
     META_NAME,
+    find_batches_dir,
+    find_custom_test,
     load_cifar_batch,
     load_class_names,
     load_custom_test,
 )
+from pipeline.paths import RAW_DIR
 from pipeline.reporting import console, download_progress
 from pipeline.synthetic import write_synthetic_raw
 
-RAW_DIR = Path("data/raw")
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # the official cifar-10-python.tar.gz
 OFFICIAL_IMAGES_PER_BATCH = 10_000
 DOWNLOAD_ATTEMPTS = 4
@@ -205,18 +207,13 @@ def _extract_zip(archive: Path, destination: Path) -> None:
 
 def locate_files(folder: Path) -> tuple[Path | None, Path | None]:
     """Find the `cifar-10-batches-py` folder and the custom test pickle anywhere under `folder`."""
-    batches_dir = next(
-        (p.parent for p in sorted(folder.rglob(META_NAME)) if p.parent.name == CIFAR_FOLDER), None
-    )
-    custom_test = next(
-        (p for name in CUSTOM_TEST_NAMES for p in sorted(folder.rglob(name)) if p.is_file()), None
-    )
+    batches_dir = find_batches_dir(folder)
     if batches_dir is None:  # the competition zip may hold the CIFAR-10 tarball itself
         tarball = next(iter(sorted(folder.rglob("cifar-10-python.tar.gz"))), None)
         if tarball is not None:
             extract_archive(tarball, tarball.parent)
-            return locate_files(folder)
-    return batches_dir, custom_test
+            batches_dir = find_batches_dir(folder)
+    return batches_dir, find_custom_test(folder)
 
 
 # --- assembling and checking data/raw ---------------------------------------------------------
@@ -238,7 +235,7 @@ def check_raw(raw_dir: Path, official_counts: bool) -> int:
                 f"{batches_dir / name}: expected {OFFICIAL_IMAGES_PER_BATCH} images as in the "
                 f"official archive, found {images.shape[0]}"
             )
-    _, custom_test = locate_files(raw_dir)
+    custom_test = find_custom_test(raw_dir)
     if custom_test is None:
         raise PipelineError(f"{raw_dir}: no custom test pickle ({' or '.join(CUSTOM_TEST_NAMES)})")
     return load_custom_test(custom_test)[0].shape[0]

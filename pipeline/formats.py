@@ -181,6 +181,18 @@ def load_custom_test(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(images), ids
 
 
+def find_batches_dir(folder: Path) -> Path | None:
+    """The first `cifar-10-batches-py/` folder (holding batches.meta) anywhere under `folder`."""
+    metas = sorted(Path(folder).rglob(META_NAME))
+    return next((meta.parent for meta in metas if meta.parent.name == CIFAR_FOLDER), None)
+
+
+def find_custom_test(folder: Path) -> Path | None:
+    """The custom test pickle under `folder`, by either year's file name."""
+    candidates = (p for name in CUSTOM_TEST_NAMES for p in sorted(Path(folder).rglob(name)))
+    return next((p for p in candidates if p.is_file()), None)
+
+
 def _pickle_atomic(path: Path, content: dict, protocol: int) -> None:
     with atomic_path(path) as temp_path, temp_path.open("wb") as handle:
         pickle.dump(content, handle, protocol=protocol)

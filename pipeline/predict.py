@@ -11,29 +11,27 @@ from pathlib import Path
 
 import torch
 
-from pipeline.augment import to_device_tensor
+from pipeline.augment import to_device_set, to_device_tensor
 from pipeline.checkpoints import load_checkpoint, model_from_checkpoint
-from pipeline.config import PredictParams, TrainParams
+from pipeline.config import PredictParams
+from pipeline.datasets import load_split
 from pipeline.device import resolve_device
 from pipeline.files import write_json_atomic
-from pipeline.prepare import PREPARED_DIR, load_split
+from pipeline.paths import BEST_PATH, PREDICT_METRICS_PATH, PREPARED_DIR, SUBMISSION_PATH
 from pipeline.reporting import console
-from pipeline.select import BEST_PATH
 from pipeline.submission_csv import write_submission
-from pipeline.tta import evaluate, load_eval_set, predict_logits
-
-SUBMISSION_PATH = Path("submissions/latest.csv")
-PREDICT_METRICS_PATH = Path("metrics/predict.json")
+from pipeline.tta import evaluate, predict_logits
 
 
 def run(
     params: PredictParams,
-    train_params: TrainParams,
+    device_name: str,  # train.device
+    mixed_precision: bool,  # train.mixed_precision
     prepared_dir: Path = PREPARED_DIR,
     best_path: Path = BEST_PATH,
     submission_path: Path = SUBMISSION_PATH,
 ) -> None:
-    device = resolve_device(train_params.device)
+    device = resolve_device(device_name)
     checkpoint = load_checkpoint(best_path)
     model = model_from_checkpoint(best_path, checkpoint).to(
         device, memory_format=torch.channels_last
@@ -42,14 +40,16 @@ def run(
     class_names = checkpoint.get("class_names", [])
 
     val_split = load_split(prepared_dir, "val")
-    val_set = load_eval_set(val_split["images"], val_split["labels"], mean, std, device)
-    mixed = train_params.mixed_precision
-    val_accuracy, _ = evaluate(model, *val_set, params.tta, params.batch_size, mixed)
+    val_set = to_device_set(val_split["images"], val_split["labels"], mean, std, device)
+    val_accuracy, _ = evaluate(model, *val_set, params.tta, params.batch_size, mixed_precision)
 
     custom_test = load_split(prepared_dir, "custom_test")
     images = to_device_tensor(custom_test["images"], mean, std, device)
     labels = (
-        predict_logits(model, images, params.tta, params.batch_size, mixed).argmax(1).cpu().numpy()
+        predict_logits(model, images, params.tta, params.batch_size, mixed_precision)
+        .argmax(1)
+        .cpu()
+        .numpy()
     )
     write_submission(submission_path, custom_test["ids"], labels)
 

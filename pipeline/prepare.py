@@ -8,14 +8,12 @@ mean/std) and a data report of counts per class (a DVC metric).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.config import PrepareParams
 from pipeline.errors import PipelineError
-from pipeline.fetch import RAW_DIR, locate_files
 from pipeline.files import atomic_directory, write_json_atomic
 from pipeline.formats import (
     CIFAR10_CLASS_NAMES,
@@ -24,14 +22,13 @@ from pipeline.formats import (
     NUM_CLASSES,
     TRAIN_BATCH_NAMES,
     VAL_BATCH_NAME,
+    find_custom_test,
     load_cifar_batch,
     load_class_names,
     load_custom_test,
 )
+from pipeline.paths import DATA_REPORT_PATH, PREPARED_DIR, RAW_DIR
 from pipeline.reporting import console
-
-PREPARED_DIR = Path("data/prepared")
-DATA_REPORT_PATH = Path("metrics/data.json")
 
 
 def stratified_holdout(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
@@ -83,7 +80,7 @@ def run(params: PrepareParams, raw_dir: Path = RAW_DIR, prepared_dir: Path = PRE
         val_images, val_labels = train_images[holdout], train_labels[holdout]
         train_images, train_labels = train_images[keep], train_labels[keep]
 
-    _, custom_test_path = locate_files(raw_dir)
+    custom_test_path = find_custom_test(raw_dir)
     if custom_test_path is None:
         raise PipelineError(f"{raw_dir}: no custom test pickle; run the fetch stage first")
     custom_test_images, custom_test_ids = load_custom_test(custom_test_path)
@@ -110,26 +107,3 @@ def run(params: PrepareParams, raw_dir: Path = RAW_DIR, prepared_dir: Path = PRE
         f"prepare: {report['train_images']} train / {report['val_images']} val "
         f"({params.val}) / {report['custom_test_images']} custom test images → {prepared_dir}"
     )
-
-
-def load_split(prepared_dir: Path, split: str) -> dict[str, np.ndarray]:
-    """Read one prepared split (train, val, custom_test) as a dict of arrays."""
-    path = Path(prepared_dir) / f"{split}.npz"
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            return {key: arrays[key] for key in arrays.files}
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: not found; run the prepare stage first") from None
-    except (ValueError, OSError) as error:
-        raise PipelineError(f"{path}: unreadable prepared array ({error}); rerun prepare") from None
-
-
-def load_dataset_info(prepared_dir: Path) -> dict:
-    """`dataset.json`: class names and the training set's per-channel mean/std (0–1 scale)."""
-    path = Path(prepared_dir) / "dataset.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: not found; run the prepare stage first") from None
-    except json.JSONDecodeError as error:
-        raise PipelineError(f"{path}: not valid JSON ({error}); rerun prepare") from None

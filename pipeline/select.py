@@ -14,20 +14,23 @@ from pathlib import Path
 
 import torch
 
+from pipeline.augment import to_device_set
 from pipeline.checkpoints import load_checkpoint, model_from_checkpoint
-from pipeline.config import SelectParams, TrainParams
+from pipeline.config import SelectParams
+from pipeline.datasets import load_split
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, write_json_atomic, write_text_atomic
 from pipeline.models import count_trainable_params
-from pipeline.prepare import PREPARED_DIR, load_split
+from pipeline.paths import (
+    BEST_PATH,
+    CHECKPOINT_DIR,
+    PREPARED_DIR,
+    SELECT_CANDIDATES_PATH,
+    SELECT_METRICS_PATH,
+)
 from pipeline.reporting import console
-from pipeline.train import CHECKPOINT_DIR
-from pipeline.tta import evaluate, load_eval_set
-
-BEST_PATH = Path("models/best.pt")
-SELECT_METRICS_PATH = Path("metrics/select.json")
-CANDIDATES_PATH = Path("metrics/select_candidates.csv")
+from pipeline.tta import evaluate
 
 
 def choose_best(candidates: list[dict]) -> dict:
@@ -37,7 +40,8 @@ def choose_best(candidates: list[dict]) -> dict:
 
 def run(
     params: SelectParams,
-    train_params: TrainParams,
+    device_name: str,  # train.device
+    mixed_precision: bool,  # train.mixed_precision
     prepared_dir: Path = PREPARED_DIR,
     checkpoint_dir: Path = CHECKPOINT_DIR,
     best_path: Path = BEST_PATH,
@@ -47,7 +51,7 @@ def run(
         raise PipelineError(
             f"{checkpoint_dir}: no checkpoints (epoch_*.pt); run the train stage first"
         )
-    device = resolve_device(train_params.device)
+    device = resolve_device(device_name)
     val_split = load_split(prepared_dir, "val")
     candidates = []
     eval_set = None
@@ -58,12 +62,10 @@ def run(
         )
         if eval_set is None:  # normalised with the training statistics stored in the checkpoint
             norm = checkpoint["normalization"]
-            eval_set = load_eval_set(
+            eval_set = to_device_set(
                 val_split["images"], val_split["labels"], norm["mean"], norm["std"], device
             )
-        accuracy, loss = evaluate(
-            model, *eval_set, "none", params.batch_size, train_params.mixed_precision
-        )
+        accuracy, loss = evaluate(model, *eval_set, "none", params.batch_size, mixed_precision)
         candidates.append({
             "checkpoint": path.name, "epoch": int(checkpoint["epoch"]), "val_accuracy": accuracy,
             "val_loss": loss, "model_params": count_trainable_params(model),
@@ -77,7 +79,7 @@ def run(
     writer = csv.DictWriter(table, fieldnames=list(candidates[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(candidates)
-    write_text_atomic(CANDIDATES_PATH, table.getvalue())
+    write_text_atomic(SELECT_CANDIDATES_PATH, table.getvalue())
     write_json_atomic(
         SELECT_METRICS_PATH,
         {

@@ -6,12 +6,10 @@ validation), select and predict, so every stage scores a model the same way.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.augment import to_device_tensor
 from pipeline.device import autocast
 
 TTA_POLICIES = ("none", "flip")
@@ -58,13 +56,3 @@ def evaluate(
     loss = F.cross_entropy(logits, labels).item()
     accuracy = (logits.argmax(1) == labels).float().mean().item()
     return accuracy, loss
-
-
-def load_eval_set(
-    images: np.ndarray,
-    labels: np.ndarray,
-    mean: list[float],
-    std: list[float],
-    device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return to_device_tensor(images, mean, std, device), torch.from_numpy(labels).to(device)

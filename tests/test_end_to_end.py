@@ -35,7 +35,11 @@ TINY_PARAMS = {
 
 def _copy_repo(destination: Path) -> None:
     tracked = subprocess.run(
-        ["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     for name in tracked.splitlines():
         source = REPO_ROOT / name

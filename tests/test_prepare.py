@@ -11,6 +11,7 @@ from conftest import SMALL_SYNTHETIC, python2_style_pickle, write_small_custom_t
 
 from pipeline import prepare
 from pipeline.config import PrepareParams
+from pipeline.datasets import load_dataset_info, load_split
 from pipeline.errors import PipelineError
 from pipeline.formats import CIFAR_FOLDER
 
@@ -26,12 +27,12 @@ def test_prepare_writes_splits_statistics_and_report(synthetic_raw: Path, tmp_pa
     assert report["val_images"] == SMALL_SYNTHETIC.val_images
     assert report["custom_test_images"] == SMALL_SYNTHETIC.custom_test_images
     assert report["train_per_class"]["airplane"] == SMALL_SYNTHETIC.train_images // 10
-    train = prepare.load_split(tmp_path / "prepared", "train")
+    train = load_split(tmp_path / "prepared", "train")
     assert train["images"].shape == (200, 32, 32, 3) and train["images"].dtype == np.uint8
-    info = prepare.load_dataset_info(tmp_path / "prepared")
+    info = load_dataset_info(tmp_path / "prepared")
     expected_mean = (train["images"].reshape(-1, 3) / 255.0).mean(0)
     np.testing.assert_allclose(info["mean"], expected_mean, rtol=1e-6)
-    custom = prepare.load_split(tmp_path / "prepared", "custom_test")
+    custom = load_split(tmp_path / "prepared", "custom_test")
     np.testing.assert_array_equal(custom["ids"], np.arange(SMALL_SYNTHETIC.custom_test_images))
 
 
@@ -41,8 +42,8 @@ def test_holdout_is_stratified_and_disjoint_from_training(
     report = _run(synthetic_raw, tmp_path, val="holdout", holdout_images=50)
     assert report["val_images"] == 50 and report["train_images"] == 150
     assert set(report["val_per_class"].values()) == {5}
-    train = prepare.load_split(tmp_path / "prepared", "train")["images"].reshape(150, -1)
-    val = prepare.load_split(tmp_path / "prepared", "val")["images"].reshape(50, -1)
+    train = load_split(tmp_path / "prepared", "train")["images"].reshape(150, -1)
+    val = load_split(tmp_path / "prepared", "val")["images"].reshape(50, -1)
     assert not {row.tobytes() for row in train} & {row.tobytes() for row in val}
 
 
@@ -59,7 +60,7 @@ def test_2024_custom_test_layout_goes_through_prepare(synthetic_raw: Path, tmp_p
     report = _run(synthetic_raw, tmp_path)
     assert report["custom_test_images"] == 25
     np.testing.assert_array_equal(
-        prepare.load_split(tmp_path / "prepared", "custom_test")["images"], images
+        load_split(tmp_path / "prepared", "custom_test")["images"], images
     )
 
 

@@ -15,6 +15,7 @@ from pipeline import predict, prepare, select, train
 from pipeline.augment import to_device_tensor
 from pipeline.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.config import ModelParams, PredictParams, PrepareParams, SelectParams, TrainParams
+from pipeline.datasets import load_split
 from pipeline.errors import PipelineError
 from pipeline.models import build_model, model_config
 from pipeline.synthetic import write_synthetic_raw
@@ -116,7 +117,8 @@ def test_select_prefers_an_earlier_better_checkpoint_and_later_on_ties(
     _write_candidate(checkpoints / "epoch_0002.pt", untrained, 2, trained["normalization"])
     select.run(
         SelectParams(),
-        TrainParams(device="cpu"),
+        "cpu",
+        True,
         trained_project / "data/prepared",
         checkpoints,
         tmp_path / "best.pt",
@@ -129,7 +131,8 @@ def test_select_prefers_an_earlier_better_checkpoint_and_later_on_ties(
     _write_candidate(checkpoints / "epoch_0002.pt", good, 2, trained["normalization"])
     select.run(
         SelectParams(),
-        TrainParams(device="cpu"),
+        "cpu",
+        True,
         trained_project / "data/prepared",
         checkpoints,
         tmp_path / "best.pt",
@@ -144,7 +147,8 @@ def test_predict_writes_a_valid_csv_in_the_pickles_id_order(
     best = trained_project / "models/checkpoints/epoch_0004.pt"
     predict.run(
         PredictParams(tta="flip"),
-        TrainParams(device="cpu"),
+        "cpu",
+        True,
         trained_project / "data/prepared",
         best,
         tmp_path / "latest.csv",
@@ -191,7 +195,8 @@ def test_checkpoint_of_another_architecture_is_named(
     with pytest.raises(PipelineError, match="best.pt: weights do not fit model 'seed_resnet'"):
         predict.run(
             PredictParams(),
-            TrainParams(device="cpu"),
+            "cpu",
+            True,
             trained_project / "data/prepared",
             tmp_path / "best.pt",
             tmp_path / "latest.csv",
@@ -203,7 +208,8 @@ def test_select_without_checkpoints_says_what_to_run(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="no checkpoints"):
         select.run(
             SelectParams(),
-            TrainParams(device="cpu"),
+            "cpu",
+            True,
             tmp_path,
             tmp_path / "none",
             tmp_path / "best.pt",
@@ -215,7 +221,7 @@ def test_prediction_matches_argmax_of_flip_tta(trained_project: Path) -> None:
     path = trained_project / "models/checkpoints/epoch_0004.pt"
     checkpoint = load_checkpoint(path)
     model = model_from_checkpoint(path, checkpoint).eval()
-    custom = prepare.load_split(trained_project / "data/prepared", "custom_test")
+    custom = load_split(trained_project / "data/prepared", "custom_test")
     norm = checkpoint["normalization"]
     images = to_device_tensor(custom["images"], norm["mean"], norm["std"], torch.device("cpu"))
     with torch.no_grad():

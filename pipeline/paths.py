@@ -1,0 +1,17 @@
+"""Where each stage reads and writes, relative to the project root (dvc.yaml names the same paths)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RAW_DIR = Path("data/raw")  # fetch: cifar-10-batches-py/ and the custom test pickle
+PREPARED_DIR = Path("data/prepared")  # prepare: train/val/custom_test .npz and dataset.json
+CHECKPOINT_DIR = Path("models/checkpoints")  # train: epoch_NNNN.pt
+BEST_PATH = Path("models/best.pt")  # select: a copy of the winning checkpoint
+SUBMISSION_PATH = Path("submissions/latest.csv")  # predict
+
+DATA_REPORT_PATH = Path("metrics/data.json")  # prepare: counts per class
+TRAIN_LIVE_DIR = Path("metrics/train")  # train: dvclive's metrics.json and plots/
+SELECT_METRICS_PATH = Path("metrics/select.json")
+SELECT_CANDIDATES_PATH = Path("metrics/select_candidates.csv")
+PREDICT_METRICS_PATH = Path("metrics/predict.json")
