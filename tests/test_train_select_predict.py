@@ -113,31 +113,27 @@ def test_select_prefers_an_earlier_better_checkpoint_and_later_on_ties(
     torch.manual_seed(123)
     untrained = build_model(TINY_MODEL)
     checkpoints = tmp_path / "checkpoints"
+
+    def select_best() -> dict:
+        select.run(
+            SelectParams(),
+            "cpu",
+            True,
+            trained_project / "data/prepared",
+            checkpoints,
+            tmp_path / "best.pt",
+        )
+        return json.loads(Path("metrics/select.json").read_text())
+
     _write_candidate(checkpoints / "epoch_0001.pt", good, 1, trained["normalization"])
     _write_candidate(checkpoints / "epoch_0002.pt", untrained, 2, trained["normalization"])
-    select.run(
-        SelectParams(),
-        "cpu",
-        True,
-        trained_project / "data/prepared",
-        checkpoints,
-        tmp_path / "best.pt",
-    )
-    chosen = json.loads(Path("metrics/select.json").read_text())
+    chosen = select_best()
     assert chosen["checkpoint"] == "epoch_0001.pt"
     assert chosen["val_accuracy"] > chosen["last_epoch_val_accuracy"]
     assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
 
     _write_candidate(checkpoints / "epoch_0002.pt", good, 2, trained["normalization"])
-    select.run(
-        SelectParams(),
-        "cpu",
-        True,
-        trained_project / "data/prepared",
-        checkpoints,
-        tmp_path / "best.pt",
-    )
-    assert json.loads(Path("metrics/select.json").read_text())["checkpoint"] == "epoch_0002.pt"
+    assert select_best()["checkpoint"] == "epoch_0002.pt"
 
 
 def test_predict_writes_a_valid_csv_in_the_pickles_id_order(
