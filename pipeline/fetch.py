@@ -301,8 +301,13 @@ def _fetch_into(raw_tmp: Path, source: str, params: DataParams, scratch: Path) -
 
 
 def raw_files_present(raw_dir: Path) -> bool:
-    batches_dir, custom_test = locate_files(raw_dir) if raw_dir.is_dir() else (None, None)
-    return batches_dir == raw_dir / CIFAR_FOLDER and custom_test is not None
+    """Whether `raw_dir` already holds the layout fetch writes (looked up only, nothing extracted)."""
+    if not raw_dir.is_dir():
+        return False
+    return (
+        find_batches_dir(raw_dir) == raw_dir / CIFAR_FOLDER
+        and find_custom_test(raw_dir) is not None
+    )
 
 
 def run(params: DataParams, raw_dir: Path = RAW_DIR) -> None:
