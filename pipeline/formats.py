@@ -11,6 +11,7 @@ Image arrays everywhere in the project are (N, 32, 32, 3) uint8, channels-last.
 
 from __future__ import annotations
 
+import codecs
 import importlib
 import pickle
 from pathlib import Path
@@ -35,31 +36,90 @@ META_NAME = "batches.meta"
 CIFAR_FILES = (*TRAIN_BATCH_NAMES, VAL_BATCH_NAME, META_NAME)
 CUSTOM_TEST_NAMES = ("cifar_test_nolabel.pkl", "cifar_test_nolabels.pkl")  # 2025, 2024
 
-# (module, name) pairs a numpy-array pickle may reference; numpy 2 moved numpy.core → numpy._core.
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("_codecs", "encode"),  # how Python 3 writes bytes in protocol 2
-}
-
 
 class _ForbiddenGlobal(Exception):
     pass
 
 
+def _numpy_attribute(module: str, name: str) -> Any:
+    """numpy 2 moved numpy.core → numpy._core; resolve either spelling."""
+    if module.startswith("numpy.core") and hasattr(np, "_core"):
+        module = module.replace("numpy.core", "numpy._core", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+def _plain_dtype(dtype: Any) -> np.dtype:
+    """A dtype without Python objects: object arrays built from pickled bytes hold raw pointers."""
+    checked = np.dtype(dtype)
+    if checked.hasobject:
+        raise _ForbiddenGlobal("numpy arrays of Python objects")
+    return checked
+
+
+class _NdarrayToken:
+    """Stands in for numpy.ndarray in a pickle: only `_reconstruct` accepts it, so the class itself
+    can never be called with an attacker's shape, dtype and buffer."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise _ForbiddenGlobal("numpy.ndarray called directly (an array over raw bytes)")
+
+
+_NDARRAY = _NdarrayToken()
+
+
+def _safe_globals() -> dict[tuple[str, str], Any]:
+    """What each (module, name) a numpy-array pickle may reference resolves to."""
+    found: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): _NDARRAY,
+        ("numpy", "dtype"): lambda *args: _plain_dtype(np.dtype(*args)),
+        ("_codecs", "encode"): codecs.encode,  # how Python 3 writes bytes in protocol 2
+    }
+    for core in ("numpy.core", "numpy._core"):
+        reconstruct = _numpy_attribute(f"{core}.multiarray", "_reconstruct")
+        scalar = _numpy_attribute(f"{core}.multiarray", "scalar")
+        frombuffer = _numpy_attribute(f"{core}.numeric", "_frombuffer")
+
+        def safe_reconstruct(
+            subtype: Any, shape: Any, dtype: Any, _reconstruct: Any = reconstruct
+        ) -> Any:
+            if subtype is not _NDARRAY:
+                raise _ForbiddenGlobal("an array of a type other than numpy.ndarray")
+            return _reconstruct(np.ndarray, shape, _plain_dtype(dtype))
+
+        def safe_scalar(dtype: Any, *args: Any, _scalar: Any = scalar) -> Any:
+            return _scalar(_plain_dtype(dtype), *args)
+
+        def safe_frombuffer(
+            buffer: Any, dtype: Any, *args: Any, _frombuffer: Any = frombuffer
+        ) -> Any:
+            return _frombuffer(buffer, _plain_dtype(dtype), *args)
+
+        found[(f"{core}.multiarray", "_reconstruct")] = safe_reconstruct
+        found[(f"{core}.multiarray", "scalar")] = safe_scalar
+        found[(f"{core}.numeric", "_frombuffer")] = safe_frombuffer
+    return found
+
+
+_SAFE_GLOBALS = _safe_globals()
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED_GLOBALS:
+        if (module, name) not in _SAFE_GLOBALS:
             raise _ForbiddenGlobal(f"{module}.{name}")
-        if module.startswith("numpy.core") and hasattr(np, "_core"):
-            module = module.replace("numpy.core", "numpy._core", 1)
-        return getattr(importlib.import_module(module), name)
+        return _SAFE_GLOBALS[(module, name)]
+
+
+def _refuse_object_arrays(value: Any) -> None:
+    """Belt and braces: no array in the result may hold Python objects (e.g. via dtype __setstate__)."""
+    if isinstance(value, np.ndarray) and value.dtype.hasobject:
+        raise _ForbiddenGlobal("numpy arrays of Python objects")
+    if isinstance(value, dict):
+        for item in value.values():
+            _refuse_object_arrays(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _refuse_object_arrays(item)
 
 
 def restricted_load(path: Path) -> Any:
@@ -70,13 +130,15 @@ def restricted_load(path: Path) -> Any:
             if handle.read(1) == b"":
                 raise PipelineError(f"{path}: file is empty, expected a pickle")
             handle.seek(0)
-            return _RestrictedUnpickler(handle, encoding="bytes").load()
+            content = _RestrictedUnpickler(handle, encoding="bytes").load()
+        _refuse_object_arrays(content)
+        return content
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found") from None
     except _ForbiddenGlobal as error:
         raise PipelineError(
-            f"{path}: refused: the pickle asks to load '{error}', which is not a numpy array or "
-            "plain container (loading it could run code); nothing was executed"
+            f"{path}: refused: the pickle asks for {error}; only numeric numpy arrays and plain "
+            "containers are allowed (anything else could run code or corrupt memory); nothing in it was run"
         ) from None
     except EOFError:
         raise PipelineError(f"{path}: pickle is truncated (ended before its STOP opcode)") from None

@@ -89,6 +89,43 @@ def test_hostile_pickle_is_refused_without_running(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+class _ObjectArrayFromBytes:
+    """Calls numpy.ndarray directly: an object array whose 'pointers' are the attacker's bytes."""
+
+    def __init__(self, dtype: object) -> None:
+        self.dtype = dtype
+
+    def __reduce__(self):
+        return (np.ndarray, ((1,), self.dtype, b"\x41" * 8))
+
+
+class _ObjectScalar:
+    def __reduce__(self):
+        return (np._core.multiarray.scalar, (np.dtype("O"), b"\x41" * 8))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _ObjectArrayFromBytes(np.dtype("O")),
+        _ObjectArrayFromBytes("O"),
+        _ObjectScalar(),
+        np.array([1, "x"], dtype=object),
+    ],
+    ids=["ndarray-call-dtype", "ndarray-call-string", "object-scalar", "object-array"],
+)
+def test_object_arrays_from_pickled_bytes_are_refused(tmp_path: Path, payload: object) -> None:
+    """These use only numpy's own globals, yet would dereference attacker bytes as pointers."""
+    path = tmp_path / "cifar_test_nolabel.pkl"
+    path.write_bytes(
+        pickle.dumps(
+            {b"data": np.zeros((2, 32, 32, 3), np.uint8), b"ids": [payload] * 2}, protocol=2
+        )
+    )
+    with pytest.raises(PipelineError, match="refused"):
+        load_custom_test(path)
+
+
 def test_hostile_global_in_python2_style_pickle_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "data_batch_1"
     path.write_bytes(b"\x80\x02cbuiltins\neval\nq\x00X\x05\x00\x00\x001+1+1q\x01\x85q\x02Rq\x03.")
