@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 
 from pipeline.config import DataParams
@@ -164,20 +165,30 @@ def _stream_to(url: str, path: Path) -> None:
 
 
 def extract_archive(archive: Path, destination: Path) -> None:
-    """Extract a .zip or .tar(.gz) refusing members that would land outside `destination`."""
+    """Extract a .zip or .tar(.gz): only regular files and folders, all inside `destination`.
+
+    Links, devices, absolute names and '..' are refused outright (CIFAR-10 archives hold none),
+    rather than trusting tarfile's filters, which link chains have bypassed (CVE-2025-4517).
+    """
     if zipfile.is_zipfile(archive):
         _extract_zip(archive, destination)
         return
     try:
         with tarfile.open(archive) as tar:
-            for (
-                member
-            ) in tar.getmembers():  # as for zip: absolute names are refused, not made relative
-                _check_member_name(archive, member.name, destination)
-            tar.extractall(destination, filter="data")  # plus tarfile's own link and device checks
-    except tarfile.FilterError as error:
-        raise PipelineError(f"{archive}: refused unsafe archive member ({error})") from None
-    except (tarfile.TarError, EOFError, OSError) as error:
+            members = tar.getmembers()
+            for member in members:
+                _check_member_name(
+                    archive, member.name, destination, not (member.isfile() or member.isdir())
+                )
+            for member in members:
+                target = destination / member.name
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(member) as source, target.open("wb") as sink:
+                    shutil.copyfileobj(source, sink)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
         raise PipelineError(
             f"{archive}: not a readable .zip or .tar.gz archive ({error})"
         ) from None
@@ -190,7 +201,7 @@ def _check_member_name(
     escapes = not (root / name).resolve().is_relative_to(root)
     if is_symlink or name.startswith(("/", "\\")) or escapes:
         raise PipelineError(
-            f"{archive}: refused unsafe archive member '{name}' (absolute path, '..' or symlink)"
+            f"{archive}: refused unsafe archive member '{name}' (absolute path, '..', link or device)"
         )
 
 
@@ -205,14 +216,19 @@ def _extract_zip(archive: Path, destination: Path) -> None:
         raise PipelineError(f"{archive}: corrupt .zip archive ({error})") from None
 
 
-def locate_files(folder: Path) -> tuple[Path | None, Path | None]:
-    """Find the `cifar-10-batches-py` folder and the custom test pickle anywhere under `folder`."""
+def locate_files(folder: Path, scratch: Path) -> tuple[Path | None, Path | None]:
+    """Find the `cifar-10-batches-py` folder and the custom test pickle anywhere under `folder`.
+
+    If `folder` holds only the CIFAR-10 tarball, it is extracted into `scratch` (never beside
+    the user's file).
+    """
     batches_dir = find_batches_dir(folder)
     if batches_dir is None:  # the competition zip may hold the CIFAR-10 tarball itself
         tarball = next(iter(sorted(folder.rglob("cifar-10-python.tar.gz"))), None)
         if tarball is not None:
-            extract_archive(tarball, tarball.parent)
-            batches_dir = find_batches_dir(folder)
+            nested = Path(tempfile.mkdtemp(prefix="nested-", dir=scratch))
+            extract_archive(tarball, nested)
+            batches_dir = find_batches_dir(nested)
     return batches_dir, find_custom_test(folder)
 
 
@@ -291,12 +307,12 @@ def _fetch_into(raw_tmp: Path, source: str, params: DataParams, scratch: Path) -
         if not archive.exists():
             raise PipelineError(f"{archive}: data.path does not exist")
     if archive.is_dir():
-        batches_dir, custom_test = locate_files(archive)
+        batches_dir, custom_test = locate_files(archive, scratch)
     else:
         extracted = scratch / "extracted"
         extracted.mkdir()
         extract_archive(archive, extracted)
-        batches_dir, custom_test = locate_files(extracted)
+        batches_dir, custom_test = locate_files(extracted, scratch)
     _assemble(raw_tmp, batches_dir, custom_test, origin, params)
 
 
@@ -313,14 +329,19 @@ def raw_files_present(raw_dir: Path) -> bool:
 def run(params: DataParams, raw_dir: Path = RAW_DIR) -> None:
     source = params.source
     if source == "auto":
+        problem = f"{raw_dir}: no data yet"
         if raw_files_present(raw_dir):
-            count = check_raw(raw_dir, official_counts=False)
-            console.print(
-                f"fetch: using the files already in {raw_dir} ({count} custom test images)"
-            )
-            return
+            try:  # official sizes only: leftover synthetic demo data must not pass for the real thing
+                count = check_raw(raw_dir, official_counts=True)
+            except PipelineError as error:
+                problem = f"{error} (left over from the synthetic demo? set data.source: synthetic to keep it)"
+            else:
+                console.print(
+                    f"fetch: using the files already in {raw_dir} ({count} custom test images)"
+                )
+                return
         if kaggle_credentials_source() is None:
-            raise PipelineError(f"{raw_dir}: no data yet, and " + missing_credentials_message())
+            raise PipelineError(f"{problem}; and " + missing_credentials_message())
         source = "kaggle"
     raw_dir.parent.mkdir(parents=True, exist_ok=True)
     scratch_dir = tempfile.TemporaryDirectory(prefix=".fetch-", dir=raw_dir.parent)

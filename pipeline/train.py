@@ -188,6 +188,8 @@ def run(
         f"{train_set[1].shape[0]} images, {params.epochs} epochs"
     )
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    for stale in checkpoint_dir.glob("epoch_*.pt"):  # an earlier run's: select must never see them
+        stale.unlink()
     started = time.perf_counter()
     live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
     with live, training_progress() as progress:

@@ -164,6 +164,12 @@ def _tar_with(tmp_path: Path, info: tarfile.TarInfo, data: bytes = b"") -> Path:
     return path
 
 
+def _tar_link(kind: bytes, target: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+    info.type, info.linkname = kind, target
+    return info
+
+
 def _tar_symlink() -> tarfile.TarInfo:
     info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
     info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
@@ -171,7 +177,15 @@ def _tar_symlink() -> tarfile.TarInfo:
 
 
 @pytest.mark.parametrize(
-    "info", [tarfile.TarInfo("../escape.pkl"), tarfile.TarInfo("/abs/escape.pkl"), _tar_symlink()]
+    "info",
+    [
+        tarfile.TarInfo("../escape.pkl"),
+        tarfile.TarInfo("/abs/escape.pkl"),
+        _tar_symlink(),
+        _tar_link(tarfile.SYMTYPE, "batches.meta"),  # even a link that stays inside
+        _tar_link(tarfile.LNKTYPE, "cifar-10-batches-py/batches.meta"),
+        _tar_link(tarfile.CHRTYPE, ""),
+    ],
 )
 def test_tar_members_escaping_the_folder_are_refused(tmp_path: Path, info: tarfile.TarInfo) -> None:
     archive = _tar_with(tmp_path, info, b"payload")
@@ -180,6 +194,19 @@ def test_tar_members_escaping_the_folder_are_refused(tmp_path: Path, info: tarfi
             DataParams(source="local", path=str(archive), custom_test_path="x"), _raw(tmp_path)
         )
     assert not (tmp_path.parent / "escape.pkl").exists()
+
+
+def test_a_folder_holding_the_tarball_is_left_untouched(
+    tmp_path: Path, official_tarball: Path, custom_test_file: Path
+) -> None:
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    shutil.copy(official_tarball, folder)
+    shutil.copy(custom_test_file, folder)
+    before = sorted(p.name for p in folder.iterdir())
+    fetch.run(DataParams(source="local", path=str(folder)), _raw(tmp_path))
+    _assert_complete(_raw(tmp_path))
+    assert sorted(p.name for p in folder.iterdir()) == before
 
 
 def test_a_non_archive_with_an_archives_name_is_named(tmp_path: Path) -> None:
@@ -216,12 +243,24 @@ def test_failed_fetch_keeps_the_previous_data_and_leaves_no_temp_files(tmp_path:
     assert [p.name for p in raw_dir.parent.iterdir()] == ["raw"]
 
 
-def test_auto_uses_files_already_in_data_raw(tmp_path: Path) -> None:
+def test_auto_uses_official_files_already_in_data_raw(
+    tmp_path: Path, official_sized_cifar: Path, custom_test_file: Path
+) -> None:
     raw_dir = _raw(tmp_path)
-    fetch.run(DataParams(source="synthetic", synthetic=SMALL_SYNTHETIC), raw_dir)
+    shutil.copytree(official_sized_cifar, raw_dir)
+    shutil.copy(custom_test_file, raw_dir / "cifar_test_nolabel.pkl")
     stamp = (raw_dir / CIFAR_FOLDER / "test_batch").stat().st_mtime_ns
     fetch.run(DataParams(source="auto"), raw_dir)
     assert (raw_dir / CIFAR_FOLDER / "test_batch").stat().st_mtime_ns == stamp
+
+
+def test_auto_does_not_take_leftover_synthetic_data_for_real_data(tmp_path: Path) -> None:
+    raw_dir = _raw(tmp_path)
+    fetch.run(DataParams(source="synthetic", synthetic=SMALL_SYNTHETIC), raw_dir)
+    with pytest.raises(
+        PipelineError, match="expected 10000 images.*left over from the synthetic demo"
+    ):
+        fetch.run(DataParams(source="auto"), raw_dir)
 
 
 def test_auto_without_data_or_credentials_explains_every_way(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -224,3 +225,15 @@ def test_prediction_matches_argmax_of_flip_tta(trained_project: Path) -> None:
         expected = ((model(images) + model(images.flip(3))) / 2).argmax(1).numpy()
     got = predict_logits(model, images, "flip", 16).argmax(1).numpy()
     np.testing.assert_array_equal(got, expected)
+
+
+def test_a_new_training_run_removes_the_previous_runs_checkpoints(
+    trained_project: Path, tmp_path: Path
+) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    shutil.copytree(
+        trained_project / "models/checkpoints", checkpoints
+    )  # epochs 1–4 of an earlier run
+    params = TrainParams(device="cpu", epochs=1, batch_size=64, checkpoint_every=1)
+    train.run(TINY_MODEL, params, trained_project / "data/prepared", checkpoints, tmp_path / "live")
+    assert [p.name for p in checkpoints.iterdir()] == ["epoch_0001.pt"]
