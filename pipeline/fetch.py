@@ -195,11 +195,11 @@ def extract_archive(archive: Path, destination: Path) -> None:
 
 
 def _check_member_name(
-    archive: Path, name: str, destination: Path, is_symlink: bool = False
+    archive: Path, name: str, destination: Path, is_link_or_device: bool = False
 ) -> None:
     root = destination.resolve()
     escapes = not (root / name).resolve().is_relative_to(root)
-    if is_symlink or name.startswith(("/", "\\")) or escapes:
+    if is_link_or_device or name.startswith(("/", "\\")) or escapes:
         raise PipelineError(
             f"{archive}: refused unsafe archive member '{name}' (absolute path, '..', link or device)"
         )
