@@ -31,13 +31,10 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import fetch, prepare  # noqa: E402
-from pipeline.augment import to_device_set  # noqa: E402
 from pipeline.config import DataParams, ModelParams, PrepareParams, SyntheticParams, TrainParams  # noqa: E402
-from pipeline.datasets import load_dataset_info, load_split  # noqa: E402
-from pipeline.device import resolve_device  # noqa: E402
 from pipeline.formats import write_custom_test  # noqa: E402
-from pipeline.models import build_model, count_trainable_params  # noqa: E402
-from pipeline.train import EpochStats, fit, seed_everything  # noqa: E402
+from pipeline.models import count_trainable_params  # noqa: E402
+from pipeline.train import EpochStats, fit, setup_training  # noqa: E402
 from pipeline.tta import evaluate, predict_logits  # noqa: E402
 
 console = Console()
@@ -75,17 +72,8 @@ def prepare_data(workdir: Path, archive: Path | None) -> Path:
 
 
 def run_benchmark(prepared_dir: Path, model_params: ModelParams, params: TrainParams) -> dict:
-    device = resolve_device(params.device)
-    seed_everything(params.seed)
-    model = build_model(model_params).to(device, memory_format=torch.channels_last)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    info = load_dataset_info(prepared_dir)
-    splits = {name: load_split(prepared_dir, name) for name in ("train", "val")}
-    train_set, val_set = (
-        to_device_set(s["images"], s["labels"], info["mean"], info["std"], device)
-        for s in splits.values()
-    )
+    setup = setup_training(model_params, params, prepared_dir)
+    model, device, train_set, val_set = setup.model, setup.device, setup.train_set, setup.val_set
     epochs: list[EpochStats] = []
 
     def on_epoch(stats: EpochStats) -> None:

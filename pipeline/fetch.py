@@ -195,7 +195,7 @@ def extract_archive(archive: Path, destination: Path) -> None:
 
 
 def _check_member_name(
-    archive: Path, name: str, destination: Path, is_link_or_device: bool = False
+    archive: Path, name: str, destination: Path, is_link_or_device: bool
 ) -> None:
     root = destination.resolve()
     escapes = not (root / name).resolve().is_relative_to(root)

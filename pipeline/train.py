@@ -160,6 +160,39 @@ def fit(
         )
 
 
+@dataclass(frozen=True)
+class TrainingSetup:
+    model: nn.Module  # on `device`, channels_last
+    device: torch.device
+    info: dict  # dataset.json: class names, mean, std
+    train_set: tuple[torch.Tensor, torch.Tensor]  # normalised images, labels on `device`
+    val_set: tuple[torch.Tensor, torch.Tensor]
+
+
+def setup_training(
+    model_params: ModelParams, params: TrainParams, prepared_dir: Path
+) -> TrainingSetup:
+    """Seed, build the model (budget checked before any data is loaded) and put the data on the device."""
+    seed_everything(params.seed)  # before building: the initial weights follow the seed
+    model = build_model(model_params)
+    device = resolve_device(params.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    info = load_dataset_info(prepared_dir)
+    train_split, val_split = (load_split(prepared_dir, name) for name in ("train", "val"))
+    return TrainingSetup(
+        model=model.to(device, memory_format=torch.channels_last),
+        device=device,
+        info=info,
+        train_set=to_device_set(
+            train_split["images"], train_split["labels"], info["mean"], info["std"], device
+        ),
+        val_set=to_device_set(
+            val_split["images"], val_split["labels"], info["mean"], info["std"], device
+        ),
+    )
+
+
 def run(
     model_params: ModelParams,
     params: TrainParams,
@@ -169,19 +202,11 @@ def run(
 ) -> None:
     from dvclive import Live  # heavy import, only for a real run
 
-    seed_everything(params.seed)  # before building: the initial weights follow the seed
-    model = build_model(model_params)  # the budget check comes before loading any data
-    trainable = count_trainable_params(model)
-    device = resolve_device(params.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    model = model.to(device, memory_format=torch.channels_last)
-
-    info = load_dataset_info(prepared_dir)
+    setup = setup_training(model_params, params, prepared_dir)
+    model, device, info = setup.model, setup.device, setup.info
+    train_set, val_set = setup.train_set, setup.val_set
     mean, std = info["mean"], info["std"]
-    train_split, val_split = load_split(prepared_dir, "train"), load_split(prepared_dir, "val")
-    train_set = to_device_set(train_split["images"], train_split["labels"], mean, std, device)
-    val_set = to_device_set(val_split["images"], val_split["labels"], mean, std, device)
+    trainable = count_trainable_params(model)
     save_at = checkpoint_epochs(params)
     console.print(
         f"train: {model_params.name} ({trainable:,} trainable params) on {device}, "
