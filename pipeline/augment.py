@@ -1,14 +1,29 @@
-"""Device-side data: normalisation once, then batched random crop and flip on the device.
+"""Device-side data: normalisation once, then batched augmentation on the device.
 
-No per-image PIL work: a whole batch is padded once and cropped with two gathers, so the data
-never leaves the training device.
+No per-image PIL work: a whole batch is padded once and cropped with two gathers, flipped with
+one `where`, cut out with one mask, so the data never leaves the training device. Mixing
+(mixup / cutmix) returns soft targets; TrivialAugment is the one per-group (not per-batch) step.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from pipeline.config import TrainParams
+
+
+def pixel_statistics(
+    mean: list[float], std: list[float], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std in 0..255 pixel units, shaped (1, 3, 1, 1) for broadcasting."""
+    return (
+        torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0,
+        torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0,
+    )
 
 
 def to_device_tensor(
@@ -16,9 +31,8 @@ def to_device_tensor(
 ) -> torch.Tensor:
     """(N, 32, 32, 3) uint8 → normalised float32 (N, 3, 32, 32) in channels_last memory on `device`."""
     pixels = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float()
-    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
-    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
-    return ((pixels - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
+    pixel_mean, pixel_std = pixel_statistics(mean, std, device)
+    return ((pixels - pixel_mean) / pixel_std).contiguous(memory_format=torch.channels_last)
 
 
 def to_device_set(
@@ -53,16 +67,141 @@ def random_crop(
     return cropped_rows.gather(3, col_index)
 
 
+def alternating_flip_mask(
+    first_epoch_mask: torch.Tensor, indices: torch.Tensor, epoch: int
+) -> torch.Tensor:
+    """Which images of a batch to mirror in `epoch` (1-based) under alternating flip.
+
+    `first_epoch_mask` (one bool per training image, drawn once at random) is epoch 1's choice;
+    each later epoch inverts the previous one, so every image is seen mirrored every other epoch
+    (airbench's trick: the flip never repeats, unlike a fresh coin per epoch).
+    """
+    mask = first_epoch_mask[indices]
+    return mask if epoch % 2 == 1 else ~mask
+
+
+def apply_flip(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mirror left-right the images whose `mask` entry is True."""
+    return torch.where(mask[:, None, None, None], images.flip(3), images)
+
+
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Mirror each image left-right with probability 1/2."""
     flip = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
-    return torch.where(flip[:, None, None, None], images.flip(3), images)
+    return apply_flip(images, flip)
+
+
+def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero a size×size square (clipped at the border) centred at a random pixel of each image."""
+    count, _, height, width = images.shape
+    centres = torch.randint(0, height * width, (count,), device=images.device, generator=generator)
+    rows, cols = centres // width, centres % width
+    top, left = rows - size // 2, cols - size // 2
+    row_range = torch.arange(height, device=images.device)
+    col_range = torch.arange(width, device=images.device)
+    inside_rows = (row_range >= top[:, None]) & (row_range < top[:, None] + size)  # (N, H)
+    inside_cols = (col_range >= left[:, None]) & (col_range < left[:, None] + size)  # (N, W)
+    keep = ~(inside_rows[:, :, None] & inside_cols[:, None, :])
+    return images * keep[:, None].to(images.dtype)
+
+
+def mix_batch(
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    mixup_alpha: float,
+    cutmix_alpha: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup or cutmix (half the batches each when both are on) with a shuffled copy of the batch.
+
+    `targets` are (N, classes) probabilities; the mixed targets weigh each pair by its share of
+    the pixels (cutmix) or by the mixing weight (mixup). One Beta draw per batch, as in the papers.
+    """
+    device = images.device
+    seed = int(torch.randint(0, 2**62, (1,), device=device, generator=generator))
+    rng = np.random.default_rng(seed)  # the scalar draws (Beta has no torch generator argument)
+    use_cutmix = cutmix_alpha > 0 and (mixup_alpha == 0 or rng.random() < 0.5)
+    alpha = cutmix_alpha if use_cutmix else mixup_alpha
+    weight = float(rng.beta(alpha, alpha))
+    partner = torch.randperm(images.shape[0], device=device, generator=generator)
+    if use_cutmix:
+        height, width = images.shape[2:]
+        box_h, box_w = round(height * (1 - weight) ** 0.5), round(width * (1 - weight) ** 0.5)
+        top, left = (
+            int(rng.integers(0, height - box_h + 1)),
+            int(rng.integers(0, width - box_w + 1)),
+        )
+        images = images.clone()
+        images[:, :, top : top + box_h, left : left + box_w] = images[
+            partner, :, top : top + box_h, left : left + box_w
+        ]
+        weight = 1 - box_h * box_w / (height * width)  # the pixels actually kept
+    else:
+        images = weight * images + (1 - weight) * images[partner]
+    return images, weight * targets + (1 - weight) * targets[partner]
+
+
+TRIVIAL_AUGMENT_GROUP = (
+    32  # images that share one TrivialAugment op (one op per image is ~30× slower)
+)
+
+
+def trivial_augment(
+    images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """TrivialAugmentWide on normalised images: back to uint8, one random op per group, normalised again."""
+    from torchvision.transforms import v2  # torchvision is only needed when this is on
+
+    pixels = (images * std + mean).clamp(0, 255).round().to(torch.uint8)
+    augment = v2.TrivialAugmentWide()
+    groups = []
+    seed = int(torch.randint(0, 2**62, (1,), device=images.device, generator=generator))
+    with torch.random.fork_rng(devices=[]):  # torchvision draws from the global CPU generator
+        torch.default_generator.manual_seed(seed)
+        for start in range(0, pixels.shape[0], TRIVIAL_AUGMENT_GROUP):
+            groups.append(augment(pixels[start : start + TRIVIAL_AUGMENT_GROUP]))
+    return (torch.cat(groups).float() - mean) / std
+
+
+@dataclass(frozen=True)
+class AugmentState:
+    """What the training-set augmentation needs besides the params, fixed for a whole run."""
+
+    first_epoch_flip: torch.Tensor  # (N,) bool: alternating flip's epoch-1 choice per image
+    pixel_mean: torch.Tensor  # (1, 3, 1, 1) in 0..255 units: to undo normalisation
+    pixel_std: torch.Tensor
+    generator: torch.Generator  # on the data's device
+
+
+def augment_state(
+    image_count: int, mean: list[float], std: list[float], seed: int, device: torch.device
+) -> AugmentState:
+    generator = torch.Generator(device=device).manual_seed(seed)
+    pixel_mean, pixel_std = pixel_statistics(mean, std, device)
+    return AugmentState(
+        first_epoch_flip=torch.rand(image_count, device=device, generator=generator) < 0.5,
+        pixel_mean=pixel_mean,
+        pixel_std=pixel_std,
+        generator=generator,
+    )
 
 
 def augment_batch(
-    images: torch.Tensor, padding: int, pad_mode: str, flip: bool, generator: torch.Generator
+    images: torch.Tensor,
+    indices: torch.Tensor,
+    epoch: int,
+    params: TrainParams,
+    state: AugmentState,
 ) -> torch.Tensor:
-    images = random_crop(images, padding, pad_mode, generator)
-    if flip:
-        images = random_flip(images, generator)
+    """The training augmentation of one batch (`indices` into the training set, `epoch` 1-based):
+    TrivialAugment, crop, flip, cutout, in that order; channels_last for the convolutions."""
+    if params.trivial_augment:
+        images = trivial_augment(images, state.pixel_mean, state.pixel_std, state.generator)
+    images = random_crop(images, params.crop_padding, params.pad_mode, state.generator)
+    if params.flip == "random":
+        images = random_flip(images, state.generator)
+    elif params.flip == "alternating":
+        images = apply_flip(images, alternating_flip_mask(state.first_epoch_flip, indices, epoch))
+    if params.cutout:
+        images = cutout(images, params.cutout, state.generator)
     return images.contiguous(memory_format=torch.channels_last)

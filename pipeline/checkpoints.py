@@ -2,7 +2,9 @@
 
 A checkpoint is a dict of plain data and tensors: `model_state`, `model_config` (the model's
 params, to rebuild it by name), `epoch`, `val_accuracy`, `model_params` (trainable count),
-`normalization` (the training set's mean/std) and `class_names`.
+`normalization` (the training set's mean/std) and `class_names`; training also stores `ema_state`
+and `val_accuracy_ema` (None without EMA), and select's models/best.pt says which `weights`
+(raw or ema) its `model_state` holds.
 """
 
 from __future__ import annotations

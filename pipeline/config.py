@@ -64,11 +64,17 @@ class PrepareParams:
 
 @dataclass(frozen=True)
 class ModelParams:
-    name: str = "seed_resnet"
+    name: str = "seed_resnet"  # seed_resnet | airnet | resnet_wide (models.py describes each)
     max_params: int = 5_000_000  # the competition's cap on trainable parameters
-    base_width: int = 32  # channels of the first stage; the seed uses 32 → 64 → 128
-    blocks: list[int] = field(default_factory=lambda: [4, 4, 3])  # BasicBlocks per stage
-    dropout: float = 0.17  # inside each BasicBlock, after each conv's BN (seed's value)
+    base_width: int = 32  # seed_resnet: channels of the first stage; the seed uses 32 → 64 → 128
+    blocks: list[int] = field(
+        default_factory=lambda: [4, 4, 3]
+    )  # seed_resnet, resnet_wide: blocks per stage
+    dropout: float = 0.17  # seed_resnet, resnet_wide: inside each residual block (seed's value)
+    widths: list[int] = field(
+        default_factory=lambda: [64, 256, 256]
+    )  # airnet, resnet_wide: channels per stage
+    residual: bool = False  # airnet: a third conv per group, added to the group's output
 
     def __post_init__(self) -> None:
         _require(self.max_params > 0, "model.max_params", "positive", self.max_params)
@@ -80,6 +86,19 @@ class ModelParams:
             self.blocks,
         )
         _require(0.0 <= self.dropout < 1.0, "model.dropout", "in [0, 1)", self.dropout)
+        _require(
+            len(self.widths) == 3 and all(w >= 1 for w in self.widths),
+            "model.widths",
+            "three positive channel counts",
+            self.widths,
+        )
+        if self.name == "resnet_wide":
+            _require(
+                len(self.blocks) == len(self.widths),
+                "model.blocks",
+                f"one block count per width ({len(self.widths)}) for resnet_wide",
+                self.blocks,
+            )
 
 
 @dataclass(frozen=True)
@@ -87,28 +106,52 @@ class TrainParams:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
     seed: int = 0
     epochs: int = 200
+    max_steps: int = 0  # stop after this many optimizer steps (mid-epoch too); 0: all epochs
     batch_size: int = 128  # images per optimizer step
-    lr: float = 0.09  # peak learning rate for batch_size images
+    drop_last: bool = False  # skip each epoch's last partial batch (one shape: no recompiles)
+    lr: float = 0.09  # peak learning rate, for the mean loss over batch_size images
     momentum: float = 0.9
     nesterov: bool = False
-    weight_decay: float = 3e-4
-    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
+    weight_decay: float = 3e-4  # coupled (PyTorch SGD): each step shrinks weights by lr × this
+    bias_lr_scale: float = (
+        1.0  # lr multiplier for BatchNorm and bias params; their decay per step is unchanged
+    )
+    schedule: Literal["multistep", "cosine", "onecycle", "constant"] = "multistep"
     milestones: list[int] = field(default_factory=lambda: [90, 180])  # epochs, multistep only
     gamma: float = 0.1  # multistep: lr factor at each milestone
+    warmup_fraction: float = 0.23  # onecycle: share of the steps spent rising to the peak lr
+    lr_start_factor: float = 0.2  # onecycle: lr factor at the first step
+    lr_end_factor: float = 0.07  # onecycle: lr factor at the last step
     crop_padding: int = 4  # pixels of padding before the random 32×32 crop; 0 disables
     pad_mode: Literal["zeros", "reflect"] = "zeros"  # the seed used torchvision's zero fill
-    flip: bool = True  # random horizontal flip
+    flip: Literal["none", "random", "alternating"] = (
+        "random"  # alternating: each image mirrored every other epoch
+    )
+    cutout: int = 0  # side in pixels of a square zeroed at a random place; 0 disables
+    mixup_alpha: float = 0.0  # Beta(α, α) mixing of image pairs; 0 disables
+    cutmix_alpha: float = 0.0  # Beta(α, α) box pasting between image pairs; 0 disables
+    trivial_augment: bool = False  # torchvision's TrivialAugmentWide, per group of images
     label_smoothing: float = 0.0
-    mixed_precision: bool = True  # bf16 autocast where the device supports it (CUDA)
+    ema_decay: float = 0.0  # timm ModelEmaV3 of the weights, updated every step; 0 disables
+    lookahead: bool = (
+        False  # airbench's Lookahead: every 5 steps the weights move back toward their average
+    )
+    mixed_precision: bool = True  # bf16 autocast on CUDA (BatchNorm params and stats stay fp32)
+    compile: Literal["auto", "always", "never"] = "auto"  # torch.compile; auto: CUDA only
     checkpoint_every: int = 10  # epochs between checkpoints; the last epoch is always saved
     eval_batch_size: int = 1000
+    eval_tta: Literal["none", "flip", "flip_translate"] = (
+        "none"  # views for the per-epoch val accuracy
+    )
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "train.epochs", "at least 1", self.epochs)
+        _require(self.max_steps >= 0, "train.max_steps", "0 or more", self.max_steps)
         _require(self.batch_size >= 1, "train.batch_size", "at least 1", self.batch_size)
         _require(self.lr > 0, "train.lr", "positive", self.lr)
         _require(0 <= self.momentum < 1, "train.momentum", "in [0, 1)", self.momentum)
         _require(self.weight_decay >= 0, "train.weight_decay", "non-negative", self.weight_decay)
+        _require(self.bias_lr_scale > 0, "train.bias_lr_scale", "positive", self.bias_lr_scale)
         _require(
             all(m >= 1 for m in self.milestones),
             "train.milestones",
@@ -117,14 +160,28 @@ class TrainParams:
         )
         _require(0 < self.gamma <= 1, "train.gamma", "in (0, 1]", self.gamma)
         _require(
+            0 <= self.warmup_fraction < 1,
+            "train.warmup_fraction",
+            "in [0, 1)",
+            self.warmup_fraction,
+        )
+        for name in ("lr_start_factor", "lr_end_factor"):
+            value = getattr(self, name)
+            _require(0 <= value <= 1, f"train.{name}", "in [0, 1]", value)
+        _require(
             0 <= self.crop_padding <= 16, "train.crop_padding", "in [0, 16]", self.crop_padding
         )
+        _require(0 <= self.cutout <= 32, "train.cutout", "in [0, 32]", self.cutout)
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            value = getattr(self, name)
+            _require(value >= 0, f"train.{name}", "non-negative", value)
         _require(
             0 <= self.label_smoothing < 1,
             "train.label_smoothing",
             "in [0, 1)",
             self.label_smoothing,
         )
+        _require(0 <= self.ema_decay < 1, "train.ema_decay", "in [0, 1)", self.ema_decay)
         _require(
             self.checkpoint_every >= 1,
             "train.checkpoint_every",
@@ -146,7 +203,7 @@ class SelectParams:
 
 @dataclass(frozen=True)
 class PredictParams:
-    tta: Literal["none", "flip"] = "flip"  # views whose logits are averaged
+    tta: Literal["none", "flip", "flip_translate"] = "flip"  # views whose logits are averaged
     batch_size: int = 1000
 
     def __post_init__(self) -> None:

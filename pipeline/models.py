@@ -1,7 +1,13 @@
 """Models, built by name (`model.name`), and the competition's trainable-parameter budget.
 
-`seed_resnet` is the seed team's network, reproduced exactly at the defaults
-(base_width 32, blocks [4, 4, 3], dropout 0.17): 1,177,130 trainable parameters.
+- `seed_resnet`: the seed team's network, reproduced exactly at the defaults (base_width 32,
+  blocks [4, 4, 3], dropout 0.17): 1,177,130 trainable parameters. Residual.
+- `airnet`: the airbench family (Keller Jordan's CIFAR-10 speed records): a frozen 2×2
+  patch-whitening conv, then three conv groups (conv → max-pool → BN → GELU → conv → BN → GELU),
+  identity-initialised convs. widths [64, 256, 256]: 1,971,352 trainable parameters (airbench94's
+  net); with `residual: true` each group gets a third conv added to its output (a modified ResNet).
+- `resnet_wide`: a pre-activation wide ResNet (WRN) sized by `widths` and `blocks`;
+  widths [64, 128, 256], blocks [2, 2, 2] is WRN-16-4: 2,776,906 trainable parameters. Residual.
 """
 
 from __future__ import annotations
@@ -70,11 +76,152 @@ class SeedResNet(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
 
 
-def _seed_resnet(params: ModelParams) -> nn.Module:
-    return SeedResNet(params.base_width, list(params.blocks), params.dropout)
+class AirBatchNorm(nn.BatchNorm2d):
+    """airbench's BatchNorm: scale frozen at 1 (only the shift trains), running stats with momentum 0.4."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, eps=1e-12, momentum=0.4)
+        self.weight.requires_grad = False
 
 
-MODEL_BUILDERS: dict[str, Callable[[ModelParams], nn.Module]] = {"seed_resnet": _seed_resnet}
+class DiracConv(nn.Conv2d):
+    """3×3 conv, no bias, 'same' padding; the first in_channels filters start as the identity."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, 3, padding="same", bias=False)
+        with torch.no_grad():
+            nn.init.dirac_(self.weight[: min(in_channels, out_channels)])
+
+
+class AirConvGroup(nn.Module):
+    """conv → 2×2 max-pool → BN → GELU → conv → BN → GELU (+ GELU(BN(conv)) added, if residual)."""
+
+    def __init__(self, in_channels: int, out_channels: int, residual: bool) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            DiracConv(in_channels, out_channels),
+            nn.MaxPool2d(2),
+            AirBatchNorm(out_channels),
+            nn.GELU(),
+            DiracConv(out_channels, out_channels),
+            AirBatchNorm(out_channels),
+            nn.GELU(),
+        )
+        self.extra = (
+            nn.Sequential(
+                DiracConv(out_channels, out_channels), AirBatchNorm(out_channels), nn.GELU()
+            )
+            if residual
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.body(x)
+        return x + self.extra(x) if self.extra is not None else x
+
+
+WHITENING_PATCH = 2  # pixels: the whitening conv sees 2×2×3 = 12 values per position
+WHITENING_EPS = 5e-4  # added to each eigenvalue so near-constant directions are not blown up
+
+
+class AirNet(nn.Module):
+    """Whitening conv (frozen) → GELU → 3 conv groups → 3×3 max-pool → linear (no bias) × 1/9."""
+
+    def __init__(self, widths: list[int], residual: bool) -> None:
+        super().__init__()
+        patch_values = 3 * WHITENING_PATCH**2
+        # Frozen, set from the data by init_whitening; no bias, so nothing before the first
+        # conv group needs a gradient (that skips the group's input-gradient conv: ~10% of a step).
+        self.whiten = nn.Conv2d(3, 2 * patch_values, WHITENING_PATCH, padding=0, bias=False)
+        self.whiten.weight.requires_grad = False
+        in_channels, groups = 2 * patch_values, []
+        for width in widths:
+            groups.append(AirConvGroup(in_channels, width, residual))
+            in_channels = width
+        self.body = nn.Sequential(nn.GELU(), *groups, nn.MaxPool2d(3))
+        self.classifier = nn.Linear(in_channels, NUM_CLASSES, bias=False)
+        self.logit_scale = 1 / 9  # airbench's output scaling: keeps early logits small
+
+    @torch.no_grad()
+    def init_whitening(self, images: torch.Tensor) -> None:
+        """Set the whitening filters from normalised (N, 3, H, W) training images.
+
+        Filters are the eigenvectors of the 2×2-patch covariance scaled by 1/sqrt(λ + ε), and
+        their negatives (so the GELU after it keeps both signs), giving decorrelated channels.
+        """
+        patches = images.float().unfold(2, WHITENING_PATCH, 1).unfold(3, WHITENING_PATCH, 1)
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * WHITENING_PATCH**2).double()
+        patches = patches - patches.mean(0)
+        covariance = patches.T @ patches / patches.shape[0]
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        filters = (eigenvectors.T / torch.sqrt(eigenvalues[:, None] + WHITENING_EPS)).float()
+        filters = filters.reshape(-1, 3, WHITENING_PATCH, WHITENING_PATCH)
+        self.whiten.weight.copy_(torch.cat([filters, -filters]).to(self.whiten.weight.device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = torch.flatten(self.body(self.whiten(x)), 1)
+        return self.classifier(features) * self.logit_scale
+
+
+class PreActBlock(nn.Module):
+    """BN-ReLU-conv3×3-BN-ReLU-Dropout-conv3×3, plus the input (1×1 conv of the pre-activation on a shape change)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, dropout: float) -> None:
+        super().__init__()
+        self.pre = nn.Sequential(nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True))
+        self.residual = nn.Sequential(
+            conv3x3(in_channels, out_channels, stride),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            conv3x3(out_channels, out_channels),
+        )
+        self.shortcut = (
+            nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+            if stride != 1 or in_channels != out_channels
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        activated = self.pre(x)
+        shortcut = self.shortcut(activated) if self.shortcut is not None else x
+        return self.residual(activated) + shortcut
+
+
+class WideResNet(nn.Module):
+    """Stem conv3×3 → stages of pre-activation blocks (stride 2 after the first) → BN-ReLU → avg-pool → linear."""
+
+    def __init__(self, widths: list[int], blocks: list[int], dropout: float) -> None:
+        super().__init__()
+        self.stem = conv3x3(3, widths[0])
+        layers: list[nn.Module] = []
+        in_channels = widths[0]
+        for stage, (width, block_count) in enumerate(zip(widths, blocks, strict=True)):
+            for index in range(block_count):
+                stride = 2 if stage > 0 and index == 0 else 1
+                layers.append(PreActBlock(in_channels, width, stride, dropout))
+                in_channels = width
+        self.stages = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1)
+        )
+        self.classifier = nn.Linear(in_channels, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.head(self.stages(self.stem(x))), 1))
+
+
+MODEL_BUILDERS: dict[str, Callable[[ModelParams], nn.Module]] = {
+    "seed_resnet": lambda p: SeedResNet(p.base_width, list(p.blocks), p.dropout),
+    "airnet": lambda p: AirNet(list(p.widths), p.residual),
+    "resnet_wide": lambda p: WideResNet(list(p.widths), list(p.blocks), p.dropout),
+}
+RESIDUAL_MODELS = ("seed_resnet", "resnet_wide")  # plus airnet with residual: true
+
+
+def is_residual(params: ModelParams) -> bool:
+    """Whether the model is a ResNet in the assignment's sense (identity shortcuts)."""
+    return params.name in RESIDUAL_MODELS or (params.name == "airnet" and params.residual)
 
 
 def count_trainable_params(model: nn.Module) -> int:

@@ -1,26 +1,27 @@
-"""Stage 4, select → models/best.pt: the checkpoint with the highest validation accuracy.
+"""Stage 4, select → models/best.pt: the checkpoint weights with the highest validation accuracy.
 
-Every checkpoint is scored again here on the validation set (not trusted from training logs);
-ties go to the later epoch. The winner is copied to models/best.pt and the table of candidates
-goes to metrics/select_candidates.csv (a DVC plot).
+Every checkpoint's raw weights, and its EMA weights when training kept an EMA, are scored again
+here on the validation set (not trusted from training logs); ties go to the later epoch, then to
+the EMA. The winner is written to models/best.pt with the chosen weights as its `model_state`
+(and `weights: raw | ema`), and the table of candidates goes to metrics/select_candidates.csv
+(a DVC plot).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import shutil
 from pathlib import Path
 
 import torch
 
 from pipeline.augment import to_device_set
-from pipeline.checkpoints import load_checkpoint, model_from_checkpoint
+from pipeline.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.config import SelectParams
 from pipeline.datasets import load_split
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_path, write_json_atomic, write_text_atomic
+from pipeline.files import write_json_atomic, write_text_atomic
 from pipeline.models import count_trainable_params
 from pipeline.paths import (
     BEST_PATH,
@@ -34,8 +35,10 @@ from pipeline.tta import evaluate
 
 
 def choose_best(candidates: list[dict]) -> dict:
-    """Highest `val_accuracy`; among equals the latest epoch."""
-    return max(candidates, key=lambda row: (row["val_accuracy"], row["epoch"]))
+    """Highest `val_accuracy`; among equals the latest epoch, then the EMA weights."""
+    return max(
+        candidates, key=lambda row: (row["val_accuracy"], row["epoch"], row["weights"] == "ema")
+    )
 
 
 def run(
@@ -65,16 +68,25 @@ def run(
             eval_set = to_device_set(
                 val_split["images"], val_split["labels"], norm["mean"], norm["std"], device
             )
-        accuracy, loss = evaluate(model, *eval_set, "none", params.batch_size, mixed_precision)
-        candidates.append({
-            "checkpoint": path.name, "epoch": int(checkpoint["epoch"]), "val_accuracy": accuracy,
-            "val_loss": loss, "model_params": count_trainable_params(model),
-        })  # fmt: skip
-        console.print(f"select: {path.name} val accuracy {accuracy:.4f}")
+        weight_sets = {"raw": checkpoint["model_state"]}
+        if checkpoint.get("ema_state") is not None:
+            weight_sets["ema"] = checkpoint["ema_state"]
+        for weights, state in weight_sets.items():
+            model.load_state_dict(state)
+            accuracy, loss = evaluate(model, *eval_set, "none", params.batch_size, mixed_precision)
+            candidates.append({
+                "checkpoint": path.name, "epoch": int(checkpoint["epoch"]), "weights": weights,
+                "val_accuracy": accuracy, "val_loss": loss, "model_params": count_trainable_params(model),
+            })  # fmt: skip
+            console.print(f"select: {path.name} {weights} weights: val accuracy {accuracy:.4f}")
     best = choose_best(candidates)
-    last = max(candidates, key=lambda row: row["epoch"])
-    with atomic_path(best_path) as temp_path:
-        shutil.copyfile(checkpoint_dir / best["checkpoint"], temp_path)
+    last = max((row for row in candidates if row["weights"] == "raw"), key=lambda row: row["epoch"])
+    winner = load_checkpoint(checkpoint_dir / best["checkpoint"])
+    winner["model_state"] = (
+        winner["ema_state"] if best["weights"] == "ema" else winner["model_state"]
+    )
+    winner["weights"] = best["weights"]
+    save_checkpoint(best_path, winner)
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=list(candidates[0]), lineterminator="\n")
     writer.writeheader()
@@ -83,10 +95,12 @@ def run(
     write_json_atomic(
         SELECT_METRICS_PATH,
         {
-            "checkpoint": best["checkpoint"], "epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
+            "checkpoint": best["checkpoint"], "epoch": best["epoch"], "weights": best["weights"],
+            "val_accuracy": best["val_accuracy"],
             "last_epoch_val_accuracy": last["val_accuracy"], "model_params": best["model_params"],
         },
     )  # fmt: skip
     console.print(
-        f"select: best is {best['checkpoint']} (val accuracy {best['val_accuracy']:.4f}) → {best_path}"
+        f"select: best is {best['checkpoint']} {best['weights']} weights "
+        f"(val accuracy {best['val_accuracy']:.4f}) → {best_path}"
     )

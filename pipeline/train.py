@@ -1,9 +1,11 @@
 """Stage 3, train → models/checkpoints/: train `model.name` with the recipe in `train`.
 
 The whole training set lives on the training device as one normalised tensor; each batch is
-cropped and flipped there (augment.py). bf16 autocast on CUDA. Every `train.checkpoint_every`
-epochs (and at the last) a checkpoint with the epoch's validation accuracy is written.
-Per-epoch metrics go through dvclive to metrics/train/.
+augmented there (augment.py). Nesterov SGD with its own lr scale for BatchNorm/bias params, a
+per-step lr schedule, optional EMA of the weights (timm's ModelEmaV3), bf16 autocast and
+`torch.compile` on CUDA. Every `train.checkpoint_every` epochs (and at the last) a checkpoint
+with the raw and EMA weights and the epoch's validation accuracy is written. Per-epoch metrics go
+through dvclive to metrics/train/.
 """
 
 from __future__ import annotations
@@ -22,25 +24,50 @@ import torch.nn.functional as F
 from rich.progress import Progress
 from torch import nn
 
-from pipeline.augment import augment_batch, to_device_set
+from pipeline.augment import augment_batch, augment_state, mix_batch, to_device_set
 from pipeline.checkpoints import save_checkpoint
 from pipeline.config import ModelParams, TrainParams
 from pipeline.datasets import load_dataset_info, load_split
 from pipeline.device import autocast, resolve_device
+from pipeline.formats import NUM_CLASSES
 from pipeline.models import build_model, count_trainable_params, model_config
 from pipeline.paths import CHECKPOINT_DIR, PREPARED_DIR, TRAIN_LIVE_DIR
 from pipeline.reporting import console, training_progress
 from pipeline.tta import evaluate
 
 ETA_PROBE_BATCHES = 3  # batches timed (after one warm-up) for the CPU time estimate
+WHITENING_IMAGES = 2000  # training images whose 2×2 patches set airnet's whitening filters
 
 
-def lr_factor(epoch: int, params: TrainParams) -> float:
-    """Multiplier of `train.lr` during `epoch` (0-based), stepped once per epoch."""
+def total_steps(steps_per_epoch: int, params: TrainParams) -> int:
+    """Optimizer steps of the whole run: all epochs, or `train.max_steps` if that is fewer."""
+    planned = steps_per_epoch * params.epochs
+    return min(planned, params.max_steps) if params.max_steps else planned
+
+
+def run_epochs(steps_per_epoch: int, params: TrainParams) -> int:
+    """Epochs that get at least one step (the last may be partial under `train.max_steps`)."""
+    return math.ceil(total_steps(steps_per_epoch, params) / steps_per_epoch)
+
+
+def lr_factor(step: int, steps_per_epoch: int, params: TrainParams) -> float:
+    """Multiplier of `train.lr` at optimizer step `step` (0-based) of the run.
+
+    cosine and onecycle span the steps actually run (`total_steps`); multistep counts epochs.
+    """
+    run_steps = total_steps(steps_per_epoch, params)
     if params.schedule == "multistep":
+        epoch = step // steps_per_epoch
         return params.gamma ** sum(epoch >= milestone for milestone in params.milestones)
     if params.schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * epoch / params.epochs))
+        return 0.5 * (1 + math.cos(math.pi * step / run_steps))
+    if params.schedule == "onecycle":  # linear rise to the peak, then linear fall
+        warmup_steps = round(params.warmup_fraction * run_steps)
+        if step < warmup_steps:
+            fraction = step / warmup_steps
+            return params.lr_start_factor + (1 - params.lr_start_factor) * fraction
+        fraction = (step - warmup_steps) / max(1, run_steps - 1 - warmup_steps)
+        return 1 + (params.lr_end_factor - 1) * fraction
     return 1.0
 
 
@@ -50,24 +77,94 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def checkpoint_epochs(params: TrainParams) -> set[int]:
+def checkpoint_epochs(last_epoch: int, params: TrainParams) -> set[int]:
     """1-based epochs after which a checkpoint is written: every `checkpoint_every`, and the last."""
-    return {
-        *range(params.checkpoint_every, params.epochs + 1, params.checkpoint_every),
-        params.epochs,
-    }
+    return {*range(params.checkpoint_every, last_epoch + 1, params.checkpoint_every), last_epoch}
+
+
+def steps_per_epoch(image_count: int, params: TrainParams) -> int:
+    """Optimizer steps per epoch; with drop_last a set smaller than one batch is still one step."""
+    if params.drop_last:
+        return max(1, image_count // params.batch_size)
+    return math.ceil(image_count / params.batch_size)
+
+
+def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.SGD:
+    """SGD over the trainable params; BatchNorm and bias params (1-d) get `bias_lr_scale`× the lr.
+
+    Their weight decay coefficient is divided by the same scale, so every param still shrinks by
+    lr × weight_decay per step (airbench's bias scaler: the scale speeds up learning only).
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    matrices = [p for p in trainable if p.ndim > 1]
+    vectors = [p for p in trainable if p.ndim <= 1]
+    scale = params.bias_lr_scale
+    groups = [
+        {"params": matrices, "lr": params.lr, "weight_decay": params.weight_decay},
+        {"params": vectors, "lr": params.lr * scale, "weight_decay": params.weight_decay / scale},
+    ]
+    return torch.optim.SGD(
+        [group for group in groups if group["params"]],
+        lr=params.lr,
+        momentum=params.momentum,
+        nesterov=params.nesterov,
+    )
+
+
+def uses_compile(params: TrainParams, device: torch.device) -> bool:
+    return params.compile == "always" or (params.compile == "auto" and device.type == "cuda")
+
+
+def compiled(model: nn.Module, params: TrainParams, device: torch.device) -> nn.Module:
+    """`torch.compile(model)` when `train.compile` asks for it (auto: CUDA only), else the model.
+
+    The compiled module shares the model's parameters; a platform where compiling is impossible
+    fails here, loudly, rather than training something else.
+    """
+    return torch.compile(model, dynamic=False) if uses_compile(params, device) else model
+
+
+LOOKAHEAD_EVERY = 5  # steps between Lookahead pulls
+LOOKAHEAD_DECAY = 0.95**LOOKAHEAD_EVERY  # the average's decay at the end of the run
+
+
+class Lookahead:
+    """airbench94's Lookahead: a slow average of the weights that the weights are reset to.
+
+    Every `LOOKAHEAD_EVERY` steps the average moves toward the weights by (1 - decay) and the
+    weights are set to it; decay grows from 0 to 0.95⁵ as (step / total)³, so early training is
+    untouched. After the last step the weights become the average.
+    """
+
+    def __init__(self, model: nn.Module, run_steps: int) -> None:
+        self.model, self.run_steps = model, run_steps
+        self.average = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def pull(self, decay: float) -> None:
+        for name, weights in self.model.state_dict().items():
+            if weights.is_floating_point():
+                self.average[name].lerp_(weights, 1 - decay)
+                weights.copy_(self.average[name])
+
+    def after_step(self, step: int) -> None:  # `step`: optimizer steps done (1-based)
+        if step == self.run_steps:
+            self.pull(decay=1.0)  # the weights become the average
+        elif step % LOOKAHEAD_EVERY == 0:
+            self.pull(decay=LOOKAHEAD_DECAY * (step / self.run_steps) ** 3)
 
 
 @dataclass(frozen=True)
 class EpochStats:
     epoch: int  # 1-based
     train_loss: float
-    train_accuracy: float
+    train_accuracy: float  # on the augmented (and possibly mixed) batches, against the main label
     val_loss: float
-    val_accuracy: float
-    learning_rate: float
+    val_accuracy: float  # raw weights, under train.eval_tta
+    learning_rate: float  # of the non-bias params, at the epoch's last step
     images_per_second: float  # training images per second of this epoch's training loop
     seconds: float  # this epoch's training loop, without the validation pass
+    val_accuracy_ema: float | None = None  # the EMA weights, when train.ema_decay > 0
 
 
 def fit(
@@ -75,89 +172,109 @@ def fit(
     params: TrainParams,
     train_set: tuple[torch.Tensor, torch.Tensor],
     val_set: tuple[torch.Tensor, torch.Tensor],
-    on_epoch: Callable[[EpochStats], None],
+    normalization: tuple[list[float], list[float]],
+    on_epoch: Callable[[EpochStats, nn.Module | None], None],
     progress: Progress | None = None,
-) -> None:
+) -> nn.Module | None:
     """Train `model` in place; `train_set` and `val_set` are normalised images and labels on the model's device.
 
-    `on_epoch` runs after each epoch's validation (logging, checkpoints). Data order and
-    augmentation follow `params.seed` through their own generators.
+    `normalization` is the (mean, std) of dataset.json the images were normalised with
+    (TrivialAugment undoes it to work on pixels).
+    `on_epoch(stats, ema_model)` runs after each epoch's validation (logging, checkpoints);
+    `ema_model` is the EMA of the weights (`train.ema_decay` > 0), else None. Data order and
+    augmentation follow `params.seed` through their own generators. Returns the EMA model.
     """
+    from timm.utils import ModelEmaV3  # only runs that ask for EMA pay for importing timm
+
     train_images, train_labels = train_set
     device = train_images.device
     order_generator = torch.Generator().manual_seed(params.seed)
-    augment_generator = torch.Generator(device=device).manual_seed(params.seed)
+    augment = augment_state(train_labels.shape[0], *normalization, params.seed, device)
     mixed_precision = params.mixed_precision and device.type == "cuda"
+    mixing = params.mixup_alpha > 0 or params.cutmix_alpha > 0
     image_count = train_labels.shape[0]
-    batches_per_epoch = math.ceil(image_count / params.batch_size)
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=params.lr,
-        momentum=params.momentum,
-        nesterov=params.nesterov,
-        weight_decay=params.weight_decay,
+    batches_per_epoch = steps_per_epoch(image_count, params)
+    run_steps = total_steps(batches_per_epoch, params)
+    optimizer = make_optimizer(model, params)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, batches_per_epoch, params)
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, params))
+    ema = ModelEmaV3(model, decay=params.ema_decay, use_warmup=True) if params.ema_decay else None
+    lookahead = Lookahead(model, run_steps) if params.lookahead else None
+    network = compiled(model, params, device)
+    evaluated_ema = compiled(ema.module, params, device) if ema is not None else None
     batch_task = (
         progress.add_task("batch", total=batches_per_epoch, status="") if progress else None
     )
-    for epoch in range(1, params.epochs + 1):
+    step = 0
+    for epoch in range(1, run_epochs(batches_per_epoch, params) + 1):
         model.train()
+        epoch_batches = min(batches_per_epoch, run_steps - step)  # fewer: max_steps ends mid-epoch
+        images_per_epoch = min(image_count, epoch_batches * params.batch_size)
         if progress is not None:
-            progress.reset(batch_task, total=batches_per_epoch)
+            progress.reset(batch_task, total=epoch_batches)
         order = torch.randperm(image_count, generator=order_generator).to(device)
         loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per batch
         correct = torch.zeros((), device=device)
         epoch_started = time.perf_counter()
-        for batch_index in range(batches_per_epoch):
+        for batch_index in range(epoch_batches):
             indices = order[batch_index * params.batch_size : (batch_index + 1) * params.batch_size]
-            images = augment_batch(
-                train_images[indices],
-                params.crop_padding,
-                params.pad_mode,
-                params.flip,
-                augment_generator,
-            )
+            images = augment_batch(train_images[indices], indices, epoch, params, augment)
             labels = train_labels[indices]
-            with autocast(device, mixed_precision):
-                logits = model(images)
-                loss = F.cross_entropy(
-                    logits.float(), labels, label_smoothing=params.label_smoothing
+            targets = F.one_hot(labels, NUM_CLASSES).float() if mixing else labels
+            if mixing:
+                images, targets = mix_batch(
+                    images, targets, params.mixup_alpha, params.cutmix_alpha, augment.generator
                 )
+            with autocast(device, mixed_precision):
+                logits = network(images)
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=params.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            scheduler.step()
+            step += 1
+            if lookahead is not None:
+                lookahead.after_step(step)
+            if ema is not None:
+                ema.update(model, step=step)
             loss_sum += loss.detach() * labels.shape[0]
-            correct += (logits.argmax(1) == labels).sum()
+            correct += (logits.detach().argmax(1) == labels).sum()
             if progress is not None:
                 progress.update(batch_task, advance=1)
             if epoch == 1 and batch_index == ETA_PROBE_BATCHES and device.type == "cpu":
                 seconds_per_batch = (time.perf_counter() - epoch_started) / (ETA_PROBE_BATCHES + 1)
-                minutes = seconds_per_batch * batches_per_epoch * params.epochs / 60
+                minutes = seconds_per_batch * run_steps / 60
                 console.print(
                     f"[yellow]warning: training on CPU; estimated {minutes:.1f} min for "
-                    f"{params.epochs} epochs (train.device: auto picks a CUDA GPU when present)"
+                    f"{run_steps} steps (train.device: auto picks a CUDA GPU when present)"
                 )
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - epoch_started
         val_accuracy, val_loss = evaluate(
-            model, *val_set, "none", params.eval_batch_size, mixed_precision
+            network, *val_set, params.eval_tta, params.eval_batch_size, mixed_precision
         )
-        learning_rate = optimizer.param_groups[0]["lr"]
-        scheduler.step()
+        val_accuracy_ema = None
+        if evaluated_ema is not None:
+            val_accuracy_ema, _ = evaluate(
+                evaluated_ema, *val_set, params.eval_tta, params.eval_batch_size, mixed_precision
+            )
         on_epoch(
             EpochStats(
                 epoch=epoch,
-                train_loss=loss_sum.item() / image_count,
-                train_accuracy=correct.item() / image_count,
+                train_loss=loss_sum.item() / images_per_epoch,
+                train_accuracy=correct.item() / images_per_epoch,
                 val_loss=val_loss,
                 val_accuracy=val_accuracy,
-                learning_rate=learning_rate,
-                images_per_second=image_count / seconds,
+                learning_rate=optimizer.param_groups[0]["lr"],
+                images_per_second=images_per_epoch / seconds,
                 seconds=seconds,
-            )
+                val_accuracy_ema=val_accuracy_ema,
+            ),
+            ema.module if ema is not None else None,
         )
+    return ema.module if ema is not None else None
 
 
 @dataclass(frozen=True)
@@ -178,15 +295,21 @@ def setup_training(
     device = resolve_device(params.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    else:  # x86 CPUs handle subnormal floats in microcode, many times slower; they round to 0
+        torch.set_flush_denormal(True)
     info = load_dataset_info(prepared_dir)
     train_split, val_split = (load_split(prepared_dir, name) for name in ("train", "val"))
+    train_set = to_device_set(
+        train_split["images"], train_split["labels"], info["mean"], info["std"], device
+    )
+    model = model.to(device, memory_format=torch.channels_last)
+    if hasattr(model, "init_whitening"):  # airnet: filters from the training set's patches
+        model.init_whitening(train_set[0][:WHITENING_IMAGES])
     return TrainingSetup(
-        model=model.to(device, memory_format=torch.channels_last),
+        model=model,
         device=device,
         info=info,
-        train_set=to_device_set(
-            train_split["images"], train_split["labels"], info["mean"], info["std"], device
-        ),
+        train_set=train_set,
         val_set=to_device_set(
             val_split["images"], val_split["labels"], info["mean"], info["std"], device
         ),
@@ -207,10 +330,11 @@ def run(
     train_set, val_set = setup.train_set, setup.val_set
     mean, std = info["mean"], info["std"]
     trainable = count_trainable_params(model)
-    save_at = checkpoint_epochs(params)
+    last_epoch = run_epochs(steps_per_epoch(train_set[1].shape[0], params), params)
+    save_at = checkpoint_epochs(last_epoch, params)
     console.print(
         f"train: {model_params.name} ({trainable:,} trainable params) on {device}, "
-        f"{train_set[1].shape[0]} images, {params.epochs} epochs"
+        f"{train_set[1].shape[0]} images, {last_epoch} epochs"
     )
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     for stale in checkpoint_dir.glob("epoch_*.pt"):  # an earlier run's: select must never see them
@@ -218,16 +342,18 @@ def run(
     started = time.perf_counter()
     live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
     with live, training_progress() as progress:
-        epoch_task = progress.add_task("epoch", total=params.epochs, status="")
+        epoch_task = progress.add_task("epoch", total=last_epoch, status="")
 
-        def on_epoch(stats: EpochStats) -> None:
+        def on_epoch(stats: EpochStats, ema_model: nn.Module | None) -> None:
             for name, value in dataclasses.asdict(stats).items():
-                if name != "epoch":
+                if name != "epoch" and value is not None:
                     live.log_metric(name, value)
             live.next_step()
             if stats.epoch in save_at:
                 checkpoint = {
                     "model_state": model.state_dict(),
+                    "ema_state": ema_model.state_dict() if ema_model is not None else None,
+                    "val_accuracy_ema": stats.val_accuracy_ema,
                     "model_config": model_config(model_params),
                     "epoch": stats.epoch,
                     "val_accuracy": stats.val_accuracy,
@@ -243,7 +369,7 @@ def run(
                 f"val {stats.val_accuracy:.3f} {stats.images_per_second:,.0f} img/s",
             )
 
-        fit(model, params, train_set, val_set, on_epoch, progress)
+        fit(model, params, train_set, val_set, (mean, std), on_epoch, progress)
         live.log_metric("model_params", trainable, plot=False)
         live.log_metric("train_seconds", time.perf_counter() - started, plot=False)
     console.print(f"train: done in {time.perf_counter() - started:.1f} s")

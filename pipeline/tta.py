@@ -1,7 +1,9 @@
 """Test-time augmentation and evaluation: logits averaged over views of each image.
 
-Policies: `none` (the image) and `flip` (the image and its mirror). Used by train (its own
-validation), select and predict, so every stage scores a model the same way.
+Policies: `none` (the image), `flip` (the image and its mirror) and `flip_translate` (those two
+with weight 1/4 each, plus the image and its mirror shifted one pixel up-left and one pixel
+down-right, reflect-padded, with weight 1/8 each: 6 forward passes, airbench's level-2 TTA).
+Used by train (its own validation), select and predict, so every stage scores a model the same way.
 """
 
 from __future__ import annotations
@@ -12,19 +14,30 @@ from torch import nn
 
 from pipeline.device import autocast
 
-TTA_POLICIES = ("none", "flip")
+TTA_POLICIES = ("none", "flip", "flip_translate")
 
 
-def tta_views(images: torch.Tensor, policy: str) -> list[torch.Tensor]:
-    """The views of a (N, C, H, W) batch that `policy` averages over."""
+def translate(images: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Shift (N, C, H, W) images by `rows` down and `cols` right (±1), reflect-filling the edge."""
+    height, width = images.shape[2:]
+    padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
+    return padded[:, :, 1 - rows : 1 - rows + height, 1 - cols : 1 - cols + width]
+
+
+def tta_views(images: torch.Tensor, policy: str) -> list[tuple[torch.Tensor, float]]:
+    """The (view, weight) pairs of a (N, C, H, W) batch that `policy` averages over; weights sum to 1."""
     if policy == "none":
-        return [images]
+        return [(images, 1.0)]
     if policy == "flip":
-        return [images, images.flip(3)]
+        return [(images, 0.5), (images.flip(3), 0.5)]
+    if policy == "flip_translate":
+        shifted = [translate(images, -1, -1), translate(images, 1, 1)]
+        views = [(images, 0.25), (images.flip(3), 0.25)]
+        return views + [(view, 0.125) for image in shifted for view in (image, image.flip(3))]
     raise ValueError(f"unknown TTA policy {policy!r}; expected one of {TTA_POLICIES}")
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_logits(
     model: nn.Module,
     images: torch.Tensor,
@@ -38,8 +51,11 @@ def predict_logits(
     for start in range(0, images.shape[0], batch_size):
         batch = images[start : start + batch_size]
         with autocast(batch.device, mixed_precision):
-            views = [model(view).float() for view in tta_views(batch, policy)]
-        outputs.append(torch.stack(views).mean(0))
+            logits = sum(
+                weight * model(view.contiguous(memory_format=torch.channels_last)).float()
+                for view, weight in tta_views(batch, policy)
+            )
+        outputs.append(logits)
     return torch.cat(outputs)
 
 

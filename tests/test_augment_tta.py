@@ -6,19 +6,89 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.augment import augment_batch, random_crop, random_flip, to_device_tensor
-from pipeline.tta import evaluate, predict_logits, tta_views
+from pipeline.augment import (
+    alternating_flip_mask,
+    augment_batch,
+    augment_state,
+    cutout,
+    mix_batch,
+    random_crop,
+    random_flip,
+    to_device_tensor,
+)
+from pipeline.config import TrainParams
+from pipeline.tta import evaluate, predict_logits, translate, tta_views
 
 
 def _batch(count: int = 16) -> torch.Tensor:
     return torch.randn(count, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
+def _state(count: int = 16, seed: int = 1):
+    return augment_state(count, [0.5] * 3, [0.25] * 3, seed, torch.device("cpu"))
+
+
 def test_augmentation_keeps_shape_dtype_and_leaves_labels_alone() -> None:
     images, labels = _batch(), torch.arange(16) % 10
-    augmented = augment_batch(images, 4, "zeros", True, torch.Generator().manual_seed(1))
+    params = TrainParams(cutout=8, trivial_augment=True, flip="alternating")
+    augmented = augment_batch(images, torch.arange(16), 1, params, _state())
     assert augmented.shape == images.shape and augmented.dtype == images.dtype
+    assert augmented.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(labels, torch.arange(16) % 10)
+
+
+def test_alternating_flip_mirrors_each_image_on_every_other_epoch() -> None:
+    images = _batch(32)
+    state, params = _state(32), TrainParams(crop_padding=0, flip="alternating")
+    indices = torch.arange(32)
+    per_epoch = []
+    for epoch in range(1, 6):
+        augmented = augment_batch(images, indices, epoch, params, state)
+        mirrored = [torch.equal(a, b.flip(2)) for a, b in zip(augmented, images, strict=True)]
+        kept = [torch.equal(a, b) for a, b in zip(augmented, images, strict=True)]
+        assert all(m != k for m, k in zip(mirrored, kept, strict=True))
+        per_epoch.append(mirrored)
+    for image in range(32):
+        seen = [per_epoch[epoch][image] for epoch in range(5)]
+        assert all(a != b for a, b in zip(seen, seen[1:], strict=False)), f"image {image}: {seen}"
+    assert 0 < sum(per_epoch[0]) < 32  # epoch 1 is a fair coin per image
+    # the mask follows the image, not its place in the batch
+    shuffled = torch.randperm(32, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(
+        alternating_flip_mask(state.first_epoch_flip, shuffled, 3),
+        alternating_flip_mask(state.first_epoch_flip, indices, 3)[shuffled],
+    )
+
+
+def test_cutout_zeroes_one_square_of_the_given_size_per_image() -> None:
+    images = _batch(64).abs() + 1  # no zeros before cutout
+    cut = cutout(images, 8, torch.Generator().manual_seed(4))
+    zeroed = (cut == 0).all(1)  # (N, H, W): all channels zeroed
+    counts = zeroed.flatten(1).sum(1)
+    assert (
+        counts.max() == 64 and counts.min() >= 16
+    )  # 8×8 inside the image; a corner clips it to 4×4
+    for mask in zeroed:
+        rows, cols = mask.nonzero(as_tuple=True)
+        height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert height * width == mask.sum()  # one rectangle
+    assert torch.equal(
+        cut[~zeroed[:, None].expand_as(cut)], images[~zeroed[:, None].expand_as(cut)]
+    )
+
+
+def test_mixup_and_cutmix_mix_images_and_targets_in_the_same_proportion() -> None:
+    images = torch.cat([torch.zeros(8, 3, 32, 32), torch.ones(8, 3, 32, 32)])
+    targets = torch.nn.functional.one_hot(
+        torch.cat([torch.zeros(8), torch.ones(8)]).long(), 10
+    ).float()
+    for mixup, cutmix in ((1.0, 0.0), (0.0, 1.0)):
+        mixed, mixed_targets = mix_batch(
+            images, targets, mixup, cutmix, torch.Generator().manual_seed(6)
+        )
+        assert torch.allclose(mixed_targets.sum(1), torch.ones(16))
+        # the share of "ones" pixels equals the target weight of class 1
+        assert torch.allclose(mixed.mean((1, 2, 3)), mixed_targets[:, 1], atol=1e-5)
 
 
 def test_random_crop_is_a_window_of_the_padded_image() -> None:
@@ -80,6 +150,20 @@ def test_tta_flip_is_the_mean_of_the_image_and_its_mirror() -> None:
         predict_logits(model, images, "none", batch_size=4), model(images), atol=1e-5
     )
     assert len(tta_views(images, "flip")) == 2
+
+
+def test_flip_translate_averages_six_views_with_airbench_weights() -> None:
+    torch.manual_seed(0)
+    model, images = _AsymmetricModel(), _batch(6)
+    views = tta_views(images, "flip_translate")
+    assert len(views) == 6 and sum(weight for _, weight in views) == 1.0
+    shifted = translate(images, 1, 1)
+    assert torch.equal(shifted[:, :, 1:, 1:], images[:, :, :-1, :-1])  # moved down-right by one
+    assert torch.equal(translate(images, -1, -1)[:, :, :-1, :-1], images[:, :, 1:, 1:])
+    plain = (model(images) + model(images.flip(3))) / 2
+    moved = sum(model(v) + model(v.flip(3)) for v in (translate(images, -1, -1), shifted)) / 4
+    got = predict_logits(model, images, "flip_translate", batch_size=4)
+    assert torch.allclose(got, (plain + moved) / 2, atol=1e-5)
 
 
 def test_evaluate_counts_correct_predictions() -> None:

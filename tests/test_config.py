@@ -12,9 +12,21 @@ from pipeline.config import Params, load_params, params_from_dict
 from pipeline.errors import PipelineError
 
 
-def test_repository_params_load_and_hold_the_seed_recipe() -> None:
+def test_repository_params_load_and_hold_the_default_profile() -> None:
     params = load_params(REPO_ROOT / "params.yaml")
-    train = params.train
+    model, train = params.model, params.train
+    assert (model.name, model.widths, model.residual) == ("airnet", [128, 304, 304], True)
+    assert model.max_params == 5_000_000
+    assert (train.schedule, train.flip, train.trivial_augment) == ("onecycle", "alternating", True)
+    assert (train.epochs, train.batch_size, train.ema_decay) == (200, 512, 0.999)
+    assert params.predict.tta == "flip_translate"
+    assert params.data.competition == "deep-learning-spring-2025-project-1"
+
+
+def test_the_seed_profile_holds_the_seed_recipe() -> None:
+    from pipeline.profiles import load_profile
+
+    train = load_profile("seed").train
     assert (train.lr, train.momentum, train.weight_decay, train.batch_size, train.epochs) == (
         0.09,
         0.9,
@@ -23,9 +35,8 @@ def test_repository_params_load_and_hold_the_seed_recipe() -> None:
         200,
     )
     assert (train.schedule, train.milestones, train.gamma) == ("multistep", [90, 180], 0.1)
-    assert (train.crop_padding, train.flip) == (4, True)
-    assert params.model.name == "seed_resnet" and params.model.max_params == 5_000_000
-    assert params.data.competition == "deep-learning-spring-2025-project-1"
+    assert (train.crop_padding, train.pad_mode, train.flip) == (4, "zeros", "random")
+    assert load_profile("seed").model.name == "seed_resnet"
 
 
 def test_params_are_frozen() -> None:
@@ -43,7 +54,22 @@ def test_params_are_frozen() -> None:
         ({"train": {"epochs": 2.5}}, "train.epochs must be an integer"),
         ({"train": {"epochs": -1}}, "train.epochs must be at least 1, found -1"),
         ({"train": {"lr": "fast"}}, "train.lr must be a number"),
-        ({"train": {"flip": "yes"}}, "train.flip must be true or false"),
+        (
+            {"train": {"flip": True}},
+            r"train.flip must be one of \['none', 'random', 'alternating'\]",
+        ),
+        ({"train": {"nesterov": "yes"}}, "train.nesterov must be true or false"),
+        (
+            {"train": {"compile": True}},
+            r"train.compile must be one of \['auto', 'always', 'never'\]",
+        ),
+        ({"train": {"max_steps": -1}}, "train.max_steps must be 0 or more"),
+        ({"train": {"ema_decay": 1.0}}, r"train.ema_decay must be in \[0, 1\)"),
+        ({"model": {"widths": [64, 256]}}, "model.widths must be three positive channel counts"),
+        (
+            {"model": {"name": "resnet_wide", "blocks": [2, 2]}},
+            "model.blocks must be one block count per width",
+        ),
         ({"train": {"milestones": [90, "x"]}}, r"train.milestones\[1\] must be an integer"),
         ({"data": {"source": "ftp"}}, "data.source must be one of"),
         ({"predict": {"tta": "all"}}, "predict.tta must be one of"),

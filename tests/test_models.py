@@ -40,5 +40,7 @@ def test_budget_is_a_param() -> None:
 
 
 def test_unknown_model_name_lists_the_known_ones() -> None:
-    with pytest.raises(PipelineError, match=r"model.name must be one of \['seed_resnet'\]"):
+    with pytest.raises(
+        PipelineError, match=r"model.name must be one of \['airnet', 'resnet_wide', 'seed_resnet'\]"
+    ):
         build_model(ModelParams(name="resnet9000"))

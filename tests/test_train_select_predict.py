@@ -58,6 +58,7 @@ def test_training_lowers_the_loss_and_logs_every_epoch(trained_project: Path) ->
     summary = json.loads((trained_project / "metrics/train/metrics.json").read_text())
     assert summary["model_params"] == 19_954  # seed_resnet at base_width 8, blocks [1, 1, 1]
     assert {"val_accuracy", "learning_rate", "images_per_second", "train_accuracy"} <= set(summary)
+    assert "val_accuracy_ema" not in summary  # no EMA asked for: nothing logged for it
 
 
 def test_checkpoints_carry_weights_epoch_and_val_accuracy(trained_project: Path) -> None:
@@ -66,18 +67,37 @@ def test_checkpoints_carry_weights_epoch_and_val_accuracy(trained_project: Path)
     checkpoint = load_checkpoint(paths[-1])
     assert checkpoint["epoch"] == 4 and 0.0 <= checkpoint["val_accuracy"] <= 1.0
     assert checkpoint["model_config"]["base_width"] == 8
+    assert checkpoint["ema_state"] is None and checkpoint["val_accuracy_ema"] is None
 
 
 def test_checkpoint_every_keeps_the_last_epoch() -> None:
-    assert train.checkpoint_epochs(TrainParams(epochs=25, checkpoint_every=10)) == {10, 20, 25}
+    assert train.checkpoint_epochs(25, TrainParams(epochs=25, checkpoint_every=10)) == {10, 20, 25}
 
 
 def test_lr_schedules_have_the_documented_shape() -> None:
-    seed = TrainParams()
-    factors = [train.lr_factor(epoch, seed) for epoch in (0, 89, 90, 179, 180, 199)]
+    seed = TrainParams()  # multistep: epochs count, whatever the steps per epoch
+    factors = [train.lr_factor(epoch * 3, 3, seed) for epoch in (0, 89, 90, 179, 180, 199)]
     assert factors == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
-    cosine = TrainParams(schedule="cosine", epochs=10)
-    assert train.lr_factor(0, cosine) == 1.0 and train.lr_factor(5, cosine) == pytest.approx(0.5)
+    cosine = TrainParams(schedule="cosine", epochs=10)  # per step, over 10 × 4 steps
+    assert train.lr_factor(0, 4, cosine) == 1.0
+    assert train.lr_factor(20, 4, cosine) == pytest.approx(0.5)
+    onecycle = TrainParams(
+        schedule="onecycle", epochs=10, warmup_fraction=0.25, lr_start_factor=0.2, lr_end_factor=0.1
+    )
+    factors = [train.lr_factor(step, 10, onecycle) for step in range(100)]
+    assert factors[0] == pytest.approx(0.2) and factors[25] == pytest.approx(1.0)
+    assert factors[99] == pytest.approx(0.1) and max(factors) == pytest.approx(1.0)
+    rising, falling = factors[:26], factors[25:]
+    assert all(a < b for a, b in zip(rising, rising[1:], strict=False)), "linear warm-up"
+    assert all(a > b for a, b in zip(falling, falling[1:], strict=False)), "linear decay"
+    assert train.lr_factor(12, 10, onecycle) == pytest.approx(0.2 + 0.8 * 12 / 25)
+
+
+def test_max_steps_ends_the_run_mid_epoch_and_the_schedule_spans_it() -> None:
+    params = TrainParams(epochs=10, max_steps=25, schedule="onecycle", lr_end_factor=0.05)
+    assert train.total_steps(4, params) == 25 and train.run_epochs(4, params) == 7
+    assert train.lr_factor(24, 4, params) == pytest.approx(0.05)  # the last step is the end
+    assert train.total_steps(4, TrainParams(epochs=10)) == 40
 
 
 def test_same_seed_gives_identical_weights(tmp_path: Path, trained_project: Path) -> None:
@@ -135,6 +155,28 @@ def test_select_prefers_an_earlier_better_checkpoint_and_later_on_ties(
 
     _write_candidate(checkpoints / "epoch_0002.pt", good, 2, trained["normalization"])
     assert select_best()["checkpoint"] == "epoch_0002.pt"
+
+
+def test_select_takes_the_ema_weights_when_they_score_higher(
+    trained_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    trained = load_checkpoint(trained_project / "models/checkpoints/epoch_0004.pt")
+    torch.manual_seed(123)
+    untrained = build_model(TINY_MODEL).state_dict()
+    checkpoint = dict(trained, model_state=untrained, ema_state=trained["model_state"])
+    save_checkpoint(tmp_path / "checkpoints/epoch_0001.pt", checkpoint)
+    select.run(
+        SelectParams(), "cpu", True, trained_project / "data/prepared", tmp_path / "checkpoints",
+        tmp_path / "best.pt",
+    )  # fmt: skip
+    chosen = json.loads(Path("metrics/select.json").read_text())
+    assert chosen["weights"] == "ema" and chosen["val_accuracy"] > chosen["last_epoch_val_accuracy"]
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["weights"] == "ema"
+    assert all(torch.equal(best["model_state"][k], trained["model_state"][k]) for k in untrained)
+    with Path("metrics/select_candidates.csv").open() as handle:
+        assert [row["weights"] for row in csv.DictReader(handle)] == ["raw", "ema"]
 
 
 def test_predict_writes_a_valid_csv_in_the_pickles_id_order(
