@@ -1,5 +1,6 @@
 """`python -m pipeline <stage>`: run one pipeline stage with the params in params.yaml.
 
+`python -m pipeline profile NAME` puts a training profile's sections into params.yaml.
 Expected failures (`PipelineError`) print one line and exit 1; `--debug` shows the traceback.
 """
 
@@ -49,7 +50,8 @@ def run_stage(stage: str, params: Params) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=STAGES)
+    parser.add_argument("stage", choices=(*STAGES, "profile"))
+    parser.add_argument("profile", nargs="?", help="with `profile`: fast, default, seed or cpu")
     parser.add_argument(
         "--params",
         type=Path,
@@ -60,8 +62,16 @@ def main(argv: list[str] | None = None) -> int:
         "--debug", action="store_true", help="show the traceback of expected errors too"
     )
     args = parser.parse_args(argv)
+    if (args.stage == "profile") != (args.profile is not None):
+        parser.error("a profile name goes with `profile`, and only with it")
     try:
-        run_stage(args.stage, load_params(args.params))
+        if args.stage == "profile":
+            from pipeline.profiles import apply_profile
+
+            apply_profile(args.profile, args.params)
+            print(f"{args.params}: model and train sections now hold profile {args.profile!r}")
+        else:
+            run_stage(args.stage, load_params(args.params))
     except PipelineError as error:
         if args.debug:
             raise

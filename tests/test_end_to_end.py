@@ -16,6 +16,7 @@ from conftest import REPO_ROOT
 
 from pipeline.submission_csv import validate_submission
 
+# Applied on top of the seed profile (`python -m pipeline profile seed`).
 TINY_PARAMS = {
     "data": {
         "source": "synthetic",
@@ -58,23 +59,32 @@ def _sh(folder: Path, *command: str) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.mark.slow
-def test_dvc_repro_runs_every_stage_then_nothing(tmp_path: Path) -> None:
-    project = tmp_path / "project"
-    project.mkdir()
-    _copy_repo(project)
+def _override(project: Path, overrides: dict) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
-    for section, values in TINY_PARAMS.items():
+    for section, values in overrides.items():
         for key, value in values.items():
             params[section][key] = value
     (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def _new_project(tmp_path: Path, profile: str, overrides: dict) -> Path:
+    project = tmp_path / "project"
+    project.mkdir()
+    _copy_repo(project)
+    _sh(project, sys.executable, "-m", "pipeline", "profile", profile)
+    _override(project, overrides)
     _sh(project, "git", "init", "-q")
     if not (project / ".dvc").is_dir():
         _sh(project, "dvc", "init", "-q")
     # A clone has commits; dvclive needs one (it records the baseline revision).
     _sh(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
     _sh(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy")
+    return project
 
+
+@pytest.mark.slow
+def test_dvc_repro_runs_every_stage_then_nothing(tmp_path: Path) -> None:
+    project = _new_project(tmp_path, "seed", TINY_PARAMS)
     first = _sh(project, "dvc", "repro")
     for stage in ("fetch", "prepare", "train", "select", "predict"):
         assert f"Running stage '{stage}'" in first.stdout
@@ -96,3 +106,33 @@ def test_dvc_repro_runs_every_stage_then_nothing(tmp_path: Path) -> None:
     assert (project / "submissions/latest.csv").stat().st_mtime_ns == stamp
     shown = _sh(project, "dvc", "metrics", "show", "--json")
     assert "val_accuracy" in shown.stdout
+
+
+SMOKE_DATA = {
+    "source": "synthetic",
+    "synthetic": {"train_images": 300, "val_images": 100, "custom_test_images": 50},
+}
+PROFILE_MODEL_PARAMS = {"fast": 1_971_328, "default": 4_836_736, "cpu": 1_112_160}
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_each_profile_smoke_sized(tmp_path: Path) -> None:
+    """Each profile's own model and recipe (EMA, TrivialAugment, ...) for one short epoch."""
+    project = _new_project(tmp_path, "fast", {"data": SMOKE_DATA})
+    for profile, model_params in PROFILE_MODEL_PARAMS.items():
+        _sh(project, sys.executable, "-m", "pipeline", "profile", profile)
+        smoke = {"device": "cpu", "epochs": 1, "batch_size": 64, "checkpoint_every": 1}
+        _override(project, {"data": SMOKE_DATA, "train": smoke})
+        run = _sh(project, "dvc", "repro")
+        assert "Running stage 'train'" in run.stdout and "Running stage 'predict'" in run.stdout
+        assert (
+            json.loads((project / "metrics/train/metrics.json").read_text())["model_params"]
+            == model_params
+        ), profile
+        validate_submission(project / "submissions/latest.csv", np.arange(50))
+        selected = json.loads((project / "metrics/select.json").read_text())
+        assert selected["weights"] in ("raw", "ema") and selected["model_params"] == model_params
+        if profile == "default":  # EMA on: both weight sets were candidates
+            candidates = (project / "metrics/select_candidates.csv").read_text()
+            assert ",raw," in candidates and ",ema," in candidates
+        assert json.loads((project / "metrics/predict.json").read_text())["tta"] == "flip_translate"
