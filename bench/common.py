@@ -1,0 +1,246 @@
+"""What the benchmarks share: the machine's description, real or synthetic data through the
+pipeline's own fetch and prepare, and one scored training run (optionally fitted to a time budget).
+
+Every figure comes from a run; nothing is estimated except the number of epochs that fit a time
+budget, which is derived from timed steps and reported next to the measured training time.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline import fetch, prepare  # noqa: E402
+from pipeline.augment import augment_batch, augment_state  # noqa: E402
+from pipeline.config import (  # noqa: E402
+    DataParams,
+    ModelParams,
+    PrepareParams,
+    SyntheticParams,
+    TrainParams,
+)
+from pipeline.device import autocast  # noqa: E402
+from pipeline.formats import write_custom_test  # noqa: E402
+from pipeline.models import count_trainable_params, is_residual  # noqa: E402
+from pipeline.train import (  # noqa: E402
+    EpochStats,
+    compiled,
+    fit,
+    make_optimizer,
+    setup_training,
+    steps_per_epoch,
+    total_steps,
+)
+from pipeline.tta import TTA_POLICIES, predict_logits  # noqa: E402
+
+UNTIMED_STEPS = 3  # compile, autotuning, allocator warm-up
+TIMED_STEPS = 5  # optimizer steps timed to fit a run to a time budget (their median counts)
+
+
+def machine_description(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        cpu = f"{names[0]} ×{len(names)} threads" if names else cpu
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (host CPU: {cpu})"
+    return f"CPU only: {cpu}, torch threads {torch.get_num_threads()}"
+
+
+def run_facts(device: torch.device) -> dict:
+    return {
+        "machine": machine_description(device),
+        "torch": torch.__version__,
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def prepare_data(workdir: Path, archive: Path | None) -> Path:
+    """fetch + prepare into workdir (reused if already prepared); None: tiny synthetic data."""
+    raw_dir, prepared_dir = workdir / "data/raw", workdir / "data/prepared"
+    if (prepared_dir / "dataset.json").exists():
+        return prepared_dir
+    if archive is None:
+        data = DataParams(
+            source="synthetic",
+            synthetic=SyntheticParams(train_images=500, val_images=200, custom_test_images=20),
+        )
+    else:  # the custom test set is not needed for these figures; a stand-in satisfies prepare
+        stand_in = workdir / "cifar_test_nolabel.pkl"
+        write_custom_test(stand_in, np.zeros((10, 32, 32, 3), np.uint8), np.arange(10))
+        data = DataParams(source="local", path=str(archive), custom_test_path=str(stand_in))
+    fetch.run(data, raw_dir)
+    prepare.run(PrepareParams(), raw_dir, prepared_dir, workdir / "metrics/data.json")
+    return prepared_dir
+
+
+def seconds_per_step(
+    model: torch.nn.Module,
+    params: TrainParams,
+    train_set: tuple[torch.Tensor, torch.Tensor],
+    normalization: tuple[list[float], list[float]],
+) -> float:
+    """Median time of full training steps (augmentation included) of a throwaway copy of `model`.
+
+    The first steps are untimed: they include torch.compile's compilation and cuDNN autotuning,
+    which a budgeted run pays once, before its clock starts being meaningful. The median of the
+    timed steps (each synchronised) ignores a step that hit a one-off recompilation.
+    """
+    probe = copy.deepcopy(model)
+    optimizer = make_optimizer(probe, params)
+    device = train_set[0].device
+    network = compiled(probe, params, device)
+    state = augment_state(train_set[1].shape[0], *normalization, 0, device)
+    batch = min(params.batch_size, train_set[1].shape[0])
+    timings = []
+    for step in range(UNTIMED_STEPS + TIMED_STEPS):
+        started = time.perf_counter()
+        indices = torch.randint(0, train_set[1].shape[0], (batch,), device=device)
+        images = augment_batch(train_set[0][indices], indices, 1, params, state)
+        with autocast(device, params.mixed_precision):
+            loss = F.cross_entropy(network(images).float(), train_set[1][indices])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= UNTIMED_STEPS:
+            timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
+
+
+def fit_to_budget(params: TrainParams, steps_per_epoch: int, steps: int) -> TrainParams:
+    """The same recipe compressed into `steps` optimizer steps (the last epoch may be partial):
+    onecycle and cosine are defined on the share of steps done, so they compress by themselves;
+    multistep milestones move proportionally."""
+    if steps >= steps_per_epoch * params.epochs:
+        return params
+    epochs = math.ceil(steps / steps_per_epoch)
+    share = steps / (steps_per_epoch * params.epochs)
+    milestones = [max(1, round(m * share)) for m in params.milestones]
+    return dataclasses.replace(
+        params, epochs=epochs, max_steps=steps, milestones=milestones, checkpoint_every=epochs
+    )
+
+
+def train_and_score(
+    prepared_dir: Path,
+    model_params: ModelParams,
+    params: TrainParams,
+    budget_seconds: float | None = None,
+    log=print,
+) -> dict:
+    """One training run → its figures: test accuracy under every TTA policy (raw and EMA
+    weights), training seconds (sum of the epoch loops, no validation), images/s, TTA time."""
+    setup = setup_training(model_params, params, prepared_dir)
+    model, device, train_set, val_set = setup.model, setup.device, setup.train_set, setup.val_set
+    normalization = (setup.info["mean"], setup.info["std"])
+    planned_epochs, step_seconds = params.epochs, None
+    epoch_steps = steps_per_epoch(train_set[1].shape[0], params)
+    if budget_seconds is not None:
+        step_seconds = seconds_per_step(model, params, train_set, normalization)
+        params = fit_to_budget(params, epoch_steps, max(1, int(budget_seconds / step_seconds)))
+        log(
+            f"budget {budget_seconds:.0f} s: {step_seconds:.3f} s/step → "
+            f"{total_steps(epoch_steps, params)} steps ({params.epochs} epochs, the profile has "
+            f"{planned_epochs})"
+        )
+    epochs: list[EpochStats] = []
+
+    def on_epoch(stats: EpochStats, _ema: torch.nn.Module | None) -> None:
+        epochs.append(stats)
+        log(
+            f"epoch {stats.epoch:3d}  {stats.seconds:7.2f} s  loss {stats.train_loss:.3f}  "
+            f"val {stats.val_accuracy:.4f}"
+        )
+
+    started = time.perf_counter()
+    ema_model = fit(model, params, train_set, val_set, normalization, on_epoch)
+    wall_seconds = time.perf_counter() - started
+    mixed = params.mixed_precision
+    scored = {"raw": model} | ({"ema": ema_model} if ema_model is not None else {})
+    accuracy, tta_seconds = {}, {}
+    for weights, net in scored.items():
+        for policy in TTA_POLICIES:  # one timed pass per policy gives both figures
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            tta_started = time.perf_counter()
+            logits = predict_logits(net, val_set[0], policy, params.eval_batch_size, mixed)
+            predictions = logits.argmax(1).cpu()
+            if weights == "raw":
+                tta_seconds[policy] = time.perf_counter() - tta_started
+            accuracy[f"{weights}_{policy}"] = (predictions == val_set[1].cpu()).float().mean().item()
+    return run_facts(device) | {
+        "model": model_params.name,
+        "model_config": dataclasses.asdict(model_params),
+        "residual": is_residual(model_params),
+        "model_params": count_trainable_params(model),
+        "train_images": int(train_set[1].shape[0]),
+        "test_images": int(val_set[1].shape[0]),
+        "planned_epochs": planned_epochs,
+        "epochs": params.epochs,
+        "epochs_run": round(total_steps(epoch_steps, params) / epoch_steps, 2),
+        "budget_seconds": budget_seconds,
+        "calibrated_seconds_per_step": step_seconds,
+        "training_seconds": sum(e.seconds for e in epochs),
+        "wall_seconds_with_validation": wall_seconds,
+        "median_epoch_seconds": statistics.median(e.seconds for e in epochs),
+        "train_images_per_second": statistics.median(e.images_per_second for e in epochs),
+        "test_accuracy": accuracy,
+        "tta_seconds": tta_seconds,
+        "train_params": dataclasses.asdict(params),
+        "per_epoch": [dataclasses.asdict(e) for e in epochs],
+    }
+
+
+def markdown_table(rows: list[tuple[str, str]]) -> str:
+    return "\n".join(["| | |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows)]) + "\n"
+
+
+def profile_params(name: str, overrides: list[str]) -> tuple[ModelParams, TrainParams]:
+    """A profile's model and train params with `section.key=value` overrides (YAML values)."""
+    import yaml
+
+    from pipeline.config import params_from_dict
+    from pipeline.profiles import PROFILES_DIR, load_profile
+
+    values = yaml.safe_load((PROFILES_DIR / f"{name}.yaml").read_text())
+    load_profile(name)  # validates it, with the profile's file named in any error
+    for override in overrides:
+        key, _, value = override.partition("=")
+        section, _, field = key.partition(".")
+        if section not in values or not field:
+            raise SystemExit(f"--set {override}: expected model.KEY=VALUE or train.KEY=VALUE")
+        values[section][field] = yaml.safe_load(value)
+    params = params_from_dict(values)
+    return params.model, params.train
+
+
+def tiny(model_params: ModelParams, params: TrainParams) -> tuple[ModelParams, TrainParams]:
+    """Dry-run sizes: the same kind of model and recipe, shrunk to seconds on a CPU."""
+    model_params = dataclasses.replace(
+        model_params, base_width=8, blocks=[1] * len(model_params.blocks), widths=[8, 16, 16]
+    )
+    params = dataclasses.replace(
+        params, device="cpu", compile="never", epochs=2, milestones=[1], batch_size=100,
+        checkpoint_every=2, eval_batch_size=100,
+    )  # fmt: skip
+    return model_params, params
