@@ -7,6 +7,7 @@ budget, which is derived from timed steps and reported next to the measured trai
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import datetime
@@ -187,7 +188,9 @@ def train_and_score(
             predictions = logits.argmax(1).cpu()
             if weights == "raw":
                 tta_seconds[policy] = time.perf_counter() - tta_started
-            accuracy[f"{weights}_{policy}"] = (predictions == val_set[1].cpu()).float().mean().item()
+            accuracy[f"{weights}_{policy}"] = (
+                (predictions == val_set[1].cpu()).float().mean().item()
+            )
     return run_facts(device) | {
         "model": model_params.name,
         "model_config": dataclasses.asdict(model_params),
@@ -244,3 +247,23 @@ def tiny(model_params: ModelParams, params: TrainParams) -> tuple[ModelParams, T
         checkpoint_every=2, eval_batch_size=100,
     )  # fmt: skip
     return model_params, params
+
+
+def bench_arguments(description: str, dry_run_help: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes: the archive, --workdir, --record, --json, --dry-run."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("archive", nargs="?", type=Path, help="real cifar-10-python.tar.gz")
+    parser.add_argument("--workdir", type=Path, help="keep prepared data here (reused if present)")
+    parser.add_argument("--record", type=Path, help="append the figures to this Markdown file")
+    parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
+    parser.add_argument("--dry-run", action="store_true", help=dry_run_help)
+    return parser
+
+
+def parse_bench_arguments(
+    parser: argparse.ArgumentParser, argv: list[str] | None
+) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if args.archive is None and not args.dry_run:
+        parser.error("give the CIFAR-10 archive, or --dry-run")
+    return args

@@ -11,7 +11,6 @@ profile's batch size on real training images → images/s. Inference: the test s
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -25,7 +24,9 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
+    bench_arguments,
     markdown_table,
+    parse_bench_arguments,
     prepare_data,
     profile_params,
     run_facts,
@@ -82,16 +83,9 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("archive", nargs="?", type=Path, help="real cifar-10-python.tar.gz")
+    parser = bench_arguments(__doc__.splitlines()[0], "tiny synthetic data and models")
     parser.add_argument("--test-images", type=int, default=2000)
-    parser.add_argument("--workdir", type=Path, help="keep prepared data here (reused if present)")
-    parser.add_argument("--record", type=Path, help="append the figures to this Markdown file")
-    parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
-    parser.add_argument("--dry-run", action="store_true", help="tiny synthetic data and models")
-    args = parser.parse_args(argv)
-    if args.archive is None and not args.dry_run:
-        parser.error("give the CIFAR-10 archive, or --dry-run")
+    args = parse_bench_arguments(parser, argv)
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         prepared_dir = prepare_data(
             args.workdir or Path(scratch), None if args.dry_run else args.archive

@@ -12,7 +12,6 @@ as measured, whether under or (slightly) over the budget.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -24,7 +23,15 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import markdown_table, prepare_data, profile_params, tiny, train_and_score  # noqa: E402
+from common import (  # noqa: E402
+    bench_arguments,
+    markdown_table,
+    parse_bench_arguments,
+    prepare_data,
+    profile_params,
+    tiny,
+    train_and_score,
+)
 
 console = Console()
 
@@ -57,17 +64,10 @@ def markdown_section(minutes: float, results: dict[str, dict], source: str) -> s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("archive", nargs="?", type=Path, help="real cifar-10-python.tar.gz")
+    parser = bench_arguments(__doc__.splitlines()[0], "tiny synthetic data, 3 s budget")
     parser.add_argument("--minutes", type=float, default=15.0, help="training time per profile")
     parser.add_argument("--profiles", nargs="+", default=["cpu", "seed"])
-    parser.add_argument("--workdir", type=Path, help="keep prepared data here (reused if present)")
-    parser.add_argument("--record", type=Path, help="append the figures to this Markdown file")
-    parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
-    parser.add_argument("--dry-run", action="store_true", help="tiny synthetic data, 3 s budget")
-    args = parser.parse_args(argv)
-    if args.archive is None and not args.dry_run:
-        parser.error("give the CIFAR-10 archive, or --dry-run")
+    args = parse_bench_arguments(parser, argv)
     minutes = 0.05 if args.dry_run else args.minutes
 
     results: dict[str, dict] = {}

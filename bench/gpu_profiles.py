@@ -14,7 +14,6 @@ schedule into the epochs that fit. Prints a table; --record appends a section to
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import statistics
@@ -28,7 +27,15 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import markdown_table, prepare_data, profile_params, tiny, train_and_score  # noqa: E402
+from common import (  # noqa: E402
+    bench_arguments,
+    markdown_table,
+    parse_bench_arguments,
+    prepare_data,
+    profile_params,
+    tiny,
+    train_and_score,
+)
 
 console = Console()
 
@@ -80,8 +87,7 @@ def markdown_section(profile: str, overrides: list[str], runs: list[dict], sourc
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("archive", nargs="?", type=Path, help="real cifar-10-python.tar.gz")
+    parser = bench_arguments(__doc__.splitlines()[0], "tiny synthetic data on the CPU")
     parser.add_argument("--profile", default="fast", help="fast | default | seed | cpu")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--runs", type=int, default=1, help="seeds seed, seed+1, ...")
@@ -89,13 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "--warmup-runs", type=int, default=0, help="untimed runs first (torch.compile, autotuning)"
     )
     parser.add_argument("--budget-seconds", type=float, help="fit the schedule into this time")
-    parser.add_argument("--workdir", type=Path, help="keep prepared data here (reused if present)")
-    parser.add_argument("--record", type=Path, help="append the figures to this Markdown file")
-    parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
-    parser.add_argument("--dry-run", action="store_true", help="tiny synthetic data on the CPU")
-    args = parser.parse_args(argv)
-    if args.archive is None and not args.dry_run:
-        parser.error("give the CIFAR-10 archive, or --dry-run")
+    args = parse_bench_arguments(parser, argv)
     model_params, params = profile_params(args.profile, args.set)
     if args.dry_run:
         model_params, params = tiny(model_params, params)

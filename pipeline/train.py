@@ -184,8 +184,6 @@ def fit(
     `ema_model` is the EMA of the weights (`train.ema_decay` > 0), else None. Data order and
     augmentation follow `params.seed` through their own generators. Returns the EMA model.
     """
-    from timm.utils import ModelEmaV3  # only runs that ask for EMA pay for importing timm
-
     train_images, train_labels = train_set
     device = train_images.device
     order_generator = torch.Generator().manual_seed(params.seed)
@@ -199,7 +197,11 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, batches_per_epoch, params)
     )
-    ema = ModelEmaV3(model, decay=params.ema_decay, use_warmup=True) if params.ema_decay else None
+    ema = None
+    if params.ema_decay:
+        from timm.utils import ModelEmaV3  # only runs that ask for EMA pay for importing timm
+
+        ema = ModelEmaV3(model, decay=params.ema_decay, use_warmup=True)
     lookahead = Lookahead(model, run_steps) if params.lookahead else None
     network = compiled(model, params, device)
     evaluated_ema = compiled(ema.module, params, device) if ema is not None else None
