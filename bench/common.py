@@ -99,7 +99,10 @@ def seconds_per_step(
     train_set: tuple[torch.Tensor, torch.Tensor],
     normalization: tuple[list[float], list[float]],
 ) -> float:
-    """Median time of full training steps (augmentation included) of a throwaway copy of `model`.
+    """Median time of training steps (augmentation, forward, backward, SGD) of a throwaway copy of `model`.
+
+    Not timed: the EMA update, Lookahead pulls, mixup/cutmix and the scheduler, so a budgeted run
+    with those on runs a little over its budget (its measured training time is what is reported).
 
     The first steps are untimed: they include torch.compile's compilation and cuDNN autotuning,
     which a budgeted run pays once, before its clock starts being meaningful. The median of the

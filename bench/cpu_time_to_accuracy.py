@@ -4,7 +4,7 @@
     python bench/cpu_time_to_accuracy.py --dry-run          # tiny synthetic run, seconds
 
 Each profile (default: `cpu`, then `seed`) gets the same training time: its schedule is compressed
-into the whole epochs that fit (from timed steps), trained with the pipeline's `fit` on CIFAR-10's
+into the optimizer steps that fit (from timed steps; the last epoch may be partial), trained with the pipeline's `fit` on CIFAR-10's
 training set, and scored on test_batch without and with TTA; 6-view TTA inference of the test set
 is timed too. Training time is the epoch loops' sum (validation passes excluded) and is reported
 as measured, whether under or (slightly) over the budget.

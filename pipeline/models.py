@@ -4,8 +4,9 @@
   blocks [4, 4, 3], dropout 0.17): 1,177,130 trainable parameters. Residual.
 - `airnet`: the airbench family (Keller Jordan's CIFAR-10 speed records): a frozen 2×2
   patch-whitening conv, then three conv groups (conv → max-pool → BN → GELU → conv → BN → GELU),
-  identity-initialised convs. widths [64, 256, 256]: 1,971,352 trainable parameters (airbench94's
-  net); with `residual: true` each group gets a third conv added to its output (a modified ResNet).
+  identity-initialised convs. widths [64, 256, 256]: 1,971,328 trainable parameters (airbench94's
+  net without its whitening bias); with `residual: true` each group gets a third conv added to
+  its output (a modified ResNet).
 - `resnet_wide`: a pre-activation wide ResNet (WRN) sized by `widths` and `blocks`;
   widths [64, 128, 256], blocks [2, 2, 2] is WRN-16-4: 2,776,906 trainable parameters. Residual.
 """

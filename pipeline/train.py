@@ -234,6 +234,7 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            step_lr = optimizer.param_groups[0]["lr"]  # the lr this step used, before the next
             scheduler.step()
             step += 1
             if lookahead is not None:
@@ -269,7 +270,7 @@ def fit(
                 train_accuracy=correct.item() / images_per_epoch,
                 val_loss=val_loss,
                 val_accuracy=val_accuracy,
-                learning_rate=optimizer.param_groups[0]["lr"],
+                learning_rate=step_lr,
                 images_per_second=images_per_epoch / seconds,
                 seconds=seconds,
                 val_accuracy_ema=val_accuracy_ema,

@@ -199,3 +199,15 @@ def test_lookahead_pulls_weights_toward_their_average_and_ends_on_it() -> None:
         layer.weight.fill_(3.0)
     lookahead.after_step(10)  # the last step: the weights become the average
     assert torch.allclose(layer.weight, torch.full((1, 2), 1 - decay))
+
+
+def test_logged_learning_rate_is_the_one_each_epochs_last_step_used() -> None:
+    model = build_model(SMALL_MODELS["seed_resnet"])
+    params = TrainParams(
+        device="cpu", epochs=2, batch_size=100, drop_last=True, lr=0.09, schedule="onecycle",
+        warmup_fraction=0.25, lr_start_factor=0.2, lr_end_factor=0.07,
+    )  # fmt: skip
+    history, _ = train_a_little(model, params)  # 200 images: 2 steps per epoch, 4 in all
+    expected = [0.09 * train_module.lr_factor(step, 2, params) for step in (1, 3)]
+    assert [stats.learning_rate for stats in history] == pytest.approx(expected)
+    assert history[-1].learning_rate == pytest.approx(0.09 * 0.07)
