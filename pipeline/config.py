@@ -21,6 +21,10 @@ COMPETITION_SLUG = "deep-learning-spring-2025-project-1"
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
+# Test-time augmentation policies (pipeline/tta.py defines their views), cheapest first.
+TtaPolicy = Literal["none", "flip", "flip_translate", "multicrop"]
+
+
 def _require(condition: bool, key: str, expected: str, found: object) -> None:
     if not condition:
         raise PipelineError(f"params: {key} must be {expected}, found {found!r}")
@@ -196,14 +200,26 @@ class TrainParams:
 @dataclass(frozen=True)
 class SelectParams:
     batch_size: int = 1000  # images per evaluation batch
+    # every checkpoint × {raw, EMA} weights × each of these policies is a candidate
+    tta_policies: list[TtaPolicy] = field(
+        default_factory=lambda: ["none", "flip", "flip_translate"]
+    )
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "select.batch_size", "at least 1", self.batch_size)
+        _require(
+            len(self.tta_policies) >= 1,
+            "select.tta_policies",
+            "a non-empty list",
+            self.tta_policies,
+        )
 
 
 @dataclass(frozen=True)
 class PredictParams:
-    tta: Literal["none", "flip", "flip_translate"] = "flip"  # views whose logits are averaged
+    tta: Literal["auto", "none", "flip", "flip_translate", "multicrop"] = (
+        "auto"  # auto: select's choice
+    )
     batch_size: int = 1000
 
     def __post_init__(self) -> None:

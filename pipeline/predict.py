@@ -1,7 +1,8 @@
 """Stage 5, predict → submissions/latest.csv: the selected model with test-time augmentation.
 
-Loads models/best.pt (weights only), averages logits over the `predict.tta` views of each custom
-test image, and writes one `ID,Labels` row per id in the pickle's order. The CSV is validated
+Loads models/best.pt (weights only), averages logits over the TTA views of each custom test image
+(`predict.tta`; `auto`: the policy select chose, stored in best.pt), and writes one `ID,Labels`
+row per id in the pickle's order. The CSV is validated
 before it replaces latest.csv. Validation accuracy under the same TTA goes to metrics/predict.json.
 """
 
@@ -37,16 +38,17 @@ def run(
         device, memory_format=torch.channels_last
     )
     mean, std = checkpoint["normalization"]["mean"], checkpoint["normalization"]["std"]
+    tta = checkpoint.get("tta", "none") if params.tta == "auto" else params.tta
     class_names = checkpoint.get("class_names", [])
 
     val_split = load_split(prepared_dir, "val")
     val_set = to_device_set(val_split["images"], val_split["labels"], mean, std, device)
-    val_accuracy, _ = evaluate(model, *val_set, params.tta, params.batch_size, mixed_precision)
+    val_accuracy, _ = evaluate(model, *val_set, tta, params.batch_size, mixed_precision)
 
     custom_test = load_split(prepared_dir, "custom_test")
     images = to_device_tensor(custom_test["images"], mean, std, device)
     labels = (
-        predict_logits(model, images, params.tta, params.batch_size, mixed_precision)
+        predict_logits(model, images, tta, params.batch_size, mixed_precision)
         .argmax(1)
         .cpu()
         .numpy()
@@ -57,11 +59,11 @@ def run(
     write_json_atomic(
         PREDICT_METRICS_PATH,
         {
-            "tta": params.tta, "val_accuracy": val_accuracy, "epoch": int(checkpoint["epoch"]),
+            "tta": tta, "weights": checkpoint.get("weights", "raw"), "val_accuracy": val_accuracy, "epoch": int(checkpoint["epoch"]),
             "custom_test_images": int(labels.size),
             "predicted_per_class": dict(zip(class_names or [str(c) for c in range(10)], counts, strict=True)),
         },
     )  # fmt: skip
     console.print(
-        f"predict: {labels.size} rows → {submission_path} (TTA {params.tta}, val accuracy {val_accuracy:.4f})"
+        f"predict: {labels.size} rows → {submission_path} (TTA {tta}, val accuracy {val_accuracy:.4f})"
     )

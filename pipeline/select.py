@@ -1,10 +1,12 @@
-"""Stage 4, select → models/best.pt: the checkpoint weights with the highest validation accuracy.
+"""Stage 4, select → models/best.pt: the checkpoint, weights and TTA with the best validation accuracy.
 
-Every checkpoint's raw weights, and its EMA weights when training kept an EMA, are scored again
-here on the validation set (not trusted from training logs); ties go to the later epoch, then to
-the EMA. The winner is written to models/best.pt with the chosen weights as its `model_state`
-(and `weights: raw | ema`), and the table of candidates goes to metrics/select_candidates.csv
-(a DVC plot).
+Candidates are every checkpoint × its raw weights and, when training kept an EMA, its EMA
+weights × every policy in `select.tta_policies`, all scored again here on the validation set
+(not trusted from training logs). Ties go to the later epoch, then to the EMA, then to the
+cheaper TTA. The winner is written to models/best.pt with the chosen weights as its
+`model_state`, plus `weights: raw | ema` and `tta` (which `predict.tta: auto` applies). The whole
+table goes to metrics/select_candidates.csv (a DVC plot), and metrics/select.json says how much
+the winner gains over the last checkpoint's raw weights without TTA.
 """
 
 from __future__ import annotations
@@ -31,13 +33,19 @@ from pipeline.paths import (
     SELECT_METRICS_PATH,
 )
 from pipeline.reporting import console
-from pipeline.tta import evaluate
+from pipeline.tta import TTA_POLICIES, evaluate
 
 
 def choose_best(candidates: list[dict]) -> dict:
-    """Highest `val_accuracy`; among equals the latest epoch, then the EMA weights."""
+    """Highest `val_accuracy`; among equals the latest epoch, then the EMA weights, then cheaper TTA."""
     return max(
-        candidates, key=lambda row: (row["val_accuracy"], row["epoch"], row["weights"] == "ema")
+        candidates,
+        key=lambda row: (
+            row["val_accuracy"],
+            row["epoch"],
+            row["weights"] == "ema",
+            -TTA_POLICIES.index(row["tta"]),
+        ),
     )
 
 
@@ -73,19 +81,29 @@ def run(
             weight_sets["ema"] = checkpoint["ema_state"]
         for weights, state in weight_sets.items():
             model.load_state_dict(state)
-            accuracy, loss = evaluate(model, *eval_set, "none", params.batch_size, mixed_precision)
-            candidates.append({
-                "checkpoint": path.name, "epoch": int(checkpoint["epoch"]), "weights": weights,
-                "val_accuracy": accuracy, "val_loss": loss, "model_params": count_trainable_params(model),
-            })  # fmt: skip
-            console.print(f"select: {path.name} {weights} weights: val accuracy {accuracy:.4f}")
+            for policy in params.tta_policies:
+                accuracy, loss = evaluate(
+                    model, *eval_set, policy, params.batch_size, mixed_precision
+                )
+                candidates.append({
+                    "checkpoint": path.name, "epoch": int(checkpoint["epoch"]), "weights": weights,
+                    "tta": policy, "val_accuracy": accuracy, "val_loss": loss,
+                    "model_params": count_trainable_params(model),
+                })  # fmt: skip
+                console.print(
+                    f"select: {path.name} {weights} weights, TTA {policy}: val accuracy {accuracy:.4f}"
+                )
     best = choose_best(candidates)
-    last = max((row for row in candidates if row["weights"] == "raw"), key=lambda row: row["epoch"])
+    baseline_tta = params.tta_policies[0] if "none" not in params.tta_policies else "none"
+    last = max(
+        (row for row in candidates if row["weights"] == "raw" and row["tta"] == baseline_tta),
+        key=lambda row: row["epoch"],
+    )
     winner = load_checkpoint(checkpoint_dir / best["checkpoint"])
     winner["model_state"] = (
         winner["ema_state"] if best["weights"] == "ema" else winner["model_state"]
     )
-    winner["weights"] = best["weights"]
+    winner["weights"], winner["tta"] = best["weights"], best["tta"]
     save_checkpoint(best_path, winner)
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=list(candidates[0]), lineterminator="\n")
@@ -96,11 +114,14 @@ def run(
         SELECT_METRICS_PATH,
         {
             "checkpoint": best["checkpoint"], "epoch": best["epoch"], "weights": best["weights"],
-            "val_accuracy": best["val_accuracy"],
-            "last_epoch_val_accuracy": last["val_accuracy"], "model_params": best["model_params"],
+            "tta": best["tta"], "val_accuracy": best["val_accuracy"],
+            "last_epoch_val_accuracy": last["val_accuracy"], "last_epoch_tta": baseline_tta,
+            "gain_over_last_epoch": best["val_accuracy"] - last["val_accuracy"],
+            "model_params": best["model_params"], "candidates": len(candidates),
         },
     )  # fmt: skip
     console.print(
-        f"select: best is {best['checkpoint']} {best['weights']} weights "
-        f"(val accuracy {best['val_accuracy']:.4f}) → {best_path}"
+        f"select: best is {best['checkpoint']} {best['weights']} weights, TTA {best['tta']} "
+        f"(val accuracy {best['val_accuracy']:.4f}, {best['val_accuracy'] - last['val_accuracy']:+.4f} "
+        f"over the last epoch's raw weights with TTA {baseline_tta}) → {best_path}"
     )

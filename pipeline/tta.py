@@ -1,27 +1,33 @@
 """Test-time augmentation and evaluation: logits averaged over views of each image.
 
-Policies: `none` (the image), `flip` (the image and its mirror) and `flip_translate` (those two
+Policies: `none` (the image), `flip` (the image and its mirror), `flip_translate` (those two
 with weight 1/4 each, plus the image and its mirror shifted one pixel up-left and one pixel
-down-right, reflect-padded, with weight 1/8 each: 6 forward passes, airbench's level-2 TTA).
+down-right, reflect-padded, with weight 1/8 each: 6 forward passes, airbench's level-2 TTA) and
+`multicrop` (the image and four 2-pixel diagonal shifts, each with its mirror: 10 equal views).
 Used by train (its own validation), select and predict, so every stage scores a model the same way.
 """
 
 from __future__ import annotations
 
+import typing
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.config import TtaPolicy
 from pipeline.device import autocast
 
-TTA_POLICIES = ("none", "flip", "flip_translate")
+TTA_POLICIES: tuple[str, ...] = typing.get_args(TtaPolicy)  # cheapest first
+MULTICROP_SHIFT = 2  # pixels, each way along both diagonals
 
 
 def translate(images: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """Shift (N, C, H, W) images by `rows` down and `cols` right (±1), reflect-filling the edge."""
+    """Shift (N, C, H, W) images by `rows` down and `cols` right, reflect-filling the edge."""
     height, width = images.shape[2:]
-    padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
-    return padded[:, :, 1 - rows : 1 - rows + height, 1 - cols : 1 - cols + width]
+    pad = max(abs(rows), abs(cols), 1)
+    padded = F.pad(images, (pad,) * 4, mode="reflect")
+    return padded[:, :, pad - rows : pad - rows + height, pad - cols : pad - cols + width]
 
 
 def tta_views(images: torch.Tensor, policy: str) -> list[tuple[torch.Tensor, float]]:
@@ -34,6 +40,12 @@ def tta_views(images: torch.Tensor, policy: str) -> list[tuple[torch.Tensor, flo
         shifted = [translate(images, -1, -1), translate(images, 1, 1)]
         views = [(images, 0.25), (images.flip(3), 0.25)]
         return views + [(view, 0.125) for image in shifted for view in (image, image.flip(3))]
+    if policy == "multicrop":
+        shift = MULTICROP_SHIFT
+        crops = [images] + [
+            translate(images, r, c) for r in (-shift, shift) for c in (-shift, shift)
+        ]
+        return [(view, 0.1) for crop in crops for view in (crop, crop.flip(3))]
     raise ValueError(f"unknown TTA policy {policy!r}; expected one of {TTA_POLICIES}")
 
 

@@ -172,3 +172,14 @@ def test_evaluate_counts_correct_predictions() -> None:
     labels = predict_logits(model, images, "none", 10).argmax(1)
     accuracy, loss = evaluate(model, images, labels, "none", batch_size=3)
     assert accuracy == 1.0 and loss > 0
+
+
+def test_multicrop_averages_ten_equal_views_of_two_pixel_diagonal_shifts() -> None:
+    torch.manual_seed(0)
+    model, images = _AsymmetricModel(), _batch(4)
+    views = tta_views(images, "multicrop")
+    assert len(views) == 10 and {weight for _, weight in views} == {0.1}
+    assert torch.equal(translate(images, 2, 2)[:, :, 2:, 2:], images[:, :, :-2, :-2])
+    crops = [images] + [translate(images, r, c) for r in (-2, 2) for c in (-2, 2)]
+    expected = sum(model(c) + model(c.flip(3)) for c in crops) / 10
+    assert torch.allclose(predict_logits(model, images, "multicrop", 3), expected, atol=1e-5)

@@ -19,7 +19,8 @@ def test_repository_params_load_and_hold_the_default_profile() -> None:
     assert model.max_params == 5_000_000
     assert (train.schedule, train.flip, train.trivial_augment) == ("onecycle", "alternating", True)
     assert (train.epochs, train.batch_size, train.ema_decay) == (200, 512, 0.999)
-    assert params.predict.tta == "flip_translate"
+    assert params.predict.tta == "auto"
+    assert params.select.tta_policies == ["none", "flip", "flip_translate"]
     assert params.data.competition == "deep-learning-spring-2025-project-1"
 
 
@@ -73,6 +74,11 @@ def test_params_are_frozen() -> None:
         ({"train": {"milestones": [90, "x"]}}, r"train.milestones\[1\] must be an integer"),
         ({"data": {"source": "ftp"}}, "data.source must be one of"),
         ({"predict": {"tta": "all"}}, "predict.tta must be one of"),
+        ({"select": {"tta_policies": []}}, "select.tta_policies must be a non-empty list"),
+        (
+            {"select": {"tta_policies": ["flip", "ten_crop"]}},
+            r"select.tta_policies\[1\] must be one of",
+        ),
         ({"model": {"blocks": []}}, "model.blocks must be a non-empty list"),
         ({"train": []}, "train must be a mapping"),
     ],
@@ -85,7 +91,7 @@ def test_bad_params_are_refused_naming_the_key(values: dict, expected: str) -> N
 def test_ints_are_accepted_for_floats_and_sections_default() -> None:
     params = params_from_dict({"train": {"lr": 1}})
     assert params.train.lr == 1.0 and isinstance(params.train.lr, float)
-    assert params.predict.tta == "flip"
+    assert params.predict.tta == "auto"
 
 
 def test_params_file_errors_name_the_file(tmp_path: Path) -> None:

@@ -135,4 +135,5 @@ def test_dvc_repro_runs_each_profile_smoke_sized(tmp_path: Path) -> None:
         if profile == "default":  # EMA on: both weight sets were candidates
             candidates = (project / "metrics/select_candidates.csv").read_text()
             assert ",raw," in candidates and ",ema," in candidates
-        assert json.loads((project / "metrics/predict.json").read_text())["tta"] == "flip_translate"
+        predicted = json.loads((project / "metrics/predict.json").read_text())
+        assert (predicted["tta"], predicted["weights"]) == (selected["tta"], selected["weights"])

@@ -176,7 +176,54 @@ def test_select_takes_the_ema_weights_when_they_score_higher(
     assert best["weights"] == "ema"
     assert all(torch.equal(best["model_state"][k], trained["model_state"][k]) for k in untrained)
     with Path("metrics/select_candidates.csv").open() as handle:
-        assert [row["weights"] for row in csv.DictReader(handle)] == ["raw", "ema"]
+        rows = list(csv.DictReader(handle))
+    assert [(row["weights"], row["tta"]) for row in rows] == [
+        (weights, tta) for weights in ("raw", "ema") for tta in ("none", "flip", "flip_translate")
+    ]
+
+
+def test_predict_applies_the_tta_that_select_chose(
+    trained_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    shutil.copy(trained_project / "models/checkpoints/epoch_0004.pt", checkpoints)
+    prepared = trained_project / "data/prepared"
+    select.run(
+        SelectParams(tta_policies=["flip", "multicrop"]),
+        "cpu",
+        True,
+        prepared,
+        checkpoints,
+        tmp_path / "best.pt",
+    )
+    chosen = json.loads(Path("metrics/select.json").read_text())
+    assert chosen["tta"] in ("flip", "multicrop") and chosen["candidates"] == 2
+    assert chosen["last_epoch_tta"] == "flip" and chosen["gain_over_last_epoch"] >= 0
+    assert load_checkpoint(tmp_path / "best.pt")["tta"] == chosen["tta"]
+    predict.run(
+        PredictParams(tta="auto"),
+        "cpu",
+        True,
+        prepared,
+        tmp_path / "best.pt",
+        tmp_path / "latest.csv",
+    )
+    report = json.loads(Path("metrics/predict.json").read_text())
+    assert report["tta"] == chosen["tta"] and report["val_accuracy"] == pytest.approx(
+        chosen["val_accuracy"]
+    )
+    # a checkpoint from before select stored a policy: auto means no TTA
+    predict.run(
+        PredictParams(),
+        "cpu",
+        True,
+        prepared,
+        checkpoints / "epoch_0004.pt",
+        tmp_path / "latest.csv",
+    )
+    assert json.loads(Path("metrics/predict.json").read_text())["tta"] == "none"
 
 
 def test_predict_writes_a_valid_csv_in_the_pickles_id_order(
