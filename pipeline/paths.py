@@ -15,3 +15,5 @@ TRAIN_LIVE_DIR = Path("metrics/train")  # train: dvclive's metrics.json and plot
 SELECT_METRICS_PATH = Path("metrics/select.json")
 SELECT_CANDIDATES_PATH = Path("metrics/select_candidates.csv")
 PREDICT_METRICS_PATH = Path("metrics/predict.json")
+VAL_PREDICTIONS_PATH = Path("metrics/val_predictions.csv")  # predict: actual,predicted per image
+VAL_PER_CLASS_PATH = Path("metrics/val_per_class.csv")  # predict: class,accuracy

@@ -3,7 +3,9 @@
 Loads models/best.pt (weights only), averages logits over the TTA views of each custom test image
 (`predict.tta`; `auto`: the policy select chose, stored in best.pt), and writes one `ID,Labels`
 row per id in the pickle's order. The CSV is validated
-before it replaces latest.csv. Validation accuracy under the same TTA goes to metrics/predict.json.
+before it replaces latest.csv. Validation accuracy under the same TTA goes to metrics/predict.json;
+each validation image's actual and predicted class to metrics/val_predictions.csv (DVC's
+confusion-matrix plot) and the accuracy per class to metrics/val_per_class.csv (a bar plot).
 """
 
 from __future__ import annotations
@@ -17,11 +19,18 @@ from pipeline.checkpoints import load_checkpoint, model_from_checkpoint
 from pipeline.config import PredictParams
 from pipeline.datasets import load_split
 from pipeline.device import resolve_device
-from pipeline.files import write_json_atomic
-from pipeline.paths import BEST_PATH, PREDICT_METRICS_PATH, PREPARED_DIR, SUBMISSION_PATH
+from pipeline.files import write_json_atomic, write_text_atomic
+from pipeline.paths import (
+    BEST_PATH,
+    PREDICT_METRICS_PATH,
+    PREPARED_DIR,
+    SUBMISSION_PATH,
+    VAL_PER_CLASS_PATH,
+    VAL_PREDICTIONS_PATH,
+)
 from pipeline.reporting import console
 from pipeline.submission_csv import write_submission
-from pipeline.tta import evaluate, predict_logits
+from pipeline.tta import predict_logits
 
 
 def run(
@@ -43,8 +52,11 @@ def run(
 
     val_split = load_split(prepared_dir, "val")
     val_set = to_device_set(val_split["images"], val_split["labels"], mean, std, device)
-    val_accuracy, _ = evaluate(model, *val_set, tta, params.batch_size, mixed_precision)
-
+    val_predicted = predict_logits(model, val_set[0], tta, params.batch_size, mixed_precision)
+    val_predicted = val_predicted.argmax(1).cpu().numpy()
+    val_actual = val_split["labels"]
+    val_accuracy = float((val_predicted == val_actual).mean())
+    names = class_names or [str(c) for c in range(10)]
     custom_test = load_split(prepared_dir, "custom_test")
     images = to_device_tensor(custom_test["images"], mean, std, device)
     labels = (
@@ -54,14 +66,28 @@ def run(
         .numpy()
     )
     write_submission(submission_path, custom_test["ids"], labels)
+    # the plots only once the submission is in place: a failed run leaves the last run's
+    write_text_atomic(
+        VAL_PREDICTIONS_PATH,
+        "actual,predicted\n"
+        + "".join(
+            f"{names[a]},{names[p]}\n" for a, p in zip(val_actual, val_predicted, strict=True)
+        ),
+    )
+    per_class = [
+        f"{name},{(val_predicted[val_actual == c] == c).mean():.4f}\n"
+        for c, name in enumerate(names)
+        if (val_actual == c).any()
+    ]
+    write_text_atomic(VAL_PER_CLASS_PATH, "class,accuracy\n" + "".join(per_class))
 
-    counts = torch.bincount(torch.from_numpy(labels), minlength=len(class_names) or 10).tolist()
+    counts = torch.bincount(torch.from_numpy(labels), minlength=len(names)).tolist()
     write_json_atomic(
         PREDICT_METRICS_PATH,
         {
             "tta": tta, "weights": checkpoint.get("weights", "raw"), "val_accuracy": val_accuracy, "epoch": int(checkpoint["epoch"]),
             "custom_test_images": int(labels.size),
-            "predicted_per_class": dict(zip(class_names or [str(c) for c in range(10)], counts, strict=True)),
+            "predicted_per_class": dict(zip(names, counts, strict=True)),
         },
     )  # fmt: skip
     console.print(

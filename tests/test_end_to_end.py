@@ -106,6 +106,13 @@ def test_dvc_repro_runs_every_stage_then_nothing(tmp_path: Path) -> None:
     assert (project / "submissions/latest.csv").stat().st_mtime_ns == stamp
     shown = _sh(project, "dvc", "metrics", "show", "--json")
     assert "val_accuracy" in shown.stdout
+    plots = json.loads(_sh(project, "dvc", "plots", "show", "--json").stdout)["data"]
+    for path in (
+        "metrics/val_predictions.csv",
+        "metrics/val_per_class.csv",
+        "metrics/select_candidates.csv",
+    ):
+        assert any(path in name for name in plots), (path, list(plots))
 
 
 SMOKE_DATA = {

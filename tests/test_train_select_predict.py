@@ -18,6 +18,7 @@ from pipeline.checkpoints import load_checkpoint, model_from_checkpoint, save_ch
 from pipeline.config import ModelParams, PredictParams, PrepareParams, SelectParams, TrainParams
 from pipeline.datasets import load_split
 from pipeline.errors import PipelineError
+from pipeline.formats import CIFAR10_CLASS_NAMES
 from pipeline.models import build_model, model_config
 from pipeline.synthetic import write_synthetic_raw
 from pipeline.tta import predict_logits
@@ -244,7 +245,19 @@ def test_predict_writes_a_valid_csv_in_the_pickles_id_order(
     assert [int(line.split(",")[0]) for line in lines[1:]] == list(
         range(SMALL_SYNTHETIC.custom_test_images)
     )
+    with Path("metrics/val_predictions.csv").open() as handle:
+        pairs = [(row["actual"], row["predicted"]) for row in csv.DictReader(handle)]
+    assert len(pairs) == SMALL_SYNTHETIC.val_images and {a for a, _ in pairs} <= set(
+        CIFAR10_CLASS_NAMES
+    )
+    with Path("metrics/val_per_class.csv").open() as handle:
+        per_class = {row["class"]: float(row["accuracy"]) for row in csv.DictReader(handle)}
+    for name, accuracy in per_class.items():  # the bar plot agrees with the confusion data
+        of_class = [p for a, p in pairs if a == name]
+        assert accuracy == pytest.approx(of_class.count(name) / len(of_class), abs=1e-4)
     report = json.loads(Path("metrics/predict.json").read_text())
+    overall = sum(a == p for a, p in pairs) / len(pairs)
+    assert report["val_accuracy"] == pytest.approx(overall)
     assert (
         report["tta"] == "flip"
         and sum(report["predicted_per_class"].values()) == SMALL_SYNTHETIC.custom_test_images
