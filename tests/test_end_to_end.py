@@ -144,3 +144,26 @@ def test_dvc_repro_runs_each_profile_smoke_sized(tmp_path: Path) -> None:
             assert ",raw," in candidates and ",ema," in candidates
         predicted = json.loads((project / "metrics/predict.json").read_text())
         assert (predicted["tta"], predicted["weights"]) == (selected["tta"], selected["weights"])
+
+
+@pytest.mark.slow
+def test_a_run_pushed_to_a_dvc_remote_comes_back_in_a_fresh_clone(tmp_path: Path) -> None:
+    """The README's remote recipe: `dvc remote add -d`, `dvc push`, then `dvc pull` elsewhere."""
+    project = _new_project(
+        tmp_path, "seed", TINY_PARAMS | {"train": {**TINY_PARAMS["train"], "epochs": 2}}
+    )
+    _sh(project, "dvc", "repro")
+    storage = tmp_path / "dvc-storage"
+    _sh(project, "dvc", "remote", "add", "-d", "storage", str(storage))
+    _sh(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    _sh(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run")
+    _sh(project, "dvc", "push")
+    clone = tmp_path / "clone"
+    _sh(tmp_path, "git", "clone", "-q", str(project), str(clone))
+    assert not (clone / "submissions/latest.csv").exists()
+    _sh(clone, "dvc", "pull")
+    original = (project / "submissions/latest.csv").read_bytes()
+    assert (clone / "submissions/latest.csv").read_bytes() == original
+    assert (clone / "models/best.pt").read_bytes() == (project / "models/best.pt").read_bytes()
+    status = _sh(clone, "dvc", "status")
+    assert "changed" not in status.stdout  # the pulled outputs match dvc.lock
