@@ -7,6 +7,7 @@ Expected failures (`PipelineError`) print one line and exit 1; `--debug` shows t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -45,7 +46,10 @@ def run_stage(stage: str, params: Params) -> None:
     elif stage == "predict":
         from pipeline import predict
 
-        predict.run(params.predict, params.train.device, params.train.mixed_precision)
+        predict.run(
+            params.predict, params.train.device, params.train.mixed_precision,
+            all_params=dataclasses.asdict(params),
+        )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,20 +6,26 @@ row per id in the pickle's order. The CSV is validated
 before it replaces latest.csv. Validation accuracy under the same TTA goes to metrics/predict.json;
 each validation image's actual and predicted class to metrics/val_predictions.csv (DVC's
 confusion-matrix plot) and the accuracy per class to metrics/val_per_class.csv (a bar plot).
+Each run also leaves submissions/<run_id>.csv (a copy) and submissions/<run_id>.json, its
+manifest (pipeline/manifest.py says what run_id covers and what the manifest holds).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import shutil
 from pathlib import Path
 
 import torch
 
+from pipeline import manifest
 from pipeline.augment import to_device_set, to_device_tensor
 from pipeline.checkpoints import load_checkpoint, model_from_checkpoint
 from pipeline.config import PredictParams
 from pipeline.datasets import load_split
 from pipeline.device import resolve_device
-from pipeline.files import write_json_atomic, write_text_atomic
+from pipeline.files import atomic_path, write_json_atomic, write_text_atomic
 from pipeline.paths import (
     BEST_PATH,
     PREDICT_METRICS_PATH,
@@ -30,7 +36,7 @@ from pipeline.paths import (
 )
 from pipeline.reporting import console
 from pipeline.submission_csv import write_submission
-from pipeline.tta import predict_logits
+from pipeline.tta import evaluate, predict_logits
 
 
 def run(
@@ -40,6 +46,7 @@ def run(
     prepared_dir: Path = PREPARED_DIR,
     best_path: Path = BEST_PATH,
     submission_path: Path = SUBMISSION_PATH,
+    all_params: dict | None = None,  # every section of params.yaml, recorded in the manifest only
 ) -> None:
     device = resolve_device(device_name)
     checkpoint = load_checkpoint(best_path)
@@ -66,6 +73,15 @@ def run(
         .numpy()
     )
     write_submission(submission_path, custom_test["ids"], labels)
+    plain_accuracy = val_accuracy
+    if tta != "none":
+        plain_accuracy = evaluate(model, *val_set, "none", params.batch_size, mixed_precision)[0]
+    predict_inputs = {"predict": dataclasses.asdict(params), "train.device": device_name,
+                      "train.mixed_precision": mixed_precision}  # fmt: skip
+    run = manifest.run_id(predict_inputs, [best_path, prepared_dir / "custom_test.npz"])
+    csv_copy = submission_path.parent / f"{run}.csv"
+    with atomic_path(csv_copy) as temp_path:
+        shutil.copyfile(submission_path, temp_path)
     # the plots only once the submission is in place: a failed run leaves the last run's
     write_text_atomic(
         VAL_PREDICTIONS_PATH,
@@ -82,14 +98,25 @@ def run(
     write_text_atomic(VAL_PER_CLASS_PATH, "class,accuracy\n" + "".join(per_class))
 
     counts = torch.bincount(torch.from_numpy(labels), minlength=len(names)).tolist()
+    report = {
+        "run_id": run, "tta": tta, "weights": checkpoint.get("weights", "raw"),
+        "val_accuracy": val_accuracy, "val_accuracy_without_tta": plain_accuracy,
+        "epoch": int(checkpoint["epoch"]), "custom_test_images": int(labels.size),
+        "predicted_per_class": dict(zip(names, counts, strict=True)),
+    }  # fmt: skip
     write_json_atomic(
-        PREDICT_METRICS_PATH,
+        submission_path.parent / f"{run}.json",
         {
-            "tta": tta, "weights": checkpoint.get("weights", "raw"), "val_accuracy": val_accuracy, "epoch": int(checkpoint["epoch"]),
-            "custom_test_images": int(labels.size),
-            "predicted_per_class": dict(zip(names, counts, strict=True)),
-        },
+            "run_id": run, "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "git": manifest.git_state(), "dvc_lock_sha256": manifest.lock_sha256(),
+            "params": all_params, "model": checkpoint["model_config"]["name"],
+            "model_config": checkpoint["model_config"], "model_params": checkpoint.get("model_params"),
+            "checkpoint_epoch": int(checkpoint["epoch"]), "csv": csv_copy.name,
+            "csv_md5": manifest.file_md5(submission_path),
+        } | report | manifest.environment(device),
     )  # fmt: skip
+    write_json_atomic(PREDICT_METRICS_PATH, report)
     console.print(
-        f"predict: {labels.size} rows → {submission_path} (TTA {tta}, val accuracy {val_accuracy:.4f})"
+        f"predict: {labels.size} rows → {submission_path} and {csv_copy.name} "
+        f"(run {run}, TTA {tta}, val accuracy {val_accuracy:.4f})"
     )

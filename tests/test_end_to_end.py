@@ -100,6 +100,17 @@ def test_dvc_repro_runs_every_stage_then_nothing(tmp_path: Path) -> None:
     data_report = json.loads((project / "metrics/data.json").read_text())
     assert data_report["train_per_class"]["truck"] == 100
 
+    run = json.loads((project / "metrics/predict.json").read_text())["run_id"]
+    manifest = json.loads((project / f"submissions/{run}.json").read_text())
+    head = _sh(project, "git", "rev-parse", "HEAD").stdout.strip()
+    assert manifest["git"] == {
+        "commit": head,
+        "dirty": False,
+    }  # dvc.lock, rewritten by the run, is not dirt
+    assert manifest["params"]["train"]["epochs"] == 6 and manifest["dvc_lock_sha256"]
+    assert (project / f"submissions/{run}.csv").read_bytes() == (
+        project / "submissions/latest.csv"
+    ).read_bytes()
     stamp = (project / "submissions/latest.csv").stat().st_mtime_ns
     second = _sh(project, "dvc", "repro")
     assert "Running stage" not in second.stdout

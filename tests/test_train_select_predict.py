@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -262,6 +263,47 @@ def test_predict_writes_a_valid_csv_in_the_pickles_id_order(
         report["tta"] == "flip"
         and sum(report["predicted_per_class"].values()) == SMALL_SYNTHETIC.custom_test_images
     )
+
+
+def test_predict_leaves_a_run_copy_and_a_manifest_keyed_by_run_id(
+    trained_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KAGGLE_KEY", "fake-key-0123456789abcdef")  # must never reach any output
+    prepared, best = (
+        trained_project / "data/prepared",
+        trained_project / "models/checkpoints/epoch_0004.pt",
+    )
+
+    def predict_run(tta: str) -> dict:
+        predict.run(
+            PredictParams(tta=tta),
+            "cpu",
+            True,
+            prepared,
+            best,
+            tmp_path / "out/latest.csv",
+            {"seen": 1},
+        )
+        return json.loads(Path("metrics/predict.json").read_text())
+
+    first = predict_run("flip")
+    run = first["run_id"]
+    assert len(run) == 12 and int(run, 16) >= 0
+    copy, manifest = (
+        tmp_path / f"out/{run}.csv",
+        json.loads((tmp_path / f"out/{run}.json").read_text()),
+    )
+    assert copy.read_bytes() == (tmp_path / "out/latest.csv").read_bytes()
+    assert manifest["csv_md5"] == hashlib.md5(copy.read_bytes()).hexdigest()
+    assert (manifest["run_id"], manifest["tta"], manifest["model"]) == (run, "flip", "seed_resnet")
+    assert manifest["params"] == {"seen": 1} and manifest["model_params"] == 19_954
+    assert 0 <= manifest["val_accuracy_without_tta"] <= 1 and manifest["torch"] == torch.__version__
+    assert set(manifest["git"]) == {"commit", "dirty"} and "device" in manifest
+    assert predict_run("flip")["run_id"] == run  # same inputs, same run
+    assert predict_run("none")["run_id"] != run  # another TTA, another run
+    for output in [*tmp_path.rglob("*.json"), *tmp_path.rglob("*.csv")]:
+        assert "fake-key-0123456789abcdef" not in output.read_text(), output
 
 
 def test_corrupt_checkpoint_is_named(tmp_path: Path, trained_project: Path) -> None:

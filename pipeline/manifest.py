@@ -1,0 +1,83 @@
+"""Run identity for submissions: `run_id` and the manifest predict writes beside each CSV.
+
+`run_id` is a short digest of what made the CSV: the fetch → select entries of dvc.lock (their
+deps, params and outs hashes: data, code, training), the predict stage's own params and code
+files, and the md5 of the two files predict actually reads (models/best.pt and the prepared
+custom test set). Same inputs → same run_id; any change upstream → a new one. The manifest
+(submissions/<run_id>.json) adds the git commit and whether the tree was dirty, dvc.lock's
+sha256, all params, the model, validation accuracy with and without TTA, the CSV's md5, the
+predicted counts per class, and the device and torch version. It holds no credentials: it is
+built from the fields below only, never from the environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+import yaml
+
+UPSTREAM_STAGES = ("fetch", "prepare", "train", "select")
+RUN_ID_LENGTH = 12  # hex characters of the sha256
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _stage_code_files(dvc_yaml: Path, stage: str) -> list[str]:
+    if not dvc_yaml.exists():
+        return []
+    deps = yaml.safe_load(dvc_yaml.read_text())["stages"][stage].get("deps", [])
+    return sorted(dep for dep in deps if dep.endswith(".py"))
+
+
+def run_id(
+    predict_params: dict, input_files: list[Path], lock_path: Path = Path("dvc.lock"),
+    dvc_yaml: Path = Path("dvc.yaml"),
+) -> str:  # fmt: skip
+    """The digest described above; `input_files` are the files predict reads (hashed by content)."""
+    lock = yaml.safe_load(lock_path.read_text()) if lock_path.exists() else {}
+    stages = (lock or {}).get("stages", {})
+    identity = {
+        "upstream": {name: stages.get(name) for name in UPSTREAM_STAGES},
+        "predict_params": predict_params,
+        "predict_code": {
+            name: file_md5(Path(name)) for name in _stage_code_files(dvc_yaml, "predict")
+        },
+        "inputs": {str(path): file_md5(path) for path in input_files},
+    }
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:RUN_ID_LENGTH]
+
+
+def git_state(folder: Path = Path(".")) -> dict:
+    """The commit checked out and whether tracked files differ from it (None outside git)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(  # dvc.lock is rewritten by the run itself: not "dirty"
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock"],
+            cwd=folder, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(changed)}
+
+
+def lock_sha256(lock_path: Path = Path("dvc.lock")) -> str | None:
+    return hashlib.sha256(lock_path.read_bytes()).hexdigest() if lock_path.exists() else None
+
+
+def environment(device: torch.device) -> dict:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    return {"device": f"{device.type}: {name or platform.machine()}", "torch": torch.__version__}
