@@ -21,7 +21,8 @@ STAGE_PARAMS = {
     "prepare": ["prepare"],
     "train": ["model", "train"],
     "select": ["select", "train.device", "train.mixed_precision"],
-    "predict": ["predict", "train.device", "train.mixed_precision"],
+    # predict records every param in its run manifest, so it depends on them all
+    "predict": ["data", "prepare", "model", "train", "select", "predict"],
 }
 
 

@@ -7,7 +7,8 @@ custom test set). Same inputs → same run_id; any change upstream → a new one
 (submissions/<run_id>.json) adds the git commit and whether the tree was dirty, dvc.lock's
 sha256, all params, the model, validation accuracy with and without TTA, the CSV's md5, the
 predicted counts per class, and the device and torch version. It holds no credentials: it is
-built from the fields below only, never from the environment.
+built from the fields below only, never from the environment, and URLs in the params lose any
+user:password@ and query string (`without_secrets`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ import hashlib
 import json
 import platform
 import subprocess
+import urllib.parse
 from pathlib import Path
 
 import torch
 import yaml
 
 UPSTREAM_STAGES = ("fetch", "prepare", "train", "select")
+# Tracked files that a run itself rewrites: a change there is the run's output, not dirt.
+RUN_WRITTEN = (":!dvc.lock", ":!metrics", ":!submissions")
 RUN_ID_LENGTH = 12  # hex characters of the sha256
 
 
@@ -66,7 +70,7 @@ def git_state(folder: Path = Path(".")) -> dict:
             ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, check=True
         ).stdout.strip()
         changed = subprocess.run(  # dvc.lock is rewritten by the run itself: not "dirty"
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *RUN_WRITTEN],
             cwd=folder, capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
@@ -76,6 +80,24 @@ def git_state(folder: Path = Path(".")) -> dict:
 
 def lock_sha256(lock_path: Path = Path("dvc.lock")) -> str | None:
     return hashlib.sha256(lock_path.read_bytes()).hexdigest() if lock_path.exists() else None
+
+
+def without_secrets(value: object) -> object:
+    """`value` (params as plain data) with any URL's user:password@ and ?query removed.
+
+    A download URL may carry a token (https://user:token@host/…, a presigned ?X-Amz-Signature=…);
+    the manifest is meant to be committed, so it keeps only scheme, host and path.
+    """
+    if isinstance(value, dict):
+        return {key: without_secrets(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_secrets(item) for item in value]
+    if isinstance(value, str) and "://" in value:
+        parts = urllib.parse.urlsplit(value)
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return value
 
 
 def environment(device: torch.device) -> dict:

@@ -46,7 +46,7 @@ def run(
     prepared_dir: Path = PREPARED_DIR,
     best_path: Path = BEST_PATH,
     submission_path: Path = SUBMISSION_PATH,
-    all_params: dict | None = None,  # every section of params.yaml, recorded in the manifest only
+    all_params: dict | None = None,  # every section of params.yaml (dvc.yaml declares them all)
 ) -> None:
     device = resolve_device(device_name)
     checkpoint = load_checkpoint(best_path)
@@ -76,8 +76,8 @@ def run(
     plain_accuracy = val_accuracy
     if tta != "none":
         plain_accuracy = evaluate(model, *val_set, "none", params.batch_size, mixed_precision)[0]
-    predict_inputs = {"predict": dataclasses.asdict(params), "train.device": device_name,
-                      "train.mixed_precision": mixed_precision}  # fmt: skip
+    predict_inputs = {"predict": dataclasses.asdict(params), "device": device.type,
+                      "mixed_precision": mixed_precision, "torch": torch.__version__}  # fmt: skip
     run = manifest.run_id(predict_inputs, [best_path, prepared_dir / "custom_test.npz"])
     csv_copy = submission_path.parent / f"{run}.csv"
     with atomic_path(csv_copy) as temp_path:
@@ -107,9 +107,9 @@ def run(
     write_json_atomic(
         submission_path.parent / f"{run}.json",
         {
-            "run_id": run, "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "run_id": run, "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "git": manifest.git_state(), "dvc_lock_sha256": manifest.lock_sha256(),
-            "params": all_params, "model": checkpoint["model_config"]["name"],
+            "params": manifest.without_secrets(all_params), "model": checkpoint["model_config"]["name"],
             "model_config": checkpoint["model_config"], "model_params": checkpoint.get("model_params"),
             "checkpoint_epoch": int(checkpoint["epoch"]), "csv": csv_copy.name,
             "csv_md5": manifest.file_md5(submission_path),

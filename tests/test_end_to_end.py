@@ -169,6 +169,11 @@ def test_a_run_pushed_to_a_dvc_remote_comes_back_in_a_fresh_clone(tmp_path: Path
     _sh(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
     _sh(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run")
     _sh(project, "dvc", "push")
+    # a rerun after committing the outputs (metrics, manifest) still finds the tree clean
+    _sh(project, "dvc", "repro", "--force", "--single-item", "predict")
+    run = json.loads((project / "metrics/predict.json").read_text())["run_id"]
+    assert json.loads((project / f"submissions/{run}.json").read_text())["git"]["dirty"] is False
+    _sh(project, "git", "checkout", "--", ".")  # back to the committed outputs
     clone = tmp_path / "clone"
     _sh(tmp_path, "git", "clone", "-q", str(project), str(clone))
     assert not (clone / "submissions/latest.csv").exists()

@@ -275,6 +275,11 @@ def test_predict_leaves_a_run_copy_and_a_manifest_keyed_by_run_id(
         trained_project / "models/checkpoints/epoch_0004.pt",
     )
 
+    secret_url = (
+        "https://user:fake-key-0123456789abcdef@example.org/c.tar.gz?sig=fake-key-0123456789abcdef"
+    )
+    all_params = {"data": {"cifar_url": secret_url}}
+
     def predict_run(tta: str) -> dict:
         predict.run(
             PredictParams(tta=tta),
@@ -283,7 +288,7 @@ def test_predict_leaves_a_run_copy_and_a_manifest_keyed_by_run_id(
             prepared,
             best,
             tmp_path / "out/latest.csv",
-            {"seen": 1},
+            all_params,
         )
         return json.loads(Path("metrics/predict.json").read_text())
 
@@ -297,7 +302,8 @@ def test_predict_leaves_a_run_copy_and_a_manifest_keyed_by_run_id(
     assert copy.read_bytes() == (tmp_path / "out/latest.csv").read_bytes()
     assert manifest["csv_md5"] == hashlib.md5(copy.read_bytes()).hexdigest()
     assert (manifest["run_id"], manifest["tta"], manifest["model"]) == (run, "flip", "seed_resnet")
-    assert manifest["params"] == {"seen": 1} and manifest["model_params"] == 19_954
+    assert manifest["params"] == {"data": {"cifar_url": "https://example.org/c.tar.gz"}}
+    assert manifest["model_params"] == 19_954
     assert 0 <= manifest["val_accuracy_without_tta"] <= 1 and manifest["torch"] == torch.__version__
     assert set(manifest["git"]) == {"commit", "dirty"} and "device" in manifest
     assert predict_run("flip")["run_id"] == run  # same inputs, same run
