@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -33,7 +32,6 @@ from pipeline.config import (  # noqa: E402
     SyntheticParams,
     TrainParams,
 )
-from pipeline.device import autocast  # noqa: E402
 from pipeline.formats import write_custom_test  # noqa: E402
 from pipeline.models import count_trainable_params, is_residual  # noqa: E402
 from pipeline.train import (  # noqa: E402
@@ -41,6 +39,7 @@ from pipeline.train import (  # noqa: E402
     compiled,
     fit,
     make_optimizer,
+    optimizer_step,
     setup_training,
     steps_per_epoch,
     total_steps,
@@ -119,11 +118,7 @@ def seconds_per_step(
         started = time.perf_counter()
         indices = torch.randint(0, train_set[1].shape[0], (batch,), device=device)
         images = augment_batch(train_set[0][indices], indices, 1, params, state)
-        with autocast(device, params.mixed_precision):
-            loss = F.cross_entropy(network(images).float(), train_set[1][indices])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer_step(network, optimizer, images, train_set[1][indices], params)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if step >= UNTIMED_STEPS:

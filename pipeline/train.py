@@ -124,6 +124,26 @@ def compiled(model: nn.Module, params: TrainParams, device: torch.device) -> nn.
     return torch.compile(model, dynamic=False) if uses_compile(params, device) else model
 
 
+def optimizer_step(
+    network: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    params: TrainParams,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward (bf16 autocast on CUDA), label-smoothed cross-entropy, backward, one SGD step.
+
+    `targets` are class indices or (mixup/cutmix) class probabilities. Returns (loss, logits).
+    """
+    with autocast(images.device, params.mixed_precision):
+        logits = network(images)
+    loss = F.cross_entropy(logits.float(), targets, label_smoothing=params.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
+
+
 LOOKAHEAD_EVERY = 5  # steps between Lookahead pulls
 LOOKAHEAD_DECAY = 0.95**LOOKAHEAD_EVERY  # the average's decay at the end of the run
 
@@ -228,12 +248,7 @@ def fit(
                 images, targets = mix_batch(
                     images, targets, params.mixup_alpha, params.cutmix_alpha, augment.generator
                 )
-            with autocast(device, mixed_precision):
-                logits = network(images)
-            loss = F.cross_entropy(logits.float(), targets, label_smoothing=params.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, logits = optimizer_step(network, optimizer, images, targets, params)
             step_lr = optimizer.param_groups[0]["lr"]  # the lr this step used, before the next
             scheduler.step()
             step += 1
