@@ -217,9 +217,7 @@ class SelectParams:
 
 @dataclass(frozen=True)
 class PredictParams:
-    tta: Literal["auto", "none", "flip", "flip_translate", "multicrop"] = (
-        "auto"  # auto: select's choice
-    )
+    tta: Literal["auto", TtaPolicy] = "auto"  # auto: select's choice; else one of TtaPolicy
     batch_size: int = 1000
 
     def __post_init__(self) -> None:

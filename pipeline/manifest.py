@@ -22,19 +22,12 @@ from pathlib import Path
 
 import torch
 import yaml
+from torchvision.datasets.utils import calculate_md5
 
 UPSTREAM_STAGES = ("fetch", "prepare", "train", "select")
 # Tracked files that a run itself rewrites: a change there is the run's output, not dirt.
 RUN_WRITTEN = (":!dvc.lock", ":!metrics", ":!submissions")
 RUN_ID_LENGTH = 12  # hex characters of the sha256
-
-
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _stage_code_files(dvc_yaml: Path, stage: str) -> list[str]:
@@ -55,9 +48,9 @@ def run_id(
         "upstream": {name: stages.get(name) for name in UPSTREAM_STAGES},
         "predict_params": predict_params,
         "predict_code": {
-            name: file_md5(Path(name)) for name in _stage_code_files(dvc_yaml, "predict")
+            name: calculate_md5(Path(name)) for name in _stage_code_files(dvc_yaml, "predict")
         },
-        "inputs": {str(path): file_md5(path) for path in input_files},
+        "inputs": {str(path): calculate_md5(path) for path in input_files},
     }
     text = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:RUN_ID_LENGTH]

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from torchvision.datasets.utils import calculate_md5
 
 from pipeline import manifest
 from pipeline.augment import to_device_set, to_device_tensor
@@ -112,7 +113,7 @@ def run(
             "params": manifest.without_secrets(all_params), "model": checkpoint["model_config"]["name"],
             "model_config": checkpoint["model_config"], "model_params": checkpoint.get("model_params"),
             "checkpoint_epoch": int(checkpoint["epoch"]), "csv": csv_copy.name,
-            "csv_md5": manifest.file_md5(submission_path),
+            "csv_md5": calculate_md5(submission_path),
         } | report | manifest.environment(device),
     )  # fmt: skip
     write_json_atomic(PREDICT_METRICS_PATH, report)
