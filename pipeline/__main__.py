@@ -1,6 +1,8 @@
-"""`python -m pipeline <stage>`: run one pipeline stage with the params in params.yaml.
+"""`python -m pipeline COMMAND`: a pipeline stage, a profile switch, or a submission command.
 
-`python -m pipeline profile NAME` puts a training profile's sections into params.yaml.
+Stages (fetch … predict) run with the params in params.yaml (`dvc repro` runs them in order);
+`profile NAME` puts a training profile's sections into params.yaml; `submit`, `scores` and
+`reproduce RUN` send latest.csv to Kaggle, list the scores, and bring a scored run back.
 Expected failures (`PipelineError`) print one line and exit 1; `--debug` shows the traceback.
 """
 
@@ -53,30 +55,86 @@ def run_stage(stage: str, params: Params) -> None:
         )  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=(*STAGES, "profile"))
-    parser.add_argument("profile", nargs="?", help="with `profile`: fast, default, seed or cpu")
-    parser.add_argument(
-        "--params",
-        type=Path,
-        default=DEFAULT_PARAMS_PATH,
-        help="params file (default: params.yaml)",
-    )
-    parser.add_argument(
-        "--debug", action="store_true", help="show the traceback of expected errors too"
-    )
-    args = parser.parse_args(argv)
-    if (args.stage == "profile") != (args.profile is not None):
-        parser.error("a profile name goes with `profile`, and only with it")
-    try:
-        if args.stage == "profile":
-            from pipeline.profiles import apply_profile
+def add_common_options(parser: argparse.ArgumentParser, defaults: bool) -> argparse.ArgumentParser:
+    """--params and --debug, accepted before or after the command.
 
-            apply_profile(args.profile, args.params)
-            print(f"{args.params}: model and train sections now hold profile {args.profile!r}")
-        else:
-            run_stage(args.stage, load_params(args.params))
+    The commands' copies have no defaults (SUPPRESS), so they never reset a value given before
+    the command.
+    """
+    parser.add_argument("--params", type=Path,
+                        default=DEFAULT_PARAMS_PATH if defaults else argparse.SUPPRESS,
+                        help="params file (default: params.yaml)")  # fmt: skip
+    parser.add_argument("--debug", action="store_true",
+                        default=False if defaults else argparse.SUPPRESS,
+                        help="show the traceback of expected errors too")  # fmt: skip
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    add_common_options(parser, defaults=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return add_common_options(commands.add_parser(name, help=help), defaults=False)
+
+    for stage in STAGES:
+        command(stage, help=f"run the {stage} stage (dvc repro runs them all)")
+    profile = command("profile", help="put a training profile into params.yaml")
+    profile.add_argument("profile", help="fast, default, seed or cpu")
+    submit = command(
+        "submit",
+        help="submit submissions/latest.csv to data.competition; record it in history.csv",
+    )
+    submit.add_argument("-m", "--message", help="what this run tries (run_id and commit are added)")
+    submit.add_argument(
+        "--force", action="store_true",
+        help="submit although outputs are stale, the tree is dirty or the CSV was submitted before",
+    )  # fmt: skip
+    submit.add_argument(
+        "--no-push", dest="push", action="store_false",
+        help="skip `dvc push` (the run's outputs then cannot be pulled back from the remote)",
+    )  # fmt: skip
+    command("scores", help="Kaggle's scores joined with history.csv and the manifests")
+    reproduce = command(
+        "reproduce",
+        help="check a submitted run out in a git worktree, restore it, compare its CSV",
+    )
+    reproduce.add_argument("run", help="run_id, CSV md5 (or a prefix) or Kaggle submission ref")
+    reproduce.add_argument(
+        "--into", type=Path, help="worktree folder (default: ../<project>-runs/<run_id>)"
+    )
+    return parser
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.command == "profile":
+        from pipeline.profiles import apply_profile
+
+        apply_profile(args.profile, args.params)
+        print(f"{args.params}: model and train sections now hold profile {args.profile!r}")
+    elif args.command == "submit":
+        from pipeline import submit
+
+        competition = load_params(args.params).data.competition
+        submit.run(competition, args.message, force=args.force, push=args.push)
+    elif args.command == "scores":
+        from pipeline import scores
+
+        scores.run(load_params(args.params).data.competition)
+    elif args.command == "reproduce":
+        from pipeline import reproduce
+
+        return 0 if reproduce.run(args.run, args.into) else 1
+    else:
+        run_stage(args.command, load_params(args.params))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run_command(args)
     except PipelineError as error:
         if args.debug:
             raise
@@ -85,7 +143,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

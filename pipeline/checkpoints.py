@@ -24,8 +24,14 @@ REQUIRED_KEYS = ("model_state", "model_config", "epoch", "val_accuracy", "normal
 
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
-    with atomic_path(path) as temp_path:
-        torch.save(checkpoint, temp_path)
+    """Write `checkpoint` whole or not at all; the same content gives the same bytes.
+
+    torch.save names the zip's top folder after the file it is given; saving through an open
+    handle keeps that name fixed ("archive") instead of the random temporary name, so DVC's md5
+    of a checkpoint depends on its content only.
+    """
+    with atomic_path(path) as temp_path, temp_path.open("wb") as handle:
+        torch.save(checkpoint, handle)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -7,7 +7,6 @@ restricted loaders `prepare` uses, and only then swapped into `data/raw` in one 
 
 from __future__ import annotations
 
-import os
 import shutil
 import tarfile
 import tempfile
@@ -32,6 +31,7 @@ from pipeline.formats import (
     load_class_names,
     load_custom_test,
 )
+from pipeline.kaggle_client import CREDENTIALS_HELP, connect, describe, kaggle_credentials_source
 from pipeline.paths import RAW_DIR
 from pipeline.reporting import console, download_progress
 from pipeline.synthetic import write_synthetic_raw
@@ -49,54 +49,21 @@ OFFLINE_ALTERNATIVES = (
 # --- credentials and the Kaggle source --------------------------------------------------------
 
 
-def kaggle_config_dir() -> Path:
-    """Where the kaggle client looks for kaggle.json / access_token (its own rules)."""
-    if os.environ.get("KAGGLE_CONFIG_DIR"):
-        return Path(os.environ["KAGGLE_CONFIG_DIR"])
-    home_dir = Path.home() / ".kaggle"
-    if home_dir.exists():
-        return home_dir
-    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"
-
-
-def kaggle_credentials_source() -> str | None:
-    """Name where Kaggle credentials were found (never their value), or None."""
-    if os.environ.get("KAGGLE_API_TOKEN"):
-        return "KAGGLE_API_TOKEN"
-    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
-        return "KAGGLE_USERNAME/KAGGLE_KEY"
-    for name in ("kaggle.json", "access_token", "access_token.txt"):
-        if (kaggle_config_dir() / name).is_file():
-            return str(kaggle_config_dir() / name)
-    return None
-
-
 def missing_credentials_message() -> str:
-    return (
-        "no Kaggle credentials found: put kaggle.json in ~/.kaggle/ (chmod 600), or set "
-        "KAGGLE_USERNAME and KAGGLE_KEY, or set KAGGLE_API_TOKEN (from kaggle.com/settings); "
-        + OFFLINE_ALTERNATIVES
-    )
+    return f"no Kaggle credentials found: {CREDENTIALS_HELP}; {OFFLINE_ALTERNATIVES}"
 
 
 def download_from_kaggle(competition: str, download_dir: Path) -> Path:
     """Download the competition's zip with the kaggle client; return its path."""
     if kaggle_credentials_source() is None:
         raise PipelineError(missing_credentials_message())
-    from kaggle.api.kaggle_api_extended import KaggleApi  # imported late: it reads credentials
-
-    api = KaggleApi()
+    api = connect("fetch")
     try:
-        api.authenticate()
         api.competition_download_files(competition, path=str(download_dir), quiet=False)
-    except SystemExit:
-        raise PipelineError(
-            "kaggle: authentication failed; check your Kaggle credentials"
-        ) from None
     except Exception as error:  # noqa: BLE001 - the client raises many types; say which
         raise PipelineError(
-            f"kaggle: downloading competition '{competition}' failed ({type(error).__name__}: "
-            f"{error}); have you accepted its rules at https://www.kaggle.com/c/{competition}/rules?"
+            f"kaggle: downloading competition '{competition}' failed ({describe(error)}); "
+            f"have you accepted its rules at https://www.kaggle.com/c/{competition}/rules?"
         ) from None
     archives = sorted(download_dir.glob("*.zip"))
     if not archives:

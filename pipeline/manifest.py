@@ -1,9 +1,11 @@
 """Run identity for submissions: `run_id` and the manifest predict writes beside each CSV.
 
 `run_id` is a short digest of what made the CSV: the fetch → select entries of dvc.lock (their
-deps, params and outs hashes: data, code, training), the predict stage's own params and code
+commands, deps and params hashes: data, code, params), the predict stage's own params and code
 files, and the md5 of the two files predict actually reads (models/best.pt and the prepared
-custom test set). Same inputs → same run_id; any change upstream → a new one. The manifest
+custom test set). Same inputs → same run_id; any change upstream → a new one. Upstream outputs
+are left out: each one that matters is some stage's dep, and the rest are metrics whose
+timings differ on every run. The manifest
 (submissions/<run_id>.json) adds the git commit and whether the tree was dirty, dvc.lock's
 sha256, all params, the model, validation accuracy with and without TTA, the CSV's md5, the
 predicted counts per class, and the device and torch version. It holds no credentials: it is
@@ -16,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import subprocess
 import urllib.parse
 from pathlib import Path
 
@@ -24,9 +25,12 @@ import torch
 import yaml
 from torchvision.datasets.utils import calculate_md5
 
+from pipeline.repository import changed_tracked_files, head_commit
+
 UPSTREAM_STAGES = ("fetch", "prepare", "train", "select")
 # Tracked files that a run itself rewrites: a change there is the run's output, not dirt.
-RUN_WRITTEN = (":!dvc.lock", ":!metrics", ":!submissions")
+RUN_WRITTEN = ("dvc.lock", "metrics", "submissions")
+LOCK_INPUT_KEYS = ("cmd", "deps", "params")  # of a dvc.lock stage entry; not its outs
 RUN_ID_LENGTH = 12  # hex characters of the sha256
 
 
@@ -45,7 +49,10 @@ def run_id(
     lock = yaml.safe_load(lock_path.read_text()) if lock_path.exists() else {}
     stages = (lock or {}).get("stages", {})
     identity = {
-        "upstream": {name: stages.get(name) for name in UPSTREAM_STAGES},
+        "upstream": {
+            name: {key: (stages.get(name) or {}).get(key) for key in LOCK_INPUT_KEYS}
+            for name in UPSTREAM_STAGES
+        },
         "predict_params": predict_params,
         "predict_code": {
             name: calculate_md5(Path(name)) for name in _stage_code_files(dvc_yaml, "predict")
@@ -58,17 +65,10 @@ def run_id(
 
 def git_state(folder: Path = Path(".")) -> dict:
     """The commit checked out and whether tracked files differ from it (None outside git)."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        changed = subprocess.run(  # dvc.lock is rewritten by the run itself: not "dirty"
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *RUN_WRITTEN],
-            cwd=folder, capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
+    commit = head_commit(folder)
+    if commit is None:
         return {"commit": None, "dirty": None}
-    return {"commit": commit, "dirty": bool(changed)}
+    return {"commit": commit, "dirty": bool(changed_tracked_files(folder, excluding=RUN_WRITTEN))}
 
 
 def lock_sha256(lock_path: Path = Path("dvc.lock")) -> str | None:

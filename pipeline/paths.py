@@ -9,6 +9,8 @@ PREPARED_DIR = Path("data/prepared")  # prepare: train/val/custom_test .npz and 
 CHECKPOINT_DIR = Path("models/checkpoints")  # train: epoch_NNNN.pt
 BEST_PATH = Path("models/best.pt")  # select: a copy of the winning checkpoint
 SUBMISSION_PATH = Path("submissions/latest.csv")  # predict
+# predict: <run_id>.csv and .json beside it; submit: history.csv (git-tracked), one row per submission
+HISTORY_PATH = Path("submissions/history.csv")
 
 DATA_REPORT_PATH = Path("metrics/data.json")  # prepare: counts per class
 TRAIN_LIVE_DIR = Path("metrics/train")  # train: dvclive's metrics.json and plots/

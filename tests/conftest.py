@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import pickle
 import struct
@@ -105,3 +106,36 @@ def official_sized_cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("official")
     write_official_sized_raw(root)
     return root
+
+
+FAKE_KAGGLE_USERNAME = "pipeline-tester"
+FAKE_KAGGLE_KEY = "fake-kaggle-key-7d1e0c5b9a"  # planted: must never appear in any output
+
+
+@pytest.fixture
+def fake_kaggle(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """A `FakeKaggle` on 127.0.0.1 that the real kaggle client talks to, with fake credentials.
+
+    The client is pointed at it the way kagglesdk supports: `KaggleEnv.LOCAL` (what
+    KAGGLE_API_ENVIRONMENT=LOCALHOST selects) with that environment's endpoint set to the fake.
+    HOME and KAGGLE_CONFIG_DIR move to scratch folders, so no real credentials are ever read.
+    """
+    from fake_kaggle import FakeKaggle
+    from kagglesdk import kaggle_env
+
+    from pipeline import kaggle_client
+
+    home = tmp_path / "home"
+    (home / ".kaggle").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / ".kaggle"))
+    monkeypatch.delenv("KAGGLE_API_TOKEN", raising=False)
+    monkeypatch.setenv("KAGGLE_USERNAME", FAKE_KAGGLE_USERNAME)
+    monkeypatch.setenv("KAGGLE_KEY", FAKE_KAGGLE_KEY)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    api_module = importlib.import_module("kaggle.api.kaggle_api_extended")
+    monkeypatch.setattr(api_module.KaggleApi, "args", ["--local"])
+    monkeypatch.setattr(kaggle_client, "RETRY_DELAY_SECONDS", 0.01)
+    with FakeKaggle(FAKE_KAGGLE_USERNAME, FAKE_KAGGLE_KEY) as server:
+        monkeypatch.setitem(kaggle_env._env_to_endpoint, kaggle_env.KaggleEnv.LOCAL, server.url)
+        yield server

@@ -3,89 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO_ROOT
+from projects import TINY_PARAMS, commit_all, new_project, override, sh
 
 from pipeline.submission_csv import validate_submission
-
-# Applied on top of the seed profile (`python -m pipeline profile seed`).
-TINY_PARAMS = {
-    "data": {
-        "source": "synthetic",
-        "synthetic": {"train_images": 1000, "val_images": 300, "custom_test_images": 200},
-    },
-    "model": {"base_width": 8, "blocks": [1, 1, 1], "dropout": 0.0},
-    "train": {
-        "device": "cpu",
-        "epochs": 6,
-        "batch_size": 50,
-        "lr": 0.05,
-        "schedule": "cosine",
-        "checkpoint_every": 2,
-    },
-}
-
-
-def _copy_repo(destination: Path) -> None:
-    tracked = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    for name in tracked.splitlines():
-        source = REPO_ROOT / name
-        if source.is_file() and not name.startswith(("tests/", "bench/")):
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, destination / name)
-
-
-def _sh(folder: Path, *command: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        command, cwd=folder, env=env, capture_output=True, text=True, timeout=900
-    )
-    assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
-    return result
-
-
-def _override(project: Path, overrides: dict) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    for section, values in overrides.items():
-        for key, value in values.items():
-            params[section][key] = value
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
-
-
-def _new_project(tmp_path: Path, profile: str, overrides: dict) -> Path:
-    project = tmp_path / "project"
-    project.mkdir()
-    _copy_repo(project)
-    _sh(project, sys.executable, "-m", "pipeline", "profile", profile)
-    _override(project, overrides)
-    _sh(project, "git", "init", "-q")
-    if not (project / ".dvc").is_dir():
-        _sh(project, "dvc", "init", "-q")
-    # A clone has commits; dvclive needs one (it records the baseline revision).
-    _sh(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
-    _sh(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy")
-    return project
 
 
 @pytest.mark.slow
 def test_dvc_repro_runs_every_stage_then_nothing(tmp_path: Path) -> None:
-    project = _new_project(tmp_path, "seed", TINY_PARAMS)
-    first = _sh(project, "dvc", "repro")
+    project = new_project(tmp_path, "seed", TINY_PARAMS)
+    first = sh(project, "dvc", "repro")
     for stage in ("fetch", "prepare", "train", "select", "predict"):
         assert f"Running stage '{stage}'" in first.stdout
     lock = yaml.safe_load((project / "dvc.lock").read_text())
@@ -102,7 +34,7 @@ def test_dvc_repro_runs_every_stage_then_nothing(tmp_path: Path) -> None:
 
     run = json.loads((project / "metrics/predict.json").read_text())["run_id"]
     manifest = json.loads((project / f"submissions/{run}.json").read_text())
-    head = _sh(project, "git", "rev-parse", "HEAD").stdout.strip()
+    head = sh(project, "git", "rev-parse", "HEAD").stdout.strip()
     assert manifest["git"] == {
         "commit": head,
         "dirty": False,
@@ -112,12 +44,12 @@ def test_dvc_repro_runs_every_stage_then_nothing(tmp_path: Path) -> None:
         project / "submissions/latest.csv"
     ).read_bytes()
     stamp = (project / "submissions/latest.csv").stat().st_mtime_ns
-    second = _sh(project, "dvc", "repro")
+    second = sh(project, "dvc", "repro")
     assert "Running stage" not in second.stdout
     assert (project / "submissions/latest.csv").stat().st_mtime_ns == stamp
-    shown = _sh(project, "dvc", "metrics", "show", "--json")
+    shown = sh(project, "dvc", "metrics", "show", "--json")
     assert "val_accuracy" in shown.stdout
-    plots = json.loads(_sh(project, "dvc", "plots", "show", "--json").stdout)["data"]
+    plots = json.loads(sh(project, "dvc", "plots", "show", "--json").stdout)["data"]
     for path in (
         "metrics/val_predictions.csv",
         "metrics/val_per_class.csv",
@@ -136,12 +68,12 @@ PROFILE_MODEL_PARAMS = {"fast": 1_971_328, "default": 4_836_736, "cpu": 1_112_16
 @pytest.mark.slow
 def test_dvc_repro_runs_each_profile_smoke_sized(tmp_path: Path) -> None:
     """Each profile's own model and recipe (EMA, TrivialAugment, ...) for one short epoch."""
-    project = _new_project(tmp_path, "fast", {"data": SMOKE_DATA})
+    project = new_project(tmp_path, "fast", {"data": SMOKE_DATA})
     for profile, model_params in PROFILE_MODEL_PARAMS.items():
-        _sh(project, sys.executable, "-m", "pipeline", "profile", profile)
+        sh(project, sys.executable, "-m", "pipeline", "profile", profile)
         smoke = {"device": "cpu", "epochs": 1, "batch_size": 64, "checkpoint_every": 1}
-        _override(project, {"data": SMOKE_DATA, "train": smoke})
-        run = _sh(project, "dvc", "repro")
+        override(project, {"data": SMOKE_DATA, "train": smoke})
+        run = sh(project, "dvc", "repro")
         assert "Running stage 'train'" in run.stdout and "Running stage 'predict'" in run.stdout
         assert (
             json.loads((project / "metrics/train/metrics.json").read_text())["model_params"]
@@ -160,26 +92,25 @@ def test_dvc_repro_runs_each_profile_smoke_sized(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_run_pushed_to_a_dvc_remote_comes_back_in_a_fresh_clone(tmp_path: Path) -> None:
     """The README's remote recipe: `dvc remote add -d`, `dvc push`, then `dvc pull` elsewhere."""
-    project = _new_project(
+    project = new_project(
         tmp_path, "seed", TINY_PARAMS | {"train": {**TINY_PARAMS["train"], "epochs": 2}}
     )
-    _sh(project, "dvc", "repro")
+    sh(project, "dvc", "repro")
     storage = tmp_path / "dvc-storage"
-    _sh(project, "dvc", "remote", "add", "-d", "storage", str(storage))
-    _sh(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
-    _sh(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run")
-    _sh(project, "dvc", "push")
+    sh(project, "dvc", "remote", "add", "-d", "storage", str(storage))
+    commit_all(project, "run")
+    sh(project, "dvc", "push")
     # a rerun after committing the outputs (metrics, manifest) still finds the tree clean
-    _sh(project, "dvc", "repro", "--force", "--single-item", "predict")
+    sh(project, "dvc", "repro", "--force", "--single-item", "predict")
     run = json.loads((project / "metrics/predict.json").read_text())["run_id"]
     assert json.loads((project / f"submissions/{run}.json").read_text())["git"]["dirty"] is False
-    _sh(project, "git", "checkout", "--", ".")  # back to the committed outputs
+    sh(project, "git", "checkout", "--", ".")  # back to the committed outputs
     clone = tmp_path / "clone"
-    _sh(tmp_path, "git", "clone", "-q", str(project), str(clone))
+    sh(tmp_path, "git", "clone", "-q", str(project), str(clone))
     assert not (clone / "submissions/latest.csv").exists()
-    _sh(clone, "dvc", "pull")
+    sh(clone, "dvc", "pull")
     original = (project / "submissions/latest.csv").read_bytes()
     assert (clone / "submissions/latest.csv").read_bytes() == original
     assert (clone / "models/best.pt").read_bytes() == (project / "models/best.pt").read_bytes()
-    status = _sh(clone, "dvc", "status")
+    status = sh(clone, "dvc", "status")
     assert "changed" not in status.stdout  # the pulled outputs match dvc.lock

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import SMALL_SYNTHETIC, write_small_custom_test
 
-from pipeline import fetch
+from pipeline import fetch, kaggle_client
 from pipeline.config import DataParams
 from pipeline.errors import PipelineError
 from pipeline.formats import CIFAR_FILES, CIFAR_FOLDER
@@ -310,7 +310,7 @@ def test_kaggle_source_downloads_the_competition_zip_through_the_client(
 def test_kaggle_credentials_file_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config_dir = tmp_path / "kaggle-config"
     (config_dir / "kaggle.json").write_text('{"username": "u", "key": "k"}')
-    assert fetch.kaggle_credentials_source() == str(config_dir / "kaggle.json")
+    assert kaggle_client.kaggle_credentials_source() == str(config_dir / "kaggle.json")
 
 
 # --- the url source against a server on 127.0.0.1 ---------------------------------------------

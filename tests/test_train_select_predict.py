@@ -72,6 +72,14 @@ def test_checkpoints_carry_weights_epoch_and_val_accuracy(trained_project: Path)
     assert checkpoint["ema_state"] is None and checkpoint["val_accuracy_ema"] is None
 
 
+def test_the_same_checkpoint_saved_twice_has_the_same_bytes(tmp_path: Path) -> None:
+    """DVC hashes bytes: a checkpoint's md5 must not depend on the temporary file's name."""
+    checkpoint = {"model_state": {"weight": torch.arange(6.0).reshape(2, 3)}, "epoch": 1}
+    save_checkpoint(tmp_path / "a.pt", checkpoint)
+    save_checkpoint(tmp_path / "b.pt", checkpoint)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+
+
 def test_checkpoint_every_keeps_the_last_epoch() -> None:
     assert train.checkpoint_epochs(25, TrainParams(epochs=25, checkpoint_every=10)) == {10, 20, 25}
 

@@ -1,0 +1,80 @@
+"""submissions/history.csv: one row per Kaggle submission, the link from a score back to its run.
+
+`submit` appends a row (time, run_id, commit, CSV md5, competition, message, Kaggle's reference,
+and which refusals `--force` overrode); `scores` joins the rows with Kaggle's list; `reproduce`
+finds a run's commit here. The file is git-tracked: commit it after each submission. It holds no
+credentials: its fields are the ones below, filled from the run, never from the environment.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+from pipeline.files import write_text_atomic
+from pipeline.paths import HISTORY_PATH, SUBMISSION_PATH
+from pipeline.repository import git
+
+FIELDS = (
+    "submitted_utc", "run_id", "commit", "csv_md5", "competition", "message", "kaggle_ref",
+    "forced",
+)  # fmt: skip
+RUN_IN_MESSAGE = re.compile(r"\brun ([0-9a-f]{12})\b")  # submit's message always carries it
+MIN_KEY_LENGTH = 4  # hex characters: shorter run_id / md5 prefixes match too much
+
+
+def read_history(path: Path = HISTORY_PATH) -> list[dict[str, str]]:
+    """The rows, oldest first; no file means no submissions yet."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if tuple(reader.fieldnames or ()) != FIELDS:
+            raise PipelineError(
+                f"{path}: header must be {','.join(FIELDS)}, found {','.join(reader.fieldnames or [])}"
+            )
+        return list(reader)
+
+
+def append_history(row: dict[str, str], path: Path = HISTORY_PATH) -> None:
+    """Add `row` at the end; the file is rewritten whole (temp + rename), never half-appended."""
+    existing = path.read_text() if path.exists() else ""
+    if existing:
+        read_history(path)  # refuse to append to a file with another layout
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
+    if not existing:
+        writer.writeheader()
+    writer.writerow({field: row.get(field, "") for field in FIELDS})
+    separator = "" if not existing or existing.endswith("\n") else "\n"
+    write_text_atomic(path, existing + separator + buffer.getvalue())
+
+
+def find_rows(rows: list[dict[str, str]], key: str) -> list[dict[str, str]]:
+    """Rows whose run_id or CSV md5 starts with `key`, or whose Kaggle reference equals it."""
+    key = key.strip().lower()
+    by_ref = [row for row in rows if row["kaggle_ref"] == key]
+    if by_ref or len(key) < MIN_KEY_LENGTH:
+        return by_ref
+    return [row for row in rows if row["run_id"].startswith(key) or row["csv_md5"].startswith(key)]
+
+
+def manifest_path(run_id: str) -> Path:
+    return SUBMISSION_PATH.parent / f"{run_id}.json"
+
+
+def load_manifest(run_id: str, commit: str | None = None) -> dict | None:
+    """A run's manifest: from the working tree, else from `commit` (git show), else None."""
+    path = manifest_path(run_id)
+    if path.exists():
+        return json.loads(path.read_text())
+    if commit:
+        try:
+            return json.loads(git("show", f"{commit}:{path.as_posix()}"))
+        except (PipelineError, json.JSONDecodeError):
+            return None
+    return None

@@ -1,0 +1,193 @@
+"""The kaggle client as fetch, submit and scores use it: credentials, errors, retries.
+
+Everything goes through the official `kaggle` package (`KaggleApi`), which talks to Kaggle's
+JSON API (`POST /v1/<service>/<method>`) and uploads files with a PUT to the URL Kaggle returns.
+This module adds what a pipeline command needs around it: a clear error when no credentials are
+set up, one-line errors that say what Kaggle answered, and retries of transient failures
+(HTTP 5xx and 429, dropped connections), which the client itself does not retry for submissions.
+Credentials are only ever named by where they were found, never printed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import requests
+
+from pipeline.errors import PipelineError
+from pipeline.reporting import console
+
+if TYPE_CHECKING:
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+T = TypeVar("T")
+
+ATTEMPTS = 4  # one call and up to three retries
+RETRY_DELAY_SECONDS = 2.0  # before the first retry; doubled after each
+LIST_PAGE_SIZE = 100  # submissions per ListSubmissions page
+CREDENTIALS_HELP = (
+    "put kaggle.json in ~/.kaggle/ (chmod 600), or set KAGGLE_USERNAME and KAGGLE_KEY, or set "
+    "KAGGLE_API_TOKEN (from kaggle.com/settings)"
+)
+
+
+def kaggle_config_dir() -> Path:
+    """Where the kaggle client looks for kaggle.json / access_token (its own rules)."""
+    if os.environ.get("KAGGLE_CONFIG_DIR"):
+        return Path(os.environ["KAGGLE_CONFIG_DIR"])
+    home_dir = Path.home() / ".kaggle"
+    if home_dir.exists():
+        return home_dir
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"
+
+
+def kaggle_credentials_source() -> str | None:
+    """Name where Kaggle credentials were found (never their value), or None."""
+    if os.environ.get("KAGGLE_API_TOKEN"):
+        return "KAGGLE_API_TOKEN"
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return "KAGGLE_USERNAME/KAGGLE_KEY"
+    for name in ("kaggle.json", "access_token", "access_token.txt"):
+        if (kaggle_config_dir() / name).is_file():
+            return str(kaggle_config_dir() / name)
+    return None
+
+
+def connect(command: str) -> KaggleApi:
+    """An authenticated client; `command` ("submit", "scores", ...) prefixes any error."""
+    if kaggle_credentials_source() is None:
+        raise PipelineError(f"{command}: no Kaggle credentials found: {CREDENTIALS_HELP}")
+    from kaggle.api.kaggle_api_extended import KaggleApi  # imported late: it reads credentials
+
+    api = KaggleApi()
+    try:
+        api.authenticate()
+    except SystemExit:  # the client exits when it finds no usable credentials
+        raise PipelineError(
+            f"{command}: Kaggle authentication failed; check your Kaggle credentials"
+        ) from None
+    return api
+
+
+def _status(error: Exception) -> int | None:
+    response = getattr(error, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def is_transient(error: Exception) -> bool:
+    """Worth another try: the server failed (5xx), asked us to slow down (429), or the link broke."""
+    status = _status(error)
+    if status is not None:
+        return status >= 500 or status == 429
+    return isinstance(error, (requests.ConnectionError, requests.Timeout, UploadIncomplete))
+
+
+def describe(error: Exception) -> str:
+    """What Kaggle answered, in words; never the request (which carries the credentials)."""
+    status = _status(error)
+    if status in (401, 403):
+        return (
+            f"Kaggle rejected the credentials (HTTP {status}); check them ({CREDENTIALS_HELP}), "
+            "and that you accepted the competition's rules"
+        )
+    if status is not None:
+        message = str(error.args[0]) if error.args else ""
+        return f"HTTP {status}" + (
+            f" ({message})" if message and str(status) not in message else ""
+        )
+    if isinstance(error, requests.ConnectionError):
+        return "could not connect to Kaggle (network down or Kaggle unreachable)"
+    return f"{type(error).__name__}: {error}"
+
+
+class UploadIncomplete(Exception):
+    """The client's upload of the CSV did not complete (it reports this as a message, not an error)."""
+
+
+def call(
+    action: Callable[[], T], what: str, before_retry: Callable[[], T | None] | None = None
+) -> T:
+    """`action()`, retried on transient errors (ATTEMPTS in all, delays doubling).
+
+    `before_retry()` runs before each retry; when it returns a result, that result stands for the
+    action's (submit uses it to find a submission that Kaggle recorded although it answered 5xx,
+    instead of submitting twice). A lasting or non-transient error becomes one `PipelineError`.
+    """
+    delay = RETRY_DELAY_SECONDS
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return action()
+        except PipelineError:
+            raise
+        except Exception as error:  # noqa: BLE001 - the client raises many types; classified below
+            if not is_transient(error) or attempt == ATTEMPTS:
+                tries = f" after {attempt} attempts" if attempt > 1 else ""
+                raise PipelineError(f"kaggle: {what} failed{tries}: {describe(error)}") from None
+            console.print(
+                f"kaggle: {what}: {describe(error)}; retrying in {delay:g} s "
+                f"(attempt {attempt + 1} of {ATTEMPTS})"
+            )
+            time.sleep(delay)
+            delay *= 2
+            if before_retry is not None and (found := before_retry()) is not None:
+                return found
+    raise AssertionError("unreachable")
+
+
+def list_submissions(api: KaggleApi, competition: str) -> list:
+    """Every submission of the account to `competition` (`ApiSubmission`s, newest first)."""
+    submissions: list = []
+    page = 1
+    while True:
+        batch = call(
+            lambda page=page: api.competition_submissions(
+                competition, page_number=page, page_size=LIST_PAGE_SIZE
+            ),
+            f"listing the submissions to '{competition}'",
+        )
+        submissions.extend(item for item in batch or [] if item is not None)
+        if len(batch or []) < LIST_PAGE_SIZE:
+            return submissions
+        page += 1
+
+
+def submit_file(
+    api: KaggleApi, competition: str, csv_path: Path, upload_name: str, message: str
+) -> int:
+    """Submit `csv_path` (uploaded as `upload_name`) with `message`; return Kaggle's reference.
+
+    Before a retry it looks for a submission Kaggle recorded despite the error (same message, a
+    reference it did not have before), so a 5xx after the fact never makes a second submission.
+    """
+    before = {item.ref for item in list_submissions(api, competition)}
+
+    def recorded() -> int | None:
+        for item in list_submissions(api, competition):
+            if item.ref not in before and item.description == message:
+                return item.ref
+        return None
+
+    with tempfile.TemporaryDirectory(prefix="submit-") as folder:
+        upload = Path(folder) / upload_name  # Kaggle shows the file name: it carries the run_id
+        upload.write_bytes(csv_path.read_bytes())
+
+        def attempt() -> int:
+            response = api.competition_submit(str(upload), message, competition, quiet=True)
+            if response.ref:
+                return response.ref
+            if response.message == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
+                raise UploadIncomplete(f"uploading {csv_path} did not complete")
+            found = recorded()  # accepted, but the answer had no reference: find it in the list
+            if found is None:
+                raise PipelineError(
+                    f"kaggle: the submission was sent but Kaggle returned no reference "
+                    f"({response.message or 'no message'}); see `python -m pipeline scores`"
+                )
+            return found
+
+        return call(attempt, f"submitting {csv_path} to '{competition}'", before_retry=recorded)

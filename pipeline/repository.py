@@ -1,0 +1,93 @@
+"""git and DVC as submit, scores and reproduce use them: state checks, push, pull, worktrees.
+
+Both run as subprocesses: git from PATH, DVC as `python -m dvc` with this interpreter (and its
+folder first on PATH, so stages that DVC runs use the same environment).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from pipeline.errors import PipelineError
+
+
+def git(*args: str, cwd: Path = Path(".")) -> str:
+    """Run git; return its stdout (stripped). A failure raises `PipelineError` with git's words."""
+    try:
+        result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    except OSError as error:
+        raise PipelineError(f"git is not available ({error})") from None
+    if result.returncode != 0:
+        reason = (result.stderr.strip() or result.stdout.strip()).splitlines()
+        raise PipelineError(f"git {' '.join(args)}: {reason[-1] if reason else 'failed'}")
+    return result.stdout.strip()
+
+
+def head_commit(cwd: Path = Path(".")) -> str | None:
+    try:
+        return git("rev-parse", "HEAD", cwd=cwd)
+    except PipelineError:
+        return None  # not a git repository, or no commit yet
+
+
+def changed_tracked_files(cwd: Path = Path("."), excluding: tuple[str, ...] = ()) -> list[str]:
+    """Tracked files that differ from HEAD (staged or not), except under `excluding` paths."""
+    pathspecs = [f":!{path}" for path in excluding]
+    return git("diff", "--name-only", "HEAD", "--", ".", *pathspecs, cwd=cwd).splitlines()
+
+
+def dvc(
+    *args: str, cwd: Path = Path("."), capture: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`python -m dvc ARGS` in `cwd`; with `capture=False` its output goes to the terminal."""
+    pipe = subprocess.PIPE if capture else None
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, text=True,
+        stdout=pipe, stderr=pipe,
+    )  # fmt: skip
+
+
+def last_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """DVC's last ERROR line when its output was captured; else where to look."""
+    if result.stderr is None:
+        return f"exit status {result.returncode}; dvc's own message is above"
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if "ERROR" in line]
+    return (errors or lines or [f"exit status {result.returncode}"])[-1].strip()
+
+
+def stale_stages(cwd: Path = Path(".")) -> list[str]:
+    """Stages whose outputs do not match their inputs (`dvc status`); empty when up to date."""
+    result = dvc("status", "--json", cwd=cwd)
+    if result.returncode != 0:
+        raise PipelineError(f"dvc status failed: {last_error_line(result)}")
+    return sorted(json.loads(result.stdout or "{}"))
+
+
+def default_remote(cwd: Path = Path(".")) -> str | None:
+    """The name of DVC's default remote, or None when no default is configured."""
+    result = dvc("remote", "default", cwd=cwd)
+    name = result.stdout.strip() if result.returncode == 0 else ""
+    return name or None
+
+
+NO_REMOTE_HELP = (
+    "add one once with `dvc remote add -d storage /path/to/dvc-storage` (a local folder, S3, "
+    "GCS, SSH, ...) and commit .dvc/config"
+)
+
+
+def lock_output_hashes(lock_text: str) -> dict[str, str]:
+    """Every output path a dvc.lock records, with its md5."""
+    return {
+        out["path"]: out.get("md5", "")
+        for stage in (yaml.safe_load(lock_text) or {}).get("stages", {}).values()
+        for out in stage.get("outs", [])
+    }

@@ -1,0 +1,190 @@
+"""`python -m pipeline reproduce RUN`: bring a submitted run back from its commit; compare the CSV.
+
+RUN is a run_id or CSV md5 (or a prefix of at least 4 characters) or a Kaggle submission
+reference, looked up in submissions/history.csv. The run's commit is checked out in a separate
+git worktree (default: ../<project>-runs/<run_id>; the working copy here is not touched), where
+`dvc pull` restores the outputs from the DVC remote; when the remote lacks some of them,
+`dvc repro --pull` pulls what it has and reruns the stages that are missing. The worktree's
+submissions/latest.csv is then compared with the submitted CSV's md5: *identical*, or what
+differs (labels, the outputs that came out different from the commit's dvc.lock, device and
+torch version) and why it may. The exit status is 0 only for identical.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+from torchvision.datasets.utils import calculate_md5
+
+from pipeline.errors import PipelineError
+from pipeline.history import find_rows, load_manifest, read_history
+from pipeline.paths import HISTORY_PATH, PREDICT_METRICS_PATH, SUBMISSION_PATH
+from pipeline.reporting import console
+from pipeline.repository import dvc, git, last_error_line, lock_output_hashes
+
+LOCAL_DVC_CONFIG = Path(".dvc/config.local")  # git-ignored: a remote's credentials or local path
+
+
+def resolve(key: str, history: list[dict[str, str]]) -> dict[str, str]:
+    """The history row that RUN names; an error when none or several different runs match."""
+    rows = find_rows(history, key)
+    if not rows:
+        raise PipelineError(
+            f"{HISTORY_PATH}: no submission matches '{key}' (a run_id, CSV md5 or Kaggle reference; "
+            "reproduce works on submitted runs, whose commit submit recorded)"
+        )
+    runs = {(row["run_id"], row["commit"], row["csv_md5"]) for row in rows}
+    if len(runs) > 1:
+        listed = ", ".join(sorted(f"run {run} @ {commit[:7]}" for run, commit, _ in runs))
+        raise PipelineError(
+            f"{HISTORY_PATH}: '{key}' matches several runs ({listed}); give more of it"
+        )
+    return rows[0]
+
+
+def default_folder(run_id: str) -> Path:
+    project = Path.cwd().resolve()
+    return project.parent / f"{project.name}-runs" / run_id
+
+
+def restore_outputs(worktree: Path) -> str:
+    """`dvc pull`, else `dvc repro --pull`; return how the outputs came back."""
+    console.print(f"reproduce: dvc pull in {worktree}")
+    pulled = dvc("pull", cwd=worktree, capture=False)
+    if pulled.returncode == 0:
+        return "pulled from the DVC remote"
+    console.print(
+        f"reproduce: dvc pull could not restore every output ({last_error_line(pulled)}); "
+        "running `dvc repro --pull`: what the remote has is pulled, the rest is recomputed"
+    )
+    rerun = dvc("repro", "--pull", cwd=worktree, capture=False)
+    if rerun.returncode != 0:
+        raise PipelineError(
+            f"reproduce: dvc repro in {worktree} failed ({last_error_line(rerun)}); the worktree is "
+            "left there to inspect"
+        )
+    return "recomputed with dvc repro (the remote lacked some outputs)"
+
+
+def _labels(path: Path) -> dict[str, str]:
+    with path.open(newline="") as handle:
+        return {row["ID"]: row["Labels"] for row in csv.DictReader(handle)}
+
+
+def _environment(manifest: dict | None) -> str | None:
+    return f"{manifest['device']}, torch {manifest['torch']}" if manifest else None
+
+
+def changed_outputs(commit: str, worktree: Path) -> list[str]:
+    """Outputs whose md5 in the worktree's dvc.lock differs from the one `commit` recorded."""
+    committed = lock_output_hashes(git("show", f"{commit}:dvc.lock"))
+    reproduced = lock_output_hashes((worktree / "dvc.lock").read_text())
+    return [path for path, md5 in committed.items() if reproduced.get(path) != md5]
+
+
+def differences(row: dict[str, str], worktree: Path, reproduced_md5: str) -> list[str]:
+    """What differs between the submitted run and the reproduced one, and why it may."""
+    lines = [f"CSV md5: submitted {row['csv_md5']}, reproduced {reproduced_md5}"]
+    committed = lock_output_hashes(git("show", f"{row['commit']}:dvc.lock"))
+    if committed.get(SUBMISSION_PATH.as_posix()) != row["csv_md5"]:
+        lines.append(
+            f"the commit's dvc.lock records {SUBMISSION_PATH} md5 "
+            f"{committed.get(SUBMISSION_PATH.as_posix())}, not the submitted CSV's: "
+            + (
+                f"the submission was forced past '{row['forced']}', so its commit does not describe it"
+                if row["forced"]
+                else "history.csv says nothing was forced, so the row may have been edited"
+            )
+        )
+    changed = changed_outputs(row["commit"], worktree)
+    if changed:
+        lines.append(
+            "outputs that came out different from the commit's dvc.lock: " + ", ".join(changed)
+        )
+    submitted_copy = SUBMISSION_PATH.parent / f"{row['run_id']}.csv"  # kept where predict ran
+    if submitted_copy.exists() and calculate_md5(submitted_copy) == row["csv_md5"]:
+        before, after = _labels(submitted_copy), _labels(worktree / SUBMISSION_PATH)
+        differing = sorted((key for key in before if before[key] != after.get(key)), key=int)
+        lines.append(
+            f"{len(differing)} of {len(before)} labels differ"
+            + (
+                f" (ids {', '.join(differing[:8])}{', …' if len(differing) > 8 else ''})"
+                if differing
+                else ""
+            )
+        )
+    else:
+        lines.append(
+            f"the submitted CSV itself ({submitted_copy}) is not on this machine to compare labels"
+        )
+    original = load_manifest(row["run_id"], row["commit"])
+    rerun_metrics = worktree / PREDICT_METRICS_PATH
+    rerun_id = (
+        json.loads(rerun_metrics.read_text()).get("run_id") if rerun_metrics.exists() else None
+    )
+    rerun_manifest_path = worktree / SUBMISSION_PATH.parent / f"{rerun_id}.json"
+    rerun = json.loads(rerun_manifest_path.read_text()) if rerun_manifest_path.exists() else None
+    was, now = _environment(original), _environment(rerun)
+    if was and now:
+        lines.append(f"submitted run: {was}; this run: {now}")
+    if original and rerun and original["torch"] != rerun["torch"]:
+        lines.append("why: another torch version has other kernels, which round differently")
+    if original and str(original.get("device", "")).startswith("cuda"):
+        lines.append(
+            "why: GPU training is not bit-reproducible by default (cuDNN's convolution backward and "
+            "atomic adds sum in varying order), so weights and some labels drift between runs"
+        )
+    elif was and was == now:
+        lines.append(
+            "why: on the same device type and torch version a CPU run should be identical; check "
+            "that fetch got the same data and whether the CPUs differ (AVX2 and AVX-512 kernels "
+            "round differently)"
+        )
+    return lines
+
+
+def run(key: str, into: Path | None = None) -> bool:
+    """Reproduce the run RUN names as described above; True when the CSV is identical."""
+    row = resolve(key, read_history(HISTORY_PATH))
+    commit, run_id = row["commit"], row["run_id"]
+    if not commit:
+        raise PipelineError(f"{HISTORY_PATH}: run {run_id} was submitted outside a git commit")
+    try:
+        git("cat-file", "-e", f"{commit}^{{commit}}")
+    except PipelineError:
+        raise PipelineError(
+            f"commit {commit[:7]} of run {run_id} is not in this clone; `git fetch` it first"
+        ) from None
+    worktree = (into or default_folder(run_id)).resolve()
+    if worktree.exists():
+        raise PipelineError(
+            f"{worktree}: already exists; remove it (`git worktree remove --force {worktree}`) or "
+            "pass --into another folder"
+        )
+    worktree.parent.mkdir(parents=True, exist_ok=True)
+    git("worktree", "add", "--detach", str(worktree), commit)
+    if LOCAL_DVC_CONFIG.exists():
+        shutil.copy2(LOCAL_DVC_CONFIG, worktree / LOCAL_DVC_CONFIG)
+    how = restore_outputs(worktree)
+    reproduced = worktree / SUBMISSION_PATH
+    if not reproduced.exists():
+        raise PipelineError(
+            f"{reproduced}: not restored; the commit's dvc.lock has no predict output"
+        )
+    reproduced_md5 = calculate_md5(reproduced)
+    where = f"run {run_id} @ {commit[:7]} (Kaggle ref {row['kaggle_ref']}), {how}, in {worktree}"
+    if reproduced_md5 == row["csv_md5"]:
+        console.print(f"reproduce: identical: {SUBMISSION_PATH} md5 {reproduced_md5}; {where}")
+        changed = changed_outputs(commit, worktree)
+        if changed:  # recomputed: e.g. metrics holding timings
+            console.print(
+                f"  (outputs that differ from the commit's dvc.lock: {', '.join(changed)})"
+            )
+        return True
+    console.print(f"reproduce: DIFFERENT: {where}")
+    for line in differences(row, worktree, reproduced_md5):
+        console.print(f"  - {line}")
+    return False

@@ -1,0 +1,81 @@
+"""Scratch projects for end-to-end tests: a copy of the repository as a fresh git + DVC project."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from conftest import REPO_ROOT
+
+# Applied on top of the seed profile (`python -m pipeline profile seed`).
+TINY_PARAMS = {
+    "data": {
+        "source": "synthetic",
+        "synthetic": {"train_images": 1000, "val_images": 300, "custom_test_images": 200},
+    },
+    "model": {"base_width": 8, "blocks": [1, 1, 1], "dropout": 0.0},
+    "train": {
+        "device": "cpu",
+        "epochs": 6,
+        "batch_size": 50,
+        "lr": 0.05,
+        "schedule": "cosine",
+        "checkpoint_every": 2,
+    },
+}
+
+
+def copy_repo(destination: Path) -> None:
+    tracked = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for name in tracked.splitlines():
+        source = REPO_ROOT / name
+        if source.is_file() and not name.startswith(("tests/", "bench/")):
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+
+
+def sh(folder: Path, *command: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        command, cwd=folder, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def override(project: Path, overrides: dict) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for section, values in overrides.items():
+        for key, value in values.items():
+            params[section][key] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def new_project(tmp_path: Path, profile: str, overrides: dict) -> Path:
+    project = tmp_path / "project"
+    project.mkdir()
+    copy_repo(project)
+    sh(project, sys.executable, "-m", "pipeline", "profile", profile)
+    override(project, overrides)
+    sh(project, "git", "init", "-q")
+    if not (project / ".dvc").is_dir():
+        sh(project, "dvc", "init", "-q")
+    # A clone has commits; dvclive needs one (it records the baseline revision).
+    commit_all(project, "copy")
+    return project
+
+
+def commit_all(project: Path, message: str) -> None:
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message)

@@ -1,0 +1,257 @@
+"""submit → scores → reproduce, with the real kaggle client against a fake Kaggle API on 127.0.0.1.
+
+One tiny synthetic run (`dvc repro`, committed) is made per module; each test works on a copy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import FAKE_KAGGLE_KEY
+from projects import TINY_PARAMS, commit_all, new_project, sh
+from torchvision.datasets.utils import calculate_md5
+
+from pipeline import kaggle_client
+from pipeline.__main__ import main
+from pipeline.history import FIELDS, find_rows, read_history
+from pipeline.scores import score_rows
+
+pytestmark = pytest.mark.slow
+TWO_EPOCHS = TINY_PARAMS | {"train": {**TINY_PARAMS["train"], "epochs": 2}}
+
+
+@pytest.fixture(scope="module")
+def committed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    project = new_project(tmp_path_factory.mktemp("base"), "seed", TWO_EPOCHS)
+    sh(project, "dvc", "repro")
+    commit_all(project, "run")
+    return project
+
+
+@pytest.fixture
+def project(committed_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the committed run with a local DVC remote (committed too), as the cwd."""
+    copy = tmp_path / "project"
+    shutil.copytree(committed_run, copy, symlinks=True)
+    sh(copy, "dvc", "remote", "add", "-d", "storage", str(tmp_path / "dvc-storage"))
+    commit_all(copy, "remote")
+    monkeypatch.chdir(copy)
+    return copy
+
+
+def _run_id(project: Path) -> str:
+    return json.loads((project / "metrics/predict.json").read_text())["run_id"]
+
+
+def _error_line(capsys: pytest.CaptureFixture) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_submit_sends_the_csv_pushes_the_run_and_records_it(
+    project: Path, fake_kaggle, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    kaggle_json = project.parent / "home/.kaggle/kaggle.json"
+    kaggle_json.write_text(json.dumps({"username": "pipeline-tester", "key": FAKE_KAGGLE_KEY}))
+    kaggle_json.chmod(0o600)
+    assert main(["submit", "-m", "tiny seed run"]) == 0
+    run_id, csv_md5 = _run_id(project), calculate_md5(project / "submissions/latest.csv")
+    commit = sh(project, "git", "rev-parse", "HEAD").stdout.strip()
+
+    [sent] = fake_kaggle.submissions
+    assert sent.md5 == csv_md5 and sent.file_name == f"{run_id}.csv"
+    assert sent.description == f"tiny seed run | run {run_id} @ {commit[:7]}"
+    assert sent.competition == "deep-learning-spring-2025-project-1"
+    assert fake_kaggle.calls == [
+        "ListSubmissions",
+        "StartSubmissionUpload",
+        "Upload",
+        "CreateSubmission",
+    ]
+
+    [row] = read_history(project / "submissions/history.csv")
+    assert row["run_id"] == run_id and row["commit"] == commit and row["csv_md5"] == csv_md5
+    assert row["kaggle_ref"] == str(sent.ref) and row["message"] == sent.description
+    assert row["forced"] == "" and row["submitted_utc"].endswith("+00:00")
+    # dvc push put the run's outputs in the remote: latest.csv's object is there
+    assert (tmp_path / "dvc-storage/files/md5" / csv_md5[:2] / csv_md5[2:]).is_file()
+    assert sh(project, "dvc", "status", "--cloud").stdout.strip().endswith("are in sync.")
+
+    # the planted key reaches no output: history, manifests, metrics, dvc.lock, console
+    captured = capsys.readouterr()
+    scanned = [captured.out, captured.err]
+    for folder in ("submissions", "metrics"):
+        scanned += [p.read_text() for p in (project / folder).rglob("*") if p.is_file()]
+    scanned.append((project / "dvc.lock").read_text())
+    assert not [text for text in scanned if FAKE_KAGGLE_KEY in text]
+
+
+def test_rejected_credentials_are_one_clear_line_and_nothing_is_recorded(
+    project: Path, fake_kaggle, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAGGLE_KEY", "wrong-key-0000")
+    assert main(["submit", "--no-push"]) == 1
+    line = _error_line(capsys)
+    assert "rejected the credentials (HTTP 401)" in line and "wrong-key-0000" not in line
+    assert not (project / "submissions/history.csv").exists()
+    assert fake_kaggle.submissions == []
+
+
+def test_transient_server_errors_are_retried_without_submitting_twice(
+    project: Path, fake_kaggle, capsys: pytest.CaptureFixture
+) -> None:
+    fake_kaggle.fail_next["StartSubmissionUpload"].append((503, "before"))
+    fake_kaggle.fail_next["Upload"].append((503, "before"))
+    fake_kaggle.fail_next["CreateSubmission"].append((502, "after"))  # recorded, then 502
+    assert main(["submit", "--no-push"]) == 0
+    [sent] = fake_kaggle.submissions  # the retry found it instead of submitting again
+    [row] = read_history(project / "submissions/history.csv")
+    assert row["kaggle_ref"] == str(sent.ref)
+    assert capsys.readouterr().err.count("retrying") == 3
+
+
+def test_a_lasting_server_error_gives_up_with_the_reason(
+    project: Path, fake_kaggle, capsys: pytest.CaptureFixture
+) -> None:
+    fake_kaggle.fail_next["StartSubmissionUpload"].extend(
+        [(500, "before")] * kaggle_client.ATTEMPTS
+    )
+    assert main(["submit", "--no-push"]) == 1
+    assert f"failed after {kaggle_client.ATTEMPTS} attempts: HTTP 500" in _error_line(capsys)
+    assert not (project / "submissions/history.csv").exists()
+
+
+def test_the_same_csv_is_refused_a_second_time_unless_forced(
+    project: Path, fake_kaggle, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["submit", "--no-push"]) == 0
+    assert main(["submit", "--no-push"]) == 1
+    assert "was already submitted on" in _error_line(capsys)
+    assert len(fake_kaggle.submissions) == 1
+    assert main(["submit", "--no-push", "--force"]) == 0
+    rows = read_history(project / "submissions/history.csv")
+    assert [row["forced"] for row in rows] == ["", "duplicate"]
+    assert len(fake_kaggle.submissions) == 2
+
+
+def test_stale_outputs_dirty_tree_bad_csv_and_no_remote_are_refused(
+    project: Path, fake_kaggle, capsys: pytest.CaptureFixture
+) -> None:
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("lr: 0.05", "lr: 0.04"))
+    assert main(["submit"]) == 1
+    line = _error_line(capsys)
+    assert "outputs are stale" in line and "train" in line and "params.yaml" in line
+    sh(project, "git", "checkout", "--", "params.yaml")
+
+    latest = project / "submissions/latest.csv"
+    original = latest.read_text()
+    latest.write_text(original.replace("ID,Labels", "id,label"))
+    assert main(["submit"]) == 1
+    assert "header must be ID,Labels" in _error_line(capsys)
+    first_label = original.splitlines()[1].split(",")
+    changed = f"{first_label[0]},{(int(first_label[1]) + 1) % 10}"
+    latest.write_text(original.replace(original.splitlines()[1], changed, 1))
+    assert main(["submit"]) == 1
+    assert "cannot be traced" in _error_line(capsys)
+    latest.write_text(original)
+
+    sh(project, "dvc", "remote", "remove", "storage")
+    commit_all(project, "no remote")
+    assert main(["submit"]) == 1
+    assert "no default DVC remote" in _error_line(capsys)
+    assert fake_kaggle.submissions == [] and not (project / "submissions/history.csv").exists()
+
+
+def test_scores_joins_kaggle_with_history_and_manifests(
+    project: Path, fake_kaggle, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["submit", "--no-push", "-m", "first"]) == 0
+    fake_kaggle.submissions[0].status = "COMPLETE"
+    fake_kaggle.submissions[0].public_score = "0.84210"
+    fake_kaggle.submissions[0].private_score = "0.83950"
+    # one made by hand on the website: no run_id, no history row
+    token = fake_kaggle.start_submission_upload({"fileName": "hand.csv", "contentLength": 3})[
+        "token"
+    ]
+    fake_kaggle.upload(token, b"x\n")
+    fake_kaggle.create_submission(
+        {"competitionName": "deep-learning-spring-2025-project-1", "blobFileTokens": token,
+         "submissionDescription": "uploaded by hand"}
+    )  # fmt: skip
+    capsys.readouterr()
+    assert main(["scores"]) == 0
+    table = capsys.readouterr().out
+    run_id = _run_id(project)
+    assert run_id in table and "0.84210" in table and "0.83950" in table and "seed_resnet" in table
+
+    monkeypatch.setattr(kaggle_client, "LIST_PAGE_SIZE", 1)  # every page read, one by one
+    api = kaggle_client.connect("scores")
+    rows = score_rows(
+        kaggle_client.list_submissions(api, "deep-learning-spring-2025-project-1"),
+        read_history(project / "submissions/history.csv"),
+    )
+    by_hand, ours = rows  # newest first
+    manifest = json.loads((project / f"submissions/{run_id}.json").read_text())
+    assert ours["run_id"] == run_id and ours["public"] == "0.84210" and ours["private"] == "0.83950"
+    assert ours["status"] == "complete" and ours["model"] == "seed_resnet"
+    assert ours["params"] == f"{manifest['model_params']:,}" and ours["tta"] == manifest["tta"]
+    assert ours["val_accuracy"] == f"{manifest['val_accuracy']:.4f}"
+    assert by_hand["run_id"] == "—" and by_hand["status"] == "pending"
+
+
+def test_history_lookup_by_run_id_md5_prefix_or_kaggle_ref() -> None:
+    rows = [
+        dict.fromkeys(FIELDS, "") | {"run_id": "abc123def456", "csv_md5": "ffee" * 8, "kaggle_ref": "48000001"},
+        dict.fromkeys(FIELDS, "") | {"run_id": "abd000000000", "csv_md5": "0123" * 8, "kaggle_ref": "48000002"},
+    ]  # fmt: skip
+    assert find_rows(rows, "abc1") == [rows[0]]
+    assert find_rows(rows, "FFEE") == [rows[0]]
+    assert find_rows(rows, "48000002") == [rows[1]]
+    assert find_rows(rows, "ab") == []  # too short to mean one run
+    assert len(find_rows(rows, "ab00")) == 0 and len(find_rows(rows, "abd0")) == 1
+
+
+def _clone(source: Path, destination: Path) -> Path:
+    subprocess.run(["git", "clone", "-q", str(source), str(destination)], check=True)
+    return destination
+
+
+def test_submit_then_reproduce_in_a_fresh_clone_gives_the_identical_csv(
+    project: Path, fake_kaggle, capsys: pytest.CaptureFixture, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    assert main(["submit", "-m", "to reproduce"]) == 0
+    run_id, csv_md5 = _run_id(project), calculate_md5(project / "submissions/latest.csv")
+    commit_all(project, f"submit run {run_id}")  # history.csv, as submit says to
+    ref = read_history(project / "submissions/history.csv")[0]["kaggle_ref"]
+
+    clone = _clone(project, tmp_path / "clone")
+    monkeypatch.chdir(clone)
+    capsys.readouterr()
+    assert main(["reproduce", run_id[:6], "--into", str(tmp_path / "pulled")]) == 0
+    err = capsys.readouterr().err
+    assert "identical" in err and "pulled from the DVC remote" in err
+    assert calculate_md5(tmp_path / "pulled/submissions/latest.csv") == csv_md5
+
+    # the remote lacks the outputs (config.local points it at an empty folder): dvc repro
+    sh(clone, "dvc", "remote", "modify", "--local", "storage", "url", str(tmp_path / "empty"))
+    assert main(["reproduce", ref, "--into", str(tmp_path / "recomputed")]) == 0
+    err = capsys.readouterr().err
+    assert "identical" in err and "recomputed with dvc repro" in err
+    assert calculate_md5(tmp_path / "recomputed/submissions/latest.csv") == csv_md5
+    # on CPU the retrained weights are bit-identical, so checkpoints and run_id are the same
+    assert "models/" not in err and _run_id(tmp_path / "recomputed") == run_id
+
+    # a history row whose md5 the commit cannot give: DIFFERENT, with what differs and why
+    history = clone / "submissions/history.csv"
+    history.write_text(history.read_text().replace(csv_md5, "0" * 32))
+    assert main(["reproduce", run_id, "--into", str(tmp_path / "differs")]) == 1
+    err = capsys.readouterr().err
+    assert "DIFFERENT" in err and f"reproduced {csv_md5}" in err
+    assert "the commit's dvc.lock records submissions/latest.csv md5" in err
