@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import PipelineError
+
 
 @contextlib.contextmanager
 def atomic_path(final_path: Path) -> Iterator[Path]:
@@ -31,6 +33,16 @@ def atomic_path(final_path: Path) -> Iterator[Path]:
         os.replace(temp_path, final_path)
     finally:
         temp_path.unlink(missing_ok=True)
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content; a missing or malformed file is a `PipelineError` naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise PipelineError(f"{path}: not valid JSON ({error})") from None
 
 
 def write_text_atomic(path: Path, text: str) -> None:

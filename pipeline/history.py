@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.files import write_text_atomic
+from pipeline.files import read_json, write_text_atomic
 from pipeline.paths import HISTORY_PATH, SUBMISSION_PATH
 from pipeline.repository import git
 
@@ -37,7 +37,13 @@ def read_history(path: Path = HISTORY_PATH) -> list[dict[str, str]]:
             raise PipelineError(
                 f"{path}: header must be {','.join(FIELDS)}, found {','.join(reader.fieldnames or [])}"
             )
-        return list(reader)
+        rows = list(reader)
+    for line_number, row in enumerate(rows, start=2):
+        if None in row or None in row.values():
+            raise PipelineError(
+                f"{path}: line {line_number} does not have the {len(FIELDS)} fields {','.join(FIELDS)}"
+            )
+    return rows
 
 
 def append_history(row: dict[str, str], path: Path = HISTORY_PATH) -> None:
@@ -71,7 +77,7 @@ def load_manifest(run_id: str, commit: str | None = None) -> dict | None:
     """A run's manifest: from the working tree, else from `commit` (git show), else None."""
     path = manifest_path(run_id)
     if path.exists():
-        return json.loads(path.read_text())
+        return read_json(path)
     if commit:
         try:
             return json.loads(git("show", f"{commit}:{path.as_posix()}"))

@@ -10,6 +10,8 @@ Credentials are only ever named by where they were found, never printed.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
 import time
@@ -47,29 +49,42 @@ def kaggle_config_dir() -> Path:
 
 
 def kaggle_credentials_source() -> str | None:
-    """Name where Kaggle credentials were found (never their value), or None."""
+    """Name where the kaggle client will find credentials (never their value), or None.
+
+    The client's own places: KAGGLE_API_TOKEN, KAGGLE_USERNAME + KAGGLE_KEY, kaggle.json in its
+    config folder, and ~/.kaggle/access_token(.txt) and ~/.kaggle/credentials.json (`kaggle auth
+    login`), which it reads from the home folder whatever KAGGLE_CONFIG_DIR says.
+    """
     if os.environ.get("KAGGLE_API_TOKEN"):
         return "KAGGLE_API_TOKEN"
     if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
         return "KAGGLE_USERNAME/KAGGLE_KEY"
-    for name in ("kaggle.json", "access_token", "access_token.txt"):
-        if (kaggle_config_dir() / name).is_file():
-            return str(kaggle_config_dir() / name)
-    return None
+    home_dir = Path.home() / ".kaggle"
+    candidates = [kaggle_config_dir() / "kaggle.json"] + [
+        home_dir / name for name in ("access_token", "access_token.txt", "credentials.json")
+    ]
+    return next((str(path) for path in candidates if path.is_file()), None)
 
 
 def connect(command: str) -> KaggleApi:
-    """An authenticated client; `command` ("submit", "scores", ...) prefixes any error."""
+    """An authenticated client; `command` ("submit", "scores", ...) prefixes any error.
+
+    The client prints its help text and exits when it finds no usable credentials; that text
+    is kept off the console (this error says it in one line) and the exit becomes the error.
+    """
     if kaggle_credentials_source() is None:
         raise PipelineError(f"{command}: no Kaggle credentials found: {CREDENTIALS_HELP}")
     from kaggle.api.kaggle_api_extended import KaggleApi  # imported late: it reads credentials
 
     api = KaggleApi()
     try:
-        api.authenticate()
-    except SystemExit:  # the client exits when it finds no usable credentials
+        with contextlib.redirect_stdout(io.StringIO()):
+            api.authenticate()
+    except (SystemExit, Exception) as error:  # noqa: BLE001 - token checks can fail many ways
+        reason = "" if isinstance(error, SystemExit) else f" ({describe(error)})"
         raise PipelineError(
-            f"{command}: Kaggle authentication failed; check your Kaggle credentials"
+            f"{command}: Kaggle authentication failed{reason}; check your Kaggle credentials "
+            f"({CREDENTIALS_HELP})"
         ) from None
     return api
 
@@ -109,14 +124,13 @@ class UploadIncomplete(Exception):
     """The client's upload of the CSV did not complete (it reports this as a message, not an error)."""
 
 
-def call(
-    action: Callable[[], T], what: str, before_retry: Callable[[], T | None] | None = None
-) -> T:
+def call(action: Callable[[], T], what: str, recorded: Callable[[], T | None] | None = None) -> T:
     """`action()`, retried on transient errors (ATTEMPTS in all, delays doubling).
 
-    `before_retry()` runs before each retry; when it returns a result, that result stands for the
-    action's (submit uses it to find a submission that Kaggle recorded although it answered 5xx,
-    instead of submitting twice). A lasting or non-transient error becomes one `PipelineError`.
+    `recorded()` runs after each transient failure (the last one too); when it returns a
+    result, that result stands for the action's. Submit uses it to find a submission Kaggle
+    stored although it answered with an error, instead of submitting twice. A lasting or
+    non-transient error becomes one `PipelineError`.
     """
     delay = RETRY_DELAY_SECONDS
     for attempt in range(1, ATTEMPTS + 1):
@@ -125,7 +139,10 @@ def call(
         except PipelineError:
             raise
         except Exception as error:  # noqa: BLE001 - the client raises many types; classified below
-            if not is_transient(error) or attempt == ATTEMPTS:
+            transient = is_transient(error)
+            if transient and recorded is not None and (found := recorded()) is not None:
+                return found
+            if not transient or attempt == ATTEMPTS:
                 tries = f" after {attempt} attempts" if attempt > 1 else ""
                 raise PipelineError(f"kaggle: {what} failed{tries}: {describe(error)}") from None
             console.print(
@@ -134,50 +151,82 @@ def call(
             )
             time.sleep(delay)
             delay *= 2
-            if before_retry is not None and (found := before_retry()) is not None:
-                return found
     raise AssertionError("unreachable")
 
 
 def list_submissions(api: KaggleApi, competition: str) -> list:
-    """Every submission of the account to `competition` (`ApiSubmission`s, newest first)."""
+    """Every submission of the account to `competition` (`ApiSubmission`s, newest first).
+
+    Follows the response's next_page_token; a server that sends none but fills the page gets
+    asked for the next page number. Stops at a page with nothing new, so it always ends.
+    """
+    from kagglesdk.competitions.types.competition_api_service import ApiListSubmissionsRequest
+
     submissions: list = []
-    page = 1
-    while True:
-        batch = call(
-            lambda page=page: api.competition_submissions(
-                competition, page_number=page, page_size=LIST_PAGE_SIZE
-            ),
-            f"listing the submissions to '{competition}'",
-        )
-        submissions.extend(item for item in batch or [] if item is not None)
-        if len(batch or []) < LIST_PAGE_SIZE:
-            return submissions
-        page += 1
+    seen: set[int] = set()
+    page, token = 1, ""
+    with api.build_kaggle_client() as client:
+        while True:
+            request = ApiListSubmissionsRequest()
+            request.competition_name = competition
+            request.page_size = LIST_PAGE_SIZE
+            if token:
+                request.page_token = token
+            else:
+                request.page = page
+            response = call(
+                lambda request=request: client.competitions.competition_api_client.list_submissions(
+                    request
+                ),
+                f"listing the submissions to '{competition}'",
+            )
+            batch = [item for item in response.submissions or [] if item is not None]
+            new = [item for item in batch if item.ref not in seen]
+            submissions.extend(new)
+            seen.update(item.ref for item in new)
+            token = response.next_page_token or ""
+            if not new or (not token and len(batch) < LIST_PAGE_SIZE):
+                return submissions
+            page += 1
+
+
+def submission_refs(api: KaggleApi, competition: str) -> set[int]:
+    """The references of the account's submissions so far (submit's "before" snapshot)."""
+    return {item.ref for item in list_submissions(api, competition)}
 
 
 def submit_file(
-    api: KaggleApi, competition: str, csv_path: Path, upload_name: str, message: str
-) -> int:
+    api: KaggleApi, competition: str, csv_path: Path, upload_name: str, message: str,
+    refs_before: set[int],
+) -> int:  # fmt: skip
     """Submit `csv_path` (uploaded as `upload_name`) with `message`; return Kaggle's reference.
 
-    Before a retry it looks for a submission Kaggle recorded despite the error (same message, a
-    reference it did not have before), so a 5xx after the fact never makes a second submission.
+    After a transient failure it looks for a submission Kaggle stored despite the error (this
+    message, a reference not in `refs_before`), so a 5xx after the fact never makes a second one.
     """
-    before = {item.ref for item in list_submissions(api, competition)}
+    may_be_recorded = (
+        "; it may have been recorded anyway: check `python -m pipeline scores` before "
+        "submitting again"
+    )
 
     def recorded() -> int | None:
-        for item in list_submissions(api, competition):
-            if item.ref not in before and item.description == message:
-                return item.ref
-        return None
+        try:
+            submissions = list_submissions(api, competition)
+        except PipelineError as error:
+            raise PipelineError(f"{error}{may_be_recorded}") from None
+        found = [
+            s.ref for s in submissions if s.ref not in refs_before and s.description == message
+        ]
+        return found[0] if found else None
 
     with tempfile.TemporaryDirectory(prefix="submit-") as folder:
         upload = Path(folder) / upload_name  # Kaggle shows the file name: it carries the run_id
         upload.write_bytes(csv_path.read_bytes())
 
         def attempt() -> int:
-            response = api.competition_submit(str(upload), message, competition, quiet=True)
+            # the client prints upload errors itself, upload URL included: keep that off the console
+            with contextlib.redirect_stdout(io.StringIO()):
+                response = api.competition_submit(str(upload), message, competition, quiet=True)
             if response.ref:
                 return response.ref
             if response.message == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
@@ -186,8 +235,8 @@ def submit_file(
             if found is None:
                 raise PipelineError(
                     f"kaggle: the submission was sent but Kaggle returned no reference "
-                    f"({response.message or 'no message'}); see `python -m pipeline scores`"
+                    f"({response.message or 'no message'}){may_be_recorded}"
                 )
             return found
 
-        return call(attempt, f"submitting {csv_path} to '{competition}'", before_retry=recorded)
+        return call(attempt, f"submitting {csv_path} to '{competition}'", recorded=recorded)

@@ -25,7 +25,7 @@ import torch
 import yaml
 from torchvision.datasets.utils import calculate_md5
 
-from pipeline.repository import changed_tracked_files, head_commit
+from pipeline.repository import changed_files, head_commit
 
 UPSTREAM_STAGES = ("fetch", "prepare", "train", "select")
 # Tracked files that a run itself rewrites: a change there is the run's output, not dirt.
@@ -64,11 +64,11 @@ def run_id(
 
 
 def git_state(folder: Path = Path(".")) -> dict:
-    """The commit checked out and whether tracked files differ from it (None outside git)."""
+    """The commit checked out and whether files differ from it, untracked ones too (None outside git)."""
     commit = head_commit(folder)
     if commit is None:
         return {"commit": None, "dirty": None}
-    return {"commit": commit, "dirty": bool(changed_tracked_files(folder, excluding=RUN_WRITTEN))}
+    return {"commit": commit, "dirty": bool(changed_files(folder, excluding=RUN_WRITTEN))}
 
 
 def lock_sha256(lock_path: Path = Path("dvc.lock")) -> str | None:

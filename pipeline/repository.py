@@ -17,7 +17,7 @@ import yaml
 from pipeline.errors import PipelineError
 
 
-def git(*args: str, cwd: Path = Path(".")) -> str:
+def git(*args: str, cwd: Path = Path("."), strip: bool = True) -> str:
     """Run git; return its stdout (stripped). A failure raises `PipelineError` with git's words."""
     try:
         result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
@@ -26,7 +26,7 @@ def git(*args: str, cwd: Path = Path(".")) -> str:
     if result.returncode != 0:
         reason = (result.stderr.strip() or result.stdout.strip()).splitlines()
         raise PipelineError(f"git {' '.join(args)}: {reason[-1] if reason else 'failed'}")
-    return result.stdout.strip()
+    return result.stdout.strip() if strip else result.stdout
 
 
 def head_commit(cwd: Path = Path(".")) -> str | None:
@@ -36,10 +36,24 @@ def head_commit(cwd: Path = Path(".")) -> str | None:
         return None  # not a git repository, or no commit yet
 
 
-def changed_tracked_files(cwd: Path = Path("."), excluding: tuple[str, ...] = ()) -> list[str]:
-    """Tracked files that differ from HEAD (staged or not), except under `excluding` paths."""
+def changed_files(cwd: Path = Path("."), excluding: tuple[str, ...] = ()) -> list[str]:
+    """Files that differ from HEAD: changed (staged or not) and untracked-but-not-ignored ones
+    (a new module the code imports counts), except under `excluding` paths."""
     pathspecs = [f":!{path}" for path in excluding]
-    return git("diff", "--name-only", "HEAD", "--", ".", *pathspecs, cwd=cwd).splitlines()
+    status = git(
+        "status", "--porcelain=v1", "-z", "--untracked-files=normal", "--", ".", *pathspecs,
+        cwd=cwd, strip=False,
+    )  # fmt: skip
+    entries = status.split("\0")
+    changed, index = [], 0
+    while index < len(entries):
+        entry = entries[index]
+        if entry:
+            changed.append(entry[3:])
+            if entry[0] in "RC":  # a rename or copy is followed by its source path
+                index += 1
+        index += 1
+    return changed
 
 
 def dvc(
@@ -72,15 +86,19 @@ def stale_stages(cwd: Path = Path(".")) -> list[str]:
 
 
 def default_remote(cwd: Path = Path(".")) -> str | None:
-    """The name of DVC's default remote, or None when no default is configured."""
-    result = dvc("remote", "default", cwd=cwd)
+    """The default remote in the project's .dvc/config (what a clone of the commit gets), or None.
+
+    One set only in .dvc/config.local or the user's global config would not travel with the
+    commit, so it does not count.
+    """
+    result = dvc("remote", "default", "--project", cwd=cwd)
     name = result.stdout.strip() if result.returncode == 0 else ""
     return name or None
 
 
 NO_REMOTE_HELP = (
     "add one once with `dvc remote add -d storage /path/to/dvc-storage` (a local folder, S3, "
-    "GCS, SSH, ...) and commit .dvc/config"
+    "GCS, SSH, ...; its credentials go in .dvc/config.local) and commit .dvc/config"
 )
 
 

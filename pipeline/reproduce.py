@@ -20,6 +20,7 @@ from pathlib import Path
 from torchvision.datasets.utils import calculate_md5
 
 from pipeline.errors import PipelineError
+from pipeline.files import read_json
 from pipeline.history import find_rows, load_manifest, read_history
 from pipeline.paths import HISTORY_PATH, PREDICT_METRICS_PATH, SUBMISSION_PATH
 from pipeline.reporting import console
@@ -50,15 +51,48 @@ def default_folder(run_id: str) -> Path:
     return project.parent / f"{project.name}-runs" / run_id
 
 
-def restore_outputs(worktree: Path) -> str:
-    """`dvc pull`, else `dvc repro --pull`; return how the outputs came back."""
+def share_cache(worktree: Path) -> None:
+    """Point the worktree's DVC cache at this clone's, so outputs already here are not fetched
+    or recomputed again (a `--no-push` run too)."""
+    result = dvc("cache", "dir", capture=True)
+    cache = result.stdout.strip() if result.returncode == 0 else ""
+    if cache:
+        dvc("cache", "dir", "--local", str(Path(cache).resolve()), cwd=worktree)
+
+
+def restore_outputs(worktree: Path) -> bool:
+    """`dvc pull`; when the remote lacks outputs, `dvc repro --pull`. True when recomputed.
+
+    Any other pull failure (no access to the remote, a bad config) stops here: recomputing
+    could mean hours of training that a fixed remote would have spared.
+    """
     console.print(f"reproduce: dvc pull in {worktree}")
     pulled = dvc("pull", cwd=worktree, capture=False)
     if pulled.returncode == 0:
-        return "pulled from the DVC remote"
+        return False
+    cloud = dvc("status", "--cloud", "--json", cwd=worktree)
+    if cloud.returncode != 0:
+        raise PipelineError(
+            f"reproduce: dvc pull failed and the DVC remote could not be checked "
+            f"({last_error_line(cloud)}); fix access to it and rerun (nothing was recomputed; "
+            f"`git worktree remove --force {worktree}` first)"
+        )
+    # "missing": in neither this cache nor the remote ("deleted" and "new" mean one of them has it);
+    # a folder's listing object has no name
+    missing = [
+        path for path, state in json.loads(cloud.stdout or "{}").items() if state == "missing"
+    ]
+    if not missing:
+        raise PipelineError(
+            f"reproduce: dvc pull failed ({last_error_line(pulled)}) although the remote has every "
+            f"output; see dvc's message above (`git worktree remove --force {worktree}` before "
+            "rerunning)"
+        )
+    named = sorted(path for path in missing if path not in (None, "null"))
+    shown = ", ".join(named[:4]) + (f" and {len(named) - 4} more" if len(named) > 4 else "")
     console.print(
-        f"reproduce: dvc pull could not restore every output ({last_error_line(pulled)}); "
-        "running `dvc repro --pull`: what the remote has is pulled, the rest is recomputed"
+        f"reproduce: the remote lacks {shown or 'some outputs'}; running `dvc repro --pull`: what the remote has is "
+        "pulled, the stages whose outputs are missing are recomputed"
     )
     rerun = dvc("repro", "--pull", cwd=worktree, capture=False)
     if rerun.returncode != 0:
@@ -66,7 +100,7 @@ def restore_outputs(worktree: Path) -> str:
             f"reproduce: dvc repro in {worktree} failed ({last_error_line(rerun)}); the worktree is "
             "left there to inspect"
         )
-    return "recomputed with dvc repro (the remote lacked some outputs)"
+    return True
 
 
 def _labels(path: Path) -> dict[str, str]:
@@ -75,7 +109,9 @@ def _labels(path: Path) -> dict[str, str]:
 
 
 def _environment(manifest: dict | None) -> str | None:
-    return f"{manifest['device']}, torch {manifest['torch']}" if manifest else None
+    if not manifest:
+        return None
+    return f"{manifest.get('device', '?')}, torch {manifest.get('torch', '?')}"
 
 
 def changed_outputs(commit: str, worktree: Path) -> list[str]:
@@ -85,8 +121,14 @@ def changed_outputs(commit: str, worktree: Path) -> list[str]:
     return [path for path, md5 in committed.items() if reproduced.get(path) != md5]
 
 
-def differences(row: dict[str, str], worktree: Path, reproduced_md5: str) -> list[str]:
-    """What differs between the submitted run and the reproduced one, and why it may."""
+def differences(
+    row: dict[str, str], worktree: Path, reproduced_md5: str, recomputed: bool
+) -> list[str]:
+    """What differs between the submitted run and the reproduced one, and why it may.
+
+    Device, torch and kernel reasons only apply to recomputed outputs: pulled ones are the
+    bytes the commit recorded.
+    """
     lines = [f"CSV md5: submitted {row['csv_md5']}, reproduced {reproduced_md5}"]
     committed = lock_output_hashes(git("show", f"{row['commit']}:dvc.lock"))
     if committed.get(SUBMISSION_PATH.as_posix()) != row["csv_md5"]:
@@ -120,17 +162,17 @@ def differences(row: dict[str, str], worktree: Path, reproduced_md5: str) -> lis
         lines.append(
             f"the submitted CSV itself ({submitted_copy}) is not on this machine to compare labels"
         )
+    if not recomputed:
+        return lines
     original = load_manifest(row["run_id"], row["commit"])
     rerun_metrics = worktree / PREDICT_METRICS_PATH
-    rerun_id = (
-        json.loads(rerun_metrics.read_text()).get("run_id") if rerun_metrics.exists() else None
-    )
+    rerun_id = read_json(rerun_metrics).get("run_id") if rerun_metrics.exists() else None
     rerun_manifest_path = worktree / SUBMISSION_PATH.parent / f"{rerun_id}.json"
-    rerun = json.loads(rerun_manifest_path.read_text()) if rerun_manifest_path.exists() else None
+    rerun = read_json(rerun_manifest_path) if rerun_manifest_path.exists() else None
     was, now = _environment(original), _environment(rerun)
     if was and now:
         lines.append(f"submitted run: {was}; this run: {now}")
-    if original and rerun and original["torch"] != rerun["torch"]:
+    if original and rerun and original.get("torch") != rerun.get("torch"):
         lines.append("why: another torch version has other kernels, which round differently")
     if original and str(original.get("device", "")).startswith("cuda"):
         lines.append(
@@ -168,7 +210,13 @@ def run(key: str, into: Path | None = None) -> bool:
     git("worktree", "add", "--detach", str(worktree), commit)
     if LOCAL_DVC_CONFIG.exists():
         shutil.copy2(LOCAL_DVC_CONFIG, worktree / LOCAL_DVC_CONFIG)
-    how = restore_outputs(worktree)
+    share_cache(worktree)
+    recomputed = restore_outputs(worktree)
+    how = (
+        "recomputed with dvc repro (the remote lacked some outputs)"
+        if recomputed
+        else "restored with dvc pull (from the DVC remote, or this clone's cache)"
+    )
     reproduced = worktree / SUBMISSION_PATH
     if not reproduced.exists():
         raise PipelineError(
@@ -185,6 +233,6 @@ def run(key: str, into: Path | None = None) -> bool:
             )
         return True
     console.print(f"reproduce: DIFFERENT: {where}")
-    for line in differences(row, worktree, reproduced_md5):
+    for line in differences(row, worktree, reproduced_md5, recomputed):
         console.print(f"  - {line}")
     return False

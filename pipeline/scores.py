@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline import kaggle_client
+from pipeline.errors import PipelineError
 from pipeline.history import RUN_IN_MESSAGE, load_manifest, read_history
 from pipeline.paths import HISTORY_PATH
 
@@ -25,7 +26,10 @@ TABLE_WIDTH = 180  # characters, when the output is not a terminal (a pipe, a lo
 
 
 def _manifest_fields(run_id: str, commit: str) -> dict[str, str]:
-    manifest = load_manifest(run_id, commit or None) if run_id else None
+    try:
+        manifest = load_manifest(run_id, commit or None) if run_id else None
+    except PipelineError:  # a damaged manifest must not hide the scores
+        return {"model": "unreadable manifest"}
     if manifest is None:
         return {}
     return {
@@ -38,8 +42,11 @@ def _manifest_fields(run_id: str, commit: str) -> dict[str, str]:
     }
 
 
-def score_rows(submissions: list, history: list[dict[str, str]]) -> list[dict[str, str]]:
+def score_rows(
+    submissions: list, history: list[dict[str, str]], competition: str
+) -> list[dict[str, str]]:
     """One row per Kaggle submission (newest first), then the history rows Kaggle did not list."""
+    history = [row for row in history if row["competition"] == competition]
     by_ref = {row["kaggle_ref"]: row for row in history}
     by_run = {row["run_id"]: row for row in history}
     rows, listed_refs = [], set()
@@ -74,7 +81,7 @@ def score_rows(submissions: list, history: list[dict[str, str]]) -> list[dict[st
 def run(competition: str) -> list[dict[str, str]]:
     history = read_history(HISTORY_PATH)
     api = kaggle_client.connect("scores")
-    rows = score_rows(kaggle_client.list_submissions(api, competition), history)
+    rows = score_rows(kaggle_client.list_submissions(api, competition), history, competition)
     table = Table(title=f"Kaggle submissions to {competition}")
     for column in COLUMNS:
         table.add_column(

@@ -4,11 +4,12 @@ In order, and nothing is sent or recorded unless every step passes:
 1. the CSV passes validation against the prepared custom test ids, and is the CSV that the last
    predict run wrote (its manifest's md5), which gives the run_id;
 2. refusals that `--force` overrides (and that history.csv then records): outputs stale
-   (`dvc status` not clean), tracked files differing from the commit (dvc.lock included;
-   submissions/ is the record, not an input), the same CSV md5 already submitted;
-3. Kaggle credentials are present;
-4. `dvc push` puts the run's outputs in the default DVC remote (`--no-push` skips it), so the
-   scored run can be pulled back;
+   (`dvc status` not clean), files differing from the commit (changed tracked files, dvc.lock
+   included, and untracked ones git does not ignore; submissions/ is the record, not an input),
+   no commit at all, the same CSV md5 already submitted;
+3. Kaggle accepts the credentials (the account's submissions are listed: the first network call);
+4. `dvc push` puts the run's outputs in the default remote of .dvc/config (`--no-push` skips
+   it), so the scored run can be pulled back;
 5. the kaggle client submits the CSV (uploaded as <run_id>.csv) with a message that always ends
    with the run_id and short commit; transient failures are retried without submitting twice;
 6. a row goes to submissions/history.csv.
@@ -17,7 +18,6 @@ In order, and nothing is sent or recorded unless every step passes:
 from __future__ import annotations
 
 import datetime
-import json
 from pathlib import Path
 
 from torchvision.datasets.utils import calculate_md5
@@ -25,12 +25,13 @@ from torchvision.datasets.utils import calculate_md5
 from pipeline import kaggle_client
 from pipeline.datasets import load_split
 from pipeline.errors import PipelineError
+from pipeline.files import read_json
 from pipeline.history import append_history, manifest_path, read_history
 from pipeline.paths import HISTORY_PATH, PREDICT_METRICS_PATH, PREPARED_DIR, SUBMISSION_PATH
 from pipeline.reporting import console
 from pipeline.repository import (
     NO_REMOTE_HELP,
-    changed_tracked_files,
+    changed_files,
     default_remote,
     dvc,
     head_commit,
@@ -47,13 +48,15 @@ def run_of_latest_csv(csv_path: Path, csv_md5: str) -> dict:
     """The manifest of the predict run that wrote `csv_path`; refuse a CSV no run wrote."""
     if not PREDICT_METRICS_PATH.exists():
         raise PipelineError(f"{PREDICT_METRICS_PATH}: missing; run `dvc repro` first")
-    run_id = json.loads(PREDICT_METRICS_PATH.read_text()).get("run_id")
-    path = manifest_path(run_id) if run_id else None
-    if path is None or not path.exists():
+    run_id = read_json(PREDICT_METRICS_PATH).get("run_id")
+    if not isinstance(run_id, str) or not run_id:
+        raise PipelineError(f"{PREDICT_METRICS_PATH}: no run_id; rerun `dvc repro`")
+    path = manifest_path(run_id)
+    if not path.exists():
         raise PipelineError(
-            f"{path or PREDICT_METRICS_PATH}: no manifest for the last predict run; run `dvc repro`"
+            f"{path}: the manifest of the last predict run is missing; rerun `dvc repro`"
         )
-    manifest = json.loads(path.read_text())
+    manifest = read_json(path)
     if manifest.get("csv_md5") != csv_md5:
         raise PipelineError(
             f"{csv_path}: md5 {csv_md5} is not the CSV run {run_id} wrote ({manifest.get('csv_md5')}); "
@@ -73,7 +76,7 @@ def refusals(csv_md5: str, commit: str | None, history: list[dict[str, str]]) ->
     if commit is None:
         found["no-commit"] = "not in a git repository with a commit: the score could not map to one"
     else:
-        changed = changed_tracked_files(excluding=RECORDS)
+        changed = changed_files(excluding=RECORDS)
         if changed:
             shown = ", ".join(changed[:4]) + (
                 f" and {len(changed) - 4} more" if len(changed) > 4 else ""
@@ -124,16 +127,22 @@ def run(
         )
     for reason in found.values():
         console.print(f"submit: --force: submitting although {reason}")
-    api = kaggle_client.connect("submit")  # credentials first: push only what will be submitted
+    api = kaggle_client.connect("submit")
+    # the first call to Kaggle: rejected credentials stop here, before a long push
+    refs_before = kaggle_client.submission_refs(api, competition)
     if push:
         push_outputs()
     short_commit = commit[:SHORT_COMMIT] if commit else "no-commit"
+    accuracy = manifest.get("val_accuracy")
+    accuracy_text = f"{accuracy:.4f}" if isinstance(accuracy, float) else "?"
     summary = (
-        f"{manifest['model']} {manifest.get('model_params') or '?'} params, "
-        f"val {manifest['val_accuracy']:.4f} TTA {manifest['tta']}"
+        f"{manifest.get('model', '?')} {manifest.get('model_params') or '?'} params, "
+        f"val {accuracy_text} TTA {manifest.get('tta', '?')}"
     )
     full_message = f"{message.strip() if message else summary} | run {run_id} @ {short_commit}"
-    ref = kaggle_client.submit_file(api, competition, csv_path, f"{run_id}.csv", full_message)
+    ref = kaggle_client.submit_file(
+        api, competition, csv_path, f"{run_id}.csv", full_message, refs_before
+    )
     row = {
         "submitted_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "run_id": run_id, "commit": commit or "", "csv_md5": csv_md5, "competition": competition,

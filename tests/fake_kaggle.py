@@ -110,8 +110,13 @@ class FakeKaggle:
             s for s in reversed(self.submissions) if s.competition == request["competitionName"]
         ]
         size = int(request.get("pageSize") or 20)
-        page = int(request.get("page") or 1)
-        return {"submissions": [s.to_json() for s in mine[(page - 1) * size : page * size]]}
+        token = request.get("pageToken")  # this fake's tokens are the next page's start index
+        start = int(token) if token else (int(request.get("page") or 1) - 1) * size
+        end = start + size
+        return {
+            "submissions": [s.to_json() for s in mine[start:end]],
+            "nextPageToken": str(end) if end < len(mine) else "",
+        }
 
 
 class _Answer(Exception):

@@ -17,6 +17,7 @@ from torchvision.datasets.utils import calculate_md5
 
 from pipeline import kaggle_client
 from pipeline.__main__ import main
+from pipeline.errors import PipelineError
 from pipeline.history import FIELDS, find_rows, read_history
 from pipeline.scores import score_rows
 
@@ -54,7 +55,7 @@ def _error_line(capsys: pytest.CaptureFixture) -> str:
 
 
 def test_submit_sends_the_csv_pushes_the_run_and_records_it(
-    project: Path, fake_kaggle, capsys: pytest.CaptureFixture, tmp_path: Path
+    project: Path, fake_kaggle, capfd: pytest.CaptureFixture, tmp_path: Path
 ) -> None:
     kaggle_json = project.parent / "home/.kaggle/kaggle.json"
     kaggle_json.write_text(json.dumps({"username": "pipeline-tester", "key": FAKE_KAGGLE_KEY}))
@@ -83,7 +84,7 @@ def test_submit_sends_the_csv_pushes_the_run_and_records_it(
     assert sh(project, "dvc", "status", "--cloud").stdout.strip().endswith("are in sync.")
 
     # the planted key reaches no output: history, manifests, metrics, dvc.lock, console
-    captured = capsys.readouterr()
+    captured = capfd.readouterr()  # file descriptors: dvc push's own output too
     scanned = [captured.out, captured.err]
     for folder in ("submissions", "metrics"):
         scanned += [p.read_text() for p in (project / folder).rglob("*") if p.is_file()]
@@ -95,11 +96,24 @@ def test_rejected_credentials_are_one_clear_line_and_nothing_is_recorded(
     project: Path, fake_kaggle, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KAGGLE_KEY", "wrong-key-0000")
-    assert main(["submit", "--no-push"]) == 1
+    assert main(["submit"]) == 1
     line = _error_line(capsys)
     assert "rejected the credentials (HTTP 401)" in line and "wrong-key-0000" not in line
     assert not (project / "submissions/history.csv").exists()
     assert fake_kaggle.submissions == []
+    assert not (project.parent / "dvc-storage").exists()  # refused before any dvc push
+
+
+def test_no_credentials_at_all_is_one_line_naming_where_to_put_them(
+    project: Path, fake_kaggle, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    assert main(["scores"]) == 1
+    assert "scores: no Kaggle credentials found: put kaggle.json in ~/.kaggle/" in _error_line(
+        capsys
+    )
+    assert fake_kaggle.calls == []
 
 
 def test_transient_server_errors_are_retried_without_submitting_twice(
@@ -112,7 +126,20 @@ def test_transient_server_errors_are_retried_without_submitting_twice(
     [sent] = fake_kaggle.submissions  # the retry found it instead of submitting again
     [row] = read_history(project / "submissions/history.csv")
     assert row["kaggle_ref"] == str(sent.ref)
-    assert capsys.readouterr().err.count("retrying") == 3
+    # two retries; the 502 needs none: the submission it hid is found in Kaggle's list
+    assert capsys.readouterr().err.count("retrying") == 2
+
+
+def test_a_submission_recorded_on_the_last_failing_attempt_is_found_not_lost(
+    project: Path, fake_kaggle, capsys: pytest.CaptureFixture
+) -> None:
+    attempts = kaggle_client.ATTEMPTS
+    fake_kaggle.fail_next["StartSubmissionUpload"].extend([(503, "before")] * (attempts - 1))
+    fake_kaggle.fail_next["CreateSubmission"].append((504, "after"))  # on the last attempt
+    assert main(["submit", "--no-push"]) == 0
+    [sent] = fake_kaggle.submissions
+    [row] = read_history(project / "submissions/history.csv")
+    assert row["kaggle_ref"] == str(sent.ref)
 
 
 def test_a_lasting_server_error_gives_up_with_the_reason(
@@ -148,6 +175,11 @@ def test_stale_outputs_dirty_tree_bad_csv_and_no_remote_are_refused(
     line = _error_line(capsys)
     assert "outputs are stale" in line and "train" in line and "params.yaml" in line
     sh(project, "git", "checkout", "--", "params.yaml")
+
+    (project / "pipeline/new_module.py").write_text("# not committed yet\n")
+    assert main(["submit"]) == 1
+    assert "the git tree differs from the commit (pipeline/new_module.py)" in _error_line(capsys)
+    (project / "pipeline/new_module.py").unlink()
 
     latest = project / "submissions/latest.csv"
     original = latest.read_text()
@@ -195,6 +227,7 @@ def test_scores_joins_kaggle_with_history_and_manifests(
     rows = score_rows(
         kaggle_client.list_submissions(api, "deep-learning-spring-2025-project-1"),
         read_history(project / "submissions/history.csv"),
+        "deep-learning-spring-2025-project-1",
     )
     by_hand, ours = rows  # newest first
     manifest = json.loads((project / f"submissions/{run_id}.json").read_text())
@@ -236,22 +269,44 @@ def test_submit_then_reproduce_in_a_fresh_clone_gives_the_identical_csv(
     capsys.readouterr()
     assert main(["reproduce", run_id[:6], "--into", str(tmp_path / "pulled")]) == 0
     err = capsys.readouterr().err
-    assert "identical" in err and "pulled from the DVC remote" in err
+    assert "identical" in err and "restored with dvc pull" in err
     assert calculate_md5(tmp_path / "pulled/submissions/latest.csv") == csv_md5
 
-    # the remote lacks the outputs (config.local points it at an empty folder): dvc repro
-    sh(clone, "dvc", "remote", "modify", "--local", "storage", "url", str(tmp_path / "empty"))
+    # the remote lacks the outputs (config.local points it at an empty folder), and so does
+    # this second clone's cache: dvc repro recomputes them
+    second = _clone(project, tmp_path / "second-clone")
+    monkeypatch.chdir(second)
+    sh(second, "dvc", "remote", "modify", "--local", "storage", "url", str(tmp_path / "empty"))
     assert main(["reproduce", ref, "--into", str(tmp_path / "recomputed")]) == 0
     err = capsys.readouterr().err
     assert "identical" in err and "recomputed with dvc repro" in err
     assert calculate_md5(tmp_path / "recomputed/submissions/latest.csv") == csv_md5
     # on CPU the retrained weights are bit-identical, so checkpoints and run_id are the same
-    assert "models/" not in err and _run_id(tmp_path / "recomputed") == run_id
+    [differing] = [line for line in err.splitlines() if "differ from the commit's" in line]
+    assert "metrics/train/metrics.json" in differing  # its timings; nothing else
+    assert "models/" not in differing and _run_id(tmp_path / "recomputed") == run_id
+
+    # a remote that cannot be reached (here: no dvc-s3 installed) stops without recomputing
+    third = _clone(project, tmp_path / "third-clone")
+    monkeypatch.chdir(third)
+    sh(third, "dvc", "remote", "modify", "--local", "storage", "url", "s3://no-such-bucket/x")
+    assert main(["reproduce", ref, "--into", str(tmp_path / "unreachable")]) == 1
+    assert "the DVC remote could not be checked" in _error_line(capsys)
+    assert not (tmp_path / "unreachable/models/checkpoints").exists()
 
     # a history row whose md5 the commit cannot give: DIFFERENT, with what differs and why
+    monkeypatch.chdir(clone)
     history = clone / "submissions/history.csv"
     history.write_text(history.read_text().replace(csv_md5, "0" * 32))
     assert main(["reproduce", run_id, "--into", str(tmp_path / "differs")]) == 1
     err = capsys.readouterr().err
     assert "DIFFERENT" in err and f"reproduced {csv_md5}" in err
     assert "the commit's dvc.lock records submissions/latest.csv md5" in err
+    assert "may have been edited" in err and "why:" not in err  # pulled: no kernel excuses
+
+
+def test_a_damaged_history_row_is_named(tmp_path: Path) -> None:
+    history = tmp_path / "history.csv"
+    history.write_text(",".join(FIELDS) + "\n2026-11-26T00:00:00+00:00,abc123def456\n")
+    with pytest.raises(PipelineError, match=r"history.csv: line 2 does not have the 8 fields"):
+        read_history(history)
