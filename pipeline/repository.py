@@ -85,13 +85,11 @@ def stale_stages(cwd: Path = Path(".")) -> list[str]:
     return sorted(json.loads(result.stdout or "{}"))
 
 
-def default_remote(cwd: Path = Path(".")) -> str | None:
-    """The default remote in the project's .dvc/config (what a clone of the commit gets), or None.
-
-    One set only in .dvc/config.local or the user's global config would not travel with the
-    commit, so it does not count.
-    """
-    result = dvc("remote", "default", "--project", cwd=cwd)
+def default_remote(cwd: Path = Path("."), project_only: bool = True) -> str | None:
+    """DVC's default remote, or None. `project_only`: only .dvc/config's (what a clone of the
+    commit gets; one set in .dvc/config.local or the user's global config would not travel with
+    it); else DVC's merged view, the one `dvc pull` uses."""
+    result = dvc("remote", "default", *(["--project"] if project_only else []), cwd=cwd)
     name = result.stdout.strip() if result.returncode == 0 else ""
     return name or None
 

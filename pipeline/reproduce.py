@@ -24,7 +24,14 @@ from pipeline.files import read_json
 from pipeline.history import find_rows, load_manifest, read_history
 from pipeline.paths import HISTORY_PATH, PREDICT_METRICS_PATH, SUBMISSION_PATH
 from pipeline.reporting import console
-from pipeline.repository import dvc, git, last_error_line, lock_output_hashes
+from pipeline.repository import (
+    NO_REMOTE_HELP,
+    default_remote,
+    dvc,
+    git,
+    last_error_line,
+    lock_output_hashes,
+)
 
 LOCAL_DVC_CONFIG = Path(".dvc/config.local")  # git-ignored: a remote's credentials or local path
 
@@ -60,16 +67,29 @@ def share_cache(worktree: Path) -> None:
         dvc("cache", "dir", "--local", str(Path(cache).resolve()), cwd=worktree)
 
 
-def restore_outputs(worktree: Path) -> bool:
-    """`dvc pull`; when the remote lacks outputs, `dvc repro --pull`. True when recomputed.
+def restore_outputs(worktree: Path) -> str:
+    """Restore the commit's outputs in `worktree`; say how ("pulled", "cache" or "recomputed").
 
-    Any other pull failure (no access to the remote, a bad config) stops here: recomputing
-    could mean hours of training that a fixed remote would have spared.
+    `dvc pull`; when the remote lacks outputs, `dvc repro --pull`. Any other pull failure (no
+    access to the remote, a bad config) stops here: recomputing could mean hours of training
+    that a fixed remote would have spared. With no remote at all, this clone's cache is the
+    only source (`dvc checkout`).
     """
+    if default_remote(worktree, project_only=False) is None:
+        console.print(
+            "reproduce: the commit names no DVC remote; restoring from this clone's cache"
+        )
+        if dvc("checkout", cwd=worktree, capture=False).returncode == 0:
+            return "cache"
+        raise PipelineError(
+            f"reproduce: the run's commit names no DVC remote and this clone's DVC cache lacks its "
+            f"outputs; {NO_REMOTE_HELP} (or set one for this clone with `dvc remote add --local -d "
+            f"...`), then `git worktree remove --force {worktree}` and rerun"
+        )
     console.print(f"reproduce: dvc pull in {worktree}")
     pulled = dvc("pull", cwd=worktree, capture=False)
     if pulled.returncode == 0:
-        return False
+        return "pulled"
     cloud = dvc("status", "--cloud", "--json", cwd=worktree)
     if cloud.returncode != 0:
         raise PipelineError(
@@ -100,7 +120,7 @@ def restore_outputs(worktree: Path) -> bool:
             f"reproduce: dvc repro in {worktree} failed ({last_error_line(rerun)}); the worktree is "
             "left there to inspect"
         )
-    return True
+    return "recomputed"
 
 
 def _labels(path: Path) -> dict[str, str]:
@@ -211,12 +231,12 @@ def run(key: str, into: Path | None = None) -> bool:
     if LOCAL_DVC_CONFIG.exists():
         shutil.copy2(LOCAL_DVC_CONFIG, worktree / LOCAL_DVC_CONFIG)
     share_cache(worktree)
-    recomputed = restore_outputs(worktree)
-    how = (
-        "recomputed with dvc repro (the remote lacked some outputs)"
-        if recomputed
-        else "restored with dvc pull (from the DVC remote, or this clone's cache)"
-    )
+    restored = restore_outputs(worktree)
+    how = {
+        "pulled": "restored with dvc pull (from the DVC remote, or this clone's cache)",
+        "cache": "restored from this clone's DVC cache (dvc checkout; no remote)",
+        "recomputed": "recomputed with dvc repro (the remote lacked some outputs)",
+    }[restored]
     reproduced = worktree / SUBMISSION_PATH
     if not reproduced.exists():
         raise PipelineError(
@@ -233,6 +253,6 @@ def run(key: str, into: Path | None = None) -> bool:
             )
         return True
     console.print(f"reproduce: DIFFERENT: {where}")
-    for line in differences(row, worktree, reproduced_md5, recomputed):
+    for line in differences(row, worktree, reproduced_md5, restored == "recomputed"):
         console.print(f"  - {line}")
     return False

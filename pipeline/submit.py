@@ -96,8 +96,8 @@ def push_outputs() -> None:
     remote = default_remote()
     if remote is None:
         raise PipelineError(
-            f"submit: no default DVC remote, so this run could not be pulled back later; "
-            f"{NO_REMOTE_HELP}; or pass --no-push to submit without keeping the outputs"
+            "submit: no default DVC remote in .dvc/config, so this run could not be pulled back "
+            f"later; {NO_REMOTE_HELP}; or pass --no-push to submit without keeping the outputs"
         )
     console.print(f"submit: dvc push → remote '{remote}'")
     result = dvc("push", capture=False)

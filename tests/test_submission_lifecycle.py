@@ -310,3 +310,26 @@ def test_a_damaged_history_row_is_named(tmp_path: Path) -> None:
     history.write_text(",".join(FIELDS) + "\n2026-11-26T00:00:00+00:00,abc123def456\n")
     with pytest.raises(PipelineError, match=r"history.csv: line 2 does not have the 8 fields"):
         read_history(history)
+
+
+def test_without_a_remote_submit_says_how_to_add_one_and_reproduce_uses_the_cache(
+    committed_run: Path, fake_kaggle, capsys: pytest.CaptureFixture, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    project = tmp_path / "project"
+    shutil.copytree(committed_run, project, symlinks=True)
+    monkeypatch.chdir(project)
+    assert main(["submit"]) == 1
+    assert "no default DVC remote in .dvc/config" in _error_line(capsys)
+    assert main(["submit", "--no-push"]) == 0
+    commit_all(project, "submitted")
+    run_id = _run_id(project)
+
+    assert main(["reproduce", run_id, "--into", str(tmp_path / "from-cache")]) == 0
+    assert "identical" in capsys.readouterr().err
+
+    clone = _clone(project, tmp_path / "clone")  # no cache, no remote: nothing to restore from
+    monkeypatch.chdir(clone)
+    assert main(["reproduce", run_id, "--into", str(tmp_path / "nothing")]) == 1
+    line = _error_line(capsys)
+    assert "names no DVC remote" in line and "dvc remote add -d storage" in line
