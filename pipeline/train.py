@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from rich.progress import Progress
 from torch import nn
 
+from pipeline import resume
 from pipeline.augment import augment_batch, augment_state, mix_batch, to_device_set
 from pipeline.checkpoints import save_checkpoint
 from pipeline.config import ModelParams, TrainParams
@@ -33,6 +35,7 @@ from pipeline.formats import NUM_CLASSES
 from pipeline.models import build_model, count_trainable_params, model_config
 from pipeline.paths import CHECKPOINT_DIR, PREPARED_DIR, TRAIN_LIVE_DIR
 from pipeline.reporting import console, training_progress
+from pipeline.resume import random_states, restore_random_states
 from pipeline.tta import evaluate
 
 ETA_PROBE_BATCHES = 3  # batches timed (after one warm-up) for the CPU time estimate
@@ -195,6 +198,8 @@ def fit(
     normalization: tuple[list[float], list[float]],
     on_epoch: Callable[[EpochStats, nn.Module | None], None],
     progress: Progress | None = None,
+    resume_state: dict | None = None,
+    save_state: Callable[[int, Callable[[], dict]], None] | None = None,
 ) -> nn.Module | None:
     """Train `model` in place; `train_set` and `val_set` are normalised images and labels on the model's device.
 
@@ -203,6 +208,9 @@ def fit(
     `on_epoch(stats, ema_model)` runs after each epoch's validation (logging, checkpoints);
     `ema_model` is the EMA of the weights (`train.ema_decay` > 0), else None. Data order and
     augmentation follow `params.seed` through their own generators. Returns the EMA model.
+    After it, `save_state(epoch, state)` gets a function that builds the whole training state
+    (resume.py keeps it); `resume_state`, such a state, continues a run after its epoch exactly
+    as if it had never stopped.
     """
     train_images, train_labels = train_set
     device = train_images.device
@@ -228,8 +236,32 @@ def fit(
     batch_task = (
         progress.add_task("batch", total=batches_per_epoch, status="") if progress else None
     )
-    step = 0
-    for epoch in range(1, run_epochs(batches_per_epoch, params) + 1):
+    step, first_epoch = 0, 1
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        if ema is not None:
+            ema.module.load_state_dict(resume_state["ema"])
+        if lookahead is not None:
+            lookahead.average = {k: v.to(device) for k, v in resume_state["lookahead"].items()}
+        order_generator.set_state(resume_state["order_generator"])
+        augment.generator.set_state(resume_state["augment_generator"])
+        restore_random_states(resume_state["random"])
+        step, first_epoch = resume_state["step"], resume_state["epoch"] + 1
+
+    def training_state() -> dict:
+        return {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "ema": ema.module.state_dict() if ema is not None else None,
+            "lookahead": lookahead.average if lookahead is not None else None,
+            "order_generator": order_generator.get_state(),
+            "augment_generator": augment.generator.get_state(),
+            "random": random_states(), "step": step, "epoch": epoch,
+        }  # fmt: skip
+
+    for epoch in range(first_epoch, run_epochs(batches_per_epoch, params) + 1):
         model.train()
         epoch_batches = min(batches_per_epoch, run_steps - step)  # fewer: max_steps ends mid-epoch
         images_per_epoch = min(image_count, epoch_batches * params.batch_size)
@@ -292,6 +324,8 @@ def fit(
             ),
             ema.module if ema is not None else None,
         )
+        if save_state is not None:
+            save_state(epoch, training_state)
     return ema.module if ema is not None else None
 
 
@@ -357,16 +391,36 @@ def run(
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     for stale in checkpoint_dir.glob("epoch_*.pt"):  # an earlier run's: select must never see them
         stale.unlink()
+    key = resume.run_key(model_params, params, prepared_dir)
+    resume.clear(keep=key)  # other configs' states: never resumed, so not kept
+    resume_state = resume.load(key)
+    history: list[dict] = []  # each epoch's stats, logged again by a resumed run
+    if resume_state is not None:
+        for kept in resume.kept_checkpoints(key):
+            shutil.copy2(kept, checkpoint_dir / kept.name)
+        history = resume_state.pop("history")
+        console.print(
+            f"train: resuming after epoch {resume_state['epoch']} of {last_epoch} from "
+            f"{resume.state_dir(key)} (a run with these inputs stopped there)"
+        )
     started = time.perf_counter()
     live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
     with live, training_progress() as progress:
         epoch_task = progress.add_task("epoch", total=last_epoch, status="")
 
-        def on_epoch(stats: EpochStats, ema_model: nn.Module | None) -> None:
-            for name, value in dataclasses.asdict(stats).items():
+        def log_epoch(stats: dict) -> None:
+            for name, value in stats.items():
                 if name != "epoch" and value is not None:
                     live.log_metric(name, value)
             live.next_step()
+
+        for stats in history:
+            log_epoch(stats)
+            progress.update(epoch_task, advance=1)
+
+        def on_epoch(stats: EpochStats, ema_model: nn.Module | None) -> None:
+            history.append(dataclasses.asdict(stats))
+            log_epoch(history[-1])
             if stats.epoch in save_at:
                 checkpoint = {
                     "model_state": model.state_dict(),
@@ -387,7 +441,16 @@ def run(
                 f"val {stats.val_accuracy:.3f} {stats.images_per_second:,.0f} img/s",
             )
 
-        fit(model, params, train_set, val_set, (mean, std), on_epoch, progress)
+        def save_state(epoch: int, training_state: Callable[[], dict]) -> None:
+            if epoch in save_at and epoch < last_epoch:  # after the last, the run is done
+                state = training_state() | {"history": history}
+                resume.save(key, state, sorted(checkpoint_dir.glob("epoch_*.pt")))
+
+        fit(
+            model, params, train_set, val_set, (mean, std), on_epoch, progress,
+            resume_state=resume_state, save_state=save_state,
+        )  # fmt: skip
         live.log_metric("model_params", trainable, plot=False)
         live.log_metric("train_seconds", time.perf_counter() - started, plot=False)
+    resume.clear(key)
     console.print(f"train: done in {time.perf_counter() - started:.1f} s")
