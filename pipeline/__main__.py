@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as error:
         if args.debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        # one line, whatever a library put in the message it wraps (file and problem first)
+        print("error: " + " ".join(str(error).split()), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

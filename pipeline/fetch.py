@@ -156,8 +156,9 @@ def extract_archive(archive: Path, destination: Path) -> None:
                 with tar.extractfile(member) as source, target.open("wb") as sink:
                     shutil.copyfileobj(source, sink)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
+        reason = str(error).strip().splitlines()[0].rstrip(":") if str(error).strip() else ""
         raise PipelineError(
-            f"{archive}: not a readable .zip or .tar.gz archive ({error})"
+            f"{archive}: not a readable .zip or .tar.gz archive ({type(error).__name__}: {reason})"
         ) from None
 
 
