@@ -30,8 +30,14 @@ def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
     handle keeps that name fixed ("archive") instead of the random temporary name, so DVC's md5
     of a checkpoint depends on its content only.
     """
-    with atomic_path(path) as temp_path, temp_path.open("wb") as handle:
-        torch.save(checkpoint, handle)
+    try:
+        with atomic_path(path) as temp_path, temp_path.open("wb") as handle:
+            torch.save(checkpoint, handle)
+    except OSError as error:  # a full disk, a lost mount: the earlier checkpoints stay as they were
+        raise PipelineError(
+            f"{path}: could not write the checkpoint ({error.strerror or error}); earlier "
+            "checkpoints are intact"
+        ) from None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

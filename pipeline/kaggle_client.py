@@ -66,6 +66,16 @@ def kaggle_credentials_source() -> str | None:
     return next((str(path) for path in candidates if path.is_file()), None)
 
 
+def warn_if_readable_by_others() -> None:
+    """kaggle.json holds the API key: other users of the machine must not be able to read it."""
+    for path in (kaggle_config_dir() / "kaggle.json", Path.home() / ".kaggle" / "access_token"):
+        if path.is_file() and path.stat().st_mode & 0o077:
+            console.print(
+                f"[yellow]warning: {path} (your Kaggle key) can be read by other users of this "
+                f"machine; run `chmod 600 {path}`"
+            )
+
+
 def connect(command: str) -> KaggleApi:
     """An authenticated client; `command` ("submit", "scores", ...) prefixes any error.
 
@@ -74,6 +84,7 @@ def connect(command: str) -> KaggleApi:
     """
     if kaggle_credentials_source() is None:
         raise PipelineError(f"{command}: no Kaggle credentials found: {CREDENTIALS_HELP}")
+    warn_if_readable_by_others()
     from kaggle.api.kaggle_api_extended import KaggleApi  # imported late: it reads credentials
 
     api = KaggleApi()

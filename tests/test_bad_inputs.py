@@ -8,6 +8,7 @@ case at a time damages.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import shutil
@@ -19,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import SMALL_SYNTHETIC, python2_style_pickle
 
 from pipeline.__main__ import main
-from pipeline.checkpoints import save_checkpoint
+from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.formats import CIFAR_FOLDER, CUSTOM_TEST_NAMES
 from pipeline.synthetic import write_synthetic_raw
 
@@ -246,3 +248,33 @@ def test_debug_shows_an_expected_errors_traceback(tmp_path: Path, monkeypatch) -
     (tmp_path / "params.yaml").write_text("train:\n  epoch: 3\n")
     with pytest.raises(PipelineError, match="unknown key"):
         main(["train", "--debug"])
+
+
+def test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_keeps_the_earlier_one(
+    prepared_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:  # fmt: skip
+    project = tmp_path / "project"
+    shutil.copytree(prepared_project, project)
+    (project / "params.yaml").write_text(
+        "model:\n  name: seed_resnet\n  base_width: 8\n  blocks: [1, 1, 1]\n"
+        "train:\n  device: cpu\n  epochs: 2\n  batch_size: 50\n  checkpoint_every: 1\n"
+        "  ema_decay: 0.0\n  trivial_augment: false\n"
+    )
+    monkeypatch.chdir(project)
+    real_save = torch.save
+
+    def save_until_the_disk_is_full(
+        obj: object, handle: object, *args: object, **kw: object
+    ) -> None:
+        if "epoch_0002" in str(getattr(handle, "name", "")):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_save(obj, handle, *args, **kw)
+
+    monkeypatch.setattr(torch, "save", save_until_the_disk_is_full)
+    assert main(["train"]) == 1
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert "epoch_0002.pt: could not write the checkpoint (No space left on device)" in line
+    assert load_checkpoint(project / "models/checkpoints/epoch_0001.pt")["epoch"] == 1
+    assert not (project / "models/checkpoints/epoch_0002.pt").exists()
+    assert not _leftovers(project)

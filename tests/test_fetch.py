@@ -7,6 +7,8 @@ import http.server
 import importlib
 import io
 import shutil
+import socket
+import struct
 import tarfile
 import threading
 import zipfile
@@ -317,7 +319,8 @@ def test_kaggle_credentials_file_is_found(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 class _Server:
-    """Serves one body; `plan` lists what each request gets: 'ok', 'error' (503), 'truncate', 'missing' (404)."""
+    """Serves one body; `plan` lists what each request gets: 'ok', 'error' (503), 'truncate',
+    'missing' (404), 'reset' (the connection is reset mid-body)."""
 
     def __init__(self, body: bytes, plan: list[str]) -> None:
         self.body, self.plan, self.requests = body, plan, 0
@@ -335,6 +338,13 @@ class _Server:
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(server.body)))
                 self.end_headers()
+                if action == "reset":  # SO_LINGER 0: close() sends RST, not FIN
+                    self.wfile.write(server.body[:100])
+                    self.wfile.flush()
+                    linger = struct.pack("ii", 1, 0)
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                    self.connection.close()
+                    return
                 self.wfile.write(
                     server.body if action == "ok" else server.body[: len(server.body) // 2]
                 )
@@ -372,12 +382,12 @@ def test_url_source_retries_transient_errors_then_verifies_md5(
 ) -> None:
     body = official_tarball.read_bytes()
     monkeypatch.setattr(fetch, "CIFAR10_MD5", hashlib.md5(body).hexdigest())
-    url, server = serve(body, ["error", "truncate", "ok"])
+    url, server = serve(body, ["error", "reset", "truncate", "ok"])
     fetch.run(
         DataParams(source="url", cifar_url=url, custom_test_path=str(custom_test_file)),
         _raw(tmp_path),
     )
-    assert server.requests == 3
+    assert server.requests == 4
     _assert_complete(_raw(tmp_path))
 
 
@@ -386,6 +396,7 @@ def test_url_source_retries_transient_errors_then_verifies_md5(
     [
         (["ok"], "md5 mismatch", fetch.DOWNLOAD_ATTEMPTS),
         (["truncate"], "connection closed after", fetch.DOWNLOAD_ATTEMPTS),
+        (["reset"], "Connection reset", fetch.DOWNLOAD_ATTEMPTS),
         (["error"], "HTTP 503", fetch.DOWNLOAD_ATTEMPTS),
         (["missing"], "HTTP 404", 1),
     ],

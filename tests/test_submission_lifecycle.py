@@ -28,7 +28,10 @@ TWO_EPOCHS = TINY_PARAMS | {"train": {**TINY_PARAMS["train"], "epochs": 2}}
 @pytest.fixture(scope="module")
 def committed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     project = new_project(tmp_path_factory.mktemp("base"), "seed", TWO_EPOCHS)
-    sh(project, "dvc", "repro")
+    with pytest.MonkeyPatch.context() as patch:  # planted in the run's environment too
+        patch.setenv("KAGGLE_USERNAME", "pipeline-tester")
+        patch.setenv("KAGGLE_KEY", FAKE_KAGGLE_KEY)
+        sh(project, "dvc", "repro")
     commit_all(project, "run")
     return project
 
@@ -83,13 +86,15 @@ def test_submit_sends_the_csv_pushes_the_run_and_records_it(
     assert (tmp_path / "dvc-storage/files/md5" / csv_md5[:2] / csv_md5[2:]).is_file()
     assert sh(project, "dvc", "status", "--cloud").stdout.strip().endswith("are in sync.")
 
-    # the planted key reaches no output: history, manifests, metrics, dvc.lock, console
+    # the key planted in the environment (for dvc repro too) and in kaggle.json reaches no
+    # output: no file the run or submit wrote (data, models, metrics, manifests, history,
+    # dvc.lock, DVC's cache and the remote), and nothing printed
     captured = capfd.readouterr()  # file descriptors: dvc push's own output too
-    scanned = [captured.out, captured.err]
-    for folder in ("submissions", "metrics"):
-        scanned += [p.read_text() for p in (project / folder).rglob("*") if p.is_file()]
-    scanned.append((project / "dvc.lock").read_text())
-    assert not [text for text in scanned if FAKE_KAGGLE_KEY in text]
+    assert FAKE_KAGGLE_KEY not in captured.out + captured.err
+    key = FAKE_KAGGLE_KEY.encode()
+    written = [p for p in [*project.rglob("*"), *(tmp_path / "dvc-storage").rglob("*")]
+               if p.is_file() and ".git" not in p.relative_to(tmp_path).parts]  # fmt: skip
+    assert len(written) > 40 and not [p for p in written if key in p.read_bytes()]
 
 
 def test_rejected_credentials_are_one_clear_line_and_nothing_is_recorded(
@@ -333,3 +338,18 @@ def test_without_a_remote_submit_says_how_to_add_one_and_reproduce_uses_the_cach
     assert main(["reproduce", run_id, "--into", str(tmp_path / "nothing")]) == 1
     line = _error_line(capsys)
     assert "names no DVC remote" in line and "dvc remote add -d storage" in line
+
+
+def test_a_kaggle_json_others_can_read_gets_a_warning(
+    fake_kaggle, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    kaggle_json = tmp_path / "home/.kaggle/kaggle.json"
+    kaggle_json.write_text(json.dumps({"username": "pipeline-tester", "key": FAKE_KAGGLE_KEY}))
+    kaggle_json.chmod(0o644)
+    kaggle_client.connect("scores")
+    err = capsys.readouterr().err
+    assert f"warning: {kaggle_json} (your Kaggle key) can be read by other users" in err
+    assert f"chmod 600 {kaggle_json}" in err and FAKE_KAGGLE_KEY not in err
+    kaggle_json.chmod(0o600)
+    kaggle_client.connect("scores")
+    assert "warning" not in capsys.readouterr().err
