@@ -141,6 +141,7 @@ class TrainParams:
         False  # airbench's Lookahead: every 5 steps the weights move back toward their average
     )
     mixed_precision: bool = True  # bf16 autocast on CUDA (BatchNorm params and stats stay fp32)
+    deterministic: bool = False  # CUDA: deterministic algorithms only (slower); CPU always is
     compile: Literal["auto", "always", "never"] = "auto"  # torch.compile; auto: CUDA only
     checkpoint_every: int = 10  # epochs between checkpoints; the last epoch is always saved
     eval_batch_size: int = 1000

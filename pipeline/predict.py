@@ -113,6 +113,7 @@ def run(
             "params": manifest.without_secrets(all_params), "model": checkpoint["model_config"]["name"],
             "model_config": checkpoint["model_config"], "model_params": checkpoint.get("model_params"),
             "checkpoint_epoch": int(checkpoint["epoch"]), "csv": csv_copy.name,
+            "training": checkpoint.get("training", {"device": None, "deterministic": None}),
             "csv_md5": calculate_md5(submission_path),
         } | report | manifest.environment(device),
     )  # fmt: skip

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 import shutil
 import time
@@ -345,7 +346,16 @@ def setup_training(
     seed_everything(params.seed)  # before building: the initial weights follow the seed
     model = build_model(model_params)
     device = resolve_device(params.device)
-    if device.type == "cuda":
+    if device.type == "cuda" and params.deterministic:
+        # cuBLAS needs a fixed workspace to be deterministic; must be set before its first use
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)  # an op with no deterministic kernel raises
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        console.print(
+            "train: deterministic CUDA kernels (train.deterministic): bit-reproducible, slower "
+            "(no cuDNN autotuning, no non-deterministic fast paths)"
+        )
+    elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     else:  # x86 CPUs handle subnormal floats in microcode, many times slower; they round to 0
         torch.set_flush_denormal(True)
@@ -432,7 +442,10 @@ def run(
                     "model_params": trainable,
                     "normalization": {"mean": mean, "std": std},
                     "class_names": info["class_names"],
-                }
+                    # bit-reproducible from the same inputs: CPU always, CUDA on request
+                    "training": {"device": device.type,
+                                 "deterministic": device.type == "cpu" or params.deterministic},
+                }  # fmt: skip
                 save_checkpoint(checkpoint_dir / f"epoch_{stats.epoch:04d}.pt", checkpoint)
             progress.update(
                 epoch_task,

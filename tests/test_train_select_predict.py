@@ -314,6 +314,7 @@ def test_predict_leaves_a_run_copy_and_a_manifest_keyed_by_run_id(
     assert manifest["model_params"] == 19_954
     assert 0 <= manifest["val_accuracy_without_tta"] <= 1 and manifest["torch"] == torch.__version__
     assert set(manifest["git"]) == {"commit", "dirty"} and "device" in manifest
+    assert manifest["training"] == {"device": "cpu", "deterministic": True}
     assert predict_run("flip")["run_id"] == run  # same inputs, same run
     assert predict_run("none")["run_id"] != run  # another TTA, another run
     for output in [*tmp_path.rglob("*.json"), *tmp_path.rglob("*.csv")]:
