@@ -31,7 +31,7 @@ from pipeline.formats import (
     load_class_names,
     load_custom_test,
 )
-from pipeline.kaggle_client import CREDENTIALS_HELP, connect, describe, kaggle_credentials_source
+from pipeline.kaggle_client import CREDENTIALS_HELP, call, connect, kaggle_credentials_source
 from pipeline.paths import RAW_DIR
 from pipeline.reporting import console, download_progress
 from pipeline.synthetic import write_synthetic_raw
@@ -58,12 +58,16 @@ def download_from_kaggle(competition: str, download_dir: Path) -> Path:
     if kaggle_credentials_source() is None:
         raise PipelineError(missing_credentials_message())
     api = connect("fetch")
-    try:
-        api.competition_download_files(competition, path=str(download_dir), quiet=False)
-    except Exception as error:  # noqa: BLE001 - the client raises many types; say which
+    try:  # retried like every Kaggle call; force: a retry never trusts a partial download
+        call(
+            lambda: api.competition_download_files(
+                competition, path=str(download_dir), force=True, quiet=False
+            ),
+            f"downloading competition '{competition}'",
+        )
+    except PipelineError as error:
         raise PipelineError(
-            f"kaggle: downloading competition '{competition}' failed ({describe(error)}); "
-            f"have you accepted its rules at https://www.kaggle.com/c/{competition}/rules?"
+            f"{error}; have you accepted its rules at https://www.kaggle.com/c/{competition}/rules?"
         ) from None
     archives = sorted(download_dir.glob("*.zip"))
     if not archives:

@@ -30,9 +30,25 @@ def atomic_path(final_path: Path) -> Iterator[Path]:
     temp_path = Path(temp_name)
     try:
         yield temp_path
+        _sync(temp_path)  # the bytes reach the disk before the name points at them
         os.replace(temp_path, final_path)
+        _sync(final_path.parent)  # and the rename itself survives a power cut
     finally:
         temp_path.unlink(missing_ok=True)
+
+
+def _sync(path: Path) -> None:
+    """fsync a file or folder; a file system that cannot (some network mounts) is let be."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def read_json(path: Path) -> Any:
@@ -72,5 +88,6 @@ def atomic_directory(final_dir: Path) -> Iterator[Path]:
             shutil.rmtree(old_dir, ignore_errors=True)
         else:
             os.replace(temp_dir, final_dir)
+        _sync(final_dir.parent)
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)

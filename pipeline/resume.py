@@ -28,7 +28,9 @@ import torch
 import yaml
 from torchvision.datasets.utils import calculate_md5
 
+from pipeline.checkpoints import save_checkpoint
 from pipeline.config import ModelParams, TrainParams
+from pipeline.errors import PipelineError
 from pipeline.files import atomic_path
 from pipeline.reporting import console
 
@@ -38,10 +40,15 @@ KEY_LENGTH = 16  # hex characters of the sha256
 
 
 def run_key(
-    model_params: ModelParams, params: TrainParams, prepared_dir: Path,
+    model_params: ModelParams, params: TrainParams, prepared_dir: Path, device: torch.device,
     dvc_yaml: Path = Path("dvc.yaml"),
 ) -> str:  # fmt: skip
-    """Digest of what the run's result depends on; `train.device` is part of `params`."""
+    """Digest of what the run's bits depend on: params, data, code, the device actually used
+    (`auto` resolved: a CUDA run never resumes on CPU), and what changes float sums on it: the
+    thread count, the CPU's vector instructions, the GPU, and the libraries' versions."""
+    import timm
+    import torchvision
+
     code = []
     if dvc_yaml.exists():
         deps = yaml.safe_load(dvc_yaml.read_text())["stages"]["train"].get("deps", [])
@@ -53,7 +60,11 @@ def run_key(
             p.name: calculate_md5(p) for p in sorted(Path(prepared_dir).glob("*")) if p.is_file()
         },
         "code": {name: calculate_md5(Path(name)) for name in code},
-        "torch": torch.__version__,
+        "device": str(device)
+        + (f" {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
+        "threads": torch.get_num_threads(),
+        "cpu": torch.backends.cpu.get_cpu_capability(),
+        "versions": [torch.__version__, torchvision.__version__, timm.__version__, np.__version__],
     }
     text = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]
@@ -84,38 +95,77 @@ def restore_random_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+class StateMismatch(Exception):
+    """A saved state that loads but does not fit the run (another shape, a missing piece)."""
+
+
+def set_aside(key: str, reason: str, root: Path = RESUME_ROOT) -> None:
+    """Move run `key`'s folder out of the way (kept for a look, never resumed) and say why."""
+    folder = state_dir(key, root)
+    if folder.exists():
+        aside = folder.with_name(folder.name.replace("train-", "unusable-", 1))
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(folder, aside)
+        console.print(
+            f"[yellow]warning: {folder}: {reason}; moved to {aside}, training starts over"
+        )
+
+
 def load(key: str, root: Path = RESUME_ROOT) -> dict[str, Any] | None:
-    """The saved state of run `key`, or None (none saved, or unreadable: then set aside)."""
-    path = state_dir(key, root) / STATE_NAME
+    """The saved state of run `key`, or None (none saved, or unusable: then set aside).
+
+    Checkpoints the state does not list (linked by a run killed before it wrote the state)
+    are removed; a listed one that is missing makes the state unusable.
+    """
+    folder = state_dir(key, root)
+    path = folder / STATE_NAME
     if not path.exists():
+        shutil.rmtree(folder, ignore_errors=True)  # links of a run killed before its first state
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        kept = set(state["kept"])
     except Exception as error:  # noqa: BLE001 - any unreadable state means: start over
-        aside = path.with_suffix(".unreadable")
-        os.replace(path, aside)
-        console.print(
-            f"[yellow]warning: {path}: unreadable resume state ({type(error).__name__}); "
-            f"moved to {aside.name}, training starts over"
-        )
+        set_aside(key, f"unreadable resume state ({type(error).__name__})", root)
         return None
+    missing = sorted(kept - {p.name for p in folder.glob("epoch_*.pt")})
+    if missing:
+        set_aside(key, f"resume state lists checkpoints that are gone ({', '.join(missing)})", root)
+        return None
+    for extra in folder.glob("epoch_*.pt"):
+        if extra.name not in kept:
+            extra.unlink()
+    return state
+
+
+def _keep(checkpoint: Path, kept: Path) -> None:
+    """`kept` becomes `checkpoint`'s content, whole or not at all (link, else copy; then rename)."""
+    with atomic_path(kept) as temp_path:
+        temp_path.unlink()
+        try:
+            os.link(checkpoint, temp_path)  # no copy: DVC only ever unlinks the original
+        except OSError:  # another file system, or no hard links there
+            shutil.copy2(checkpoint, temp_path)
 
 
 def save(
     key: str, state: dict[str, Any], checkpoints: list[Path], root: Path = RESUME_ROOT
 ) -> None:
-    """Keep links to `checkpoints`, then write `state` (atomically, so it is whole or absent)."""
+    """Keep `checkpoints` (their current content), then write `state` listing them.
+
+    The state is written last and atomically: whatever the moment of a crash, the state on disk
+    lists only checkpoints kept whole. A full disk is one-line error (save_checkpoint's).
+    """
     folder = state_dir(key, root)
     folder.mkdir(parents=True, exist_ok=True)
-    for checkpoint in checkpoints:
-        kept = folder / checkpoint.name
-        if not kept.exists():
-            try:
-                os.link(checkpoint, kept)  # no copy: DVC only ever unlinks the original
-            except OSError:  # another file system, or no hard links there
-                shutil.copy2(checkpoint, kept)
-    with atomic_path(folder / STATE_NAME) as temp_path, temp_path.open("wb") as handle:
-        torch.save(state, handle)
+    try:
+        for checkpoint in checkpoints:
+            _keep(checkpoint, folder / checkpoint.name)
+    except OSError as error:
+        raise PipelineError(
+            f"{folder}: could not keep the resume state ({error.strerror or error})"
+        ) from None
+    save_checkpoint(folder / STATE_NAME, state | {"kept": [c.name for c in checkpoints]})
 
 
 def kept_checkpoints(key: str, root: Path = RESUME_ROOT) -> list[Path]:

@@ -32,11 +32,12 @@ from pipeline.checkpoints import save_checkpoint
 from pipeline.config import ModelParams, TrainParams
 from pipeline.datasets import load_dataset_info, load_split
 from pipeline.device import autocast, resolve_device
+from pipeline.errors import PipelineError
 from pipeline.formats import NUM_CLASSES
 from pipeline.models import build_model, count_trainable_params, model_config
 from pipeline.paths import CHECKPOINT_DIR, PREPARED_DIR, TRAIN_LIVE_DIR
 from pipeline.reporting import console, training_progress
-from pipeline.resume import random_states, restore_random_states
+from pipeline.resume import StateMismatch, random_states, restore_random_states
 from pipeline.tta import evaluate
 
 ETA_PROBE_BATCHES = 3  # batches timed (after one warm-up) for the CPU time estimate
@@ -239,17 +240,20 @@ def fit(
     )
     step, first_epoch = 0, 1
     if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        if ema is not None:
-            ema.module.load_state_dict(resume_state["ema"])
-        if lookahead is not None:
-            lookahead.average = {k: v.to(device) for k, v in resume_state["lookahead"].items()}
-        order_generator.set_state(resume_state["order_generator"])
-        augment.generator.set_state(resume_state["augment_generator"])
-        restore_random_states(resume_state["random"])
-        step, first_epoch = resume_state["step"], resume_state["epoch"] + 1
+        try:
+            model.load_state_dict(resume_state["model"])
+            optimizer.load_state_dict(resume_state["optimizer"])
+            scheduler.load_state_dict(resume_state["scheduler"])
+            if ema is not None:
+                ema.module.load_state_dict(resume_state["ema"])
+            if lookahead is not None:
+                lookahead.average = {k: v.to(device) for k, v in resume_state["lookahead"].items()}
+            order_generator.set_state(resume_state["order_generator"])
+            augment.generator.set_state(resume_state["augment_generator"])
+            restore_random_states(resume_state["random"])
+            step, first_epoch = resume_state["step"], resume_state["epoch"] + 1
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as error:
+            raise StateMismatch(f"{type(error).__name__}: {error}") from None
 
     def training_state() -> dict:
         return {
@@ -347,8 +351,9 @@ def setup_training(
     model = build_model(model_params)
     device = resolve_device(params.device)
     if device.type == "cuda" and params.deterministic:
-        # cuBLAS needs a fixed workspace to be deterministic; must be set before its first use
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # cuBLAS needs a fixed workspace to be deterministic; set before its first use
+        if os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in (":4096:8", ":16:8"):
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
         torch.use_deterministic_algorithms(True)  # an op with no deterministic kernel raises
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
         console.print(
@@ -401,7 +406,7 @@ def run(
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     for stale in checkpoint_dir.glob("epoch_*.pt"):  # an earlier run's: select must never see them
         stale.unlink()
-    key = resume.run_key(model_params, params, prepared_dir)
+    key = resume.run_key(model_params, params, prepared_dir, device)
     resume.clear(keep=key)  # other configs' states: never resumed, so not kept
     resume_state = resume.load(key)
     history: list[dict] = []  # each epoch's stats, logged again by a resumed run
@@ -459,10 +464,17 @@ def run(
                 state = training_state() | {"history": history}
                 resume.save(key, state, sorted(checkpoint_dir.glob("epoch_*.pt")))
 
-        fit(
-            model, params, train_set, val_set, (mean, std), on_epoch, progress,
-            resume_state=resume_state, save_state=save_state,
-        )  # fmt: skip
+        try:
+            fit(
+                model, params, train_set, val_set, (mean, std), on_epoch, progress,
+                resume_state=resume_state, save_state=save_state,
+            )  # fmt: skip
+        except StateMismatch as error:
+            resume.set_aside(key, f"the saved state does not fit this run ({error})")
+            raise PipelineError(
+                f"{resume.state_dir(key)}: the saved training state does not fit this run and was "
+                "set aside; run again to train from the start"
+            ) from None
         live.log_metric("model_params", trainable, plot=False)
         live.log_metric("train_seconds", time.perf_counter() - started, plot=False)
     resume.clear(key)

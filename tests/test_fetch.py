@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from conftest import SMALL_SYNTHETIC, write_small_custom_test
 
 from pipeline import fetch, kaggle_client
@@ -297,15 +298,24 @@ def test_kaggle_source_downloads_the_competition_zip_through_the_client(
         def authenticate(self) -> None:
             calls.append("authenticate")
 
-        def competition_download_files(self, competition: str, path: str, quiet: bool) -> None:
+        def competition_download_files(
+            self, competition: str, path: str, force: bool, quiet: bool
+        ) -> None:
             calls.append(competition)
-            shutil.copy(competition_zip, Path(path) / f"{competition}.zip")
+            target = Path(path) / f"{competition}.zip"
+            if len(calls) == 2:  # the first download breaks off half-way
+                target.write_bytes(competition_zip.read_bytes()[:1000])
+                raise requests.ConnectionError("connection reset by peer")
+            assert force  # a retry must not keep the partial file
+            shutil.copy(competition_zip, target)
 
     # `kaggle.api` is an object, not the subpackage: patch the module itself.
     kaggle_module = importlib.import_module("kaggle.api.kaggle_api_extended")
     monkeypatch.setattr(kaggle_module, "KaggleApi", FakeKaggleApi)
+    monkeypatch.setattr(kaggle_client, "RETRY_DELAY_SECONDS", 0.01)
     fetch.run(DataParams(source="auto"), _raw(tmp_path))
-    assert calls == ["authenticate", "deep-learning-spring-2025-project-1"]
+    competition = "deep-learning-spring-2025-project-1"
+    assert calls == ["authenticate", competition, competition]
     _assert_complete(_raw(tmp_path))
 
 

@@ -43,13 +43,23 @@ def test_training_killed_at_a_random_step_resumes_to_identical_weights_and_csv(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 600
-    while not _states(killed):  # the first epoch's state is written: training is under way
-        assert run.poll() is None and time.monotonic() < deadline, "training ended before a state"
-        time.sleep(0.02)
-    delay = random.uniform(0.0, 1.0)  # seconds into the remaining epochs: a random step
+
+    def state_written_after(moment: float) -> float:
+        """Wait for a state newer than `moment`; return when it was written."""
+        while True:
+            assert run.poll() is None and time.monotonic() < deadline, "training ended early"
+            written = [p.stat().st_mtime for p in _states(killed)]
+            if written and written[0] > moment:
+                return written[0]
+            time.sleep(0.01)
+
+    first = state_written_after(0.0)  # epoch 1's state: training is under way
+    epoch_seconds = state_written_after(first) - first  # epoch 2's: how long an epoch takes
+    delay = random.uniform(0.0, epoch_seconds)  # into epoch 3 of 8: a random step
     time.sleep(delay)
     os.killpg(run.pid, signal.SIGKILL)  # dvc and the stage it runs, as a crash would
     run.wait()
+    assert not (killed / "models/checkpoints/epoch_0008.pt").exists()  # killed mid-training
 
     resumed = sh(killed, "dvc", "repro")
     assert "train: resuming after epoch" in resumed.stderr + resumed.stdout, f"delay {delay:.2f} s"
