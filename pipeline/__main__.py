@@ -28,7 +28,7 @@ STAGE_PARAMS = {
 }
 
 
-def run_stage(stage: str, params: Params) -> None:
+def run_stage(stage: str, params: Params, params_path: Path = DEFAULT_PARAMS_PATH) -> None:
     # Each stage's module is imported only when it runs: fetch and prepare never load dvclive.
     if stage == "fetch":
         from pipeline import fetch
@@ -41,7 +41,7 @@ def run_stage(stage: str, params: Params) -> None:
     elif stage == "train":
         from pipeline import train
 
-        train.run(params.model, params.train)
+        train.run(params.model, params.train, params_path=params_path)
     elif stage == "select":
         from pipeline import select
 
@@ -127,7 +127,7 @@ def run_command(args: argparse.Namespace) -> int:
 
         return 0 if reproduce.run(args.run, args.into) else 1
     else:
-        run_stage(args.command, load_params(args.params))
+        run_stage(args.command, load_params(args.params), args.params)
     return 0
 
 

@@ -174,12 +174,19 @@ class AugmentState:
 
 
 def augment_state(
-    image_count: int, mean: list[float], std: list[float], seed: int, device: torch.device
-) -> AugmentState:
+    image_count: int, mean: list[float], std: list[float], seed: int, device: torch.device,
+    draw_seed: int | None = None,
+) -> AugmentState:  # fmt: skip
+    """`draw_seed` (data-parallel ranks but the first): the augmentation draws follow it, so each
+    rank draws its own; alternating flip's first-epoch choice stays `seed`'s on every rank,
+    since an image moves between ranks from epoch to epoch."""
     generator = torch.Generator(device=device).manual_seed(seed)
+    first_epoch_flip = torch.rand(image_count, device=device, generator=generator) < 0.5
+    if draw_seed is not None:
+        generator.manual_seed(draw_seed)
     pixel_mean, pixel_std = pixel_statistics(mean, std, device)
     return AugmentState(
-        first_epoch_flip=torch.rand(image_count, device=device, generator=generator) < 0.5,
+        first_epoch_flip=first_epoch_flip,
         pixel_mean=pixel_mean,
         pixel_std=pixel_std,
         generator=generator,

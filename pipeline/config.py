@@ -142,6 +142,8 @@ class TrainParams:
     )
     mixed_precision: bool = True  # bf16 autocast on CUDA (BatchNorm params and stats stay fp32)
     deterministic: bool = False  # CUDA: deterministic algorithms only (slower); CPU always is
+    nproc: int = 1  # processes (one per GPU) under torchrun; batch_size stays the global batch
+    sync_batchnorm: bool = False  # nproc > 1 on CUDA: BatchNorm statistics over the global batch
     compile: Literal["auto", "always", "never"] = "auto"  # torch.compile; auto: CUDA only
     checkpoint_every: int = 10  # epochs between checkpoints; the last epoch is always saved
     eval_batch_size: int = 1000
@@ -196,6 +198,13 @@ class TrainParams:
         _require(
             self.eval_batch_size >= 1, "train.eval_batch_size", "at least 1", self.eval_batch_size
         )
+        _require(self.nproc >= 1, "train.nproc", "at least 1", self.nproc)
+        if self.nproc > 1:  # every rank gets an equal share of every batch
+            _require(self.drop_last, "train.drop_last", "true when train.nproc > 1", self.drop_last)
+            _require(
+                self.batch_size % self.nproc == 0, "train.batch_size",
+                f"a multiple of train.nproc ({self.nproc})", self.batch_size,
+            )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,12 @@ def set_aside(key: str, reason: str, root: Path = RESUME_ROOT) -> None:
         )
 
 
+def read(key: str, root: Path = RESUME_ROOT) -> dict[str, Any] | None:
+    """The state as it is, without tidying (ranks other than 0 of a data-parallel run)."""
+    path = state_dir(key, root) / STATE_NAME
+    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+
+
 def load(key: str, root: Path = RESUME_ROOT) -> dict[str, Any] | None:
     """The saved state of run `key`, or None (none saved, or unusable: then set aside).
 

@@ -10,6 +10,7 @@ through dvclive to metrics/train/.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -22,16 +23,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from rich.progress import Progress
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from pipeline import resume
+from pipeline import distributed, resume
 from pipeline.augment import augment_batch, augment_state, mix_batch, to_device_set
 from pipeline.checkpoints import save_checkpoint
-from pipeline.config import ModelParams, TrainParams
+from pipeline.config import DEFAULT_PARAMS_PATH, ModelParams, TrainParams
 from pipeline.datasets import load_dataset_info, load_split
 from pipeline.device import autocast, resolve_device
+from pipeline.distributed import RANK_SEED_STRIDE, current_world
 from pipeline.errors import PipelineError
 from pipeline.formats import NUM_CLASSES
 from pipeline.models import build_model, count_trainable_params, model_config
@@ -216,8 +220,16 @@ def fit(
     """
     train_images, train_labels = train_set
     device = train_images.device
-    order_generator = torch.Generator().manual_seed(params.seed)
-    augment = augment_state(train_labels.shape[0], *normalization, params.seed, device)
+    world = current_world()  # under torchrun: this rank's share of each batch, rank 0 reports
+    order_generator = torch.Generator().manual_seed(params.seed)  # the same on every rank
+    rank_seed = params.seed + world.rank * RANK_SEED_STRIDE if world.rank else None
+    augment = augment_state(train_labels.shape[0], *normalization, params.seed, device, rank_seed)
+    if params.sync_batchnorm and world.size > 1:
+        if device.type != "cuda":
+            raise PipelineError(
+                "train.sync_batchnorm: needs CUDA (torch's SyncBatchNorm is GPU-only)"
+            )
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)  # its BatchNorm children, in place
     mixed_precision = params.mixed_precision and device.type == "cuda"
     mixing = params.mixup_alpha > 0 or params.cutmix_alpha > 0
     image_count = train_labels.shape[0]
@@ -234,6 +246,11 @@ def fit(
         ema = ModelEmaV3(model, decay=params.ema_decay, use_warmup=True)
     lookahead = Lookahead(model, run_steps) if params.lookahead else None
     network = compiled(model, params, device)
+    trainer = network  # what the optimizer steps run through
+    if world.size > 1:  # DDP averages the gradients over the ranks; evaluation stays plain
+        ids = [device.index] if device.type == "cuda" else None
+        trainer = compiled(DistributedDataParallel(model, device_ids=ids), params, device)
+        network = model
     evaluated_ema = compiled(ema.module, params, device) if ema is not None else None
     batch_task = (
         progress.add_task("batch", total=batches_per_epoch, status="") if progress else None
@@ -252,6 +269,10 @@ def fit(
             augment.generator.set_state(resume_state["augment_generator"])
             restore_random_states(resume_state["random"])
             step, first_epoch = resume_state["step"], resume_state["epoch"] + 1
+            if world.rank > 0:  # the state holds rank 0's streams: other ranks draw their own
+                augment.generator.manual_seed(
+                    params.seed + world.rank * RANK_SEED_STRIDE + first_epoch
+                )
         except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as error:
             raise StateMismatch(f"{type(error).__name__}: {error}") from None
 
@@ -278,6 +299,7 @@ def fit(
         epoch_started = time.perf_counter()
         for batch_index in range(epoch_batches):
             indices = order[batch_index * params.batch_size : (batch_index + 1) * params.batch_size]
+            indices = world.local_slice(indices) if world.size > 1 else indices
             images = augment_batch(train_images[indices], indices, epoch, params, augment)
             labels = train_labels[indices]
             targets = F.one_hot(labels, NUM_CLASSES).float() if mixing else labels
@@ -285,7 +307,7 @@ def fit(
                 images, targets = mix_batch(
                     images, targets, params.mixup_alpha, params.cutmix_alpha, augment.generator
                 )
-            loss, logits = optimizer_step(network, optimizer, images, targets, params)
+            loss, logits = optimizer_step(trainer, optimizer, images, targets, params)
             step_lr = optimizer.param_groups[0]["lr"]  # the lr this step used, before the next
             scheduler.step()
             step += 1
@@ -307,6 +329,11 @@ def fit(
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - epoch_started
+        if world.size > 1:  # the epoch's loss and accuracy over every rank's share
+            for total in (loss_sum, correct):
+                dist.all_reduce(total)
+        if not world.is_main:  # rank 0 evaluates, logs and saves; the others train on
+            continue
         val_accuracy, val_loss = evaluate(
             network, *val_set, params.eval_tta, params.eval_batch_size, mixed_precision
         )
@@ -350,6 +377,9 @@ def setup_training(
     seed_everything(params.seed)  # before building: the initial weights follow the seed
     model = build_model(model_params)
     device = resolve_device(params.device)
+    world = current_world()
+    if world.size > 1:  # torchrun's worker: join the others, on this rank's own GPU
+        device = distributed.init(world, device.type)
     if device.type == "cuda" and params.deterministic:
         # cuBLAS needs a fixed workspace to be deterministic; set before its first use
         if os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in (":4096:8", ":16:8"):
@@ -372,6 +402,8 @@ def setup_training(
     model = model.to(device, memory_format=torch.channels_last)
     if hasattr(model, "init_whitening"):  # airnet: filters from the training set's patches
         model.init_whitening(train_set[0][:WHITENING_IMAGES])
+    if world.rank > 0:  # its own dropout draws (the initial weights come from rank 0 anyway)
+        torch.manual_seed(params.seed + world.rank * RANK_SEED_STRIDE)
     return TrainingSetup(
         model=model,
         device=device,
@@ -389,7 +421,16 @@ def run(
     prepared_dir: Path = PREPARED_DIR,
     checkpoint_dir: Path = CHECKPOINT_DIR,
     live_dir: Path = TRAIN_LIVE_DIR,
+    params_path: Path = DEFAULT_PARAMS_PATH,  # what torchrun's workers read (train.nproc > 1)
 ) -> None:
+    if params.nproc > 1 and not distributed.under_torchrun():
+        console.print(f"train: starting {params.nproc} processes with torchrun")
+        distributed.launch(params.nproc, params_path)
+        return
+    world = current_world()
+    main = world.is_main  # only rank 0 writes: checkpoints, metrics, resume state, the console
+    if not main:
+        console.quiet = True
     from dvclive import Live  # heavy import, only for a real run
 
     setup = setup_training(model_params, params, prepared_dir)
@@ -403,24 +444,33 @@ def run(
         f"train: {model_params.name} ({trainable:,} trainable params) on {device}, "
         f"{train_set[1].shape[0]} images, {last_epoch} epochs"
     )
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    for stale in checkpoint_dir.glob("epoch_*.pt"):  # an earlier run's: select must never see them
-        stale.unlink()
     key = resume.run_key(model_params, params, prepared_dir, device)
-    resume.clear(keep=key)  # other configs' states: never resumed, so not kept
-    resume_state = resume.load(key)
+    resume_state = None
+    if main:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        for stale in checkpoint_dir.glob(
+            "epoch_*.pt"
+        ):  # an earlier run's: select must not see them
+            stale.unlink()
+        resume.clear(keep=key)  # other configs' states: never resumed, so not kept
+        resume_state = resume.load(key)
+    if world.size > 1:  # rank 0 has tidied .resume/; the others read the same state
+        dist.barrier()
+        if not main:
+            resume_state = resume.read(key)
     history: list[dict] = []  # each epoch's stats, logged again by a resumed run
     if resume_state is not None:
-        for kept in resume.kept_checkpoints(key):
-            shutil.copy2(kept, checkpoint_dir / kept.name)
+        if main:
+            for kept in resume.kept_checkpoints(key):
+                shutil.copy2(kept, checkpoint_dir / kept.name)
         history = resume_state.pop("history")
         console.print(
             f"train: resuming after epoch {resume_state['epoch']} of {last_epoch} from "
             f"{resume.state_dir(key)} (a run with these inputs stopped there)"
         )
     started = time.perf_counter()
-    live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
-    with live, training_progress() as progress:
+    live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) if main else None
+    with live or contextlib.nullcontext(), training_progress() as progress:
         epoch_task = progress.add_task("epoch", total=last_epoch, status="")
 
         def log_epoch(stats: dict) -> None:
@@ -429,7 +479,7 @@ def run(
                     live.log_metric(name, value)
             live.next_step()
 
-        for stats in history:
+        for stats in history if main else []:
             log_epoch(stats)
             progress.update(epoch_task, advance=1)
 
@@ -470,12 +520,18 @@ def run(
                 resume_state=resume_state, save_state=save_state,
             )  # fmt: skip
         except StateMismatch as error:
-            resume.set_aside(key, f"the saved state does not fit this run ({error})")
+            if main:
+                resume.set_aside(key, f"the saved state does not fit this run ({error})")
             raise PipelineError(
                 f"{resume.state_dir(key)}: the saved training state does not fit this run and was "
                 "set aside; run again to train from the start"
             ) from None
-        live.log_metric("model_params", trainable, plot=False)
-        live.log_metric("train_seconds", time.perf_counter() - started, plot=False)
-    resume.clear(key)
+        if main:
+            live.log_metric("model_params", trainable, plot=False)
+            live.log_metric("train_seconds", time.perf_counter() - started, plot=False)
+    if world.size > 1:  # every rank is done before rank 0 reports (and DVC records) the run
+        dist.barrier()
+        dist.destroy_process_group()
+    if main:
+        resume.clear(key)
     console.print(f"train: done in {time.perf_counter() - started:.1f} s")

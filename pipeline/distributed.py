@@ -1,0 +1,85 @@
+"""Data-parallel training with torchrun: which rank this process is, and how a run is launched.
+
+`train.nproc` > 1 makes `python -m pipeline train` start itself again under torchrun
+(`python -m torch.distributed.run --standalone --nproc_per_node N`), one process per device:
+NCCL on CUDA (rank r uses cuda:LOCAL_RANK), gloo on CPU. A multi-node run starts the same
+command under torchrun on every machine with rendezvous flags (README, *Scaling out*); this
+module then finds the ranks in torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE).
+
+`train.batch_size` stays the global batch of one optimizer step: each rank takes its own
+contiguous `batch_size / nproc` slice of every batch of the epoch's shared permutation, and DDP
+averages the gradients, so the recipe (lr, schedule, steps per epoch) is the same at any nproc.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pipeline.errors import PipelineError
+
+RANK_SEED_STRIDE = 1_000_003  # rank r's augmentation generator: seed + r × this (rank 0: seed)
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def local_slice(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous share of a global batch (equal shares: drop_last is required)."""
+        share = batch.shape[0] // self.size
+        return batch[self.rank * share : (self.rank + 1) * share]
+
+
+def current_world() -> World:
+    """The ranks torchrun set up (its environment), or a single process."""
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size())
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        return World(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]),
+                     int(os.environ["WORLD_SIZE"]))  # fmt: skip
+    return World()
+
+
+def under_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
+
+
+def launch(nproc: int, params_path: Path) -> None:
+    """Run `python -m pipeline train` as `nproc` torchrun workers on this machine; wait for them."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        "-m", "pipeline", "--params", str(params_path), "train",
+    ]  # fmt: skip
+    result = subprocess.run(command)
+    if result.returncode != 0:
+        raise PipelineError(
+            f"train: torchrun with {nproc} processes failed (exit status {result.returncode}); "
+            "the workers' own errors are above"
+        )
+
+
+def init(world: World, device_kind: str) -> torch.device:
+    """Join the process group (NCCL on CUDA, gloo on CPU); return this rank's device."""
+    if world.size == 1:
+        raise ValueError("init is for multi-process runs")
+    if device_kind == "cuda":
+        torch.cuda.set_device(world.local_rank)
+        device = torch.device("cuda", world.local_rank)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+    return device

@@ -1,0 +1,57 @@
+"""Run under torchrun by tests/test_distributed.py: a few data-parallel steps, rank 0 saves.
+
+`python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py OUT.pt`
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pipeline.augment import to_device_set
+from pipeline.config import ModelParams, TrainParams
+from pipeline.models import build_model
+from pipeline.synthetic import make_images
+from pipeline.train import fit
+
+MEAN, STD = [0.45, 0.45, 0.45], [0.25, 0.25, 0.25]
+# no randomness in augmentation or dropout (ranks draw their own), no BatchNorm (per-rank statistics on CPU,
+# where SyncBatchNorm does not run): what is left is the data split and the gradient average
+PARAMS = TrainParams(
+    device="cpu", epochs=2, batch_size=20, drop_last=True, lr=0.05, momentum=0.9,
+    crop_padding=0, flip="none", schedule="cosine", checkpoint_every=1,
+)  # fmt: skip
+
+
+def without_batchnorm(module: nn.Module) -> nn.Module:
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, nn.Identity())
+        else:
+            without_batchnorm(child)
+    return module
+
+
+def train_tiny(nproc: int) -> dict[str, torch.Tensor]:
+    """Two epochs on 80 synthetic images; the weights afterwards."""
+    rng = np.random.default_rng(0)
+    labels = rng.permutation(np.arange(80) % 10)
+    train_set = to_device_set(make_images(labels, rng), labels, MEAN, STD, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = without_batchnorm(build_model(ModelParams(base_width=8, blocks=[1, 1, 1], dropout=0.0)))
+    params = dataclasses.replace(PARAMS, nproc=nproc)
+    fit(model, params, train_set, train_set, (MEAN, STD), lambda *_: None)
+    return model.state_dict()
+
+
+if __name__ == "__main__":
+    dist.init_process_group("gloo")
+    weights = train_tiny(dist.get_world_size())
+    if dist.get_rank() == 0:
+        torch.save(weights, sys.argv[1])
+    dist.destroy_process_group()

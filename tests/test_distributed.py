@@ -1,0 +1,77 @@
+"""Data-parallel training (torchrun, gloo on CPU): the same step as one process on the whole batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ddp_worker import train_tiny
+from projects import TINY_PARAMS, new_project, sh
+
+from pipeline.distributed import World
+from pipeline.submission_csv import validate_submission
+
+pytestmark = pytest.mark.slow
+
+
+def test_two_processes_give_the_weights_of_one_process_on_the_combined_batch(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "ddp.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    worker = Path(__file__).with_name("ddp_worker.py")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(worker), str(out)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    distributed = torch.load(out, weights_only=True)
+    single = train_tiny(nproc=1)
+    for name, weights in single.items():
+        torch.testing.assert_close(distributed[name], weights, rtol=1e-4, atol=1e-5, msg=name)
+    # and the run did move the weights: the comparison is not of two untouched models
+    torch.manual_seed(0)
+    assert any(not torch.equal(single[n], w) for n, w in train_tiny_initial().items())
+
+
+def train_tiny_initial() -> dict[str, torch.Tensor]:
+    from ddp_worker import without_batchnorm
+
+    from pipeline.config import ModelParams
+    from pipeline.models import build_model
+
+    torch.manual_seed(0)
+    return without_batchnorm(
+        build_model(ModelParams(base_width=8, blocks=[1, 1, 1], dropout=0.0))
+    ).state_dict()
+
+
+def test_each_rank_takes_an_equal_contiguous_share_of_every_batch() -> None:
+    batch = torch.arange(12)
+    shares = [World(rank, rank, 3).local_slice(batch).tolist() for rank in range(3)]
+    assert shares == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+
+
+def test_a_pipeline_run_with_two_processes_writes_one_set_of_outputs(tmp_path: Path) -> None:
+    train = {**TINY_PARAMS["train"], "epochs": 2, "nproc": 2, "drop_last": True}
+    project = new_project(tmp_path, "seed", TINY_PARAMS | {"train": train})
+    run = sh(project, "dvc", "repro")
+    log = run.stdout + run.stderr
+    assert "starting 2 processes with torchrun" in log
+    assert log.count("train: done in") == 1  # rank 1 writes nothing, prints nothing
+    assert sorted(p.name for p in (project / "models/checkpoints").iterdir()) == [
+        "epoch_0002.pt"
+    ]  # checkpoint_every 2: the last epoch's only
+    metrics = json.loads((project / "metrics/train/metrics.json").read_text())
+    assert metrics["step"] == 1  # two epochs logged once each (dvclive counts from 0)
+    validate_submission(project / "submissions/latest.csv", np.arange(200))
+    assert (
+        not list((project / ".resume").glob("train-*")) if (project / ".resume").exists() else True
+    )
