@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip `dvc push` (the run's outputs then cannot be pulled back from the remote)",
     )  # fmt: skip
     command("scores", help="Kaggle's scores joined with history.csv and the manifests")
+    experiments = command("experiments", help="DVC experiments ranked by validation accuracy")
+    experiments.add_argument("--apply", action="store_true", help="dvc exp apply the best one")
     reproduce = command(
         "reproduce",
         help="check a submitted run out in a git worktree, restore it, compare its CSV",
@@ -122,6 +124,10 @@ def run_command(args: argparse.Namespace) -> int:
         from pipeline import scores
 
         scores.run(load_params(args.params).data.competition)
+    elif args.command == "experiments":
+        from pipeline import experiments
+
+        experiments.run(apply=args.apply)
     elif args.command == "reproduce":
         from pipeline import reproduce
 

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from ddp_worker import train_tiny
 from projects import TINY_PARAMS, new_project, sh
 
+from pipeline.__main__ import main
 from pipeline.distributed import World
 from pipeline.submission_csv import validate_submission
 
@@ -75,3 +79,41 @@ def test_a_pipeline_run_with_two_processes_writes_one_set_of_outputs(tmp_path: P
     assert (
         not list((project / ".resume").glob("train-*")) if (project / ".resume").exists() else True
     )
+
+
+def test_a_queued_two_by_two_sweep_runs_and_the_best_is_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    small = {"source": "synthetic",
+             "synthetic": {"train_images": 300, "val_images": 100, "custom_test_images": 50}}  # fmt: skip
+    project = new_project(tmp_path, "seed", TINY_PARAMS | {"data": small})
+    sh(project, "dvc", "exp", "run", "--queue", "-S", "train.lr=0.01,0.1", "-S", "train.epochs=1,2")
+    sh(project, "dvc", "queue", "start", "-j", "2")
+    deadline = time.monotonic() + 900
+    while re.search(r"\b(Queued|Running)\b", sh(project, "dvc", "queue", "status").stdout):
+        assert time.monotonic() < deadline, "the queue did not finish"
+        time.sleep(2)
+
+    show = json.loads(sh(project, "dvc", "exp", "show", "--json").stdout)
+    finished = {
+        rev["name"]: (
+            rev["data"]["metrics"]["metrics/select.json"]["data"]["val_accuracy"],
+            rev["data"]["params"]["params.yaml"]["data"]["train"],
+        )
+        for entry in show if entry["rev"] != "workspace"
+        for experiment in entry["experiments"] or [] for rev in experiment["revs"]
+    }  # fmt: skip
+    assert len(finished) == 4
+    best = max(finished, key=lambda name: finished[name][0])
+
+    monkeypatch.chdir(project)
+    assert main(["experiments", "--apply"]) == 0
+    table = capsys.readouterr().out
+    assert table.index(best) < min(table.index(n) for n in finished if n != best)
+    params = yaml.safe_load((project / "params.yaml").read_text())["train"]
+    assert (params["lr"], params["epochs"]) == (
+        finished[best][1]["lr"],
+        finished[best][1]["epochs"],
+    )
+    applied = json.loads((project / "metrics/select.json").read_text())["val_accuracy"]
+    assert applied == finished[best][0]

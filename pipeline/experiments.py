@@ -1,0 +1,99 @@
+"""`python -m pipeline experiments [--apply]`: DVC experiments ranked by validation accuracy.
+
+Reads `dvc exp show --json` (the experiments of the checked-out commit: a queued sweep's among
+them) and ranks those that finished by `metrics/select.json`'s `val_accuracy`: the validation
+accuracy of the checkpoint, weights and TTA select chose. The rich table shows each one's
+name, accuracy, TTA and the params it changed against the commit. `--apply` runs
+`dvc exp apply` on the best, so the workspace holds its params, metrics and outputs (then
+`git commit` it, or `python -m pipeline submit` after committing).
+"""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.errors import PipelineError
+from pipeline.paths import SELECT_METRICS_PATH
+from pipeline.reporting import console
+from pipeline.repository import dvc, last_error_line
+
+MISSING = "—"
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _params(data: dict) -> dict[str, object]:
+    return _flat((data.get("params") or {}).get("params.yaml", {}).get("data") or {})
+
+
+def ranked(show: list[dict]) -> list[dict]:
+    """The experiments in `dvc exp show --json` output, best validation accuracy first."""
+    rows = []
+    for entry in show:
+        if entry.get("rev") == "workspace":
+            continue
+        baseline = _params(entry.get("data") or {})
+        for experiment in entry.get("experiments") or []:
+            executor = experiment.get("executor") or {}
+            for rev in experiment.get("revs") or []:
+                data = rev.get("data") or {}
+                metrics = (data.get("metrics") or {}).get(SELECT_METRICS_PATH.as_posix(), {})
+                selected = metrics.get("data") or {}
+                params = _params(data)
+                rows.append({
+                    "name": rev.get("name") or experiment.get("name") or rev["rev"][:7],
+                    "rev": rev["rev"], "state": executor.get("state") or "done",
+                    "val_accuracy": selected.get("val_accuracy"), "tta": selected.get("tta"),
+                    "changed": {k: v for k, v in params.items() if baseline.get(k) != v},
+                })  # fmt: skip
+    return sorted(rows, key=lambda row: (row["val_accuracy"] is None, -(row["val_accuracy"] or 0)))
+
+
+def run(apply: bool = False) -> list[dict]:
+    result = dvc("exp", "show", "--json")
+    if result.returncode != 0:
+        raise PipelineError(f"experiments: dvc exp show failed ({last_error_line(result)})")
+    rows = ranked(json.loads(result.stdout or "[]"))
+    if not rows:
+        raise PipelineError(
+            "experiments: none for this commit; queue a sweep with `dvc exp run --queue -S ...` "
+            "and run it with `dvc queue start -j N` (README, Scaling out)"
+        )
+    table = Table(title="experiments by validation accuracy (metrics/select.json)")
+    for column in ("rank", "name", "state", "val_accuracy", "tta", "changed params"):
+        table.add_column(column)
+    for rank, row in enumerate(rows, start=1):
+        accuracy = f"{row['val_accuracy']:.4f}" if row["val_accuracy"] is not None else MISSING
+        changed = ", ".join(f"{k}={v}" for k, v in sorted(row["changed"].items())) or MISSING
+        table.add_row(
+            str(rank), row["name"], row["state"], accuracy, row["tta"] or MISSING, changed
+        )
+    output = Console()
+    (output if output.is_terminal else Console(width=160)).print(table)
+    if apply:
+        best = rows[0]
+        if best["val_accuracy"] is None:
+            raise PipelineError(
+                "experiments: no experiment has finished with a validation accuracy"
+            )
+        applied = dvc("exp", "apply", best["name"])
+        if applied.returncode != 0:
+            raise PipelineError(
+                f"experiments: dvc exp apply {best['name']} failed ({last_error_line(applied)})"
+            )
+        console.print(
+            f"experiments: applied {best['name']} (val accuracy {best['val_accuracy']:.4f}): the "
+            "workspace now holds its params and outputs; commit them to keep it"
+        )
+    return rows
