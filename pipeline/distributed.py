@@ -13,16 +13,15 @@ averages the gradients, so the recipe (lr, schedule, steps per epoch) is the sam
 
 from __future__ import annotations
 
+import datetime
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
-
-from pipeline.errors import PipelineError
 
 RANK_SEED_STRIDE = 1_000_003  # rank r's augmentation generator: seed + r × this (rank 0: seed)
 
@@ -57,18 +56,19 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
 
 
-def launch(nproc: int, params_path: Path) -> None:
-    """Run `python -m pipeline train` as `nproc` torchrun workers on this machine; wait for them."""
+def launch(nproc: int, params_path: Path) -> NoReturn:
+    """Become torchrun running `python -m pipeline train` as `nproc` workers on this machine.
+
+    The process is replaced (exec), so a signal that stops the stage (`dvc queue kill`, Ctrl-C)
+    reaches torchrun, which stops its workers, and torchrun's exit status is the stage's.
+    """
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
         "-m", "pipeline", "--params", str(params_path), "train",
     ]  # fmt: skip
-    result = subprocess.run(command)
-    if result.returncode != 0:
-        raise PipelineError(
-            f"train: torchrun with {nproc} processes failed (exit status {result.returncode}); "
-            "the workers' own errors are above"
-        )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
 
 
 def init(world: World, device_kind: str) -> torch.device:
@@ -80,6 +80,8 @@ def init(world: World, device_kind: str) -> torch.device:
         device = torch.device("cuda", world.local_rank)
     else:
         device = torch.device("cpu")
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+    if not dist.is_initialized():  # the others wait while rank 0 evaluates and saves: be patient
+        dist.init_process_group(
+            "nccl" if device_kind == "cuda" else "gloo", timeout=datetime.timedelta(hours=1)
+        )
     return device

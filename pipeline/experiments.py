@@ -46,15 +46,18 @@ def ranked(show: list[dict]) -> list[dict]:
         baseline = _params(entry.get("data") or {})
         for experiment in entry.get("experiments") or []:
             executor = experiment.get("executor") or {}
-            for rev in experiment.get("revs") or []:
+            state = executor.get("state") or "done"
+            for rev in (experiment.get("revs") or [])[:1]:  # the experiment's own commit
                 data = rev.get("data") or {}
                 metrics = (data.get("metrics") or {}).get(SELECT_METRICS_PATH.as_posix(), {})
                 selected = metrics.get("data") or {}
                 params = _params(data)
-                rows.append({
+                finished = state in ("success", "done")  # a failed or running one shows the
+                rows.append({  # baseline's committed metrics: never ranked
                     "name": rev.get("name") or experiment.get("name") or rev["rev"][:7],
-                    "rev": rev["rev"], "state": executor.get("state") or "done",
-                    "val_accuracy": selected.get("val_accuracy"), "tta": selected.get("tta"),
+                    "rev": rev["rev"], "state": state,
+                    "val_accuracy": selected.get("val_accuracy") if finished else None,
+                    "tta": selected.get("tta") if finished else None,
                     "changed": {k: v for k, v in params.items() if baseline.get(k) != v},
                 })  # fmt: skip
     return sorted(rows, key=lambda row: (row["val_accuracy"] is None, -(row["val_accuracy"] or 0)))
@@ -87,7 +90,7 @@ def run(apply: bool = False) -> list[dict]:
             raise PipelineError(
                 "experiments: no experiment has finished with a validation accuracy"
             )
-        applied = dvc("exp", "apply", best["name"])
+        applied = dvc("exp", "apply", best["rev"])
         if applied.returncode != 0:
             raise PipelineError(
                 f"experiments: dvc exp apply {best['name']} failed ({last_error_line(applied)})"

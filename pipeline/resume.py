@@ -60,7 +60,8 @@ def run_key(
             p.name: calculate_md5(p) for p in sorted(Path(prepared_dir).glob("*")) if p.is_file()
         },
         "code": {name: calculate_md5(Path(name)) for name in code},
-        "device": str(device)
+        # the type, not the index: every rank of a data-parallel run computes the same key
+        "device": device.type
         + (f" {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
         "threads": torch.get_num_threads(),
         "cpu": torch.backends.cpu.get_cpu_capability(),
@@ -109,12 +110,6 @@ def set_aside(key: str, reason: str, root: Path = RESUME_ROOT) -> None:
         console.print(
             f"[yellow]warning: {folder}: {reason}; moved to {aside}, training starts over"
         )
-
-
-def read(key: str, root: Path = RESUME_ROOT) -> dict[str, Any] | None:
-    """The state as it is, without tidying (ranks other than 0 of a data-parallel run)."""
-    path = state_dir(key, root) / STATE_NAME
-    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
 
 
 def load(key: str, root: Path = RESUME_ROOT) -> dict[str, Any] | None:

@@ -221,6 +221,11 @@ def fit(
     train_images, train_labels = train_set
     device = train_images.device
     world = current_world()  # under torchrun: this rank's share of each batch, rank 0 reports
+    if world.size > 1 and (not params.drop_last or params.batch_size % world.size):
+        raise PipelineError(  # torchrun started by hand (several machines) skips the params check
+            f"train.batch_size: {params.batch_size} must be a multiple of the {world.size} "
+            "processes, with train.drop_last: true, so that every rank gets an equal share"
+        )
     order_generator = torch.Generator().manual_seed(params.seed)  # the same on every rank
     rank_seed = params.seed + world.rank * RANK_SEED_STRIDE if world.rank else None
     augment = augment_state(train_labels.shape[0], *normalization, params.seed, device, rank_seed)
@@ -270,9 +275,9 @@ def fit(
             restore_random_states(resume_state["random"])
             step, first_epoch = resume_state["step"], resume_state["epoch"] + 1
             if world.rank > 0:  # the state holds rank 0's streams: other ranks draw their own
-                augment.generator.manual_seed(
-                    params.seed + world.rank * RANK_SEED_STRIDE + first_epoch
-                )
+                rank_seed = params.seed + world.rank * RANK_SEED_STRIDE + first_epoch
+                augment.generator.manual_seed(rank_seed)
+                torch.manual_seed(rank_seed)  # dropout
         except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as error:
             raise StateMismatch(f"{type(error).__name__}: {error}") from None
 
@@ -424,9 +429,14 @@ def run(
     params_path: Path = DEFAULT_PARAMS_PATH,  # what torchrun's workers read (train.nproc > 1)
 ) -> None:
     if params.nproc > 1 and not distributed.under_torchrun():
+        device_kind = resolve_device(params.device).type
+        if device_kind == "cuda" and torch.cuda.device_count() < params.nproc:
+            raise PipelineError(
+                f"train.nproc: {params.nproc} processes need {params.nproc} GPUs, "
+                f"{torch.cuda.device_count()} visible"
+            )
         console.print(f"train: starting {params.nproc} processes with torchrun")
-        distributed.launch(params.nproc, params_path)
-        return
+        distributed.launch(params.nproc, params_path)  # does not return: torchrun takes over
     world = current_world()
     main = world.is_main  # only rank 0 writes: checkpoints, metrics, resume state, the console
     if not main:
@@ -454,10 +464,10 @@ def run(
             stale.unlink()
         resume.clear(keep=key)  # other configs' states: never resumed, so not kept
         resume_state = resume.load(key)
-    if world.size > 1:  # rank 0 has tidied .resume/; the others read the same state
-        dist.barrier()
-        if not main:
-            resume_state = resume.read(key)
+    if world.size > 1:  # rank 0's state (its disk may be the only one holding it) to all ranks
+        shared = [resume_state]
+        dist.broadcast_object_list(shared, src=0)
+        resume_state = shared[0]
     history: list[dict] = []  # each epoch's stats, logged again by a resumed run
     if resume_state is not None:
         if main:

@@ -6,13 +6,16 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from pipeline import train as train_module
 from pipeline.augment import to_device_set
 from pipeline.config import ModelParams, TrainParams
 from pipeline.models import build_model
@@ -37,21 +40,35 @@ def without_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def train_tiny(nproc: int) -> dict[str, torch.Tensor]:
-    """Two epochs on 80 synthetic images; the weights afterwards."""
+def train_tiny(nproc: int) -> tuple[dict[str, torch.Tensor], list[list[int]]]:
+    """Two epochs on 80 synthetic images: the weights afterwards, and the training-set indices
+    this process trained on at each step."""
+    seen: list[list[int]] = []
+    augment_batch = train_module.augment_batch
+
+    def recording(images, indices, *args):  # noqa: ANN001, ANN202 - a pass-through
+        seen.append(indices.tolist())
+        return augment_batch(images, indices, *args)
+
+    train_module.augment_batch = recording
     rng = np.random.default_rng(0)
     labels = rng.permutation(np.arange(80) % 10)
     train_set = to_device_set(make_images(labels, rng), labels, MEAN, STD, torch.device("cpu"))
     torch.manual_seed(0)
     model = without_batchnorm(build_model(ModelParams(base_width=8, blocks=[1, 1, 1], dropout=0.0)))
     params = dataclasses.replace(PARAMS, nproc=nproc)
-    fit(model, params, train_set, train_set, (MEAN, STD), lambda *_: None)
-    return model.state_dict()
+    try:
+        fit(model, params, train_set, train_set, (MEAN, STD), lambda *_: None)
+    finally:
+        train_module.augment_batch = augment_batch
+    return model.state_dict(), seen
 
 
 if __name__ == "__main__":
     dist.init_process_group("gloo")
-    weights = train_tiny(dist.get_world_size())
-    if dist.get_rank() == 0:
+    weights, seen = train_tiny(dist.get_world_size())
+    rank = dist.get_rank()
+    Path(f"{sys.argv[1]}.rank{rank}.json").write_text(json.dumps(seen))
+    if rank == 0:
         torch.save(weights, sys.argv[1])
     dist.destroy_process_group()

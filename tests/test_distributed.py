@@ -37,7 +37,14 @@ def test_two_processes_give_the_weights_of_one_process_on_the_combined_batch(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     distributed = torch.load(out, weights_only=True)
-    single = train_tiny(nproc=1)
+    single, single_seen = train_tiny(nproc=1)
+    # each rank trained on its own half of every batch, and together on exactly that batch
+    ranks = [json.loads(Path(f"{out}.rank{r}.json").read_text()) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == len(single_seen) == 8
+    for step, whole in enumerate(single_seen):
+        first, second = ranks[0][step], ranks[1][step]
+        assert len(first) == len(second) == 10 and not set(first) & set(second)
+        assert first + second == whole
     for name, weights in single.items():
         torch.testing.assert_close(distributed[name], weights, rtol=1e-4, atol=1e-5, msg=name)
     # and the run did move the weights: the comparison is not of two untouched models
