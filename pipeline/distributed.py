@@ -13,8 +13,10 @@ averages the gradients, so the recipe (lr, schedule, steps per epoch) is the sam
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import NoReturn
 import torch
 import torch.distributed as dist
 
+PR_SET_PDEATHSIG = 1  # prctl option: the signal this process gets when its parent dies
 RANK_SEED_STRIDE = 1_000_003  # rank r's augmentation generator: seed + r × this (rank 0: seed)
 
 
@@ -69,6 +72,21 @@ def launch(nproc: int, params_path: Path) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, command)
+
+
+def die_with_torchrun() -> None:
+    """Linux: this worker is killed when its torchrun agent dies, even by SIGKILL.
+
+    torchrun forwards SIGTERM and SIGINT to its workers, but a killed agent would leave them
+    running, still writing checkpoints under the next run's feet.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:  # not Linux: no such guard
+        return
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the agent died before the guard was set
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def init(world: World, device_kind: str) -> torch.device:

@@ -438,6 +438,8 @@ def run(
         console.print(f"train: starting {params.nproc} processes with torchrun")
         distributed.launch(params.nproc, params_path)  # does not return: torchrun takes over
     world = current_world()
+    if world.size > 1:
+        distributed.die_with_torchrun()
     main = world.is_main  # only rank 0 writes: checkpoints, metrics, resume state, the console
     if not main:
         console.quiet = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -14,12 +15,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import SMALL_SYNTHETIC
 from ddp_worker import train_tiny
 from projects import TINY_PARAMS, new_project, sh
 
 from pipeline.__main__ import main
 from pipeline.distributed import World
 from pipeline.submission_csv import validate_submission
+from pipeline.synthetic import write_synthetic_raw
 
 pytestmark = pytest.mark.slow
 
@@ -124,3 +127,33 @@ def test_a_queued_two_by_two_sweep_runs_and_the_best_is_applied(
     )
     applied = json.loads((project / "metrics/select.json").read_text())["val_accuracy"]
     assert applied == finished[best][0]
+
+
+def test_a_killed_two_process_run_resumes_from_rank_0s_state(tmp_path: Path) -> None:
+    """The state rank 0 kept reaches rank 1 (broadcast), and the run ends; nothing hangs."""
+    project = tmp_path / "project"
+    write_synthetic_raw(project / "data/raw", SMALL_SYNTHETIC)
+    (project / "params.yaml").write_text(
+        "model:\n  name: seed_resnet\n  base_width: 8\n  blocks: [1, 1, 1]\n"
+        "train:\n  device: cpu\n  epochs: 6\n  batch_size: 20\n  drop_last: true\n"
+        "  checkpoint_every: 1\n  nproc: 2\n  ema_decay: 0.9\n"
+    )
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "pipeline", "train"]
+    subprocess.run([sys.executable, "-m", "pipeline", "prepare"], cwd=project, env=env, check=True)
+    states = project / ".resume"
+    run = subprocess.Popen(command, cwd=project, env=env, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not list(states.glob("train-*/state.pt")):
+        assert run.poll() is None and time.monotonic() < deadline, "training ended early"
+        time.sleep(0.02)
+    os.killpg(run.pid, signal.SIGKILL)  # torchrun and both workers
+    run.wait()
+
+    resumed = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True,
+                             timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "train: resuming after epoch" in resumed.stderr
+    assert (project / "models/checkpoints/epoch_0006.pt").exists()
+    assert not list(states.glob("train-*"))
