@@ -25,20 +25,13 @@ import torch
 import yaml
 from torchvision.datasets.utils import calculate_md5
 
-from pipeline.repository import changed_files, head_commit
+from pipeline.repository import changed_files, head_commit, stage_code_md5s
 
 UPSTREAM_STAGES = ("fetch", "prepare", "train", "select")
 # Tracked files that a run itself rewrites: a change there is the run's output, not dirt.
 RUN_WRITTEN = ("dvc.lock", "metrics", "submissions")
 LOCK_INPUT_KEYS = ("cmd", "deps", "params")  # of a dvc.lock stage entry; not its outs
 RUN_ID_LENGTH = 12  # hex characters of the sha256
-
-
-def _stage_code_files(dvc_yaml: Path, stage: str) -> list[str]:
-    if not dvc_yaml.exists():
-        return []
-    deps = yaml.safe_load(dvc_yaml.read_text())["stages"][stage].get("deps", [])
-    return sorted(dep for dep in deps if dep.endswith(".py"))
 
 
 def run_id(
@@ -54,9 +47,7 @@ def run_id(
             for name in UPSTREAM_STAGES
         },
         "predict_params": predict_params,
-        "predict_code": {
-            name: calculate_md5(Path(name)) for name in _stage_code_files(dvc_yaml, "predict")
-        },
+        "predict_code": stage_code_md5s("predict", dvc_yaml),
         "inputs": {str(path): calculate_md5(path) for path in input_files},
     }
     text = json.dumps(identity, sort_keys=True, default=str)

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torchvision.datasets.utils import calculate_md5
 
 from pipeline.checkpoints import save_checkpoint
@@ -33,6 +32,7 @@ from pipeline.config import ModelParams, TrainParams
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path
 from pipeline.reporting import console
+from pipeline.repository import stage_code_md5s
 
 RESUME_ROOT = Path(".resume")
 STATE_NAME = "state.pt"
@@ -49,17 +49,13 @@ def run_key(
     import timm
     import torchvision
 
-    code = []
-    if dvc_yaml.exists():
-        deps = yaml.safe_load(dvc_yaml.read_text())["stages"]["train"].get("deps", [])
-        code = sorted(dep for dep in deps if dep.endswith(".py") and Path(dep).exists())
     identity = {
         "model": dataclasses.asdict(model_params),
         "train": dataclasses.asdict(params),
         "data": {
             p.name: calculate_md5(p) for p in sorted(Path(prepared_dir).glob("*")) if p.is_file()
         },
-        "code": {name: calculate_md5(Path(name)) for name in code},
+        "code": stage_code_md5s("train", dvc_yaml),
         # the type, not the index: every rank of a data-parallel run computes the same key
         "device": device.type
         + (f" {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
