@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 
-from rich.console import Console
 from rich.table import Table
 
 from pipeline.errors import PipelineError
 from pipeline.paths import SELECT_METRICS_PATH
-from pipeline.reporting import console
+from pipeline.reporting import console, table_console
 from pipeline.repository import dvc, last_error_line
 
 MISSING = "—"
@@ -82,8 +81,7 @@ def run(apply: bool = False) -> list[dict]:
         table.add_row(
             str(rank), row["name"], row["state"], accuracy, row["tta"] or MISSING, changed
         )
-    output = Console()
-    (output if output.is_terminal else Console(width=160)).print(table)
+    table_console().print(table)
     if apply:
         best = rows[0]
         if best["val_accuracy"] is None:

@@ -15,6 +15,14 @@ from rich.progress import (
 )
 
 console = Console(stderr=True, soft_wrap=True)  # long paths stay on one line in logs
+TABLE_WIDTH = 180  # characters for tables on stdout when it is not a terminal (a pipe, a log)
+
+
+def table_console() -> Console:
+    """stdout for tables (scores, experiments): the terminal's width, else TABLE_WIDTH, so a
+    piped table keeps its columns instead of rich's 80-character default."""
+    output = Console()
+    return output if output.is_terminal else Console(width=TABLE_WIDTH)
 
 
 def download_progress() -> Progress:

@@ -9,20 +9,19 @@ list (another account, or deleted) are shown too, marked so.
 
 from __future__ import annotations
 
-from rich.console import Console
 from rich.table import Table
 
 from pipeline import kaggle_client
 from pipeline.errors import PipelineError
 from pipeline.history import RUN_IN_MESSAGE, load_manifest, read_history
 from pipeline.paths import HISTORY_PATH
+from pipeline.reporting import table_console
 
 COLUMNS = (
     "date", "kaggle_ref", "run_id", "commit", "model", "params", "val_accuracy", "tta",
     "public", "private", "status",
 )  # fmt: skip
 MISSING = "—"
-TABLE_WIDTH = 180  # characters, when the output is not a terminal (a pipe, a log file)
 
 
 def _manifest_fields(run_id: str, commit: str) -> dict[str, str]:
@@ -89,8 +88,6 @@ def run(competition: str) -> list[dict[str, str]]:
         )
     for row in rows:
         table.add_row(*(row[column] for column in COLUMNS))
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=TABLE_WIDTH)
+    console = table_console()
     console.print(table if rows else f"no submissions to {competition} yet")
     return rows
