@@ -134,9 +134,13 @@ def _environment(manifest: dict | None) -> str | None:
     return f"{manifest.get('device', '?')}, torch {manifest.get('torch', '?')}"
 
 
-def changed_outputs(commit: str, worktree: Path) -> list[str]:
-    """Outputs whose md5 in the worktree's dvc.lock differs from the one `commit` recorded."""
-    committed = lock_output_hashes(git("show", f"{commit}:dvc.lock"))
+def committed_outputs(commit: str) -> dict[str, str]:
+    """Every output path `commit`'s dvc.lock records, with its md5."""
+    return lock_output_hashes(git("show", f"{commit}:dvc.lock"))
+
+
+def changed_outputs(committed: dict[str, str], worktree: Path) -> list[str]:
+    """Outputs whose md5 in the worktree's dvc.lock differs from the `committed` one."""
     reproduced = lock_output_hashes((worktree / "dvc.lock").read_text())
     return [path for path, md5 in committed.items() if reproduced.get(path) != md5]
 
@@ -150,7 +154,7 @@ def differences(
     bytes the commit recorded.
     """
     lines = [f"CSV md5: submitted {row['csv_md5']}, reproduced {reproduced_md5}"]
-    committed = lock_output_hashes(git("show", f"{row['commit']}:dvc.lock"))
+    committed = committed_outputs(row["commit"])
     if committed.get(SUBMISSION_PATH.as_posix()) != row["csv_md5"]:
         lines.append(
             f"the commit's dvc.lock records {SUBMISSION_PATH} md5 "
@@ -161,7 +165,7 @@ def differences(
                 else "history.csv says nothing was forced, so the row may have been edited"
             )
         )
-    changed = changed_outputs(row["commit"], worktree)
+    changed = changed_outputs(committed, worktree)
     if changed:
         lines.append(
             "outputs that came out different from the commit's dvc.lock: " + ", ".join(changed)
@@ -246,7 +250,7 @@ def run(key: str, into: Path | None = None) -> bool:
     where = f"run {run_id} @ {commit[:7]} (Kaggle ref {row['kaggle_ref']}), {how}, in {worktree}"
     if reproduced_md5 == row["csv_md5"]:
         console.print(f"reproduce: identical: {SUBMISSION_PATH} md5 {reproduced_md5}; {where}")
-        changed = changed_outputs(commit, worktree)
+        changed = changed_outputs(committed_outputs(commit), worktree)
         if changed:  # recomputed: e.g. metrics holding timings
             console.print(
                 f"  (outputs that differ from the commit's dvc.lock: {', '.join(changed)})"
