@@ -40,6 +40,12 @@ def without_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
+def tiny_model() -> nn.Module:
+    """The initial weights both runs start from: seed 0, no BatchNorm, no dropout."""
+    torch.manual_seed(0)
+    return without_batchnorm(build_model(ModelParams(base_width=8, blocks=[1, 1, 1], dropout=0.0)))
+
+
 def train_tiny(nproc: int) -> tuple[dict[str, torch.Tensor], list[list[int]]]:
     """Two epochs on 80 synthetic images: the weights afterwards, and the training-set indices
     this process trained on at each step."""
@@ -54,8 +60,7 @@ def train_tiny(nproc: int) -> tuple[dict[str, torch.Tensor], list[list[int]]]:
     rng = np.random.default_rng(0)
     labels = rng.permutation(np.arange(80) % 10)
     train_set = to_device_set(make_images(labels, rng), labels, MEAN, STD, torch.device("cpu"))
-    torch.manual_seed(0)
-    model = without_batchnorm(build_model(ModelParams(base_width=8, blocks=[1, 1, 1], dropout=0.0)))
+    model = tiny_model()
     params = dataclasses.replace(PARAMS, nproc=nproc)
     try:
         fit(model, params, train_set, train_set, (MEAN, STD), lambda *_: None)

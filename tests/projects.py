@@ -44,8 +44,13 @@ def copy_repo(destination: Path) -> None:
             shutil.copy2(source, destination / name)
 
 
+def tool_env() -> dict[str, str]:
+    """The environment with this interpreter's folder first on PATH (its dvc, its python)."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
 def sh(folder: Path, *command: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = tool_env()
     env.pop("PYTHONPATH", None)
     result = subprocess.run(
         command, cwd=folder, env=env, capture_output=True, text=True, timeout=900

@@ -16,8 +16,8 @@ import pytest
 import torch
 import yaml
 from conftest import SMALL_SYNTHETIC
-from ddp_worker import train_tiny
-from projects import TINY_PARAMS, new_project, sh
+from ddp_worker import tiny_model, train_tiny
+from projects import TINY_PARAMS, new_project, sh, tool_env
 
 from pipeline.__main__ import main
 from pipeline.distributed import World
@@ -51,20 +51,7 @@ def test_two_processes_give_the_weights_of_one_process_on_the_combined_batch(
     for name, weights in single.items():
         torch.testing.assert_close(distributed[name], weights, rtol=1e-4, atol=1e-5, msg=name)
     # and the run did move the weights: the comparison is not of two untouched models
-    torch.manual_seed(0)
-    assert any(not torch.equal(single[n], w) for n, w in train_tiny_initial().items())
-
-
-def train_tiny_initial() -> dict[str, torch.Tensor]:
-    from ddp_worker import without_batchnorm
-
-    from pipeline.config import ModelParams
-    from pipeline.models import build_model
-
-    torch.manual_seed(0)
-    return without_batchnorm(
-        build_model(ModelParams(base_width=8, blocks=[1, 1, 1], dropout=0.0))
-    ).state_dict()
+    assert any(not torch.equal(single[n], w) for n, w in tiny_model().state_dict().items())
 
 
 def test_each_rank_takes_an_equal_contiguous_share_of_every_batch() -> None:
@@ -138,7 +125,7 @@ def test_a_killed_two_process_run_resumes_from_rank_0s_state(tmp_path: Path) -> 
         "train:\n  device: cpu\n  epochs: 6\n  batch_size: 20\n  drop_last: true\n"
         "  checkpoint_every: 1\n  nproc: 2\n  ema_decay: 0.9\n"
     )
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = tool_env()
     command = [sys.executable, "-m", "pipeline", "train"]
     subprocess.run([sys.executable, "-m", "pipeline", "prepare"], cwd=project, env=env, check=True)
     states = project / ".resume"

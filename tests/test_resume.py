@@ -7,12 +7,11 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from projects import TINY_PARAMS, new_project, sh
+from projects import TINY_PARAMS, new_project, sh, tool_env
 from torchvision.datasets.utils import calculate_md5
 
 pytestmark = pytest.mark.slow
@@ -37,7 +36,7 @@ def test_training_killed_at_a_random_step_resumes_to_identical_weights_and_csv(
     sh(reference, "dvc", "repro")
     assert not (reference / ".resume").exists() or not _states(reference)  # cleaned on success
 
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = tool_env()
     run = subprocess.Popen(
         ["dvc", "repro"], cwd=killed, env=env, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
