@@ -2,7 +2,8 @@
 
 Stages (fetch … predict) run with the params in params.yaml (`dvc repro` runs them in order);
 `profile NAME` puts a training profile's sections into params.yaml; `submit`, `scores` and
-`reproduce RUN` send latest.csv to Kaggle, list the scores, and bring a scored run back.
+`reproduce RUN` send latest.csv to Kaggle, list the scores, and bring a scored run back;
+`experiments` ranks a sweep's runs and `ensemble` manages the models select may average.
 Expected failures (`PipelineError`) print one line and exit 1; `--debug` shows the traceback.
 """
 
@@ -22,7 +23,7 @@ STAGE_PARAMS = {
     "fetch": ["data"],
     "prepare": ["prepare"],
     "train": ["model", "train"],
-    "select": ["select", "train.device", "train.mixed_precision"],
+    "select": ["select", "model.max_params", "train.device", "train.mixed_precision"],
     # predict records every param in its run manifest, so it depends on them all
     "predict": ["data", "prepare", "model", "train", "select", "predict"],
 }
@@ -45,7 +46,10 @@ def run_stage(stage: str, params: Params, params_path: Path = DEFAULT_PARAMS_PAT
     elif stage == "select":
         from pipeline import select
 
-        select.run(params.select, params.train.device, params.train.mixed_precision)
+        select.run(
+            params.select, params.model.max_params, params.train.device,
+            params.train.mixed_precision,
+        )  # fmt: skip
     elif stage == "predict":
         from pipeline import predict
 
@@ -98,6 +102,25 @@ def build_parser() -> argparse.ArgumentParser:
     command("scores", help="Kaggle's scores joined with history.csv and the manifests")
     experiments = command("experiments", help="DVC experiments ranked by validation accuracy")
     experiments.add_argument("--apply", action="store_true", help="dvc exp apply the best one")
+    ensemble = command(
+        "ensemble", help="other runs' models that select may average with this run's"
+    )
+    actions = ensemble.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = add_common_options(
+        actions.add_parser(
+            "add", help="copy a run's models/best.pt into models/ensemble and dvc add it"
+        ),
+        defaults=False,
+    )
+    add.add_argument("source", help="a checkpoint file, a git revision or a DVC experiment name")
+    add.add_argument("--name", help="member name (default: the revision, or run-<md5 prefix>)")
+    add_common_options(
+        actions.add_parser("list", help="the members and the ensemble's params"), defaults=False
+    )
+    remove = add_common_options(
+        actions.add_parser("remove", help="dvc remove a member"), defaults=False
+    )
+    remove.add_argument("name")
     reproduce = command(
         "reproduce",
         help="check a submitted run out in a git worktree, restore it, compare its CSV",
@@ -128,6 +151,15 @@ def run_command(args: argparse.Namespace) -> int:
         from pipeline import experiments
 
         experiments.run(apply=args.apply)
+    elif args.command == "ensemble":
+        from pipeline import ensemble
+
+        if args.action == "add":
+            ensemble.add(args.source, args.name, run_model=load_params(args.params).model)
+        elif args.action == "list":
+            ensemble.show(run_model=load_params(args.params).model)
+        else:
+            ensemble.remove(args.name)
     elif args.command == "reproduce":
         from pipeline import reproduce
 

@@ -214,6 +214,9 @@ class SelectParams:
     tta_policies: list[TtaPolicy] = field(
         default_factory=lambda: ["none", "flip", "flip_translate"]
     )
+    # models/ensemble/*.pt members: auto averages them with this run's winner when that scores
+    # higher on validation; always does it regardless; never ignores them
+    ensemble: Literal["auto", "always", "never"] = "auto"
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "select.batch_size", "at least 1", self.batch_size)

@@ -245,6 +245,33 @@ def build_model(params: ModelParams) -> nn.Module:
     return model
 
 
+def check_ensemble_budget(parts: list[tuple[str, int]], max_params: int, remedy: str) -> int:
+    """The total trainable parameters of an ensemble's (name, count) parts, refused over budget."""
+    total = sum(count for _, count in parts)
+    if total > max_params:
+        listed = " + ".join(f"{name} {count:,}" for name, count in parts)
+        raise PipelineError(
+            f"ensemble over budget: {listed} = {total:,} trainable parameters, over "
+            f"model.max_params = {max_params:,}; {remedy}"
+        )
+    return total
+
+
+class Ensemble(nn.Module):
+    """Models whose logits are averaged (in float32): a seed ensemble that select chose.
+
+    Its trainable parameters are all of its members' together, so the budget covers the whole.
+    Averaging commutes with TTA's weighted view average, so TTA applies to it as to one model.
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x).float() for member in self.members]).mean(0)
+
+
 def model_config(params: ModelParams) -> dict:
     """The model's params as plain data, stored in checkpoints to rebuild it later."""
     return dataclasses.asdict(params)

@@ -8,6 +8,7 @@ RAW_DIR = Path("data/raw")  # fetch: cifar-10-batches-py/ and the custom test pi
 PREPARED_DIR = Path("data/prepared")  # prepare: train/val/custom_test .npz and dataset.json
 CHECKPOINT_DIR = Path("models/checkpoints")  # train: epoch_NNNN.pt
 BEST_PATH = Path("models/best.pt")  # select: a copy of the winning checkpoint
+ENSEMBLE_DIR = Path("models/ensemble")  # `ensemble add`: other runs' best.pt, each `dvc add`ed
 SUBMISSION_PATH = Path("submissions/latest.csv")  # predict
 # predict: <run_id>.csv and .json beside it; submit: history.csv (git-tracked), one row per submission
 HISTORY_PATH = Path("submissions/history.csv")

@@ -1,6 +1,7 @@
 """Stage 5, predict → submissions/latest.csv: the selected model with test-time augmentation.
 
-Loads models/best.pt (weights only), averages logits over the TTA views of each custom test image
+Loads models/best.pt (weights only; a seed ensemble when select chose one: its members' logits
+are averaged), averages logits over the TTA views of each custom test image
 (`predict.tta`; `auto`: the policy select chose, stored in best.pt), and writes one `ID,Labels`
 row per id in the pickle's order. The CSV is validated
 before it replaces latest.csv. Validation accuracy under the same TTA goes to metrics/predict.json;
@@ -27,6 +28,7 @@ from pipeline.config import PredictParams
 from pipeline.datasets import load_split
 from pipeline.device import resolve_device
 from pipeline.files import atomic_path, write_json_atomic, write_text_atomic
+from pipeline.models import count_trainable_params
 from pipeline.paths import (
     BEST_PATH,
     PREDICT_METRICS_PATH,
@@ -99,19 +101,27 @@ def run(
     write_text_atomic(VAL_PER_CLASS_PATH, "class,accuracy\n" + "".join(per_class))
 
     counts = torch.bincount(torch.from_numpy(labels), minlength=len(names)).tolist()
+    members = [
+        {key: member.get(key) for key in ("name", "md5", "source", "model_params")}
+        | {"model": member["model_config"].get("name")}
+        for member in checkpoint.get("ensemble") or []
+    ]
     report = {
         "run_id": run, "tta": tta, "weights": checkpoint.get("weights", "raw"),
         "val_accuracy": val_accuracy, "val_accuracy_without_tta": plain_accuracy,
         "epoch": int(checkpoint["epoch"]), "custom_test_images": int(labels.size),
         "predicted_per_class": dict(zip(names, counts, strict=True)),
-    }  # fmt: skip
+    } | ({"ensemble_members": members} if members else {})  # fmt: skip
+    model_name = checkpoint["model_config"]["name"]
+    if members:  # "ensemble: airnet + airnet + airnet"
+        model_name = "ensemble: " + " + ".join([model_name] + [m["model"] for m in members])
     write_json_atomic(
         submission_path.parent / f"{run}.json",
         {
             "run_id": run, "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "git": manifest.git_state(), "dvc_lock_sha256": manifest.lock_sha256(),
-            "params": manifest.without_secrets(all_params), "model": checkpoint["model_config"]["name"],
-            "model_config": checkpoint["model_config"], "model_params": checkpoint.get("model_params"),
+            "params": manifest.without_secrets(all_params), "model": model_name,
+            "model_config": checkpoint["model_config"], "model_params": count_trainable_params(model),
             "checkpoint_epoch": int(checkpoint["epoch"]), "csv": csv_copy.name,
             "training": checkpoint.get("training", {"device": None, "deterministic": None}),
             "csv_md5": calculate_md5(submission_path),

@@ -24,6 +24,7 @@ from pipeline.models import build_model, model_config
 from pipeline.synthetic import write_synthetic_raw
 from pipeline.tta import predict_logits
 
+MAX_PARAMS = 5_000_000  # model.max_params
 TINY_MODEL = ModelParams(base_width=8, blocks=[1, 1, 1], dropout=0.0)
 TINY_TRAIN = TrainParams(
     device="cpu", epochs=4, batch_size=32, lr=0.05, schedule="cosine", checkpoint_every=1
@@ -148,6 +149,7 @@ def test_select_prefers_an_earlier_better_checkpoint_and_later_on_ties(
     def select_best() -> dict:
         select.run(
             SelectParams(),
+            MAX_PARAMS,
             "cpu",
             True,
             trained_project / "data/prepared",
@@ -177,7 +179,7 @@ def test_select_takes_the_ema_weights_when_they_score_higher(
     checkpoint = dict(trained, model_state=untrained, ema_state=trained["model_state"])
     save_checkpoint(tmp_path / "checkpoints/epoch_0001.pt", checkpoint)
     select.run(
-        SelectParams(), "cpu", True, trained_project / "data/prepared", tmp_path / "checkpoints",
+        SelectParams(), MAX_PARAMS, "cpu", True, trained_project / "data/prepared", tmp_path / "checkpoints",
         tmp_path / "best.pt",
     )  # fmt: skip
     chosen = json.loads(Path("metrics/select.json").read_text())
@@ -202,6 +204,7 @@ def test_predict_applies_the_tta_that_select_chose(
     prepared = trained_project / "data/prepared"
     select.run(
         SelectParams(tta_policies=["flip", "multicrop"]),
+        MAX_PARAMS,
         "cpu",
         True,
         prepared,
@@ -364,6 +367,7 @@ def test_select_without_checkpoints_says_what_to_run(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="no checkpoints"):
         select.run(
             SelectParams(),
+            MAX_PARAMS,
             "cpu",
             True,
             tmp_path,

@@ -1,0 +1,169 @@
+"""`python -m pipeline ensemble add|list|remove`: other runs' models for a seed ensemble.
+
+Members live in models/ensemble/NAME.pt, each tracked by DVC (`dvc add`: NAME.pt.dvc goes into
+git, the file into DVC's cache and, with `dvc push` or `submit`, the remote), so a commit says
+exactly which models a submission averaged and `dvc pull` brings them back. The select stage
+depends on the folder: adding or removing a member reruns select and predict (select.py says
+how members are checked, scored and kept).
+
+- `add SOURCE [--name NAME]`: SOURCE is a checkpoint file (another clone's models/best.pt, a
+  download) or a git revision or DVC experiment name, whose models/best.pt is read with
+  `dvc get` (each run of a `dvc exp run --queue -S train.seed=1,2,3` sweep, say). The member
+  keeps the weights that run's select chose, drops its EMA copy, and records where it came from
+  (`source`: the file and its md5, or the revision and its commit).
+- `list`: the members, their trainable parameters, and the ensemble's total (with this run's
+  model) against `model.max_params`.
+- `remove NAME`: `dvc remove` its .dvc file and delete the member.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+from rich.table import Table
+from torchvision.datasets.utils import calculate_md5
+
+from pipeline.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.config import ModelParams
+from pipeline.errors import PipelineError
+from pipeline.models import build_model, count_trainable_params
+from pipeline.paths import BEST_PATH, ENSEMBLE_DIR
+from pipeline.reporting import console, table_console
+from pipeline.repository import dvc, git, last_error_line
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# what a member keeps of the run's best.pt: the selected weights and what describes them
+KEPT_KEYS = ("model_state", "model_config", "epoch", "val_accuracy", "model_params",
+             "normalization", "class_names", "training", "weights", "tta")  # fmt: skip
+
+
+def resolve_revision(revision: str) -> str | None:
+    """The commit of a git revision or of a DVC experiment's name (refs/exps/…/NAME); else None."""
+    try:
+        return git("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}")
+    except PipelineError:
+        pass
+    refs = git("for-each-ref", "--format=%(objectname) %(refname)", "refs/exps")
+    for line in refs.splitlines():
+        commit, ref = line.split(" ", 1)
+        if ref.rsplit("/", 1)[-1] == revision:
+            return commit
+    return None
+
+
+def member_names(ensemble_dir: Path = ENSEMBLE_DIR) -> list[str]:
+    return sorted(path.stem for path in ensemble_dir.glob("*.pt"))
+
+
+def add(
+    source: str,
+    name: str | None,
+    ensemble_dir: Path = ENSEMBLE_DIR,
+    run_model: ModelParams | None = None,
+) -> Path:
+    """Copy SOURCE's selected model into the ensemble as NAME and `dvc add` it."""
+    if name is not None and not NAME_PATTERN.fullmatch(name):
+        raise PipelineError(
+            f"ensemble: member name {name!r} must be letters, digits, '.', '_' or '-' (not first)"
+        )
+    source_file = Path(source)
+    with tempfile.TemporaryDirectory() as scratch:
+        if source_file.is_file():
+            checkpoint_path = source_file
+            md5 = calculate_md5(source_file)
+            origin = {"file": str(source_file.resolve()), "md5": md5}
+            default_name = f"run-{md5[:8]}"
+        else:
+            commit = resolve_revision(source)
+            if commit is None:
+                raise PipelineError(
+                    f"ensemble: {source!r} is neither a checkpoint file nor a git revision or "
+                    "DVC experiment name (dvc exp show lists them)"
+                )
+            checkpoint_path = Path(scratch) / "best.pt"
+            fetched = dvc(
+                "get", ".", BEST_PATH.as_posix(), "--rev", commit, "-o", str(checkpoint_path)
+            )
+            if fetched.returncode != 0:
+                raise PipelineError(
+                    f"ensemble: could not read {BEST_PATH} at {source} ({last_error_line(fetched)})"
+                )
+            origin = {"revision": source, "commit": commit}
+            default_name = re.sub(r"[^A-Za-z0-9._-]", "-", source).lstrip("-._") or commit[:8]
+        checkpoint = load_checkpoint(checkpoint_path)
+        if checkpoint.get("ensemble"):
+            raise PipelineError(
+                f"ensemble: {source}'s model is itself an ensemble; add its single-model runs instead"
+            )
+        model = model_from_checkpoint(checkpoint_path, checkpoint)  # its weights fit its model
+    name = name or default_name
+    if not NAME_PATTERN.fullmatch(name):
+        raise PipelineError(
+            f"ensemble: member name {name!r} must be letters, digits, '.', '_' or '-' (not first)"
+        )
+    destination = ensemble_dir / f"{name}.pt"
+    if destination.exists() or Path(f"{destination}.dvc").exists():
+        raise PipelineError(
+            f"{destination}: already a member; remove it first or pick another --name"
+        )
+    member = {key: checkpoint[key] for key in KEPT_KEYS if key in checkpoint}
+    member |= {"ema_state": None, "source": origin}
+    ensemble_dir.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(destination, member)
+    added = dvc("add", "--quiet", destination.as_posix())
+    if added.returncode != 0:
+        destination.unlink(missing_ok=True)
+        raise PipelineError(f"{destination}: dvc add failed ({last_error_line(added)})")
+    console.print(
+        f"ensemble: added {destination} ({checkpoint['model_config']['name']}, "
+        f"{count_trainable_params(model):,} params, from {source}); commit {destination}.dvc "
+        f"and {ensemble_dir}/.gitignore, then dvc repro"
+    )
+    show(ensemble_dir, run_model)
+    return destination
+
+
+def remove(name: str, ensemble_dir: Path = ENSEMBLE_DIR) -> None:
+    destination = ensemble_dir / f"{name}.pt"
+    if not destination.exists() and not Path(f"{destination}.dvc").exists():
+        listed = ", ".join(member_names(ensemble_dir)) or "none"
+        raise PipelineError(f"ensemble: no member named {name!r} (members: {listed})")
+    if Path(f"{destination}.dvc").exists():
+        removed = dvc("remove", f"{destination}.dvc")
+        if removed.returncode != 0:
+            raise PipelineError(
+                f"{destination}.dvc: dvc remove failed ({last_error_line(removed)})"
+            )
+    destination.unlink(missing_ok=True)
+    console.print(f"ensemble: removed {destination}; commit the change, then dvc repro")
+
+
+def show(ensemble_dir: Path = ENSEMBLE_DIR, run_model: ModelParams | None = None) -> None:
+    """The members table and the total with this run's model (params.yaml's) against its budget."""
+    table = Table(title=f"ensemble members ({ensemble_dir})")
+    for column in ("name", "model", "params", "epoch", "weights", "tta", "source"):
+        table.add_column(column)
+    total = 0
+    for path in sorted(ensemble_dir.glob("*.pt")):
+        checkpoint = load_checkpoint(path)
+        count = count_trainable_params(model_from_checkpoint(path, checkpoint))
+        total += count
+        origin = checkpoint.get("source") or {}
+        where = origin.get("revision") or origin.get("file") or "—"
+        table.add_row(path.stem, checkpoint["model_config"]["name"], f"{count:,}",
+                      str(checkpoint["epoch"]), checkpoint.get("weights", "raw"),
+                      checkpoint.get("tta", "none"), where)  # fmt: skip
+    table_console().print(table)
+    if run_model is not None:
+        own = count_trainable_params(build_model(run_model))
+        verdict = (
+            "within the budget"
+            if own + total <= run_model.max_params
+            else "OVER the budget: select will refuse this ensemble"
+        )
+        table_console().print(
+            f"with this run's {run_model.name} ({own:,}): {own + total:,} trainable params, "
+            f"{verdict} (model.max_params {run_model.max_params:,})"
+        )
