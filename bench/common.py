@@ -140,15 +140,16 @@ def fit_to_budget(params: TrainParams, steps_per_epoch: int, steps: int) -> Trai
     )
 
 
-def train_and_score(
+def train_budgeted(
     prepared_dir: Path,
     model_params: ModelParams,
     params: TrainParams,
     budget_seconds: float | None = None,
     log=print,
-) -> dict:
-    """One training run → its figures: test accuracy under every TTA policy (raw and EMA
-    weights), training seconds (sum of the epoch loops, no validation), images/s, TTA time."""
+) -> tuple[dict[str, torch.nn.Module], tuple[torch.Tensor, torch.Tensor], dict]:
+    """One training run → its trained weights ({"raw": …, "ema": …} when it keeps an EMA), the
+    test set (on the training device), and its figures: training seconds (sum of the epoch
+    loops, no validation), images/s, epochs run."""
     setup = setup_training(model_params, params, prepared_dir)
     model, device, train_set, val_set = setup.model, setup.device, setup.train_set, setup.val_set
     normalization = (setup.info["mean"], setup.info["std"])
@@ -174,42 +175,77 @@ def train_and_score(
     started = time.perf_counter()
     ema_model = fit(model, params, train_set, val_set, normalization, on_epoch)
     wall_seconds = time.perf_counter() - started
-    mixed = params.mixed_precision
-    scored = {"raw": model} | ({"ema": ema_model} if ema_model is not None else {})
+    trained = {"raw": model} | ({"ema": ema_model} if ema_model is not None else {})
+    return (
+        trained,
+        val_set,
+        run_facts(device)
+        | {
+            "model": model_params.name,
+            "model_config": dataclasses.asdict(model_params),
+            "residual": is_residual(model_params),
+            "model_params": count_trainable_params(model),
+            "train_images": int(train_set[1].shape[0]),
+            "test_images": int(val_set[1].shape[0]),
+            "planned_epochs": planned_epochs,
+            "epochs": params.epochs,
+            "epochs_run": round(total_steps(epoch_steps, params) / epoch_steps, 2),
+            "budget_seconds": budget_seconds,
+            "calibrated_seconds_per_step": step_seconds,
+            "training_seconds": sum(e.seconds for e in epochs),
+            "wall_seconds_with_validation": wall_seconds,
+            "median_epoch_seconds": statistics.median(e.seconds for e in epochs),
+            "train_images_per_second": statistics.median(e.images_per_second for e in epochs),
+            "train_params": dataclasses.asdict(params),
+            "per_epoch": [dataclasses.asdict(e) for e in epochs],
+        },
+    )
+
+
+def logits_per_policy(
+    model: torch.nn.Module,
+    test_set: tuple[torch.Tensor, torch.Tensor],
+    params: TrainParams,
+    policies: tuple[str, ...] = TTA_POLICIES,
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """The model's test-set logits under each TTA policy, and the seconds each pass took."""
+    logits, seconds = {}, {}
+    for policy in policies:
+        if test_set[0].device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        logits[policy] = predict_logits(
+            model, test_set[0], policy, params.eval_batch_size, params.mixed_precision
+        )
+        logits[policy].argmax(1).cpu()  # waits for the device
+        seconds[policy] = time.perf_counter() - started
+    return logits, seconds
+
+
+def accuracy_of(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(1) == labels).float().mean().item()
+
+
+def train_and_score(
+    prepared_dir: Path,
+    model_params: ModelParams,
+    params: TrainParams,
+    budget_seconds: float | None = None,
+    log=print,
+) -> dict:
+    """One training run → its figures (`train_budgeted`'s) plus test accuracy under every TTA
+    policy (raw and EMA weights) and the time of each policy's pass (raw weights)."""
+    trained, test_set, figures = train_budgeted(
+        prepared_dir, model_params, params, budget_seconds, log
+    )
     accuracy, tta_seconds = {}, {}
-    for weights, net in scored.items():
-        for policy in TTA_POLICIES:  # one timed pass per policy gives both figures
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            tta_started = time.perf_counter()
-            logits = predict_logits(net, val_set[0], policy, params.eval_batch_size, mixed)
-            predictions = logits.argmax(1).cpu()
-            if weights == "raw":
-                tta_seconds[policy] = time.perf_counter() - tta_started
-            accuracy[f"{weights}_{policy}"] = (
-                (predictions == val_set[1].cpu()).float().mean().item()
-            )
-    return run_facts(device) | {
-        "model": model_params.name,
-        "model_config": dataclasses.asdict(model_params),
-        "residual": is_residual(model_params),
-        "model_params": count_trainable_params(model),
-        "train_images": int(train_set[1].shape[0]),
-        "test_images": int(val_set[1].shape[0]),
-        "planned_epochs": planned_epochs,
-        "epochs": params.epochs,
-        "epochs_run": round(total_steps(epoch_steps, params) / epoch_steps, 2),
-        "budget_seconds": budget_seconds,
-        "calibrated_seconds_per_step": step_seconds,
-        "training_seconds": sum(e.seconds for e in epochs),
-        "wall_seconds_with_validation": wall_seconds,
-        "median_epoch_seconds": statistics.median(e.seconds for e in epochs),
-        "train_images_per_second": statistics.median(e.images_per_second for e in epochs),
-        "test_accuracy": accuracy,
-        "tta_seconds": tta_seconds,
-        "train_params": dataclasses.asdict(params),
-        "per_epoch": [dataclasses.asdict(e) for e in epochs],
-    }
+    for weights, net in trained.items():
+        logits, seconds = logits_per_policy(net, test_set, params)
+        for policy, policy_logits in logits.items():
+            accuracy[f"{weights}_{policy}"] = accuracy_of(policy_logits, test_set[1])
+        if weights == "raw":
+            tta_seconds = seconds
+    return figures | {"test_accuracy": accuracy, "tta_seconds": tta_seconds}
 
 
 def markdown_table(rows: list[tuple[str, str]]) -> str:

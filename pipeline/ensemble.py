@@ -126,6 +126,8 @@ def add(
 
 
 def remove(name: str, ensemble_dir: Path = ENSEMBLE_DIR) -> None:
+    if not NAME_PATTERN.fullmatch(name):  # never a path: "../best" would delete models/best.pt
+        raise PipelineError(f"ensemble: {name!r} is not a member name (ensemble list shows them)")
     destination = ensemble_dir / f"{name}.pt"
     if not destination.exists() and not Path(f"{destination}.dvc").exists():
         listed = ", ".join(member_names(ensemble_dir)) or "none"

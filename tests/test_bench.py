@@ -66,6 +66,28 @@ def test_cpu_throughput_dry_run_measures_every_model(tmp_path: Path) -> None:
     assert "| model | trainable params |" in text
 
 
+@pytest.mark.slow
+def test_ensemble_dry_run_scores_the_members_and_their_averages(tmp_path: Path) -> None:
+    data, text = _bench(tmp_path, "ensemble.py", "--members", "3")
+    assert [member["seed"] for member in data["members"]] == [0, 1, 2]
+    assert [ensemble["size"] for ensemble in data["ensembles"]] == [2, 3]
+    single = data["members"][0]["model_params"]
+    assert data["ensembles"][-1]["model_params"] == 3 * single
+    for entry in data["members"] + data["ensembles"]:
+        assert set(entry["accuracy"]) == {"none", "flip", "flip_translate"}
+    assert "### Seed ensemble: `cpu` × 3" in text and "over its best member" in text
+
+
+def test_ensemble_benchmark_refuses_an_ensemble_over_budget_before_training(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench/ensemble.py"), str(tmp_path / "never-read.tar.gz"), "--profile", "default", "--members", "2"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and "ensemble over budget" in result.stderr
+    assert "seed 0 4,836,736 + seed 1 4,836,736 = 9,673,472" in result.stderr
+    assert "member seed 0" not in result.stdout
+
+
 def test_gpu_benchmark_refuses_to_run_without_cuda_unless_dry(tmp_path: Path) -> None:
     import torch
 

@@ -286,6 +286,8 @@ def test_ensemble_add_takes_a_checkpoint_file_and_refuses_what_cannot_be_a_membe
     run_select(seeds, SelectParams(tta_policies=["none"], ensemble="always"))  # an ensemble
     assert main(["ensemble", "add", "models/best.pt", "--name", "nested"]) == 1
     assert "is itself an ensemble" in capsys.readouterr().err
+    assert main(["ensemble", "remove", "../best"]) == 1  # a name, never a path
+    assert "not a member name" in capsys.readouterr().err and Path("models/best.pt").exists()
     assert main(["ensemble", "remove", f"run-{md5[:8]}"]) == 0
     assert member_files(workspace) == []
 
