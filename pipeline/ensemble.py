@@ -32,6 +32,7 @@ from pipeline.models import build_model, count_trainable_params
 from pipeline.paths import BEST_PATH, ENSEMBLE_DIR
 from pipeline.reporting import console, table_console
 from pipeline.repository import dvc, git, last_error_line
+from pipeline.select import load_members
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # what a member keeps of the run's best.pt: the selected weights and what describes them
@@ -147,16 +148,15 @@ def show(ensemble_dir: Path = ENSEMBLE_DIR, run_model: ModelParams | None = None
     table = Table(title=f"ensemble members ({ensemble_dir})")
     for column in ("name", "model", "params", "epoch", "weights", "tta", "source"):
         table.add_column(column)
-    total = 0
-    for path in sorted(ensemble_dir.glob("*.pt")):
-        checkpoint = load_checkpoint(path)
-        count = count_trainable_params(model_from_checkpoint(path, checkpoint))
-        total += count
-        origin = checkpoint.get("source") or {}
+    members = load_members(ensemble_dir)
+    for member in members:
+        origin = member.checkpoint.get("source") or {}
         where = origin.get("revision") or origin.get("file") or "—"
-        table.add_row(path.stem, checkpoint["model_config"]["name"], f"{count:,}",
-                      str(checkpoint["epoch"]), checkpoint.get("weights", "raw"),
-                      checkpoint.get("tta", "none"), where)  # fmt: skip
+        table.add_row(member.path.stem, member.checkpoint["model_config"]["name"],
+                      f"{member.params:,}", str(member.checkpoint["epoch"]),
+                      member.checkpoint.get("weights", "raw"), member.checkpoint.get("tta", "none"),
+                      where)  # fmt: skip
+    total = sum(member.params for member in members)
     table_console().print(table)
     if run_model is not None:
         own = count_trainable_params(build_model(run_model))

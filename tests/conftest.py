@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import SyntheticParams
+from pipeline import prepare
+from pipeline.config import PrepareParams, SyntheticParams
 from pipeline.formats import (
     CIFAR10_CLASS_NAMES,
     CIFAR_FOLDER,
@@ -139,3 +140,12 @@ def fake_kaggle(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     with FakeKaggle(FAKE_KAGGLE_USERNAME, FAKE_KAGGLE_KEY) as server:
         monkeypatch.setitem(kaggle_env._env_to_endpoint, kaggle_env.KaggleEnv.LOCAL, server.url)
         yield server
+
+
+def prepare_synthetic(root: Path) -> Path:
+    """SMALL_SYNTHETIC raw data under root/data/raw, prepared into root/data/prepared (returned)."""
+    write_synthetic_raw(root / "data/raw", SMALL_SYNTHETIC)
+    prepare.run(
+        PrepareParams(), root / "data/raw", root / "data/prepared", root / "metrics/data.json"
+    )
+    return root / "data/prepared"

@@ -49,12 +49,15 @@ def tool_env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
-def sh(folder: Path, *command: str) -> subprocess.CompletedProcess:
+def run_tool(folder: Path, *command: str) -> subprocess.CompletedProcess:
+    """`command` in `folder` with this interpreter's tools first on PATH; its output captured."""
     env = tool_env()
     env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        command, cwd=folder, env=env, capture_output=True, text=True, timeout=900
-    )
+    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
+
+
+def sh(folder: Path, *command: str) -> subprocess.CompletedProcess:
+    result = run_tool(folder, *command)
     assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
     return result
 

@@ -13,18 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import SMALL_SYNTHETIC
-from projects import TINY_PARAMS, commit_all, new_project, override, sh, tool_env
+from conftest import prepare_synthetic
+from projects import TINY_PARAMS, commit_all, new_project, override, run_tool, sh
 
-from pipeline import predict, prepare, select, train
+from pipeline import predict, select, train
 from pipeline.__main__ import main
 from pipeline.augment import to_device_tensor
 from pipeline.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
-from pipeline.config import ModelParams, PredictParams, PrepareParams, SelectParams, TrainParams
+from pipeline.config import ModelParams, PredictParams, SelectParams, TrainParams
 from pipeline.datasets import load_split
 from pipeline.errors import PipelineError
 from pipeline.models import Ensemble
-from pipeline.synthetic import write_synthetic_raw
 
 TINY_MODEL = ModelParams(base_width=8, blocks=[1, 1, 1], dropout=0.0)
 TINY_MODEL_PARAMS = 19_954  # trainable parameters of TINY_MODEL
@@ -38,10 +37,7 @@ BUDGET = 5_000_000
 def seeds(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Prepared synthetic data and three tiny runs (seeds 0, 1, 2): runs/seed_N/epoch_0004.pt."""
     root = tmp_path_factory.mktemp("seeds")
-    write_synthetic_raw(root / "data/raw", SMALL_SYNTHETIC)
-    prepare.run(
-        PrepareParams(), root / "data/raw", root / "data/prepared", root / "metrics/data.json"
-    )
+    prepare_synthetic(root)
     previous = Path.cwd()
     os.chdir(root)  # train keeps its resume state under the working folder
     try:
@@ -204,10 +200,7 @@ def test_predict_refuses_an_ensemble_checkpoint_over_its_budget(
 
 
 def pipeline_cli(project: Path, *args: str) -> subprocess.CompletedProcess:
-    env = tool_env()
-    env.pop("PYTHONPATH", None)
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=project, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    return run_tool(project, sys.executable, "-m", "pipeline", *args)
 
 
 @pytest.mark.slow

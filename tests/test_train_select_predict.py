@@ -11,17 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_SYNTHETIC
+from conftest import SMALL_SYNTHETIC, prepare_synthetic
 
-from pipeline import predict, prepare, select, train
+from pipeline import predict, select, train
 from pipeline.augment import to_device_tensor
 from pipeline.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
-from pipeline.config import ModelParams, PredictParams, PrepareParams, SelectParams, TrainParams
+from pipeline.config import ModelParams, PredictParams, SelectParams, TrainParams
 from pipeline.datasets import load_split
 from pipeline.errors import PipelineError
 from pipeline.formats import CIFAR10_CLASS_NAMES
 from pipeline.models import build_model, model_config
-from pipeline.synthetic import write_synthetic_raw
 from pipeline.tta import predict_logits
 
 MAX_PARAMS = 5_000_000  # model.max_params
@@ -35,10 +34,7 @@ TINY_TRAIN = TrainParams(
 def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project folder after fetch (synthetic), prepare and train with a tiny model."""
     root = tmp_path_factory.mktemp("project")
-    write_synthetic_raw(root / "data/raw", SMALL_SYNTHETIC)
-    prepare.run(
-        PrepareParams(), root / "data/raw", root / "data/prepared", root / "metrics/data.json"
-    )
+    prepare_synthetic(root)
     train.run(
         TINY_MODEL,
         TINY_TRAIN,
