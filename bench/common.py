@@ -23,8 +23,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import fetch, prepare  # noqa: E402
-from pipeline.augment import augment_batch, augment_state  # noqa: E402
 from pipeline.config import (  # noqa: E402
     DataParams,
     ModelParams,
@@ -32,9 +30,15 @@ from pipeline.config import (  # noqa: E402
     SyntheticParams,
     TrainParams,
 )
-from pipeline.formats import write_custom_test  # noqa: E402
-from pipeline.models import count_trainable_params, is_residual  # noqa: E402
-from pipeline.train import (  # noqa: E402
+from pipeline.data.formats import write_custom_test  # noqa: E402
+from pipeline.engine.augment import augment_batch, augment_state  # noqa: E402
+from pipeline.engine.models import count_trainable_params, is_residual  # noqa: E402
+from pipeline.engine.tta import TTA_POLICIES, predict_logits  # noqa: E402
+from pipeline.stages import (
+    fetch,  # noqa: E402
+    prepare,  # noqa: E402
+)
+from pipeline.stages.train import (  # noqa: E402
     EpochStats,
     compiled,
     fit,
@@ -44,7 +48,6 @@ from pipeline.train import (  # noqa: E402
     steps_per_epoch,
     total_steps,
 )
-from pipeline.tta import TTA_POLICIES, predict_logits  # noqa: E402
 
 UNTIMED_STEPS = 3  # compile, autotuning, allocator warm-up
 TIMED_STEPS = 5  # optimizer steps timed to fit a run to a time budget (their median counts)
@@ -256,8 +259,8 @@ def profile_params(name: str, overrides: list[str]) -> tuple[ModelParams, TrainP
     """A profile's model and train params with `section.key=value` overrides (YAML values)."""
     import yaml
 
+    from pipeline.commands.profile import PROFILES_DIR, load_profile
     from pipeline.config import params_from_dict
-    from pipeline.profiles import PROFILES_DIR, load_profile
 
     values = yaml.safe_load((PROFILES_DIR / f"{name}.yaml").read_text())
     load_profile(name)  # validates it, with the profile's file named in any error

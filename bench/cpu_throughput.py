@@ -34,9 +34,9 @@ from common import (  # noqa: E402
     tiny,
 )
 
-from pipeline.models import count_trainable_params  # noqa: E402
-from pipeline.train import setup_training  # noqa: E402
-from pipeline.tta import predict_logits  # noqa: E402
+from pipeline.engine.models import count_trainable_params  # noqa: E402
+from pipeline.engine.tta import predict_logits  # noqa: E402
+from pipeline.stages.train import setup_training  # noqa: E402
 
 console = Console()
 MODELS = {  # label: (profile, overrides)

@@ -37,8 +37,8 @@ from common import (  # noqa: E402
     train_budgeted,
 )
 
+from pipeline.engine.models import build_model, check_ensemble_budget, count_trainable_params  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
-from pipeline.models import build_model, check_ensemble_budget, count_trainable_params  # noqa: E402
 
 console = Console()
 POLICIES = ("none", "flip", "flip_translate")  # multicrop's 10 views cost too much CPU time here

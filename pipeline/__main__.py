@@ -32,26 +32,26 @@ STAGE_PARAMS = {
 def run_stage(stage: str, params: Params, params_path: Path = DEFAULT_PARAMS_PATH) -> None:
     # Each stage's module is imported only when it runs: fetch and prepare never load dvclive.
     if stage == "fetch":
-        from pipeline import fetch
+        from pipeline.stages import fetch
 
         fetch.run(params.data)
     elif stage == "prepare":
-        from pipeline import prepare
+        from pipeline.stages import prepare
 
         prepare.run(params.prepare)
     elif stage == "train":
-        from pipeline import train
+        from pipeline.stages import train
 
         train.run(params.model, params.train, params_path=params_path)
     elif stage == "select":
-        from pipeline import select
+        from pipeline.stages import select
 
         select.run(
             params.select, params.model.max_params, params.train.device,
             params.train.mixed_precision,
         )  # fmt: skip
     elif stage == "predict":
-        from pipeline import predict
+        from pipeline.stages import predict
 
         predict.run(
             params.predict, params.train.device, params.train.mixed_precision,
@@ -134,25 +134,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_command(args: argparse.Namespace) -> int:
     if args.command == "profile":
-        from pipeline.profiles import apply_profile
+        from pipeline.commands.profile import apply_profile
 
         apply_profile(args.profile, args.params)
         print(f"{args.params}: model and train sections now hold profile {args.profile!r}")
     elif args.command == "submit":
-        from pipeline import submit
+        from pipeline.commands import submit
 
         competition = load_params(args.params).data.competition
         submit.run(competition, args.message, force=args.force, push=args.push)
     elif args.command == "scores":
-        from pipeline import scores
+        from pipeline.commands import scores
 
         scores.run(load_params(args.params).data.competition)
     elif args.command == "experiments":
-        from pipeline import experiments
+        from pipeline.commands import experiments
 
         experiments.run(apply=args.apply)
     elif args.command == "ensemble":
-        from pipeline import ensemble
+        from pipeline.commands import ensemble
 
         if args.action == "add":
             ensemble.add(args.source, args.name, run_model=load_params(args.params).model)
@@ -161,7 +161,7 @@ def run_command(args: argparse.Namespace) -> int:
         else:
             ensemble.remove(args.name)
     elif args.command == "reproduce":
-        from pipeline import reproduce
+        from pipeline.commands import reproduce
 
         return 0 if reproduce.run(args.run, args.into) else 1
     else:

@@ -7,6 +7,7 @@ half-written file where the next stage (or DVC) would take it for a finished one
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -91,3 +92,15 @@ def atomic_directory(final_dir: Path) -> Iterator[Path]:
         _sync(final_dir.parent)
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+MD5_CHUNK_BYTES = 1 << 20
+
+
+def file_md5(path: Path) -> str:
+    """The hex md5 of a file's bytes (what DVC and the manifests record), read 1 MiB at a time."""
+    digest = hashlib.md5()
+    with Path(path).open("rb") as handle:
+        while chunk := handle.read(MD5_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -49,14 +49,3 @@ def training_progress() -> Progress:
         TimeRemainingColumn(),
         console=console,
     )
-
-
-def evaluation_progress(description: str) -> Progress:
-    return Progress(
-        TextColumn(f"[bold]{description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )

@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import prepare
+from pipeline.classes import CIFAR10_CLASS_NAMES
 from pipeline.config import PrepareParams, SyntheticParams
-from pipeline.formats import (
-    CIFAR10_CLASS_NAMES,
+from pipeline.data.formats import (
     CIFAR_FOLDER,
     META_NAME,
     TRAIN_BATCH_NAMES,
@@ -22,7 +21,8 @@ from pipeline.formats import (
     images_to_planes,
     write_custom_test,
 )
-from pipeline.synthetic import write_synthetic_raw
+from pipeline.data.synthetic import write_synthetic_raw
+from pipeline.stages import prepare
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMALL_SYNTHETIC = SyntheticParams(train_images=200, val_images=50, custom_test_images=40, seed=3)
@@ -124,7 +124,7 @@ def fake_kaggle(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     from fake_kaggle import FakeKaggle
     from kagglesdk import kaggle_env
 
-    from pipeline import kaggle_client
+    from pipeline.integrations import kaggle_client
 
     home = tmp_path / "home"
     (home / ".kaggle").mkdir(parents=True)

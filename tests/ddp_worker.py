@@ -15,12 +15,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline import train as train_module
-from pipeline.augment import to_device_set
 from pipeline.config import ModelParams, TrainParams
-from pipeline.models import build_model
-from pipeline.synthetic import make_images
-from pipeline.train import fit
+from pipeline.data.synthetic import make_images
+from pipeline.engine.models import build_model
+from pipeline.engine.normalise import to_device_set
+from pipeline.stages import train as train_module
+from pipeline.stages.train import fit
 
 MEAN, STD = [0.45, 0.45, 0.45], [0.25, 0.25, 0.25]
 # no randomness in augmentation or dropout (ranks draw their own), no BatchNorm (per-rank statistics on CPU,

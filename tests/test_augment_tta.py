@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.augment import (
+from pipeline.config import TrainParams
+from pipeline.engine.augment import (
     alternating_flip_mask,
     augment_batch,
     augment_state,
@@ -14,10 +15,9 @@ from pipeline.augment import (
     mix_batch,
     random_crop,
     random_flip,
-    to_device_tensor,
 )
-from pipeline.config import TrainParams
-from pipeline.tta import evaluate, predict_logits, translate, tta_views
+from pipeline.engine.normalise import to_device_tensor
+from pipeline.engine.tta import evaluate, predict_logits, translate, tta_views
 
 
 def _batch(count: int = 16) -> torch.Tensor:

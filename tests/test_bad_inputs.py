@@ -24,9 +24,9 @@ import torch
 from conftest import SMALL_SYNTHETIC, python2_style_pickle
 
 from pipeline.__main__ import main
-from pipeline.checkpoints import load_checkpoint, save_checkpoint
-from pipeline.formats import CIFAR_FOLDER, CUSTOM_TEST_NAMES
-from pipeline.synthetic import write_synthetic_raw
+from pipeline.data.formats import CIFAR_FOLDER, CUSTOM_TEST_NAMES
+from pipeline.data.synthetic import write_synthetic_raw
+from pipeline.records.checkpoint import load_checkpoint, save_checkpoint
 
 RAW = Path("data/raw")
 BATCH = RAW / CIFAR_FOLDER / "data_batch_1"
@@ -96,7 +96,7 @@ def _tar_symlink(project: Path) -> None:
 
 def _checkpoint(project: Path, state_from: str) -> None:
     from pipeline.config import ModelParams
-    from pipeline.models import build_model, model_config
+    from pipeline.engine.models import build_model, model_config
 
     seed = ModelParams(base_width=8, blocks=[1, 1, 1])
     other = ModelParams(name="airnet", widths=[8, 16, 16])
@@ -234,7 +234,7 @@ def test_an_unexpected_error_keeps_its_traceback(tmp_path: Path, monkeypatch) ->
     def broken(*args: object) -> None:
         raise ZeroDivisionError("a bug")
 
-    from pipeline import fetch
+    from pipeline.stages import fetch
 
     monkeypatch.setattr(fetch, "run", broken)
     with pytest.raises(ZeroDivisionError):

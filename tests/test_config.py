@@ -25,7 +25,7 @@ def test_repository_params_load_and_hold_the_default_profile() -> None:
 
 
 def test_the_seed_profile_holds_the_seed_recipe() -> None:
-    from pipeline.profiles import load_profile
+    from pipeline.commands.profile import load_profile
 
     train = load_profile("seed").train
     assert (train.lr, train.momentum, train.weight_decay, train.batch_size, train.epochs) == (

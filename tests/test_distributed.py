@@ -20,9 +20,9 @@ from ddp_worker import tiny_model, train_tiny
 from projects import TINY_PARAMS, new_project, sh, tool_env
 
 from pipeline.__main__ import main
-from pipeline.distributed import World
-from pipeline.submission_csv import validate_submission
-from pipeline.synthetic import write_synthetic_raw
+from pipeline.data.synthetic import write_synthetic_raw
+from pipeline.engine.distributed import World
+from pipeline.records.submission_csv import validate_submission
 
 pytestmark = pytest.mark.slow
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 
 import pytest
 import yaml
@@ -11,27 +12,42 @@ from conftest import REPO_ROOT
 from pipeline.__main__ import STAGE_PARAMS, STAGES
 
 
-def _pipeline_imports(module: str) -> set[str]:
-    tree = ast.parse((REPO_ROOT / "pipeline" / f"{module}.py").read_text())
+def _module_file(dotted: str) -> Path | None:
+    """pipeline.a.b → pipeline/a/b.py (or its package's __init__.py); None if neither exists."""
+    base = REPO_ROOT.joinpath(*dotted.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _pipeline_imports(path: Path) -> set[Path]:
     found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module == "pipeline":
-            found |= {alias.name for alias in node.names}
-        elif (
-            isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline.")
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.split(".")[0] == "pipeline"
         ):
-            found.add(node.module.split(".")[1])
+            for alias in node.names:  # `from pipeline.records import manifest` imports a module
+                found.add(_module_file(f"{node.module}.{alias.name}") or _module_file(node.module))
+        elif isinstance(node, ast.Import):
+            found |= {_module_file(a.name) for a in node.names if a.name.startswith("pipeline.")}
     return found
 
 
-def _closure(module: str) -> set[str]:
-    seen, todo = set(), [module]
+def _closure(path: Path) -> set[str]:
+    """Every pipeline file that running `path` imports, directly or not, as dvc.yaml names it.
+
+    Packages' __init__.py files are left out: they hold a docstring only (checked below).
+    """
+    seen, todo = set(), [path]
     while todo:
         current = todo.pop()
         if current not in seen:
             seen.add(current)
             todo.extend(_pipeline_imports(current))
-    return seen
+    return {p.relative_to(REPO_ROOT).as_posix() for p in seen if p.name != "__init__.py"}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +59,7 @@ def stages() -> dict:
 def test_stage_lists_every_module_it_runs(stages: dict, stage: str) -> None:
     # Everything the stage's module imports, directly or not, and the dispatcher that runs it
     # (it decides which params reach the stage).
-    needed = {f"pipeline/{module}.py" for module in _closure(stage)} | {"pipeline/__main__.py"}
+    needed = _closure(REPO_ROOT / f"pipeline/stages/{stage}.py") | {"pipeline/__main__.py"}
     deps = {d for d in stages[stage]["deps"] if d.startswith("pipeline/")}
     assert needed - deps == set(), f"{stage} runs modules dvc.yaml does not list"
     assert deps - needed == set(), f"{stage} lists modules it does not run"
@@ -53,3 +69,12 @@ def test_stage_lists_every_module_it_runs(stages: dict, stage: str) -> None:
 def test_stage_declares_exactly_the_params_it_reads(stages: dict, stage: str) -> None:
     assert stages[stage]["params"] == STAGE_PARAMS[stage]
     assert stages[stage]["cmd"] == f"python -m pipeline {stage}"
+
+
+def test_package_init_files_hold_only_a_docstring() -> None:
+    # the import closure above leaves them out, so they must never run code of their own
+    for init in sorted((REPO_ROOT / "pipeline").rglob("__init__.py")):
+        body = ast.parse(init.read_text()).body
+        assert all(
+            isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) for node in body
+        ), f"{init} runs code"

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from projects import TINY_PARAMS, commit_all, new_project, override, sh
 
-from pipeline.submission_csv import validate_submission
+from pipeline.records.submission_csv import validate_submission
 
 
 @pytest.mark.slow

@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline import train as train_module
-from pipeline.augment import to_device_set
+from pipeline.commands.profile import load_profile
 from pipeline.config import ModelParams, TrainParams
-from pipeline.models import AirNet, build_model, count_trainable_params, is_residual
-from pipeline.profiles import load_profile
-from pipeline.synthetic import make_images
-from pipeline.train import EpochStats, fit, make_optimizer, uses_compile
+from pipeline.data.synthetic import make_images
+from pipeline.engine.models import AirNet, build_model, count_trainable_params, is_residual
+from pipeline.engine.normalise import to_device_set
+from pipeline.stages import train as train_module
+from pipeline.stages.train import EpochStats, fit, make_optimizer, uses_compile
 
 MEAN, STD = [0.45, 0.45, 0.45], [0.25, 0.25, 0.25]
 SMALL_MODELS = {

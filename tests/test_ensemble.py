@@ -16,14 +16,14 @@ import yaml
 from conftest import prepare_synthetic
 from projects import TINY_PARAMS, commit_all, new_project, override, run_tool, sh
 
-from pipeline import predict, select, train
 from pipeline.__main__ import main
-from pipeline.augment import to_device_tensor
-from pipeline.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.config import ModelParams, PredictParams, SelectParams, TrainParams
-from pipeline.datasets import load_split
+from pipeline.data.prepared import load_split
+from pipeline.engine.models import Ensemble
+from pipeline.engine.normalise import to_device_tensor
 from pipeline.errors import PipelineError
-from pipeline.models import Ensemble
+from pipeline.records.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.stages import predict, select, train
 
 TINY_MODEL = ModelParams(base_width=8, blocks=[1, 1, 1], dropout=0.0)
 TINY_MODEL_PARAMS = 19_954  # trainable parameters of TINY_MODEL

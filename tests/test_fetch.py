@@ -19,10 +19,11 @@ import pytest
 import requests
 from conftest import SMALL_SYNTHETIC, write_small_custom_test
 
-from pipeline import fetch, kaggle_client
 from pipeline.config import DataParams
+from pipeline.data.formats import CIFAR_FILES, CIFAR_FOLDER
 from pipeline.errors import PipelineError
-from pipeline.formats import CIFAR_FILES, CIFAR_FOLDER
+from pipeline.integrations import kaggle_client
+from pipeline.stages import fetch
 
 
 @pytest.fixture(autouse=True)

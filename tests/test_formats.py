@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from conftest import python2_style_pickle, write_python2_style_batch, write_small_custom_test
 
-from pipeline.errors import PipelineError
-from pipeline.formats import (
+from pipeline.data.formats import (
     CIFAR_FOLDER,
     TRAIN_BATCH_NAMES,
     images_to_planes,
@@ -22,6 +21,7 @@ from pipeline.formats import (
     restricted_load,
     write_cifar_batch,
 )
+from pipeline.errors import PipelineError
 
 
 def test_batches_are_written_as_protocol_2_with_byte_string_keys(synthetic_raw: Path) -> None:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from pipeline.config import ModelParams
+from pipeline.engine.models import build_model, count_trainable_params
 from pipeline.errors import PipelineError
-from pipeline.models import build_model, count_trainable_params
 
 
 def test_seed_resnet_has_exactly_the_seed_teams_parameter_count() -> None:

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from conftest import SMALL_SYNTHETIC, python2_style_pickle, write_small_custom_test
 
-from pipeline import prepare
 from pipeline.config import PrepareParams
-from pipeline.datasets import load_dataset_info, load_split
+from pipeline.data.formats import CIFAR_FOLDER
+from pipeline.data.prepared import load_dataset_info, load_split
 from pipeline.errors import PipelineError
-from pipeline.formats import CIFAR_FOLDER
+from pipeline.stages import prepare
 
 
 def _run(raw_dir: Path, tmp_path: Path, **params: object) -> dict:

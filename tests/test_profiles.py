@@ -11,9 +11,9 @@ import pytest
 import yaml
 from conftest import REPO_ROOT
 
+from pipeline.commands.profile import apply_profile, load_profile, profile_names, split_sections
 from pipeline.config import load_params
 from pipeline.errors import PipelineError
-from pipeline.profiles import apply_profile, load_profile, profile_names, split_sections
 
 
 def _cli(folder: Path, *args: str) -> subprocess.CompletedProcess:

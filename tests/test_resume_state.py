@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import resume
-from pipeline.checkpoints import save_checkpoint
 from pipeline.config import ModelParams, TrainParams
-from pipeline.models import build_model
-from pipeline.resume import StateMismatch
-from pipeline.train import fit
+from pipeline.engine.models import build_model
+from pipeline.records import resume
+from pipeline.records.checkpoint import save_checkpoint
+from pipeline.records.resume import StateMismatch
+from pipeline.stages.train import fit
 
 
 def _checkpoints(folder: Path, *epochs: int) -> list[Path]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.submission_csv import validate_submission, write_submission
+from pipeline.records.submission_csv import validate_submission, write_submission
 
 IDS = np.arange(5)
 

@@ -15,11 +15,11 @@ from conftest import FAKE_KAGGLE_KEY
 from projects import TINY_PARAMS, commit_all, new_project, sh
 from torchvision.datasets.utils import calculate_md5
 
-from pipeline import kaggle_client
 from pipeline.__main__ import main
+from pipeline.commands.scores import score_rows
 from pipeline.errors import PipelineError
-from pipeline.history import FIELDS, find_rows, read_history
-from pipeline.scores import score_rows
+from pipeline.integrations import kaggle_client
+from pipeline.records.history import FIELDS, find_rows, read_history
 
 pytestmark = pytest.mark.slow
 TWO_EPOCHS = TINY_PARAMS | {"train": {**TINY_PARAMS["train"], "epochs": 2}}

@@ -13,15 +13,15 @@ import pytest
 import torch
 from conftest import SMALL_SYNTHETIC, prepare_synthetic
 
-from pipeline import predict, select, train
-from pipeline.augment import to_device_tensor
-from pipeline.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.classes import CIFAR10_CLASS_NAMES
 from pipeline.config import ModelParams, PredictParams, SelectParams, TrainParams
-from pipeline.datasets import load_split
+from pipeline.data.prepared import load_split
+from pipeline.engine.models import build_model, model_config
+from pipeline.engine.normalise import to_device_tensor
+from pipeline.engine.tta import predict_logits
 from pipeline.errors import PipelineError
-from pipeline.formats import CIFAR10_CLASS_NAMES
-from pipeline.models import build_model, model_config
-from pipeline.tta import predict_logits
+from pipeline.records.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.stages import predict, select, train
 
 MAX_PARAMS = 5_000_000  # model.max_params
 TINY_MODEL = ModelParams(base_width=8, blocks=[1, 1, 1], dropout=0.0)

@@ -15,9 +15,9 @@ import json
 from rich.table import Table
 
 from pipeline.errors import PipelineError
+from pipeline.integrations.repository import dvc, last_error_line
 from pipeline.paths import SELECT_METRICS_PATH
 from pipeline.reporting import console, table_console
-from pipeline.repository import dvc, last_error_line
 
 MISSING = "—"
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.errors import PipelineError
+from pipeline.files import file_md5
 
 
 def git(*args: str, cwd: Path = Path("."), strip: bool = True) -> str:
@@ -102,13 +103,11 @@ NO_REMOTE_HELP = (
 
 def stage_code_md5s(stage: str, dvc_yaml: Path = Path("dvc.yaml")) -> dict[str, str]:
     """The md5 of each Python file dvc.yaml lists among `stage`'s deps ({} without dvc.yaml)."""
-    from torchvision.datasets.utils import calculate_md5  # the integrity check fetch uses
-
     if not dvc_yaml.exists():
         return {}
     deps = yaml.safe_load(dvc_yaml.read_text())["stages"][stage].get("deps", [])
     code = sorted(dep for dep in deps if dep.endswith(".py") and Path(dep).exists())
-    return {name: calculate_md5(Path(name)) for name in code}
+    return {name: file_md5(Path(name)) for name in code}
 
 
 def lock_output_hashes(lock_text: str) -> dict[str, str]:

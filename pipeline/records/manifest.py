@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 import yaml
-from torchvision.datasets.utils import calculate_md5
 
-from pipeline.repository import changed_files, head_commit, stage_code_md5s
+from pipeline.files import file_md5
+from pipeline.integrations.repository import changed_files, head_commit, stage_code_md5s
 
 UPSTREAM_STAGES = ("fetch", "prepare", "train", "select")
 # Tracked files that a run itself rewrites: a change there is the run's output, not dirt.
@@ -48,7 +48,7 @@ def run_id(
         },
         "predict_params": predict_params,
         "predict_code": stage_code_md5s("predict", dvc_yaml),
-        "inputs": {str(path): calculate_md5(path) for path in input_files},
+        "inputs": {str(path): file_md5(path) for path in input_files},
     }
     text = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:RUN_ID_LENGTH]

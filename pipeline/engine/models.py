@@ -19,9 +19,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from pipeline.classes import NUM_CLASSES
 from pipeline.config import ModelParams
 from pipeline.errors import PipelineError
-from pipeline.formats import NUM_CLASSES
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:

@@ -12,14 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.classes import CIFAR10_CLASS_NAMES, NUM_CLASSES
 from pipeline.config import PrepareParams
-from pipeline.errors import PipelineError
-from pipeline.files import atomic_directory, write_json_atomic
-from pipeline.formats import (
-    CIFAR10_CLASS_NAMES,
+from pipeline.data.formats import (
     CIFAR_FOLDER,
     META_NAME,
-    NUM_CLASSES,
     TRAIN_BATCH_NAMES,
     VAL_BATCH_NAME,
     find_custom_test,
@@ -27,6 +24,8 @@ from pipeline.formats import (
     load_class_names,
     load_custom_test,
 )
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_directory, write_json_atomic
 from pipeline.paths import DATA_REPORT_PATH, PREPARED_DIR, RAW_DIR
 from pipeline.reporting import console
 

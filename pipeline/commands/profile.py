@@ -17,7 +17,7 @@ from pipeline.config import DEFAULT_PARAMS_PATH, Params, params_from_dict
 from pipeline.errors import PipelineError
 from pipeline.files import write_text_atomic
 
-PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
+PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
 PROFILE_SECTIONS = ("model", "train")
 _TOP_LEVEL_KEY = re.compile(r"^([A-Za-z_]\w*):")
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import TtaPolicy
-from pipeline.device import autocast
+from pipeline.engine.device import autocast
 
 TTA_POLICIES: tuple[str, ...] = typing.get_args(TtaPolicy)  # cheapest first
 MULTICROP_SHIFT = 2  # pixels, each way along both diagonals

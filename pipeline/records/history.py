@@ -16,8 +16,8 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError
 from pipeline.files import read_json, write_text_atomic
+from pipeline.integrations.repository import git
 from pipeline.paths import HISTORY_PATH, SUBMISSION_PATH
-from pipeline.repository import git
 
 FIELDS = (
     "submitted_utc", "run_id", "commit", "csv_md5", "competition", "message", "kaggle_ref",

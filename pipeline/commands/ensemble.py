@@ -23,16 +23,16 @@ import tempfile
 from pathlib import Path
 
 from rich.table import Table
-from torchvision.datasets.utils import calculate_md5
 
-from pipeline.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.config import ModelParams
+from pipeline.engine.models import build_model, count_trainable_params
 from pipeline.errors import PipelineError
-from pipeline.models import build_model, count_trainable_params
+from pipeline.files import file_md5
+from pipeline.integrations.repository import dvc, git, last_error_line
 from pipeline.paths import BEST_PATH, ENSEMBLE_DIR
+from pipeline.records.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.reporting import console, table_console
-from pipeline.repository import dvc, git, last_error_line
-from pipeline.select import load_members
+from pipeline.stages.select import load_members
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # what a member keeps of the run's best.pt: the selected weights and what describes them
@@ -73,7 +73,7 @@ def add(
     with tempfile.TemporaryDirectory() as scratch:
         if source_file.is_file():
             checkpoint_path = source_file
-            md5 = calculate_md5(source_file)
+            md5 = file_md5(source_file)
             origin = {"file": str(source_file.resolve()), "md5": md5}
             default_name = f"run-{md5[:8]}"
         else:

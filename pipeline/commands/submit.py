@@ -20,16 +20,11 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from torchvision.datasets.utils import calculate_md5
-
-from pipeline import kaggle_client
-from pipeline.datasets import load_split
+from pipeline.data.prepared import load_split
 from pipeline.errors import PipelineError
-from pipeline.files import read_json
-from pipeline.history import append_history, manifest_path, read_history
-from pipeline.paths import HISTORY_PATH, PREDICT_METRICS_PATH, PREPARED_DIR, SUBMISSION_PATH
-from pipeline.reporting import console
-from pipeline.repository import (
+from pipeline.files import file_md5, read_json
+from pipeline.integrations import kaggle_client
+from pipeline.integrations.repository import (
     NO_REMOTE_HELP,
     changed_files,
     default_remote,
@@ -38,7 +33,10 @@ from pipeline.repository import (
     last_error_line,
     stale_stages,
 )
-from pipeline.submission_csv import validate_submission
+from pipeline.paths import HISTORY_PATH, PREDICT_METRICS_PATH, PREPARED_DIR, SUBMISSION_PATH
+from pipeline.records.history import append_history, manifest_path, read_history
+from pipeline.records.submission_csv import validate_submission
+from pipeline.reporting import console
 
 RECORDS = ("submissions",)  # history.csv and the manifests: records of runs, not their inputs
 SHORT_COMMIT = 7
@@ -115,7 +113,7 @@ def run(
     if not csv_path.exists():
         raise PipelineError(f"{csv_path}: missing; run `dvc repro` first")
     validate_submission(csv_path, load_split(PREPARED_DIR, "custom_test")["ids"])
-    csv_md5 = calculate_md5(csv_path)
+    csv_md5 = file_md5(csv_path)
     manifest = run_of_latest_csv(csv_path, csv_md5)
     run_id = manifest["run_id"]
     commit = head_commit()

@@ -17,14 +17,9 @@ import json
 import shutil
 from pathlib import Path
 
-from torchvision.datasets.utils import calculate_md5
-
 from pipeline.errors import PipelineError
-from pipeline.files import read_json
-from pipeline.history import find_rows, load_manifest, read_history
-from pipeline.paths import HISTORY_PATH, PREDICT_METRICS_PATH, SUBMISSION_PATH
-from pipeline.reporting import console
-from pipeline.repository import (
+from pipeline.files import file_md5, read_json
+from pipeline.integrations.repository import (
     NO_REMOTE_HELP,
     default_remote,
     dvc,
@@ -32,6 +27,9 @@ from pipeline.repository import (
     last_error_line,
     lock_output_hashes,
 )
+from pipeline.paths import HISTORY_PATH, PREDICT_METRICS_PATH, SUBMISSION_PATH
+from pipeline.records.history import find_rows, load_manifest, read_history
+from pipeline.reporting import console
 
 LOCAL_DVC_CONFIG = Path(".dvc/config.local")  # git-ignored: a remote's credentials or local path
 
@@ -171,7 +169,7 @@ def differences(
             "outputs that came out different from the commit's dvc.lock: " + ", ".join(changed)
         )
     submitted_copy = SUBMISSION_PATH.parent / f"{row['run_id']}.csv"  # kept where predict ran
-    if submitted_copy.exists() and calculate_md5(submitted_copy) == row["csv_md5"]:
+    if submitted_copy.exists() and file_md5(submitted_copy) == row["csv_md5"]:
         before, after = _labels(submitted_copy), _labels(worktree / SUBMISSION_PATH)
         differing = sorted((key for key in before if before[key] != after.get(key)), key=int)
         lines.append(
@@ -246,7 +244,7 @@ def run(key: str, into: Path | None = None) -> bool:
         raise PipelineError(
             f"{reproduced}: not restored; the commit's dvc.lock has no predict output"
         )
-    reproduced_md5 = calculate_md5(reproduced)
+    reproduced_md5 = file_md5(reproduced)
     where = f"run {run_id} @ {commit[:7]} (Kaggle ref {row['kaggle_ref']}), {how}, in {worktree}"
     if reproduced_md5 == row["csv_md5"]:
         console.print(f"reproduce: identical: {SUBMISSION_PATH} md5 {reproduced_md5}; {where}")

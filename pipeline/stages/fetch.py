@@ -18,9 +18,7 @@ import zlib
 from pathlib import Path
 
 from pipeline.config import DataParams
-from pipeline.errors import PipelineError
-from pipeline.files import atomic_directory, atomic_path
-from pipeline.formats import (
+from pipeline.data.formats import (
     CIFAR_FILES,
     CIFAR_FOLDER,
     CUSTOM_TEST_NAMES,
@@ -31,10 +29,17 @@ from pipeline.formats import (
     load_class_names,
     load_custom_test,
 )
-from pipeline.kaggle_client import CREDENTIALS_HELP, call, connect, kaggle_credentials_source
+from pipeline.data.synthetic import write_synthetic_raw
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_directory, atomic_path
+from pipeline.integrations.kaggle_client import (
+    CREDENTIALS_HELP,
+    call,
+    connect,
+    kaggle_credentials_source,
+)
 from pipeline.paths import RAW_DIR
 from pipeline.reporting import console, download_progress
-from pipeline.synthetic import write_synthetic_raw
 
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # the official cifar-10-python.tar.gz
 OFFICIAL_IMAGES_PER_BATCH = 10_000

@@ -27,16 +27,15 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.datasets.utils import calculate_md5
 
-from pipeline.augment import to_device_set
-from pipeline.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.config import SelectParams
-from pipeline.datasets import load_split
-from pipeline.device import resolve_device
+from pipeline.data.prepared import load_split
+from pipeline.engine.device import resolve_device
+from pipeline.engine.models import Ensemble, check_ensemble_budget, count_trainable_params
+from pipeline.engine.normalise import to_device_set
+from pipeline.engine.tta import TTA_POLICIES, evaluate
 from pipeline.errors import PipelineError
-from pipeline.files import write_json_atomic, write_text_atomic
-from pipeline.models import Ensemble, check_ensemble_budget, count_trainable_params
+from pipeline.files import file_md5, write_json_atomic, write_text_atomic
 from pipeline.paths import (
     BEST_PATH,
     CHECKPOINT_DIR,
@@ -45,8 +44,8 @@ from pipeline.paths import (
     SELECT_CANDIDATES_PATH,
     SELECT_METRICS_PATH,
 )
+from pipeline.records.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.reporting import console
-from pipeline.tta import TTA_POLICIES, evaluate
 
 
 def choose_best(candidates: list[dict]) -> dict:
@@ -84,7 +83,7 @@ def load_members(ensemble_dir: Path) -> list[Member]:
         if checkpoint.get("ensemble"):
             raise PipelineError(f"{path}: is itself an ensemble; members must be single models")
         model = model_from_checkpoint(path, checkpoint)
-        members.append(Member(path, checkpoint, model, calculate_md5(path)))
+        members.append(Member(path, checkpoint, model, file_md5(path)))
     return members
 
 

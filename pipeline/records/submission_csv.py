@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.classes import NUM_CLASSES
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path
-from pipeline.formats import NUM_CLASSES
 
 HEADER = ["ID", "Labels"]
 

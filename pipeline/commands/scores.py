@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from pipeline import kaggle_client
 from pipeline.errors import PipelineError
-from pipeline.history import RUN_IN_MESSAGE, load_manifest, read_history
+from pipeline.integrations import kaggle_client
 from pipeline.paths import HISTORY_PATH
+from pipeline.records.history import RUN_IN_MESSAGE, load_manifest, read_history
 from pipeline.reporting import table_console
 
 COLUMNS = (

@@ -25,14 +25,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchvision.datasets.utils import calculate_md5
 
-from pipeline.checkpoints import save_checkpoint
 from pipeline.config import ModelParams, TrainParams
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, file_md5
+from pipeline.integrations.repository import stage_code_md5s
+from pipeline.records.checkpoint import save_checkpoint
 from pipeline.reporting import console
-from pipeline.repository import stage_code_md5s
 
 RESUME_ROOT = Path(".resume")
 STATE_NAME = "state.pt"
@@ -52,9 +51,7 @@ def run_key(
     identity = {
         "model": dataclasses.asdict(model_params),
         "train": dataclasses.asdict(params),
-        "data": {
-            p.name: calculate_md5(p) for p in sorted(Path(prepared_dir).glob("*")) if p.is_file()
-        },
+        "data": {p.name: file_md5(p) for p in sorted(Path(prepared_dir).glob("*")) if p.is_file()},
         "code": stage_code_md5s("train", dvc_yaml),
         # the type, not the index: every rank of a data-parallel run computes the same key
         "device": device.type

@@ -29,20 +29,22 @@ from rich.progress import Progress
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline import distributed, resume
-from pipeline.augment import augment_batch, augment_state, mix_batch, to_device_set
-from pipeline.checkpoints import save_checkpoint
+from pipeline.classes import NUM_CLASSES
 from pipeline.config import DEFAULT_PARAMS_PATH, ModelParams, TrainParams
-from pipeline.datasets import load_dataset_info, load_split
-from pipeline.device import autocast, resolve_device
-from pipeline.distributed import RANK_SEED_STRIDE, current_world
+from pipeline.data.prepared import load_dataset_info, load_split
+from pipeline.engine import distributed
+from pipeline.engine.augment import augment_batch, augment_state, mix_batch
+from pipeline.engine.device import autocast, resolve_device
+from pipeline.engine.distributed import RANK_SEED_STRIDE, current_world
+from pipeline.engine.models import build_model, count_trainable_params, model_config
+from pipeline.engine.normalise import to_device_set
+from pipeline.engine.tta import evaluate
 from pipeline.errors import PipelineError
-from pipeline.formats import NUM_CLASSES
-from pipeline.models import build_model, count_trainable_params, model_config
 from pipeline.paths import CHECKPOINT_DIR, PREPARED_DIR, TRAIN_LIVE_DIR
+from pipeline.records import resume
+from pipeline.records.checkpoint import save_checkpoint
+from pipeline.records.resume import StateMismatch, random_states, restore_random_states
 from pipeline.reporting import console, training_progress
-from pipeline.resume import StateMismatch, random_states, restore_random_states
-from pipeline.tta import evaluate
 
 ETA_PROBE_BATCHES = 3  # batches timed (after one warm-up) for the CPU time estimate
 WHITENING_IMAGES = 2000  # training images whose 2×2 patches set airnet's whitening filters

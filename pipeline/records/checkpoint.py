@@ -18,9 +18,14 @@ import torch
 from torch import nn
 
 from pipeline.config import ModelParams
+from pipeline.engine.models import (
+    Ensemble,
+    build_model,
+    check_ensemble_budget,
+    count_trainable_params,
+)
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path
-from pipeline.models import Ensemble, build_model, check_ensemble_budget, count_trainable_params
 
 REQUIRED_KEYS = ("model_state", "model_config", "epoch", "val_accuracy", "normalization")
 

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.classes import CIFAR10_CLASS_NAMES, NUM_CLASSES
 from pipeline.config import SyntheticParams
-from pipeline.formats import (
-    CIFAR10_CLASS_NAMES,
+from pipeline.data.formats import (
     CIFAR_FOLDER,
     CUSTOM_TEST_NAMES,
     META_NAME,
-    NUM_CLASSES,
     TRAIN_BATCH_NAMES,
     VAL_BATCH_NAME,
     write_cifar_batch,

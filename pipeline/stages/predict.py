@@ -19,16 +19,14 @@ import shutil
 from pathlib import Path
 
 import torch
-from torchvision.datasets.utils import calculate_md5
 
-from pipeline import manifest
-from pipeline.augment import to_device_set, to_device_tensor
-from pipeline.checkpoints import load_checkpoint, model_from_checkpoint
 from pipeline.config import PredictParams
-from pipeline.datasets import load_split
-from pipeline.device import resolve_device
-from pipeline.files import atomic_path, write_json_atomic, write_text_atomic
-from pipeline.models import count_trainable_params
+from pipeline.data.prepared import load_split
+from pipeline.engine.device import resolve_device
+from pipeline.engine.models import count_trainable_params
+from pipeline.engine.normalise import to_device_set, to_device_tensor
+from pipeline.engine.tta import evaluate, predict_logits
+from pipeline.files import atomic_path, file_md5, write_json_atomic, write_text_atomic
 from pipeline.paths import (
     BEST_PATH,
     PREDICT_METRICS_PATH,
@@ -37,9 +35,10 @@ from pipeline.paths import (
     VAL_PER_CLASS_PATH,
     VAL_PREDICTIONS_PATH,
 )
+from pipeline.records import manifest
+from pipeline.records.checkpoint import load_checkpoint, model_from_checkpoint
+from pipeline.records.submission_csv import write_submission
 from pipeline.reporting import console
-from pipeline.submission_csv import write_submission
-from pipeline.tta import evaluate, predict_logits
 
 
 def run(
@@ -124,7 +123,7 @@ def run(
             "model_config": checkpoint["model_config"], "model_params": count_trainable_params(model),
             "checkpoint_epoch": int(checkpoint["epoch"]), "csv": csv_copy.name,
             "training": checkpoint.get("training", {"device": None, "deterministic": None}),
-            "csv_md5": calculate_md5(submission_path),
+            "csv_md5": file_md5(submission_path),
         } | report | manifest.environment(device),
     )  # fmt: skip
     write_json_atomic(PREDICT_METRICS_PATH, report)

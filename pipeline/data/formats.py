@@ -19,14 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.classes import NUM_CLASSES
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path
 
-NUM_CLASSES = 10
-# Label order of CIFAR-10 and of the submission's integer labels.
-CIFAR10_CLASS_NAMES = [
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-]  # fmt: skip
 IMAGE_SHAPE = (32, 32, 3)  # height, width, channels
 PIXELS_PER_IMAGE = 32 * 32 * 3  # 3072: one flat row of a CIFAR batch (R plane, G plane, B plane)
 CIFAR_FOLDER = "cifar-10-batches-py"

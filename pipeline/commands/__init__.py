@@ -1,0 +1,1 @@
+"""The commands around the pipeline: profile, submit, scores, reproduce, ensemble, experiments."""

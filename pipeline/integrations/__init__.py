@@ -1,0 +1,1 @@
+"""The outside tools the pipeline drives: the Kaggle API client, git and DVC."""
