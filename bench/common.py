@@ -14,31 +14,30 @@ import datetime
 import math
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.config import (  # noqa: E402
+from pipeline.config.load import parse_overrides, recipe
+from pipeline.config.params import (
+    MODEL_KEYS,
     DataParams,
     ModelParams,
     PrepareParams,
     SyntheticParams,
     TrainParams,
 )
-from pipeline.data.formats import write_custom_test  # noqa: E402
-from pipeline.engine.augment import augment_batch, augment_state  # noqa: E402
-from pipeline.engine.models import count_trainable_params, is_residual  # noqa: E402
-from pipeline.engine.tta import TTA_POLICIES, predict_logits  # noqa: E402
+from pipeline.data.formats import write_custom_test
+from pipeline.engine.augment import augment_batch, augment_state
+from pipeline.engine.models import count_trainable_params, is_residual
+from pipeline.engine.tta import TTA_POLICIES, predict_logits
 from pipeline.stages import (
-    fetch,  # noqa: E402
-    prepare,  # noqa: E402
+    fetch,
+    prepare,
 )
-from pipeline.stages.train import (  # noqa: E402
+from pipeline.stages.train import (
     EpochStats,
     compiled,
     fit,
@@ -137,9 +136,11 @@ def fit_to_budget(params: TrainParams, steps_per_epoch: int, steps: int) -> Trai
         return params
     epochs = math.ceil(steps / steps_per_epoch)
     share = steps / (steps_per_epoch * params.epochs)
-    milestones = [max(1, round(m * share)) for m in params.milestones]
+    moved = {}
+    if params.milestones is not None:
+        moved["milestones"] = [max(1, round(m * share)) for m in params.milestones]
     return dataclasses.replace(
-        params, epochs=epochs, max_steps=steps, milestones=milestones, checkpoint_every=epochs
+        params, epochs=epochs, max_steps=steps, checkpoint_every=epochs, **moved
     )
 
 
@@ -257,31 +258,22 @@ def markdown_table(rows: list[tuple[str, str]]) -> str:
 
 def profile_params(name: str, overrides: list[str]) -> tuple[ModelParams, TrainParams]:
     """A profile's model and train params with `section.key=value` overrides (YAML values)."""
-    import yaml
-
-    from pipeline.commands.profile import PROFILES_DIR, load_profile
-    from pipeline.config import params_from_dict
-
-    values = yaml.safe_load((PROFILES_DIR / f"{name}.yaml").read_text())
-    load_profile(name)  # validates it, with the profile's file named in any error
-    for override in overrides:
-        key, _, value = override.partition("=")
-        section, _, field = key.partition(".")
-        if section not in values or not field:
-            raise SystemExit(f"--set {override}: expected model.KEY=VALUE or train.KEY=VALUE")
-        values[section][field] = yaml.safe_load(value)
-    params = params_from_dict(values)
+    params = recipe(name, parse_overrides(overrides))
     return params.model, params.train
 
 
 def tiny(model_params: ModelParams, params: TrainParams) -> tuple[ModelParams, TrainParams]:
     """Dry-run sizes: the same kind of model and recipe, shrunk to seconds on a CPU."""
+    reads = MODEL_KEYS[model_params.name]
+    shrunk = {"base_width": 8, "blocks": [1] * len(model_params.blocks or [1, 1, 1]),
+              "widths": [8, 16, 16]}  # fmt: skip
     model_params = dataclasses.replace(
-        model_params, base_width=8, blocks=[1] * len(model_params.blocks), widths=[8, 16, 16]
+        model_params, **{key: value for key, value in shrunk.items() if key in reads}
     )
+    milestones = {"milestones": [1]} if params.schedule == "multistep" else {}
     params = dataclasses.replace(
-        params, device="cpu", compile="never", epochs=2, milestones=[1], batch_size=100,
-        checkpoint_every=2, eval_batch_size=100,
+        params, device="cpu", compile="never", epochs=2, batch_size=100, checkpoint_every=2,
+        eval_batch_size=100, **milestones,
     )  # fmt: skip
     return model_params, params
 

@@ -18,12 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
+from common import (
     bench_arguments,
     markdown_table,
     parse_bench_arguments,
@@ -33,10 +28,12 @@ from common import (  # noqa: E402
     seconds_per_step,
     tiny,
 )
+from rich.console import Console
+from rich.table import Table
 
-from pipeline.engine.models import count_trainable_params  # noqa: E402
-from pipeline.engine.tta import predict_logits  # noqa: E402
-from pipeline.stages.train import setup_training  # noqa: E402
+from pipeline.engine.models import count_trainable_params
+from pipeline.engine.tta import predict_logits
+from pipeline.stages.train import setup_training
 
 console = Console()
 MODELS = {  # label: (profile, overrides)

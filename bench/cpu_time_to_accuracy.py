@@ -18,12 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
+from common import (
     bench_arguments,
     markdown_table,
     parse_bench_arguments,
@@ -32,6 +27,8 @@ from common import (  # noqa: E402
     tiny,
     train_and_score,
 )
+from rich.console import Console
+from rich.table import Table
 
 console = Console()
 

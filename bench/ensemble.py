@@ -21,11 +21,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from rich.console import Console
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
+from common import (
     accuracy_of,
     bench_arguments,
     logits_per_policy,
@@ -36,9 +32,10 @@ from common import (  # noqa: E402
     tiny,
     train_budgeted,
 )
+from rich.console import Console
 
-from pipeline.engine.models import build_model, check_ensemble_budget, count_trainable_params  # noqa: E402
-from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.engine.models import build_model, check_ensemble_budget, count_trainable_params
+from pipeline.errors import PipelineError
 
 console = Console()
 POLICIES = ("none", "flip", "flip_translate")  # multicrop's 10 views cost too much CPU time here

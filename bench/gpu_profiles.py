@@ -22,12 +22,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from rich.console import Console
-from rich.table import Table
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
+from common import (
     bench_arguments,
     markdown_table,
     parse_bench_arguments,
@@ -36,6 +31,8 @@ from common import (  # noqa: E402
     tiny,
     train_and_score,
 )
+from rich.console import Console
+from rich.table import Table
 
 console = Console()
 

@@ -10,53 +10,39 @@ Expected failures (`PipelineError`) print one line and exit 1; `--debug` shows t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
-from pipeline.config import DEFAULT_PARAMS_PATH, Params, load_params
+from pipeline.config.load import DEFAULT_PARAMS_PATH, load_params
+from pipeline.config.params import Params
+from pipeline.config.stage_params import STAGES, StageParams
 from pipeline.errors import PipelineError
-
-STAGES = ("fetch", "prepare", "train", "select", "predict")
-# The params each stage reads, as dvc.yaml must declare them (a test holds the two together).
-STAGE_PARAMS = {
-    "fetch": ["data"],
-    "prepare": ["prepare"],
-    "train": ["model", "train"],
-    "select": ["select", "model.max_params", "train.device", "train.mixed_precision"],
-    # predict records every param in its run manifest, so it depends on them all
-    "predict": ["data", "prepare", "model", "train", "select", "predict"],
-}
 
 
 def run_stage(stage: str, params: Params, params_path: Path = DEFAULT_PARAMS_PATH) -> None:
+    """Run `stage` with the params config/stage_params.py declares for it (and only those)."""
+    declared = StageParams(stage, params)
     # Each stage's module is imported only when it runs: fetch and prepare never load dvclive.
     if stage == "fetch":
         from pipeline.stages import fetch
 
-        fetch.run(params.data)
+        fetch.run(declared.get("data"))
     elif stage == "prepare":
         from pipeline.stages import prepare
 
-        prepare.run(params.prepare)
+        prepare.run(declared.get("prepare"))
     elif stage == "train":
         from pipeline.stages import train
 
-        train.run(params.model, params.train, params_path=params_path)
+        train.run(declared.get("model"), declared.get("train"), params_path=params_path)
     elif stage == "select":
         from pipeline.stages import select
 
-        select.run(
-            params.select, params.model.max_params, params.train.device,
-            params.train.mixed_precision,
-        )  # fmt: skip
+        select.run(declared.get("select"), declared.get("model.max_params"))
     elif stage == "predict":
         from pipeline.stages import predict
 
-        predict.run(
-            params.predict, params.train.device, params.train.mixed_precision,
-            all_params=dataclasses.asdict(params),
-        )  # fmt: skip
+        predict.run(declared.get("predict"), all_params=declared.as_dict())
 
 
 def add_common_options(parser: argparse.ArgumentParser, defaults: bool) -> argparse.ArgumentParser:

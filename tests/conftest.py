@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from pipeline.classes import CIFAR10_CLASS_NAMES
-from pipeline.config import PrepareParams, SyntheticParams
+from pipeline.config.load import recipe
+from pipeline.config.params import ModelParams, PrepareParams, SyntheticParams, TrainParams
 from pipeline.data.formats import (
     CIFAR_FOLDER,
     META_NAME,
@@ -25,6 +26,18 @@ from pipeline.data.synthetic import write_synthetic_raw
 from pipeline.stages import prepare
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def seed_model(**keys: object) -> ModelParams:
+    """The seed profile's model with `keys` set: the tests' small models start from it."""
+    return recipe("seed", {"model": keys}).model
+
+
+def seed_train(**keys: object) -> TrainParams:
+    """The seed profile's recipe with `keys` set (a new schedule drops the old one's keys)."""
+    return recipe("seed", {"train": keys}).train
+
+
 SMALL_SYNTHETIC = SyntheticParams(train_images=200, val_images=50, custom_test_images=40, seed=3)
 
 

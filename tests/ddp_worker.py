@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from conftest import seed_model, seed_train
 from torch import nn
 
-from pipeline.config import ModelParams, TrainParams
 from pipeline.data.synthetic import make_images
 from pipeline.engine.models import build_model
 from pipeline.engine.normalise import to_device_set
@@ -25,7 +25,7 @@ from pipeline.stages.train import fit
 MEAN, STD = [0.45, 0.45, 0.45], [0.25, 0.25, 0.25]
 # no randomness in augmentation or dropout (ranks draw their own), no BatchNorm (per-rank statistics on CPU,
 # where SyncBatchNorm does not run): what is left is the data split and the gradient average
-PARAMS = TrainParams(
+PARAMS = seed_train(
     device="cpu", epochs=2, batch_size=20, drop_last=True, lr=0.05, momentum=0.9,
     crop_padding=0, flip="none", schedule="cosine", checkpoint_every=1,
 )  # fmt: skip
@@ -43,7 +43,7 @@ def without_batchnorm(module: nn.Module) -> nn.Module:
 def tiny_model() -> nn.Module:
     """The initial weights both runs start from: seed 0, no BatchNorm, no dropout."""
     torch.manual_seed(0)
-    return without_batchnorm(build_model(ModelParams(base_width=8, blocks=[1, 1, 1], dropout=0.0)))
+    return without_batchnorm(build_model(seed_model(base_width=8, blocks=[1, 1, 1], dropout=0.0)))
 
 
 def train_tiny(nproc: int) -> tuple[dict[str, torch.Tensor], list[list[int]]]:

@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
 from conftest import REPO_ROOT
+
+from pipeline.config.load import override_params_file
 
 # Applied on top of the seed profile (`python -m pipeline profile seed`).
 TINY_PARAMS = {
@@ -63,11 +64,7 @@ def sh(folder: Path, *command: str) -> subprocess.CompletedProcess:
 
 
 def override(project: Path, overrides: dict) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    for section, values in overrides.items():
-        for key, value in values.items():
-            params[section][key] = value
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    override_params_file(project / "params.yaml", overrides)
 
 
 def new_project(tmp_path: Path, profile: str, overrides: dict) -> Path:

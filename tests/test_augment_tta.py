@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from conftest import seed_train
 from torch import nn
 
-from pipeline.config import TrainParams
 from pipeline.engine.augment import (
     alternating_flip_mask,
     augment_batch,
@@ -30,7 +30,7 @@ def _state(count: int = 16, seed: int = 1):
 
 def test_augmentation_keeps_shape_dtype_and_leaves_labels_alone() -> None:
     images, labels = _batch(), torch.arange(16) % 10
-    params = TrainParams(cutout=8, trivial_augment=True, flip="alternating")
+    params = seed_train(cutout=8, trivial_augment=True, flip="alternating")
     augmented = augment_batch(images, torch.arange(16), 1, params, _state())
     assert augmented.shape == images.shape and augmented.dtype == images.dtype
     assert augmented.is_contiguous(memory_format=torch.channels_last)
@@ -39,7 +39,7 @@ def test_augmentation_keeps_shape_dtype_and_leaves_labels_alone() -> None:
 
 def test_alternating_flip_mirrors_each_image_on_every_other_epoch() -> None:
     images = _batch(32)
-    state, params = _state(32), TrainParams(crop_padding=0, flip="alternating")
+    state, params = _state(32), seed_train(crop_padding=0, flip="alternating")
     indices = torch.arange(32)
     per_epoch = []
     for epoch in range(1, 6):

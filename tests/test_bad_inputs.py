@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_SYNTHETIC, python2_style_pickle
+from conftest import SMALL_SYNTHETIC, python2_style_pickle, seed_model
 
 from pipeline.__main__ import main
 from pipeline.data.formats import CIFAR_FOLDER, CUSTOM_TEST_NAMES
@@ -95,11 +95,10 @@ def _tar_symlink(project: Path) -> None:
 
 
 def _checkpoint(project: Path, state_from: str) -> None:
-    from pipeline.config import ModelParams
     from pipeline.engine.models import build_model, model_config
 
-    seed = ModelParams(base_width=8, blocks=[1, 1, 1])
-    other = ModelParams(name="airnet", widths=[8, 16, 16])
+    seed = seed_model(base_width=8, blocks=[1, 1, 1])
+    other = seed_model(name="airnet", widths=[8, 16, 16], residual=False)
     weights = build_model(other if state_from == "airnet" else seed).state_dict()
     save_checkpoint(project / "models/best.pt", {
         "model_state": weights, "model_config": model_config(seed), "epoch": 1,
@@ -162,7 +161,7 @@ CASES = {
                                ("models/checkpoints",)),
     "params: negative epochs": Case(_params("train:\n  epochs: -3\n"), ["train"], "train.epochs",
                                     ("models/checkpoints",)),
-    "over-budget model": Case(_params("model:\n  base_width: 72\ntrain:\n  device: cpu\n"), ["train"],
+    "over-budget model": Case(_params("model:\n  name: seed_resnet\n  base_width: 72\n  blocks: [4, 4, 3]\n  dropout: 0.17\ntrain:\n  device: cpu\n"), ["train"],
                               "over the budget model.max_params", ("models/checkpoints",)),
     "CSV with a wrong header": Case(_csv("id,label\n" + GOOD_ROWS), ["submit"],
                                     "latest.csv: header must be ID,Labels",
@@ -257,7 +256,7 @@ def test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_keeps_the_earlie
     project = tmp_path / "project"
     shutil.copytree(prepared_project, project)
     (project / "params.yaml").write_text(
-        "model:\n  name: seed_resnet\n  base_width: 8\n  blocks: [1, 1, 1]\n"
+        "model:\n  name: seed_resnet\n  base_width: 8\n  blocks: [1, 1, 1]\n  dropout: 0.17\n"
         "train:\n  device: cpu\n  epochs: 2\n  batch_size: 50\n  checkpoint_every: 1\n"
         "  ema_decay: 0.0\n  trivial_augment: false\n"
     )

@@ -32,7 +32,9 @@ def _assert_one_line_error(result: subprocess.CompletedProcess, expected: str) -
 
 
 def test_over_budget_model_fails_fast_with_count_and_limit(tmp_path: Path) -> None:
-    (tmp_path / "params.yaml").write_text("model:\n  base_width: 72\ntrain:\n  device: cpu\n")
+    (tmp_path / "params.yaml").write_text(
+        "model:\n  name: seed_resnet\n  base_width: 72\n  blocks: [4, 4, 3]\n  dropout: 0.17\ntrain:\n  device: cpu\n"
+    )
     result = _run_stage(tmp_path, "train")
     _assert_one_line_error(result, "has 5,9")
     assert "over the budget model.max_params = 5,000,000" in result.stderr

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 
-from pipeline.config import Params, load_params, params_from_dict
+from pipeline.config.load import (
+    load_params,
+    load_profile,
+    params_from_dict,
+    parse_overrides,
+    profile_names,
+    profile_values,
+    with_overrides,
+)
+from pipeline.config.params import MODEL_KEYS, SCHEDULE_KEYS, Params, conditional_keys
 from pipeline.errors import PipelineError
 
 
@@ -25,7 +34,7 @@ def test_repository_params_load_and_hold_the_default_profile() -> None:
 
 
 def test_the_seed_profile_holds_the_seed_recipe() -> None:
-    from pipeline.commands.profile import load_profile
+    from pipeline.config.load import load_profile
 
     train = load_profile("seed").train
     assert (train.lr, train.momentum, train.weight_decay, train.batch_size, train.epochs) == (
@@ -104,3 +113,88 @@ def test_params_file_errors_name_the_file(tmp_path: Path) -> None:
         load_params(path)
     with pytest.raises(PipelineError, match="file not found"):
         load_params(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"model": {"dropout": 0.1}}, "model.dropout is not read by model.name 'airnet'"),
+        ({"model": {"base_width": 32}}, "model.base_width is not read by model.name 'airnet'"),
+        (
+            {"train": {"milestones": [90]}},
+            "train.milestones is not read by train.schedule 'onecycle'",
+        ),
+        (
+            {"train": {"schedule": "cosine", "gamma": 0.1}},
+            "train.gamma is not read by train.schedule 'cosine'",
+        ),
+        (
+            {"model": {"name": "seed_resnet", "base_width": 32, "blocks": [4, 4, 3]}},
+            "model.dropout is missing: model.name 'seed_resnet' reads it",
+        ),
+        ({"train": {"schedule": "multistep"}}, "train.gamma is missing"),
+    ],
+)
+def test_a_key_the_chosen_model_or_schedule_ignores_is_refused(values: dict, expected: str) -> None:
+    # editing it would change dvc.lock and the resume key, and retrain for nothing
+    with pytest.raises(PipelineError, match=expected):
+        params_from_dict(values)
+
+
+def test_recipe_defaults_are_the_default_profile_and_nothing_else() -> None:
+    default = load_profile("default")
+    assert Params().model == default.model and Params().train == default.train
+    partial = params_from_dict({"train": {"lr": 0.5}})
+    assert partial.train == dataclasses.replace(default.train, lr=0.5)
+    # another model takes only the default keys it reads: airnet's widths, not its residual
+    wide = params_from_dict({"model": {"name": "resnet_wide", "blocks": [1, 1, 1], "dropout": 0.0}})
+    assert wide.model.widths == default.model.widths and wide.model.residual is None
+
+
+def test_every_profile_sets_exactly_the_keys_its_model_and_schedule_read() -> None:
+    for name in profile_names():
+        values = profile_values(name)  # refuses a missing key: nothing is filled in for profiles
+        model_reads = set(MODEL_KEYS[values["model"]["name"]])
+        schedule_reads = set(SCHEDULE_KEYS[values["train"]["schedule"]])
+        assert conditional_keys(MODEL_KEYS) & set(values["model"]) == model_reads, name
+        assert conditional_keys(SCHEDULE_KEYS) & set(values["train"]) == schedule_reads, name
+
+
+def test_a_profile_missing_a_key_is_refused(tmp_path: Path) -> None:
+    text = (REPO_ROOT / "profiles/default.yaml").read_text().replace("  lr: 0.75", "  # lr")
+    (tmp_path / "partial.yaml").write_text(text)
+    with pytest.raises(PipelineError, match=r"partial.yaml: params: train.lr is missing"):
+        profile_values("partial", tmp_path)
+
+
+def test_params_yaml_other_sections_are_the_dataclass_defaults() -> None:
+    # their one set of defaults is the dataclasses'; the shipped params.yaml shows them unchanged
+    shipped = load_params(REPO_ROOT / "params.yaml")
+    for section in ("data", "prepare", "select", "predict"):
+        assert getattr(shipped, section) == getattr(Params(), section), section
+
+
+def test_overrides_switching_the_schedule_drop_the_old_schedules_keys() -> None:
+    seed = profile_values("seed")
+    cosine = params_from_dict(with_overrides(seed, {"train": {"schedule": "cosine", "epochs": 3}}))
+    assert (cosine.train.milestones, cosine.train.gamma, cosine.train.epochs) == (None, None, 3)
+    assert seed["train"]["schedule"] == "multistep"  # the base is not changed
+    with pytest.raises(PipelineError, match="train.gamma is not read"):  # set by hand: refused
+        params_from_dict(with_overrides(seed, {"train": {"schedule": "cosine", "gamma": 0.5}}))
+    assert parse_overrides(["train.lr=0.1", "model.widths=[8, 16, 16]"]) == {
+        "train": {"lr": 0.1},
+        "model": {"widths": [8, 16, 16]},
+    }
+    with pytest.raises(PipelineError, match="expected SECTION.KEY=VALUE"):
+        parse_overrides(["lr=0.1"])
+
+
+def test_select_and_predict_have_their_own_device() -> None:
+    params = params_from_dict({"select": {"device": "cpu"}, "predict": {"device": "cuda"}})
+    assert (params.select.device, params.predict.device, params.train.device) == (
+        "cpu",
+        "cuda",
+        "auto",
+    )
+    with pytest.raises(PipelineError, match="select.device must be one of"):
+        params_from_dict({"select": {"device": "tpu"}})

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import seed_model, seed_train
 
-from pipeline.commands.profile import load_profile
-from pipeline.config import ModelParams, TrainParams
+from pipeline.config.load import load_profile
+from pipeline.config.params import TrainParams
 from pipeline.data.synthetic import make_images
 from pipeline.engine.models import AirNet, build_model, count_trainable_params, is_residual
 from pipeline.engine.normalise import to_device_set
@@ -19,10 +20,10 @@ from pipeline.stages.train import EpochStats, fit, make_optimizer, uses_compile
 
 MEAN, STD = [0.45, 0.45, 0.45], [0.25, 0.25, 0.25]
 SMALL_MODELS = {
-    "seed_resnet": ModelParams(base_width=8, blocks=[1, 1, 1], dropout=0.0),
-    "airnet": ModelParams(name="airnet", widths=[8, 16, 16]),
-    "airnet residual": ModelParams(name="airnet", widths=[8, 16, 16], residual=True),
-    "resnet_wide": ModelParams(name="resnet_wide", widths=[8, 16, 32], blocks=[1, 1, 1]),
+    "seed_resnet": seed_model(base_width=8, blocks=[1, 1, 1], dropout=0.0),
+    "airnet": seed_model(name="airnet", widths=[8, 16, 16], residual=False),
+    "airnet residual": seed_model(name="airnet", widths=[8, 16, 16], residual=True),
+    "resnet_wide": seed_model(name="resnet_wide", widths=[8, 16, 32], blocks=[1, 1, 1]),
 }
 
 
@@ -45,7 +46,7 @@ def train_a_little(model: torch.nn.Module, params: TrainParams) -> tuple[list[Ep
 def test_a_few_steps_lower_the_loss_for_every_model(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(SMALL_MODELS[name])
-    recipe = load_profile("fast").train if name.startswith("airnet") else TrainParams()
+    recipe = load_profile("fast").train if name.startswith("airnet") else seed_train()
     params = dataclasses.replace(
         recipe, device="cpu", epochs=6, batch_size=50, lr=recipe.lr / 10 if name.startswith("airnet") else 0.05
     )  # fmt: skip
@@ -64,11 +65,11 @@ def test_default_and_fast_profiles_have_the_documented_models() -> None:
 
 
 def test_resnet_wide_is_wrn_16_4_at_its_documented_size() -> None:
-    model = build_model(ModelParams(name="resnet_wide", widths=[64, 128, 256], blocks=[2, 2, 2]))
+    model = build_model(seed_model(name="resnet_wide", widths=[64, 128, 256], blocks=[2, 2, 2]))
     assert count_trainable_params(model) == 2_776_906
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     with pytest.raises(Exception, match="over the budget"):
-        build_model(ModelParams(name="resnet_wide", widths=[96, 192, 384], blocks=[2, 2, 2]))
+        build_model(seed_model(name="resnet_wide", widths=[96, 192, 384], blocks=[2, 2, 2]))
 
 
 def test_whitening_layer_decorrelates_image_patches() -> None:
@@ -96,7 +97,7 @@ def test_airnet_convs_start_as_the_identity_on_their_first_channels() -> None:
 
 def test_bias_and_batchnorm_params_get_the_scaled_lr_and_the_same_decay_per_step() -> None:
     model = build_model(SMALL_MODELS["seed_resnet"])
-    optimizer = make_optimizer(model, TrainParams(lr=0.5, weight_decay=0.01, bias_lr_scale=8.0))
+    optimizer = make_optimizer(model, seed_train(lr=0.5, weight_decay=0.01, bias_lr_scale=8.0))
     matrices, vectors = optimizer.param_groups
     assert all(p.ndim > 1 for p in matrices["params"]) and all(
         p.ndim == 1 for p in vectors["params"]
@@ -125,17 +126,15 @@ def test_ema_follows_the_weights_and_checkpointable_state_differs_from_raw() -> 
 
 def test_without_ema_fit_returns_none_and_logs_no_ema_accuracy() -> None:
     model = build_model(SMALL_MODELS["seed_resnet"])
-    history, ema = train_a_little(
-        model, TrainParams(device="cpu", epochs=1, batch_size=50, lr=0.05)
-    )
+    history, ema = train_a_little(model, seed_train(device="cpu", epochs=1, batch_size=50, lr=0.05))
     assert ema is None and history[0].val_accuracy_ema is None
 
 
 def test_compile_is_on_for_cuda_only_unless_forced() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert not uses_compile(TrainParams(compile="auto"), cpu) and uses_compile(TrainParams(), cuda)
-    assert uses_compile(TrainParams(compile="always"), cpu)
-    assert not uses_compile(TrainParams(compile="never"), cuda)
+    assert not uses_compile(seed_train(compile="auto"), cpu) and uses_compile(seed_train(), cuda)
+    assert uses_compile(seed_train(compile="always"), cpu)
+    assert not uses_compile(seed_train(compile="never"), cuda)
 
 
 def _inductor_works() -> bool:
@@ -176,10 +175,10 @@ def test_training_images_per_step_follow_drop_last(monkeypatch: pytest.MonkeyPat
         return original(logits, targets, **kwargs)
 
     monkeypatch.setattr(F, "cross_entropy", counting)
-    train_a_little(model, TrainParams(device="cpu", epochs=1, batch_size=64, drop_last=True))
+    train_a_little(model, seed_train(device="cpu", epochs=1, batch_size=64, drop_last=True))
     assert kept == [64, 64, 64]  # 200 images: the last 8 are dropped
     kept.clear()
-    train_a_little(model, TrainParams(device="cpu", epochs=1, batch_size=64))
+    train_a_little(model, seed_train(device="cpu", epochs=1, batch_size=64))
     assert kept == [64, 64, 64, 8]
 
 
@@ -203,7 +202,7 @@ def test_lookahead_pulls_weights_toward_their_average_and_ends_on_it() -> None:
 
 def test_logged_learning_rate_is_the_one_each_epochs_last_step_used() -> None:
     model = build_model(SMALL_MODELS["seed_resnet"])
-    params = TrainParams(
+    params = seed_train(
         device="cpu", epochs=2, batch_size=100, drop_last=True, lr=0.09, schedule="onecycle",
         warmup_fraction=0.25, lr_start_factor=0.2, lr_end_factor=0.07,
     )  # fmt: skip
@@ -220,7 +219,7 @@ def test_a_run_resumed_from_a_saved_state_matches_the_uninterrupted_run() -> Non
         load_profile("fast").train, device="cpu", epochs=4, batch_size=50, lr=0.15,
         ema_decay=0.9, lookahead=True, trivial_augment=True, cutmix_alpha=1.0,
     )  # fmt: skip
-    model_params = ModelParams(base_width=8, blocks=[1, 1, 1], dropout=0.2)
+    model_params = seed_model(base_width=8, blocks=[1, 1, 1], dropout=0.2)
     train_set, val_set = synthetic_set(200, 0), synthetic_set(50, 1)
 
     def fresh_model() -> torch.nn.Module:

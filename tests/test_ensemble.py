@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import prepare_synthetic
+from conftest import prepare_synthetic, seed_model, seed_train
 from projects import TINY_PARAMS, commit_all, new_project, override, run_tool, sh
 
 from pipeline.__main__ import main
-from pipeline.config import ModelParams, PredictParams, SelectParams, TrainParams
+from pipeline.config.params import PredictParams, SelectParams
 from pipeline.data.prepared import load_split
 from pipeline.engine.models import Ensemble
 from pipeline.engine.normalise import to_device_tensor
@@ -25,9 +25,9 @@ from pipeline.errors import PipelineError
 from pipeline.records.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.stages import predict, select, train
 
-TINY_MODEL = ModelParams(base_width=8, blocks=[1, 1, 1], dropout=0.0)
+TINY_MODEL = seed_model(base_width=8, blocks=[1, 1, 1], dropout=0.0)
 TINY_MODEL_PARAMS = 19_954  # trainable parameters of TINY_MODEL
-TINY_TRAIN = TrainParams(
+TINY_TRAIN = seed_train(
     device="cpu", epochs=4, batch_size=32, lr=0.05, schedule="cosine", checkpoint_every=4
 )
 BUDGET = 5_000_000
@@ -74,13 +74,13 @@ def add_member(seeds: Path, workspace: Path, seed: int, **changes: object) -> Pa
 
 
 def run_select(seeds: Path, params: SelectParams, max_params: int = BUDGET) -> dict:
-    select.run(params, max_params, "cpu", True, seeds / "data/prepared", Path("models/checkpoints"),
+    select.run(params, max_params, seeds / "data/prepared", Path("models/checkpoints"),
                Path("models/best.pt"), Path("models/ensemble"))  # fmt: skip
     return json.loads(Path("metrics/select.json").read_text())
 
 
 def run_predict(seeds: Path) -> dict:
-    predict.run(PredictParams(), "cpu", True, seeds / "data/prepared", Path("models/best.pt"),
+    predict.run(PredictParams(device="cpu"), seeds / "data/prepared", Path("models/best.pt"),
                 Path("submissions/latest.csv"), {"model": {"max_params": BUDGET}})  # fmt: skip
     return json.loads(Path("metrics/predict.json").read_text())
 
@@ -101,7 +101,7 @@ def test_an_ensemble_over_budget_is_refused_before_any_inference(
     forbid_inference(monkeypatch)
     budget = 2 * TINY_MODEL_PARAMS + 1  # two of the three fit, all three do not
     with pytest.raises(PipelineError, match="ensemble over budget") as refused:
-        run_select(seeds, SelectParams(), max_params=budget)
+        run_select(seeds, SelectParams(device="cpu"), max_params=budget)
     message = str(refused.value)
     assert f"{3 * TINY_MODEL_PARAMS:,}" in message and f"{budget:,}" in message
     assert "models/ensemble/seed_1.pt" in message and "ensemble remove" in message
@@ -115,7 +115,7 @@ def test_a_member_trained_on_other_data_is_refused_before_any_inference(
     add_member(seeds, workspace, 1, normalization={"mean": [0.5] * 3, "std": other["std"]})
     forbid_inference(monkeypatch)
     with pytest.raises(PipelineError, match=r"seed_1.pt: trained on other data .*normalization"):
-        run_select(seeds, SelectParams())
+        run_select(seeds, SelectParams(device="cpu"))
     assert not Path("models/best.pt").exists()
 
 
@@ -123,7 +123,9 @@ def test_select_reports_the_ensemble_against_its_members_and_predict_uses_it(
     seeds: Path, workspace: Path
 ) -> None:
     members = [add_member(seeds, workspace, seed) for seed in (1, 2)]
-    chosen = run_select(seeds, SelectParams(tta_policies=["none", "flip"], ensemble="always"))
+    chosen = run_select(
+        seeds, SelectParams(tta_policies=["none", "flip"], ensemble="always", device="cpu")
+    )
     ensemble = chosen["ensemble"]
     assert ensemble["used"] and ensemble["size"] == 3 and ensemble["tta"] in ("none", "flip")
     assert ensemble["model_params"] == chosen["model_params"] == 3 * TINY_MODEL_PARAMS
@@ -170,7 +172,7 @@ def test_auto_keeps_the_single_model_when_the_ensemble_scores_lower(
     bias_name = [name for name in state if name.endswith(".bias")][-1]
     state[bias_name] = torch.tensor([1000.0] + [0.0] * 9)
     add_member(seeds, workspace, 1, model_state=state)
-    chosen = run_select(seeds, SelectParams(tta_policies=["none"]))
+    chosen = run_select(seeds, SelectParams(tta_policies=["none"], device="cpu"))
     assert chosen["ensemble"]["used"] is False
     assert chosen["ensemble"]["val_accuracy"] < chosen["single_model_val_accuracy"]
     assert chosen["val_accuracy"] == chosen["single_model_val_accuracy"]
@@ -181,7 +183,7 @@ def test_auto_keeps_the_single_model_when_the_ensemble_scores_lower(
 
 def test_never_ignores_the_members(seeds: Path, workspace: Path) -> None:
     add_member(seeds, workspace, 1)
-    chosen = run_select(seeds, SelectParams(tta_policies=["none"], ensemble="never"),
+    chosen = run_select(seeds, SelectParams(tta_policies=["none"], ensemble="never", device="cpu"),
                         max_params=TINY_MODEL_PARAMS)  # fmt: skip
     assert "ensemble" not in chosen and "ensemble" not in load_checkpoint(Path("models/best.pt"))
 
@@ -190,7 +192,7 @@ def test_predict_refuses_an_ensemble_checkpoint_over_its_budget(
     seeds: Path, workspace: Path
 ) -> None:
     add_member(seeds, workspace, 1)
-    run_select(seeds, SelectParams(tta_policies=["none"], ensemble="always"))
+    run_select(seeds, SelectParams(tta_policies=["none"], ensemble="always", device="cpu"))
     best = load_checkpoint(Path("models/best.pt"))
     best["model_config"] = dict(best["model_config"], max_params=TINY_MODEL_PARAMS + 1)
     save_checkpoint(Path("models/best.pt"), best)
@@ -276,7 +278,9 @@ def test_ensemble_add_takes_a_checkpoint_file_and_refuses_what_cannot_be_a_membe
     assert f"/run-{md5[:8]}.pt" in (workspace / "models/ensemble/.gitignore").read_text()
     assert "within the budget" in capsys.readouterr().out
 
-    run_select(seeds, SelectParams(tta_policies=["none"], ensemble="always"))  # an ensemble
+    run_select(
+        seeds, SelectParams(tta_policies=["none"], ensemble="always", device="cpu")
+    )  # an ensemble
     assert main(["ensemble", "add", "models/best.pt", "--name", "nested"]) == 1
     assert "is itself an ensemble" in capsys.readouterr().err
     assert main(["ensemble", "remove", "../best"]) == 1  # a name, never a path

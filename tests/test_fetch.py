@@ -19,7 +19,7 @@ import pytest
 import requests
 from conftest import SMALL_SYNTHETIC, write_small_custom_test
 
-from pipeline.config import DataParams
+from pipeline.config.params import DataParams
 from pipeline.data.formats import CIFAR_FILES, CIFAR_FOLDER
 from pipeline.errors import PipelineError
 from pipeline.integrations import kaggle_client

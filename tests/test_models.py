@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import seed_model
 
-from pipeline.config import ModelParams
 from pipeline.engine.models import build_model, count_trainable_params
 from pipeline.errors import PipelineError
 
 
 def test_seed_resnet_has_exactly_the_seed_teams_parameter_count() -> None:
-    model = build_model(ModelParams())
+    model = build_model(seed_model())
     assert count_trainable_params(model) == 1_177_130
 
 
 def test_seed_resnet_structure_matches_the_seed() -> None:
-    model = build_model(ModelParams())
+    model = build_model(seed_model())
     blocks = list(model.stages)
     assert len(blocks) == 11
     widths = [block.residual[0].out_channels for block in blocks]
@@ -31,16 +31,16 @@ def test_over_budget_model_fails_before_training_with_count_and_limit() -> None:
         PipelineError,
         match=r"has 5,9\d\d,\d{3} trainable parameters, over the budget model.max_params = 5,000,000",
     ):
-        build_model(ModelParams(base_width=72))
+        build_model(seed_model(base_width=72))
 
 
 def test_budget_is_a_param() -> None:
     with pytest.raises(PipelineError, match="over the budget model.max_params = 1,000,000"):
-        build_model(ModelParams(max_params=1_000_000))
+        build_model(seed_model(max_params=1_000_000))
 
 
 def test_unknown_model_name_lists_the_known_ones() -> None:
     with pytest.raises(
         PipelineError, match=r"model.name must be one of \['airnet', 'resnet_wide', 'seed_resnet'\]"
     ):
-        build_model(ModelParams(name="resnet9000"))
+        build_model(seed_model(name="resnet9000"))

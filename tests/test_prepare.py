@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import SMALL_SYNTHETIC, python2_style_pickle, write_small_custom_test
 
-from pipeline.config import PrepareParams
+from pipeline.config.params import PrepareParams
 from pipeline.data.formats import CIFAR_FOLDER
 from pipeline.data.prepared import load_dataset_info, load_split
 from pipeline.errors import PipelineError

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from conftest import REPO_ROOT
 
-from pipeline.commands.profile import apply_profile, load_profile, profile_names, split_sections
-from pipeline.config import load_params
+from pipeline.commands.profile import apply_profile, split_sections
+from pipeline.config.load import load_params, load_profile, profile_names
 from pipeline.errors import PipelineError
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import seed_model, seed_train
 
-from pipeline.config import ModelParams, TrainParams
 from pipeline.engine.models import build_model
 from pipeline.records import resume
 from pipeline.records.checkpoint import save_checkpoint
@@ -73,10 +73,10 @@ def test_an_unusable_state_is_set_aside_and_training_starts_over(
 
 
 def test_a_state_that_does_not_fit_the_model_is_a_mismatch() -> None:
-    model = build_model(ModelParams(base_width=8, blocks=[1, 1, 1]))
-    other = build_model(ModelParams(base_width=16, blocks=[1, 1, 1]))
+    model = build_model(seed_model(base_width=8, blocks=[1, 1, 1]))
+    other = build_model(seed_model(base_width=16, blocks=[1, 1, 1]))
     data = (torch.zeros(10, 3, 32, 32), torch.zeros(10, dtype=torch.long))
     with pytest.raises(StateMismatch, match="size mismatch"):
-        fit(model, TrainParams(device="cpu", epochs=1, batch_size=5), data, data,
+        fit(model, seed_train(device="cpu", epochs=1, batch_size=5), data, data,
             ([0.5] * 3, [0.25] * 3), lambda *_: None,
             resume_state={"model": other.state_dict()})  # fmt: skip

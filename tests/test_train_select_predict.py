@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_SYNTHETIC, prepare_synthetic
+from conftest import SMALL_SYNTHETIC, prepare_synthetic, seed_model, seed_train
 
 from pipeline.classes import CIFAR10_CLASS_NAMES
-from pipeline.config import ModelParams, PredictParams, SelectParams, TrainParams
+from pipeline.config.params import PredictParams, SelectParams
 from pipeline.data.prepared import load_split
 from pipeline.engine.models import build_model, model_config
 from pipeline.engine.normalise import to_device_tensor
@@ -24,8 +24,8 @@ from pipeline.records.checkpoint import load_checkpoint, model_from_checkpoint, 
 from pipeline.stages import predict, select, train
 
 MAX_PARAMS = 5_000_000  # model.max_params
-TINY_MODEL = ModelParams(base_width=8, blocks=[1, 1, 1], dropout=0.0)
-TINY_TRAIN = TrainParams(
+TINY_MODEL = seed_model(base_width=8, blocks=[1, 1, 1], dropout=0.0)
+TINY_TRAIN = seed_train(
     device="cpu", epochs=4, batch_size=32, lr=0.05, schedule="cosine", checkpoint_every=1
 )
 
@@ -78,17 +78,17 @@ def test_the_same_checkpoint_saved_twice_has_the_same_bytes(tmp_path: Path) -> N
 
 
 def test_checkpoint_every_keeps_the_last_epoch() -> None:
-    assert train.checkpoint_epochs(25, TrainParams(epochs=25, checkpoint_every=10)) == {10, 20, 25}
+    assert train.checkpoint_epochs(25, seed_train(epochs=25, checkpoint_every=10)) == {10, 20, 25}
 
 
 def test_lr_schedules_have_the_documented_shape() -> None:
-    seed = TrainParams()  # multistep: epochs count, whatever the steps per epoch
+    seed = seed_train()  # multistep: epochs count, whatever the steps per epoch
     factors = [train.lr_factor(epoch * 3, 3, seed) for epoch in (0, 89, 90, 179, 180, 199)]
     assert factors == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
-    cosine = TrainParams(schedule="cosine", epochs=10)  # per step, over 10 × 4 steps
+    cosine = seed_train(schedule="cosine", epochs=10)  # per step, over 10 × 4 steps
     assert train.lr_factor(0, 4, cosine) == 1.0
     assert train.lr_factor(20, 4, cosine) == pytest.approx(0.5)
-    onecycle = TrainParams(
+    onecycle = seed_train(
         schedule="onecycle", epochs=10, warmup_fraction=0.25, lr_start_factor=0.2, lr_end_factor=0.1
     )
     factors = [train.lr_factor(step, 10, onecycle) for step in range(100)]
@@ -101,14 +101,14 @@ def test_lr_schedules_have_the_documented_shape() -> None:
 
 
 def test_max_steps_ends_the_run_mid_epoch_and_the_schedule_spans_it() -> None:
-    params = TrainParams(epochs=10, max_steps=25, schedule="onecycle", lr_end_factor=0.05)
+    params = seed_train(epochs=10, max_steps=25, schedule="onecycle", lr_end_factor=0.05)
     assert train.total_steps(4, params) == 25 and train.run_epochs(4, params) == 7
     assert train.lr_factor(24, 4, params) == pytest.approx(0.05)  # the last step is the end
-    assert train.total_steps(4, TrainParams(epochs=10)) == 40
+    assert train.total_steps(4, seed_train(epochs=10)) == 40
 
 
 def test_same_seed_gives_identical_weights(tmp_path: Path, trained_project: Path) -> None:
-    params = TrainParams(device="cpu", epochs=1, batch_size=64, checkpoint_every=1)
+    params = seed_train(device="cpu", epochs=1, batch_size=64, checkpoint_every=1)
     for run in ("a", "b"):
         train.run(
             TINY_MODEL,
@@ -144,10 +144,8 @@ def test_select_prefers_an_earlier_better_checkpoint_and_later_on_ties(
 
     def select_best() -> dict:
         select.run(
-            SelectParams(),
+            SelectParams(device="cpu"),
             MAX_PARAMS,
-            "cpu",
-            True,
             trained_project / "data/prepared",
             checkpoints,
             tmp_path / "best.pt",
@@ -175,7 +173,7 @@ def test_select_takes_the_ema_weights_when_they_score_higher(
     checkpoint = dict(trained, model_state=untrained, ema_state=trained["model_state"])
     save_checkpoint(tmp_path / "checkpoints/epoch_0001.pt", checkpoint)
     select.run(
-        SelectParams(), MAX_PARAMS, "cpu", True, trained_project / "data/prepared", tmp_path / "checkpoints",
+        SelectParams(device="cpu"), MAX_PARAMS, trained_project / "data/prepared", tmp_path / "checkpoints",
         tmp_path / "best.pt",
     )  # fmt: skip
     chosen = json.loads(Path("metrics/select.json").read_text())
@@ -199,10 +197,8 @@ def test_predict_applies_the_tta_that_select_chose(
     shutil.copy(trained_project / "models/checkpoints/epoch_0004.pt", checkpoints)
     prepared = trained_project / "data/prepared"
     select.run(
-        SelectParams(tta_policies=["flip", "multicrop"]),
+        SelectParams(tta_policies=["flip", "multicrop"], device="cpu"),
         MAX_PARAMS,
-        "cpu",
-        True,
         prepared,
         checkpoints,
         tmp_path / "best.pt",
@@ -212,9 +208,7 @@ def test_predict_applies_the_tta_that_select_chose(
     assert chosen["last_epoch_tta"] == "flip" and chosen["gain_over_last_epoch"] >= 0
     assert load_checkpoint(tmp_path / "best.pt")["tta"] == chosen["tta"]
     predict.run(
-        PredictParams(tta="auto"),
-        "cpu",
-        True,
+        PredictParams(tta="auto", device="cpu"),
         prepared,
         tmp_path / "best.pt",
         tmp_path / "latest.csv",
@@ -225,9 +219,7 @@ def test_predict_applies_the_tta_that_select_chose(
     )
     # a checkpoint from before select stored a policy: auto means no TTA
     predict.run(
-        PredictParams(),
-        "cpu",
-        True,
+        PredictParams(device="cpu"),
         prepared,
         checkpoints / "epoch_0004.pt",
         tmp_path / "latest.csv",
@@ -241,9 +233,7 @@ def test_predict_writes_a_valid_csv_in_the_pickles_id_order(
     monkeypatch.chdir(tmp_path)
     best = trained_project / "models/checkpoints/epoch_0004.pt"
     predict.run(
-        PredictParams(tta="flip"),
-        "cpu",
-        True,
+        PredictParams(tta="flip", device="cpu"),
         trained_project / "data/prepared",
         best,
         tmp_path / "latest.csv",
@@ -289,9 +279,7 @@ def test_predict_leaves_a_run_copy_and_a_manifest_keyed_by_run_id(
 
     def predict_run(tta: str) -> dict:
         predict.run(
-            PredictParams(tta=tta),
-            "cpu",
-            True,
+            PredictParams(tta=tta, device="cpu"),
             prepared,
             best,
             tmp_path / "out/latest.csv",
@@ -349,9 +337,7 @@ def test_checkpoint_of_another_architecture_is_named(
     save_checkpoint(tmp_path / "best.pt", checkpoint)
     with pytest.raises(PipelineError, match="best.pt: weights do not fit model 'seed_resnet'"):
         predict.run(
-            PredictParams(),
-            "cpu",
-            True,
+            PredictParams(device="cpu"),
             trained_project / "data/prepared",
             tmp_path / "best.pt",
             tmp_path / "latest.csv",
@@ -362,10 +348,8 @@ def test_checkpoint_of_another_architecture_is_named(
 def test_select_without_checkpoints_says_what_to_run(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="no checkpoints"):
         select.run(
-            SelectParams(),
+            SelectParams(device="cpu"),
             MAX_PARAMS,
-            "cpu",
-            True,
             tmp_path,
             tmp_path / "none",
             tmp_path / "best.pt",
@@ -393,6 +377,6 @@ def test_a_new_training_run_removes_the_previous_runs_checkpoints(
     shutil.copytree(
         trained_project / "models/checkpoints", checkpoints
     )  # epochs 1–4 of an earlier run
-    params = TrainParams(device="cpu", epochs=1, batch_size=64, checkpoint_every=1)
+    params = seed_train(device="cpu", epochs=1, batch_size=64, checkpoint_every=1)
     train.run(TINY_MODEL, params, trained_project / "data/prepared", checkpoints, tmp_path / "live")
     assert [p.name for p in checkpoints.iterdir()] == ["epoch_0001.pt"]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from pipeline.config import ModelParams
+from pipeline.config.params import ModelParams
 from pipeline.engine.models import build_model, count_trainable_params
 from pipeline.errors import PipelineError
 from pipeline.files import file_md5

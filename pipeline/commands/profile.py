@@ -1,9 +1,10 @@
-"""Training profiles: named `model` + `train` sections in profiles/<name>.yaml.
+"""`python -m pipeline profile NAME`: put a training profile's `model` and `train` sections into params.yaml.
 
-`python -m pipeline profile NAME` copies a profile's two sections into params.yaml (the other
-sections and their comments stay as they are), so `dvc repro` runs it and `git diff` and
-dvc.lock show exactly what changed. Profiles: fast, default (what params.yaml ships with),
-seed, cpu; the README says what each is for.
+Profiles are profiles/<name>.yaml (config/load.py reads and checks them): fast, default (what
+params.yaml ships with, and where recipe keys a params file leaves out come from), seed, cpu;
+the README says what each is for. The two sections are copied as text, comments included, and
+the other sections of params.yaml stay as they are, so `dvc repro` runs the profile and
+`git diff` and dvc.lock show exactly what changed.
 """
 
 from __future__ import annotations
@@ -13,38 +14,18 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import DEFAULT_PARAMS_PATH, Params, params_from_dict
+from pipeline.config.load import (
+    DEFAULT_PARAMS_PATH,
+    PROFILE_SECTIONS,
+    PROFILES_DIR,
+    params_from_dict,
+    profile_path,
+    profile_values,
+)
 from pipeline.errors import PipelineError
 from pipeline.files import write_text_atomic
 
-PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
-PROFILE_SECTIONS = ("model", "train")
 _TOP_LEVEL_KEY = re.compile(r"^([A-Za-z_]\w*):")
-
-
-def profile_names(profiles_dir: Path = PROFILES_DIR) -> list[str]:
-    return sorted(path.stem for path in profiles_dir.glob("*.yaml"))
-
-
-def _profile_path(name: str, profiles_dir: Path) -> Path:
-    path = profiles_dir / f"{name}.yaml"
-    if not path.is_file():
-        raise PipelineError(
-            f"{path}: no such profile; known profiles: {', '.join(profile_names(profiles_dir))}"
-        )
-    return path
-
-
-def load_profile(name: str, profiles_dir: Path = PROFILES_DIR) -> Params:
-    """The profile's sections, validated like params.yaml; every other section at its defaults."""
-    path = _profile_path(name, profiles_dir)
-    values = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(values, dict) or sorted(values) != sorted(PROFILE_SECTIONS):
-        raise PipelineError(f"{path}: a profile holds exactly the sections {PROFILE_SECTIONS}")
-    try:
-        return params_from_dict(values)
-    except PipelineError as error:
-        raise PipelineError(f"{path}: {error}") from None
 
 
 def split_sections(text: str) -> dict[str, str]:
@@ -68,8 +49,8 @@ def apply_profile(
     name: str, params_path: Path = DEFAULT_PARAMS_PATH, profiles_dir: Path = PROFILES_DIR
 ) -> None:
     """Replace params.yaml's model and train sections with the profile's, text and comments included."""
-    load_profile(name, profiles_dir)  # refuse a broken profile before touching params.yaml
-    profile = split_sections(_profile_path(name, profiles_dir).read_text())
+    profile_values(name, profiles_dir)  # refuse a broken profile before touching params.yaml
+    profile = split_sections(profile_path(name, profiles_dir).read_text())
     try:
         current = split_sections(Path(params_path).read_text())
     except FileNotFoundError:

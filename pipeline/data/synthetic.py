@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.classes import CIFAR10_CLASS_NAMES, NUM_CLASSES
-from pipeline.config import SyntheticParams
+from pipeline.config.params import SyntheticParams
 from pipeline.data.formats import (
     CIFAR_FOLDER,
     CUSTOM_TEST_NAMES,

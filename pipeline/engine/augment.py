@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import TrainParams
+from pipeline.config.params import TrainParams
 from pipeline.engine.normalise import pixel_statistics
 
 

@@ -9,12 +9,12 @@ import torch
 from pipeline.errors import PipelineError
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` → CUDA when present, else CPU; asking for CUDA without one is an error."""
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """`auto` → CUDA when present, else CPU; asking for CUDA without one is an error naming `key`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise PipelineError("params: train.device is 'cuda' but no CUDA device is available")
+        raise PipelineError(f"params: {key} is 'cuda' but no CUDA device is available")
     return torch.device(name)
 
 

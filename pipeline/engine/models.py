@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from pipeline.classes import NUM_CLASSES
-from pipeline.config import ModelParams
+from pipeline.config.params import ModelParams
 from pipeline.errors import PipelineError
 
 

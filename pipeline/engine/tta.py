@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import TtaPolicy
+from pipeline.config.params import TtaPolicy
 from pipeline.engine.device import autocast
 
 TTA_POLICIES: tuple[str, ...] = typing.get_args(TtaPolicy)  # cheapest first

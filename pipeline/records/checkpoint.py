@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.config import ModelParams
+from pipeline.config.params import ModelParams
 from pipeline.engine.models import (
     Ensemble,
     build_model,

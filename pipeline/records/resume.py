@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config import ModelParams, TrainParams
+from pipeline.config.params import ModelParams, TrainParams
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, file_md5
 from pipeline.integrations.repository import stage_code_md5s

@@ -17,7 +17,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from pipeline.config import DataParams
+from pipeline.config.params import DataParams
 from pipeline.data.formats import (
     CIFAR_FILES,
     CIFAR_FOLDER,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import PredictParams
+from pipeline.config.params import PredictParams
 from pipeline.data.prepared import load_split
 from pipeline.engine.device import resolve_device
 from pipeline.engine.models import count_trainable_params
@@ -43,14 +43,13 @@ from pipeline.reporting import console
 
 def run(
     params: PredictParams,
-    device_name: str,  # train.device
-    mixed_precision: bool,  # train.mixed_precision
     prepared_dir: Path = PREPARED_DIR,
     best_path: Path = BEST_PATH,
     submission_path: Path = SUBMISSION_PATH,
     all_params: dict | None = None,  # every section of params.yaml (dvc.yaml declares them all)
 ) -> None:
-    device = resolve_device(device_name)
+    device = resolve_device(params.device, "predict.device")
+    mixed_precision = params.mixed_precision
     checkpoint = load_checkpoint(best_path)
     model = model_from_checkpoint(best_path, checkpoint).to(
         device, memory_format=torch.channels_last
@@ -79,7 +78,7 @@ def run(
     if tta != "none":
         plain_accuracy = evaluate(model, *val_set, "none", params.batch_size, mixed_precision)[0]
     predict_inputs = {"predict": dataclasses.asdict(params), "device": device.type,
-                      "mixed_precision": mixed_precision, "torch": torch.__version__}  # fmt: skip
+                      "torch": torch.__version__}  # fmt: skip
     run = manifest.run_id(predict_inputs, [best_path, prepared_dir / "custom_test.npz"])
     csv_copy = submission_path.parent / f"{run}.csv"
     with atomic_path(csv_copy) as temp_path:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.classes import CIFAR10_CLASS_NAMES, NUM_CLASSES
-from pipeline.config import PrepareParams
+from pipeline.config.params import PrepareParams
 from pipeline.data.formats import (
     CIFAR_FOLDER,
     META_NAME,

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.config import SelectParams
+from pipeline.config.params import SelectParams
 from pipeline.data.prepared import load_split
 from pipeline.engine.device import resolve_device
 from pipeline.engine.models import Ensemble, check_ensemble_budget, count_trainable_params
@@ -148,8 +148,6 @@ def score_ensemble(
 def run(
     params: SelectParams,
     max_params: int,  # model.max_params: the budget covers the whole ensemble
-    device_name: str,  # train.device
-    mixed_precision: bool,  # train.mixed_precision
     prepared_dir: Path = PREPARED_DIR,
     checkpoint_dir: Path = CHECKPOINT_DIR,
     best_path: Path = BEST_PATH,
@@ -163,7 +161,8 @@ def run(
     members = load_members(ensemble_dir) if params.ensemble != "never" else []
     if members:
         check_members(paths[-1], load_checkpoint(paths[-1]), members, max_params)
-    device = resolve_device(device_name)
+    device = resolve_device(params.device, "select.device")
+    mixed_precision = params.mixed_precision
     val_split = load_split(prepared_dir, "val")
     candidates = []
     eval_set = None

@@ -30,7 +30,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.classes import NUM_CLASSES
-from pipeline.config import DEFAULT_PARAMS_PATH, ModelParams, TrainParams
+from pipeline.config.load import DEFAULT_PARAMS_PATH
+from pipeline.config.params import ModelParams, TrainParams
 from pipeline.data.prepared import load_dataset_info, load_split
 from pipeline.engine import distributed
 from pipeline.engine.augment import augment_batch, augment_state, mix_batch

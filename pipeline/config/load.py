@@ -1,0 +1,278 @@
+"""Reading params: YAML (params.yaml, a profile, overrides) → `Params`, types and keys checked.
+
+An unknown key or a value of the wrong type is a `PipelineError` naming the key; ranges and the
+model- and schedule-specific keys are checked by the dataclasses (params.py). The `model` and
+`train` keys a params file leaves out are taken from the `default` profile (profiles/default.yaml,
+which params.yaml ships), and only those that the file's model and schedule read. A profile
+itself must be complete. `with_overrides` is the one way tests, benchmarks and commands change
+some keys of a params mapping.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pipeline.config.params import (
+    MODEL_KEYS,
+    SCHEDULE_KEYS,
+    ModelParams,
+    Params,
+    TrainParams,
+    conditional_keys,
+)
+from pipeline.errors import PipelineError
+from pipeline.files import write_text_atomic
+
+DEFAULT_PARAMS_PATH = Path("params.yaml")
+PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
+DEFAULT_PROFILE = "default"  # what params.yaml ships, and where missing recipe keys come from
+PROFILE_SECTIONS = ("model", "train")
+# the recipe sections: their key that picks the variant, and the keys each variant reads
+RECIPES: dict[str, tuple[type, str, dict[str, tuple[str, ...]]]] = {
+    "model": (ModelParams, "name", MODEL_KEYS),
+    "train": (TrainParams, "schedule", SCHEDULE_KEYS),
+}
+
+
+class _MissingKey(PipelineError):
+    """A recipe key set nowhere (a profile must set them all)."""
+
+
+def _describe(value: object) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _convert(value: Any, annotation: Any, key: str, defaults: dict | None) -> Any:
+    """Check `value` against a field's annotation; ints are accepted where floats are expected."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):  # `X | None`: null is "not set"
+        if value is None:
+            return None
+        (annotation,) = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise PipelineError(f"params: {key} must be a mapping, found {_describe(value)}")
+        return _build(annotation, value, key + ".", defaults)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            raise PipelineError(f"params: {key} must be one of {list(choices)}, found {value!r}")
+        return value
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise PipelineError(f"params: {key} must be a list, found {_describe(value)}")
+        return [_convert(item, item_type, f"{key}[{i}]", defaults) for i, item in enumerate(value)]
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise PipelineError(f"params: {key} must be true or false, found {_describe(value)}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PipelineError(f"params: {key} must be an integer, found {_describe(value)}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PipelineError(f"params: {key} must be a number, found {_describe(value)}")
+        return float(value)
+    if annotation is str:
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise PipelineError(f"params: {key} must be a string, found {_describe(value)}")
+        return value
+    raise TypeError(f"unsupported annotation for {key}: {annotation}")
+
+
+def _with_recipe_defaults(section: str, values: dict, defaults: dict | None) -> dict:
+    """A recipe section's `values` completed from `defaults` (the default profile's section):
+    only with keys that the section's model or schedule reads. A key neither gives stays
+    missing, and `_build` names it."""
+    cls, chooser, table = RECIPES[section]
+    default_values = (defaults or {}).get(section, {})
+    chosen = values.get(chooser, default_values.get(chooser))
+    skipped = conditional_keys(table) - set(table.get(chosen, ()))  # not read: they stay None
+    completed = dict(values)
+    for item in dataclasses.fields(cls):
+        if item.name not in completed and item.name not in skipped and item.name in default_values:
+            completed[item.name] = copy.deepcopy(default_values[item.name])
+    return completed
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str, defaults: dict | None) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            raise PipelineError(
+                f"params: unknown key '{prefix}{key}' (known under '{prefix.rstrip('.') or 'top level'}': "
+                f"{', '.join(sorted(known))})"
+            )
+    section = prefix.rstrip(".")
+    if cls is Params and defaults is not None:  # a missing recipe section: the default profile's
+        values = {name: {} for name in RECIPES} | values
+    kwargs, missing_key = {}, None
+    for key, value in values.items():
+        try:
+            kwargs[key] = _convert(value, hints[key], prefix + key, defaults)
+        except _MissingKey as error:  # reported after every other section's own errors
+            missing_key = missing_key or error
+    if missing_key is not None:
+        raise missing_key
+    if section in RECIPES:
+        kwargs = _with_recipe_defaults(section, kwargs, defaults)
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        missing = [name for name in required if name not in kwargs]
+        if missing:
+            where = (
+                "the profile" if defaults is None else f"params or the {DEFAULT_PROFILE} profile"
+            )
+            raise _MissingKey(f"params: {prefix}{missing[0]} is missing (set it in {where})")
+    return cls(**kwargs)
+
+
+def params_from_dict(values: dict[str, Any]) -> Params:
+    """`values` (params as plain data) checked and built; recipe keys left out are the default
+    profile's (see the module's docstring)."""
+    if not isinstance(values, dict):
+        raise PipelineError(f"params: expected a mapping of sections, found {_describe(values)}")
+    return _build(Params, values, "", default_profile_values())
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: file not found (run from the project root)") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        detail = str(error).replace("\n", " ")
+        raise PipelineError(f"{path}: not valid YAML: {detail}") from None
+
+
+def load_params(path: Path = DEFAULT_PARAMS_PATH) -> Params:
+    """Read and validate `params.yaml`; a missing section takes its defaults."""
+    values = _read_yaml(path) or {}
+    if not isinstance(values, dict):
+        raise PipelineError(f"{path}: expected a mapping of sections, found {_describe(values)}")
+    try:
+        return params_from_dict(values)
+    except PipelineError as error:
+        raise PipelineError(f"{path}: {error}") from None
+
+
+# --- profiles: named model + train sections ---------------------------------------------------
+
+
+def profile_names(profiles_dir: Path = PROFILES_DIR) -> list[str]:
+    return sorted(path.stem for path in profiles_dir.glob("*.yaml"))
+
+
+def profile_path(name: str, profiles_dir: Path = PROFILES_DIR) -> Path:
+    path = profiles_dir / f"{name}.yaml"
+    if not path.is_file():
+        raise PipelineError(
+            f"{path}: no such profile; known profiles: {', '.join(profile_names(profiles_dir))}"
+        )
+    return path
+
+
+def profile_values(name: str, profiles_dir: Path = PROFILES_DIR) -> dict[str, Any]:
+    """A profile's sections as plain data, checked: exactly model and train, each complete."""
+    path = profile_path(name, profiles_dir)
+    values = _read_yaml(path) or {}
+    if not isinstance(values, dict) or sorted(values) != sorted(PROFILE_SECTIONS):
+        raise PipelineError(f"{path}: a profile holds exactly the sections {PROFILE_SECTIONS}")
+    try:
+        _build(Params, values, "", defaults=None)  # complete: nothing filled in
+    except PipelineError as error:
+        raise PipelineError(f"{path}: {error}") from None
+    return values
+
+
+def load_profile(name: str, profiles_dir: Path = PROFILES_DIR) -> Params:
+    """The profile's sections, validated; every other section at its defaults."""
+    return _build(Params, profile_values(name, profiles_dir), "", defaults=None)
+
+
+@functools.cache
+def _default_profile_values() -> dict[str, Any]:
+    return profile_values(DEFAULT_PROFILE)
+
+
+def default_profile_values() -> dict[str, Any]:
+    """The default profile's sections (a copy): the defaults of every recipe key."""
+    return copy.deepcopy(_default_profile_values())
+
+
+def default_recipe() -> Params:
+    return load_profile(DEFAULT_PROFILE)
+
+
+# --- overrides --------------------------------------------------------------------------------
+
+
+def with_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`values` (params as plain data) with `overrides` ({section: {key: value}}, nested like
+    params.yaml) set on top; neither is changed.
+
+    When an override switches a recipe's model or schedule, the keys of `values` that the new
+    one does not read are dropped with it (as `python -m pipeline profile` replaces a whole
+    section); a key the override itself sets is always kept, so a wrong one is refused.
+    """
+    merged = copy.deepcopy(values)
+    for section, section_overrides in overrides.items():
+        if not isinstance(section_overrides, dict) or not isinstance(merged.get(section, {}), dict):
+            merged[section] = copy.deepcopy(section_overrides)
+            continue
+        target = merged.setdefault(section, {})
+        for key, value in section_overrides.items():
+            if isinstance(value, dict) and isinstance(target.get(key), dict):
+                target[key] = with_overrides(target[key], value)
+            else:
+                target[key] = copy.deepcopy(value)
+        if section in RECIPES:
+            _, chooser, table = RECIPES[section]
+            if chooser in section_overrides:
+                reads = set(table.get(target[chooser], ()))
+                for key in conditional_keys(table) - reads - set(section_overrides):
+                    target.pop(key, None)
+    return merged
+
+
+def parse_overrides(assignments: list[str]) -> dict[str, Any]:
+    """`["train.lr=0.1", "model.widths=[8,16,16]"]` (YAML values) → {section: {key: value}}."""
+    overrides: dict[str, Any] = {}
+    for assignment in assignments:
+        key, equals, value = assignment.partition("=")
+        parts = key.split(".")
+        if not equals or len(parts) < 2 or not all(parts):
+            raise PipelineError(f"override '{assignment}': expected SECTION.KEY=VALUE")
+        target = overrides
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = yaml.safe_load(value)
+    return overrides
+
+
+def override_params_file(path: Path, overrides: dict[str, Any]) -> Params:
+    """Set `overrides` in the params file at `path` (validated before it is written)."""
+    values = with_overrides(_read_yaml(path) or {}, overrides)
+    params = params_from_dict(values)
+    write_text_atomic(Path(path), yaml.safe_dump(values, sort_keys=False))
+    return params
+
+
+def recipe(profile: str, overrides: dict[str, Any] | None = None) -> Params:
+    """A profile with `overrides` on top: the recipe tests and benchmarks start from."""
+    return params_from_dict(with_overrides(profile_values(profile), overrides or {}))

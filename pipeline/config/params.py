@@ -1,0 +1,296 @@
+"""The params of each pipeline stage as frozen dataclasses, validated when built.
+
+Sections are named after the stages that read them (DVC's convention). A value of the wrong
+range is a `PipelineError` naming the key (load.py checks the types and unknown keys first).
+
+`model` and `train` hold a recipe: their fields have no defaults here. A recipe comes whole
+from a profile (profiles/NAME.yaml); keys a params file leaves out are the `default` profile's
+(load.py), so "what is lr?" has one answer: params.yaml, and failing that profiles/default.yaml.
+Some keys are read by one model or one schedule only (`MODEL_KEYS`, `SCHEDULE_KEYS`): they must be
+set for it, and are refused for the others. A key that does nothing would still change dvc.lock
+and the resume key, and so retrain from scratch for nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pipeline.errors import PipelineError
+
+COMPETITION_SLUG = "deep-learning-spring-2025-project-1"
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+
+# Test-time augmentation policies (engine/tta.py defines their views), cheapest first.
+TtaPolicy = Literal["none", "flip", "flip_translate", "multicrop"]
+DeviceName = Literal["auto", "cpu", "cuda"]  # auto: CUDA when present, else the CPU
+
+# The keys each model reads besides name and max_params (engine/models.py builds them).
+MODEL_KEYS: dict[str, tuple[str, ...]] = {
+    "seed_resnet": ("base_width", "blocks", "dropout"),
+    "airnet": ("widths", "residual"),
+    "resnet_wide": ("widths", "blocks", "dropout"),
+}
+# The keys each learning-rate schedule reads (engine/schedule.py).
+SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {
+    "multistep": ("milestones", "gamma"),
+    "cosine": (),
+    "onecycle": ("warmup_fraction", "lr_start_factor", "lr_end_factor"),
+    "constant": (),
+}
+
+
+def _require(condition: bool, key: str, expected: str, found: object) -> None:
+    if not condition:
+        raise PipelineError(f"params: {key} must be {expected}, found {found!r}")
+
+
+def conditional_keys(table: dict[str, tuple[str, ...]]) -> set[str]:
+    return {key for keys in table.values() for key in keys}
+
+
+def check_conditional_keys(
+    section: object, prefix: str, chooser: str, table: dict[str, tuple[str, ...]]
+) -> None:
+    """The keys `table` gives the chosen `chooser` value are set; the other choices' are not."""
+    chosen = getattr(section, chooser)
+    reads = table.get(chosen, ())
+    for key in sorted(conditional_keys(table)):
+        value = getattr(section, key)
+        if key in reads and value is None:
+            raise PipelineError(
+                f"params: {prefix}.{key} is missing: {prefix}.{chooser} '{chosen}' reads it"
+            )
+        if key not in reads and value is not None:
+            readers = [name for name, keys in table.items() if key in keys]
+            raise PipelineError(
+                f"params: {prefix}.{key} is not read by {prefix}.{chooser} '{chosen}' (only by "
+                f"{', '.join(readers)}); remove it: a key that does nothing would still retrain"
+            )
+
+
+def equal_share_problem(batch_size: int, drop_last: bool, processes: int) -> str | None:
+    """Why `processes` data-parallel ranks cannot split each batch equally, or None if they can."""
+    if processes > 1 and (not drop_last or batch_size % processes):
+        return (
+            f"train.batch_size: {batch_size} must be a multiple of the {processes} processes, with "
+            "train.drop_last: true, so that every rank gets an equal share of every batch"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    train_images: int = 2000  # written as 5 data_batch files, like the original
+    val_images: int = 500  # written as test_batch
+    custom_test_images: int = 500  # written as cifar_test_nolabel.pkl (2025 layout)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("train_images", "val_images", "custom_test_images"):
+            value = getattr(self, name)
+            _require(value >= 10, f"data.synthetic.{name}", "at least 10", value)
+
+
+@dataclass(frozen=True)
+class DataParams:
+    # auto: use data/raw if it already holds the files, else Kaggle if credentials exist.
+    source: Literal["auto", "kaggle", "url", "local", "synthetic"] = "auto"
+    competition: str = COMPETITION_SLUG
+    path: str = ""  # local source: a folder, the competition's .zip, or a CIFAR-10 .tar.gz
+    custom_test_path: str = ""  # url / CIFAR-10-only local sources: the custom test pickle
+    cifar_url: str = CIFAR10_URL
+    synthetic: SyntheticParams = field(default_factory=SyntheticParams)
+
+
+@dataclass(frozen=True)
+class PrepareParams:
+    val: Literal["test_batch", "holdout"] = "test_batch"
+    holdout_images: int = 5000  # only for val: holdout; stratified, taken from the training set
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(
+            self.holdout_images >= 10, "prepare.holdout_images", "at least 10", self.holdout_images
+        )
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """A model: its name, the budget, and the keys that name reads (MODEL_KEYS; the rest None)."""
+
+    name: str  # seed_resnet | airnet | resnet_wide (engine/models.py describes each)
+    max_params: int  # the competition's cap on trainable parameters
+    base_width: int | None = None  # seed_resnet: channels of the first stage (32 → 64 → 128)
+    blocks: list[int] | None = None  # seed_resnet, resnet_wide: residual blocks per stage
+    dropout: float | None = None  # seed_resnet, resnet_wide: inside each residual block
+    widths: list[int] | None = None  # airnet, resnet_wide: channels per stage
+    residual: bool | None = None  # airnet: a third conv per group, added to the group's output
+
+    def __post_init__(self) -> None:
+        _require(self.max_params > 0, "model.max_params", "positive", self.max_params)
+        if self.base_width is not None:
+            _require(self.base_width >= 1, "model.base_width", "at least 1", self.base_width)
+        if self.blocks is not None:
+            _require(
+                len(self.blocks) >= 1 and all(b >= 1 for b in self.blocks),
+                "model.blocks", "a non-empty list of positive block counts", self.blocks,
+            )  # fmt: skip
+        if self.dropout is not None:
+            _require(0.0 <= self.dropout < 1.0, "model.dropout", "in [0, 1)", self.dropout)
+        if self.widths is not None:
+            _require(
+                len(self.widths) == 3 and all(w >= 1 for w in self.widths),
+                "model.widths", "three positive channel counts", self.widths,
+            )  # fmt: skip
+        if self.name == "resnet_wide" and self.blocks is not None and self.widths is not None:
+            _require(
+                len(self.blocks) == len(self.widths), "model.blocks",
+                f"one block count per width ({len(self.widths)}) for resnet_wide", self.blocks,
+            )  # fmt: skip
+        if self.name in MODEL_KEYS:  # an unknown name is build_model's error, listing the known
+            check_conditional_keys(self, "model", "name", MODEL_KEYS)
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """A training recipe; the schedule's own keys (SCHEDULE_KEYS) are None for other schedules."""
+
+    device: DeviceName
+    seed: int
+    epochs: int
+    max_steps: int  # stop after this many optimizer steps (mid-epoch too); 0: all epochs
+    batch_size: int  # images per optimizer step
+    drop_last: bool  # skip each epoch's last partial batch (one shape: no recompiles)
+    lr: float  # peak learning rate, for the mean loss over batch_size images
+    momentum: float
+    nesterov: bool
+    weight_decay: float  # coupled (PyTorch SGD): each step shrinks weights by lr × this
+    bias_lr_scale: float  # lr multiplier for BatchNorm and bias params; their decay per step stays
+    schedule: Literal["multistep", "cosine", "onecycle", "constant"]
+    crop_padding: int  # pixels of padding before the random 32×32 crop; 0 disables
+    pad_mode: Literal["zeros", "reflect"]  # the seed used torchvision's zero fill
+    flip: Literal["none", "random", "alternating"]  # alternating: each image every other epoch
+    cutout: int  # side in pixels of a square zeroed at a random place; 0 disables
+    mixup_alpha: float  # Beta(α, α) mixing of image pairs; 0 disables
+    cutmix_alpha: float  # Beta(α, α) box pasting between image pairs; 0 disables
+    trivial_augment: bool  # torchvision's TrivialAugmentWide, per group of images
+    label_smoothing: float
+    ema_decay: float  # timm ModelEmaV3 of the weights, updated every step; 0 disables
+    lookahead: bool  # airbench's Lookahead: every 5 steps the weights move toward their average
+    mixed_precision: bool  # bf16 autocast on CUDA (BatchNorm params and stats stay fp32)
+    deterministic: bool  # CUDA: deterministic algorithms only (slower); CPU always is
+    nproc: int  # processes (one per GPU) under torchrun; batch_size stays the global batch
+    sync_batchnorm: bool  # nproc > 1 on CUDA: BatchNorm statistics over the global batch
+    compile: Literal["auto", "always", "never"]  # torch.compile; auto: CUDA only
+    checkpoint_every: int  # epochs between checkpoints; the last epoch is always saved
+    eval_batch_size: int
+    eval_tta: Literal["none", "flip", "flip_translate"]  # views for the per-epoch val accuracy
+    milestones: list[int] | None = None  # multistep: epochs where the lr is multiplied by gamma
+    gamma: float | None = None  # multistep: lr factor at each milestone
+    warmup_fraction: float | None = None  # onecycle: share of the steps rising to the peak lr
+    lr_start_factor: float | None = None  # onecycle: lr factor at the first step
+    lr_end_factor: float | None = None  # onecycle: lr factor at the last step
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "train.epochs", "at least 1", self.epochs)
+        _require(self.max_steps >= 0, "train.max_steps", "0 or more", self.max_steps)
+        _require(self.batch_size >= 1, "train.batch_size", "at least 1", self.batch_size)
+        _require(self.lr > 0, "train.lr", "positive", self.lr)
+        _require(0 <= self.momentum < 1, "train.momentum", "in [0, 1)", self.momentum)
+        _require(self.weight_decay >= 0, "train.weight_decay", "non-negative", self.weight_decay)
+        _require(self.bias_lr_scale > 0, "train.bias_lr_scale", "positive", self.bias_lr_scale)
+        if self.milestones is not None:
+            _require(
+                all(m >= 1 for m in self.milestones),
+                "train.milestones", "positive epochs", self.milestones,
+            )  # fmt: skip
+        if self.gamma is not None:
+            _require(0 < self.gamma <= 1, "train.gamma", "in (0, 1]", self.gamma)
+        if self.warmup_fraction is not None:
+            _require(
+                0 <= self.warmup_fraction < 1,
+                "train.warmup_fraction", "in [0, 1)", self.warmup_fraction,
+            )  # fmt: skip
+        for name in ("lr_start_factor", "lr_end_factor"):
+            value = getattr(self, name)
+            if value is not None:
+                _require(0 <= value <= 1, f"train.{name}", "in [0, 1]", value)
+        _require(
+            0 <= self.crop_padding <= 16, "train.crop_padding", "in [0, 16]", self.crop_padding
+        )
+        _require(0 <= self.cutout <= 32, "train.cutout", "in [0, 32]", self.cutout)
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            value = getattr(self, name)
+            _require(value >= 0, f"train.{name}", "non-negative", value)
+        _require(
+            0 <= self.label_smoothing < 1,
+            "train.label_smoothing", "in [0, 1)", self.label_smoothing,
+        )  # fmt: skip
+        _require(0 <= self.ema_decay < 1, "train.ema_decay", "in [0, 1)", self.ema_decay)
+        _require(
+            self.checkpoint_every >= 1,
+            "train.checkpoint_every", "at least 1", self.checkpoint_every,
+        )  # fmt: skip
+        _require(
+            self.eval_batch_size >= 1, "train.eval_batch_size", "at least 1", self.eval_batch_size
+        )
+        _require(self.nproc >= 1, "train.nproc", "at least 1", self.nproc)
+        problem = equal_share_problem(self.batch_size, self.drop_last, self.nproc)
+        if problem:
+            raise PipelineError(f"params: {problem}")
+        check_conditional_keys(self, "train", "schedule", SCHEDULE_KEYS)
+
+
+@dataclass(frozen=True)
+class SelectParams:
+    batch_size: int = 1000  # images per evaluation batch
+    # every checkpoint × {raw, EMA} weights × each of these policies is a candidate
+    tta_policies: list[TtaPolicy] = field(
+        default_factory=lambda: ["none", "flip", "flip_translate"]
+    )
+    # models/ensemble/*.pt members: auto averages them with this run's winner when that scores
+    # higher on validation; always does it regardless; never ignores them
+    ensemble: Literal["auto", "always", "never"] = "auto"
+    device: DeviceName = "auto"  # where the candidates are scored
+    mixed_precision: bool = True  # bf16 autocast on CUDA
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "select.batch_size", "at least 1", self.batch_size)
+        _require(
+            len(self.tta_policies) >= 1,
+            "select.tta_policies", "a non-empty list", self.tta_policies,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PredictParams:
+    tta: Literal["auto", TtaPolicy] = "auto"  # auto: select's choice; else one of TtaPolicy
+    batch_size: int = 1000
+    device: DeviceName = "auto"  # where the custom test set is labelled
+    mixed_precision: bool = True  # bf16 autocast on CUDA
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "predict.batch_size", "at least 1", self.batch_size)
+
+
+def _default_model() -> ModelParams:
+    from pipeline.config.load import default_recipe  # the default profile: load.py reads it
+
+    return default_recipe().model
+
+
+def _default_train() -> TrainParams:
+    from pipeline.config.load import default_recipe
+
+    return default_recipe().train
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    prepare: PrepareParams = field(default_factory=PrepareParams)
+    model: ModelParams = field(default_factory=_default_model)  # profiles/default.yaml's
+    train: TrainParams = field(default_factory=_default_train)
+    select: SelectParams = field(default_factory=SelectParams)
+    predict: PredictParams = field(default_factory=PredictParams)

@@ -1,0 +1,46 @@
+"""Which params each stage reads: the one table that dvc.yaml's `params:` lists, the dispatcher
+(`python -m pipeline STAGE`) and tests/test_dvc_yaml.py all follow.
+
+DVC reruns a stage when a param it declares changes, and only then; a param the code reads
+but dvc.yaml does not declare breaks reproduction silently. So a stage is handed its params
+through `StageParams`, which gives out only what the table declares for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from pipeline.config.params import Params
+
+SECTIONS = tuple(field.name for field in dataclasses.fields(Params))
+STAGE_PARAMS: dict[str, tuple[str, ...]] = {
+    "fetch": ("data",),
+    "prepare": ("prepare",),
+    "train": ("model", "train"),
+    "select": ("select", "model.max_params"),  # the budget covers the whole seed ensemble
+    "predict": SECTIONS,  # the run manifest records every param, so predict depends on them all
+}
+STAGES = tuple(STAGE_PARAMS)  # in the order dvc.yaml runs them
+
+
+class StageParams:
+    """`params` as one stage may read them: `get("select")`, `get("model.max_params")`."""
+
+    def __init__(self, stage: str, params: Params) -> None:
+        self.stage, self.params, self.declared = stage, params, STAGE_PARAMS[stage]
+
+    def get(self, name: str) -> Any:
+        if name not in self.declared:
+            raise KeyError(
+                f"stage {self.stage} reads params '{name}', which it does not declare "
+                f"(config/stage_params.py and dvc.yaml: {', '.join(self.declared)})"
+            )
+        value: Any = self.params
+        for part in name.split("."):
+            value = getattr(value, part)
+        return value
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every declared section as plain data (predict's manifest records them)."""
+        return {name: dataclasses.asdict(self.get(name)) for name in self.declared}
