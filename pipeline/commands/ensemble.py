@@ -18,6 +18,7 @@ how members are checked, scored and kept).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tempfile
 from pathlib import Path
@@ -30,14 +31,11 @@ from pipeline.errors import PipelineError
 from pipeline.files import file_md5
 from pipeline.integrations.repository import dvc, git, last_error_line
 from pipeline.paths import BEST_PATH, ENSEMBLE_DIR
-from pipeline.records.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.records.checkpoint import Checkpoint
+from pipeline.records.ensemble import load_members
 from pipeline.reporting import console, table_console
-from pipeline.stages.select import load_members
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-# what a member keeps of the run's best.pt: the selected weights and what describes them
-KEPT_KEYS = ("model_state", "model_config", "epoch", "val_accuracy", "model_params",
-             "normalization", "class_names", "training", "weights", "tta")  # fmt: skip
 
 
 def resolve_revision(revision: str) -> str | None:
@@ -93,12 +91,12 @@ def add(
                 )
             origin = {"revision": source, "commit": commit}
             default_name = re.sub(r"[^A-Za-z0-9._-]", "-", source).lstrip("-._") or commit[:8]
-        checkpoint = load_checkpoint(checkpoint_path)
-        if checkpoint.get("ensemble"):
+        checkpoint = Checkpoint.load(checkpoint_path)
+        if checkpoint.members:
             raise PipelineError(
                 f"ensemble: {source}'s model is itself an ensemble; add its single-model runs instead"
             )
-        model = model_from_checkpoint(checkpoint_path, checkpoint)  # its weights fit its model
+        model = checkpoint.model(checkpoint_path)  # its weights fit its model
     name = name or default_name
     if not NAME_PATTERN.fullmatch(name):
         raise PipelineError(
@@ -109,16 +107,16 @@ def add(
         raise PipelineError(
             f"{destination}: already a member; remove it first or pick another --name"
         )
-    member = {key: checkpoint[key] for key in KEPT_KEYS if key in checkpoint}
-    member |= {"ema_state": None, "source": origin}
+    # a member keeps the weights its run's select chose (and its TTA), not the EMA copy
+    member = dataclasses.replace(checkpoint, ema_state=None, val_accuracy_ema=None, source=origin)
     ensemble_dir.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(destination, member)
+    member.save(destination)
     added = dvc("add", "--quiet", destination.as_posix())
     if added.returncode != 0:
         destination.unlink(missing_ok=True)
         raise PipelineError(f"{destination}: dvc add failed ({last_error_line(added)})")
     console.print(
-        f"ensemble: added {destination} ({checkpoint['model_config']['name']}, "
+        f"ensemble: added {destination} ({checkpoint.model_config['name']}, "
         f"{count_trainable_params(model):,} params, from {source}); commit {destination}.dvc "
         f"and {ensemble_dir}/.gitignore, then dvc repro"
     )
@@ -150,12 +148,11 @@ def show(ensemble_dir: Path = ENSEMBLE_DIR, run_model: ModelParams | None = None
         table.add_column(column)
     members = load_members(ensemble_dir)
     for member in members:
-        origin = member.checkpoint.get("source") or {}
+        origin = member.checkpoint.source or {}
         where = origin.get("revision") or origin.get("file") or "—"
-        table.add_row(member.path.stem, member.checkpoint["model_config"]["name"],
-                      f"{member.params:,}", str(member.checkpoint["epoch"]),
-                      member.checkpoint.get("weights", "raw"), member.checkpoint.get("tta", "none"),
-                      where)  # fmt: skip
+        table.add_row(member.name, member.checkpoint.model_config["name"], f"{member.params:,}",
+                      str(member.checkpoint.epoch), member.checkpoint.weights or "raw",
+                      member.checkpoint.tta or "none", where)  # fmt: skip
     total = sum(member.params for member in members)
     table_console().print(table)
     if run_model is not None:

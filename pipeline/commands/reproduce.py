@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.files import file_md5, read_json
+from pipeline.files import file_md5
 from pipeline.integrations.repository import (
     NO_REMOTE_HELP,
     default_remote,
@@ -27,8 +27,9 @@ from pipeline.integrations.repository import (
     last_error_line,
     lock_output_hashes,
 )
-from pipeline.paths import HISTORY_PATH, PREDICT_METRICS_PATH, SUBMISSION_PATH
-from pipeline.records.history import find_rows, load_manifest, read_history
+from pipeline.paths import HISTORY_PATH, SUBMISSION_PATH
+from pipeline.records.history import find_rows, read_history
+from pipeline.records.manifest import last_run_id, load_manifest, run_files
 from pipeline.reporting import console
 
 LOCAL_DVC_CONFIG = Path(".dvc/config.local")  # git-ignored: a remote's credentials or local path
@@ -126,12 +127,6 @@ def _labels(path: Path) -> dict[str, str]:
         return {row["ID"]: row["Labels"] for row in csv.DictReader(handle)}
 
 
-def _environment(manifest: dict | None) -> str | None:
-    if not manifest:
-        return None
-    return f"{manifest.get('device', '?')}, torch {manifest.get('torch', '?')}"
-
-
 def committed_outputs(commit: str) -> dict[str, str]:
     """Every output path `commit`'s dvc.lock records, with its md5."""
     return lock_output_hashes(git("show", f"{commit}:dvc.lock"))
@@ -168,7 +163,7 @@ def differences(
         lines.append(
             "outputs that came out different from the commit's dvc.lock: " + ", ".join(changed)
         )
-    submitted_copy = SUBMISSION_PATH.parent / f"{row['run_id']}.csv"  # kept where predict ran
+    submitted_copy = run_files(row["run_id"]).csv  # kept where predict ran
     if submitted_copy.exists() and file_md5(submitted_copy) == row["csv_md5"]:
         before, after = _labels(submitted_copy), _labels(worktree / SUBMISSION_PATH)
         differing = sorted((key for key in before if before[key] != after.get(key)), key=int)
@@ -187,16 +182,15 @@ def differences(
     if not recomputed:
         return lines
     original = load_manifest(row["run_id"], row["commit"])
-    rerun_metrics = worktree / PREDICT_METRICS_PATH
-    rerun_id = read_json(rerun_metrics).get("run_id") if rerun_metrics.exists() else None
-    rerun_manifest_path = worktree / SUBMISSION_PATH.parent / f"{rerun_id}.json"
-    rerun = read_json(rerun_manifest_path) if rerun_manifest_path.exists() else None
-    was, now = _environment(original), _environment(rerun)
+    rerun_id = last_run_id(worktree)
+    rerun = load_manifest(rerun_id, folder=worktree / SUBMISSION_PATH.parent) if rerun_id else None
+    was = original.environment if original else None
+    now = rerun.environment if rerun else None
     if was and now:
         lines.append(f"submitted run: {was}; this run: {now}")
-    if original and rerun and original.get("torch") != rerun.get("torch"):
+    if original and rerun and original.torch != rerun.torch:
         lines.append("why: another torch version has other kernels, which round differently")
-    if original and str(original.get("device", "")).startswith("cuda"):
+    if original and str(original.device or "").startswith("cuda"):
         lines.append(
             "why: GPU training is not bit-reproducible by default (cuDNN's convolution backward and "
             "atomic adds sum in varying order), so weights and some labels drift between runs"

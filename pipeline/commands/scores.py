@@ -14,7 +14,8 @@ from rich.table import Table
 from pipeline.errors import PipelineError
 from pipeline.integrations import kaggle_client
 from pipeline.paths import HISTORY_PATH
-from pipeline.records.history import RUN_IN_MESSAGE, load_manifest, read_history
+from pipeline.records.history import RUN_IN_MESSAGE, read_history
+from pipeline.records.manifest import load_manifest
 from pipeline.reporting import table_console
 
 COLUMNS = (
@@ -32,12 +33,12 @@ def _manifest_fields(run_id: str, commit: str) -> dict[str, str]:
     if manifest is None:
         return {}
     return {
-        "model": str(manifest.get("model", MISSING)),
-        "params": f"{manifest['model_params']:,}" if manifest.get("model_params") else MISSING,
-        "val_accuracy": f"{manifest['val_accuracy']:.4f}"
-        if "val_accuracy" in manifest
+        "model": manifest.model or MISSING,
+        "params": f"{manifest.model_params:,}" if manifest.model_params else MISSING,
+        "val_accuracy": f"{manifest.val_accuracy:.4f}"
+        if manifest.val_accuracy is not None
         else MISSING,
-        "tta": str(manifest.get("tta", MISSING)),
+        "tta": manifest.tta or MISSING,
     }
 
 

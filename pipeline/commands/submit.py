@@ -17,12 +17,13 @@ In order, and nothing is sent or recorded unless every step passes:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from pathlib import Path
 
 from pipeline.data.prepared import load_split
 from pipeline.errors import PipelineError
-from pipeline.files import file_md5, read_json
+from pipeline.files import file_md5
 from pipeline.integrations import kaggle_client
 from pipeline.integrations.repository import (
     NO_REMOTE_HELP,
@@ -34,7 +35,8 @@ from pipeline.integrations.repository import (
     stale_stages,
 )
 from pipeline.paths import HISTORY_PATH, PREDICT_METRICS_PATH, PREPARED_DIR, SUBMISSION_PATH
-from pipeline.records.history import append_history, manifest_path, read_history
+from pipeline.records.history import append_history, read_history
+from pipeline.records.manifest import RunSummary, last_run_id, read_manifest, run_files
 from pipeline.records.submission_csv import validate_submission
 from pipeline.reporting import console
 
@@ -42,25 +44,25 @@ RECORDS = ("submissions",)  # history.csv and the manifests: records of runs, no
 SHORT_COMMIT = 7
 
 
-def run_of_latest_csv(csv_path: Path, csv_md5: str) -> dict:
+def run_of_latest_csv(csv_path: Path, csv_md5: str) -> RunSummary:
     """The manifest of the predict run that wrote `csv_path`; refuse a CSV no run wrote."""
     if not PREDICT_METRICS_PATH.exists():
         raise PipelineError(f"{PREDICT_METRICS_PATH}: missing; run `dvc repro` first")
-    run_id = read_json(PREDICT_METRICS_PATH).get("run_id")
-    if not isinstance(run_id, str) or not run_id:
+    run_id = last_run_id()
+    if run_id is None:
         raise PipelineError(f"{PREDICT_METRICS_PATH}: no run_id; rerun `dvc repro`")
-    path = manifest_path(run_id)
+    path = run_files(run_id).manifest
     if not path.exists():
         raise PipelineError(
             f"{path}: the manifest of the last predict run is missing; rerun `dvc repro`"
         )
-    manifest = read_json(path)
-    if manifest.get("csv_md5") != csv_md5:
+    manifest = read_manifest(path)
+    if manifest.csv_md5 != csv_md5:
         raise PipelineError(
-            f"{csv_path}: md5 {csv_md5} is not the CSV run {run_id} wrote ({manifest.get('csv_md5')}); "
+            f"{csv_path}: md5 {csv_md5} is not the CSV run {run_id} wrote ({manifest.csv_md5}); "
             "a CSV changed by hand cannot be traced: rerun `dvc repro`"
         )
-    return manifest
+    return dataclasses.replace(manifest, run_id=run_id)
 
 
 def refusals(csv_md5: str, commit: str | None, history: list[dict[str, str]]) -> dict[str, str]:
@@ -115,7 +117,7 @@ def run(
     validate_submission(csv_path, load_split(PREPARED_DIR, "custom_test")["ids"])
     csv_md5 = file_md5(csv_path)
     manifest = run_of_latest_csv(csv_path, csv_md5)
-    run_id = manifest["run_id"]
+    run_id = manifest.run_id
     commit = head_commit()
     history = read_history(history_path)
     found = refusals(csv_md5, commit, history)
@@ -131,11 +133,11 @@ def run(
     if push:
         push_outputs()
     short_commit = commit[:SHORT_COMMIT] if commit else "no-commit"
-    accuracy = manifest.get("val_accuracy")
+    accuracy = manifest.val_accuracy
     accuracy_text = f"{accuracy:.4f}" if isinstance(accuracy, float) else "?"
     summary = (
-        f"{manifest.get('model', '?')} {manifest.get('model_params') or '?'} params, "
-        f"val {accuracy_text} TTA {manifest.get('tta', '?')}"
+        f"{manifest.model or '?'} {manifest.model_params or '?'} params, "
+        f"val {accuracy_text} TTA {manifest.tta or '?'}"
     )
     full_message = f"{message.strip() if message else summary} | run {run_id} @ {short_commit}"
     ref = kaggle_client.submit_file(
@@ -150,7 +152,7 @@ def run(
     console.print(
         f"submit: {csv_path} → '{competition}' as Kaggle ref {ref} (run {run_id} @ {short_commit}); "
         f"recorded in {history_path}. Keep the record: git add {history_path} "
-        f"{manifest_path(run_id)} && git commit -m 'submit run {run_id}'. "
+        f"{run_files(run_id).manifest} && git commit -m 'submit run {run_id}'. "
         "`python -m pipeline scores` shows the score once Kaggle has computed it."
     )
     return row

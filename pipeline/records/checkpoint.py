@@ -1,23 +1,25 @@
-"""Checkpoint files: written atomically, read only with `torch.load(weights_only=True)`.
+"""Checkpoint files: `Checkpoint` says what one holds; written atomically, read only with
+`torch.load(weights_only=True)`.
 
-A checkpoint is a dict of plain data and tensors: `model_state`, `model_config` (the model's
-params, to rebuild it by name), `epoch`, `val_accuracy`, `model_params` (trainable count),
-`normalization` (the training set's mean/std) and `class_names`; training also stores `ema_state`
-and `val_accuracy_ema` (None without EMA), and select's models/best.pt says which `weights`
-(raw or ema) its `model_state` holds. When select chose a seed ensemble, best.pt also holds
-`ensemble`: one entry per other member (`name`, `source`, `md5` of its file, `model_config`,
-`model_state`, `model_params`), whose logits are averaged with its own.
+Train writes one per `train.checkpoint_every` epochs (raw and EMA weights); select writes
+models/best.pt, the winner with the weights it chose as `model_state`, the TTA it chose and,
+for a seed ensemble, its `members`; `ensemble add` writes models/ensemble/NAME.pt, another
+run's best.pt with where it came from (`source`). On disk a checkpoint is a plain dict of data
+and tensors (the keys below, `members` stored as `ensemble`), which `load_checkpoint` and
+`save_checkpoint` read and write; `Checkpoint.load` / `.save` go through them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from pipeline.config.params import ModelParams
+from pipeline.config.params import MODEL_KEYS, ModelParams, conditional_keys
 from pipeline.engine.models import (
     Ensemble,
     build_model,
@@ -28,10 +30,110 @@ from pipeline.errors import PipelineError
 from pipeline.files import atomic_path
 
 REQUIRED_KEYS = ("model_state", "model_config", "epoch", "val_accuracy", "normalization")
+MEMBER_KEYS = ("name", "source", "md5", "model_config", "model_state", "model_params")
 
 
-def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
-    """Write `checkpoint` whole or not at all; the same content gives the same bytes.
+@dataclass(frozen=True)
+class Member:
+    """Another run's selected model inside a seed-ensemble best.pt (its logits are averaged in)."""
+
+    name: str  # the models/ensemble/NAME.pt it was
+    source: dict | None  # where `ensemble add` took it from: a file and md5, or a revision
+    md5: str | None  # of its models/ensemble file
+    model_config: dict  # ModelParams as plain data
+    model_state: dict[str, torch.Tensor]
+    model_params: int | None  # trainable parameters
+
+    def model(self, where: object) -> nn.Module:
+        return build_from_config(f"{where} (ensemble member {self.name})", self.model_config,
+                                 self.model_state)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    model_state: dict[str, torch.Tensor]  # the raw weights; best.pt: the weights select chose
+    model_config: dict  # ModelParams as plain data, to rebuild the model by name
+    epoch: int  # 1-based, after which it was written
+    val_accuracy: float  # of the raw weights, under train.eval_tta, at that epoch
+    normalization: dict[str, list[float]]  # {"mean", "std"} of the training set, 0–1 scale
+    class_names: list[str] = dataclasses.field(default_factory=list)
+    model_params: int | None = None  # trainable parameters
+    training: dict | None = None  # {"device", "deterministic"}: is it bit-reproducible
+    ema_state: dict[str, torch.Tensor] | None = None  # the EMA weights, when train kept one
+    val_accuracy_ema: float | None = None
+    weights: str | None = None  # select: which weights model_state holds (raw or ema)
+    tta: str | None = None  # select: the TTA policy it chose for predict
+    members: tuple[Member, ...] = ()  # select: the seed ensemble's other members
+    source: dict | None = None  # ensemble add: where this member came from
+
+    @classmethod
+    def load(cls, path: Path) -> Checkpoint:
+        return cls.from_dict(load_checkpoint(path), path)
+
+    def save(self, path: Path) -> None:
+        save_checkpoint(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any], where: object) -> Checkpoint:
+        """The checkpoint a file's dict describes; a damaged member entry names the file."""
+        members = []
+        for number, entry in enumerate(record.get("ensemble") or [], start=1):
+            if (
+                not isinstance(entry, dict)
+                or "model_config" not in entry
+                or "model_state" not in entry
+            ):
+                raise PipelineError(
+                    f"{where}: ensemble member {number} lacks model_config or model_state"
+                )
+            values = {key: entry.get(key) for key in MEMBER_KEYS}
+            members.append(Member(**(values | {"name": str(entry.get("name", number))})))
+        known = {item.name for item in dataclasses.fields(cls)} - {"members"}
+        return cls(**{key: value for key, value in record.items() if key in known},
+                   members=tuple(members))  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        """The file's dict: select's and ensemble's keys only when set, so a training
+        checkpoint holds exactly what train wrote."""
+        record = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
+        members = record.pop("members")
+        for key in ("weights", "tta", "source"):
+            if record[key] is None:
+                del record[key]
+        if members:
+            record["ensemble"] = [dataclasses.asdict(member) for member in members]
+        return record
+
+    @property
+    def model_name(self) -> str:
+        """ "airnet", or for a seed ensemble "ensemble: airnet + airnet + airnet"."""
+        names = [self.model_config.get("name", "?")] + [
+            m.model_config.get("name", "?") for m in self.members
+        ]
+        return names[0] if not self.members else "ensemble: " + " + ".join(names)
+
+    def model(self, where: object) -> nn.Module:
+        """Rebuild the model by name (budget checked again) with `model_state`.
+
+        With `members`, an `Ensemble` of it and them, the budget checked over all of them
+        against its own `model.max_params`.
+        """
+        model = build_from_config(where, self.model_config, self.model_state)
+        if not self.members:
+            return model
+        models = [model] + [member.model(where) for member in self.members]
+        parts = [(self.model_config.get("name", "?"), count_trainable_params(model))] + [
+            (member.name, count_trainable_params(built))
+            for member, built in zip(self.members, models[1:], strict=True)
+        ]
+        check_ensemble_budget(
+            parts, self.model_config.get("max_params", 0), f"{where} cannot be used"
+        )
+        return Ensemble(models)
+
+
+def save_checkpoint(path: Path, record: dict[str, Any]) -> None:
+    """Write `record` whole or not at all; the same content gives the same bytes.
 
     torch.save names the zip's top folder after the file it is given; saving through an open
     handle keeps that name fixed ("archive") instead of the random temporary name, so DVC's md5
@@ -39,7 +141,7 @@ def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
     """
     try:
         with atomic_path(path) as temp_path, temp_path.open("wb") as handle:
-            torch.save(checkpoint, handle)
+            torch.save(record, handle)
     except OSError as error:  # a full disk, a lost mount: the earlier checkpoints stay as they were
         raise PipelineError(
             f"{path}: could not write the checkpoint ({error.strerror or error}); earlier "
@@ -48,9 +150,9 @@ def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint without unpickling arbitrary objects; check its keys."""
+    """A checkpoint file's dict, read without unpickling arbitrary objects; its keys checked."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        record = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise PipelineError(f"{path}: checkpoint not found; run the train stage first") from None
     except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
@@ -58,48 +160,30 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise PipelineError(
             f"{path}: corrupt or unsafe checkpoint ({type(error).__name__}: {first_line})"
         ) from None
-    if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in REQUIRED_KEYS):
+    if not isinstance(record, dict) or any(key not in record for key in REQUIRED_KEYS):
         raise PipelineError(
             f"{path}: not a pipeline checkpoint (expected keys {list(REQUIRED_KEYS)})"
         )
-    return checkpoint
+    return record
 
 
-def model_from_checkpoint(path: Path, checkpoint: dict[str, Any]) -> nn.Module:
-    """Rebuild the checkpoint's model by name (budget checked again) and load its weights.
-
-    A checkpoint with `ensemble` members gives an `Ensemble` of its own model and theirs, with
-    the budget checked over all of them against its own `model.max_params`.
-    """
-    model = _single_model(path, checkpoint["model_config"], checkpoint["model_state"])
-    members = checkpoint.get("ensemble") or []
-    if not members:
-        return model
-    parts = [(f"{checkpoint['model_config'].get('name')}", count_trainable_params(model))]
-    models = [model]
-    for number, member in enumerate(members, start=1):
-        if (
-            not isinstance(member, dict)
-            or "model_config" not in member
-            or "model_state" not in member
-        ):
-            raise PipelineError(
-                f"{path}: ensemble member {number} lacks model_config or model_state"
-            )
-        where = f"{path} (ensemble member {member.get('name', number)})"
-        models.append(_single_model(where, member["model_config"], member["model_state"]))
-        parts.append((str(member.get("name", number)), count_trainable_params(models[-1])))
-    check_ensemble_budget(
-        parts, checkpoint["model_config"].get("max_params", 0), f"{path} cannot be used"
-    )
-    return Ensemble(models)
+def model_from_checkpoint(path: Path, record: dict[str, Any]) -> nn.Module:
+    """The model a checkpoint file's dict describes (`Checkpoint.model`)."""
+    return Checkpoint.from_dict(record, path).model(path)
 
 
-def _single_model(where: object, config: dict, state: dict) -> nn.Module:
+def model_params_from_config(where: object, config: dict) -> ModelParams:
+    """A checkpoint's model_config as ModelParams. Keys its model does not read are dropped:
+    checkpoints written before such keys were refused still carry them."""
+    ignored = conditional_keys(MODEL_KEYS) - set(MODEL_KEYS.get(config.get("name"), ()))
     try:
-        params = ModelParams(**config)
-    except TypeError as error:
+        return ModelParams(**{key: value for key, value in config.items() if key not in ignored})
+    except (TypeError, PipelineError) as error:
         raise PipelineError(f"{where}: checkpoint's model_config is not valid ({error})") from None
+
+
+def build_from_config(where: object, config: dict, state: dict) -> nn.Module:
+    params = model_params_from_config(where, config)
     model = build_model(params)
     try:
         model.load_state_dict(state)

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.files import read_json, write_text_atomic
-from pipeline.integrations.repository import git
-from pipeline.paths import HISTORY_PATH, SUBMISSION_PATH
+from pipeline.files import write_text_atomic
+from pipeline.paths import HISTORY_PATH
 
 FIELDS = (
     "submitted_utc", "run_id", "commit", "csv_md5", "competition", "message", "kaggle_ref",
@@ -67,20 +65,3 @@ def find_rows(rows: list[dict[str, str]], key: str) -> list[dict[str, str]]:
     if by_ref or len(key) < MIN_KEY_LENGTH:
         return by_ref
     return [row for row in rows if row["run_id"].startswith(key) or row["csv_md5"].startswith(key)]
-
-
-def manifest_path(run_id: str) -> Path:
-    return SUBMISSION_PATH.parent / f"{run_id}.json"
-
-
-def load_manifest(run_id: str, commit: str | None = None) -> dict | None:
-    """A run's manifest: from the working tree, else from `commit` (git show), else None."""
-    path = manifest_path(run_id)
-    if path.exists():
-        return read_json(path)
-    if commit:
-        try:
-            return json.loads(git("show", f"{commit}:{path.as_posix()}"))
-        except (PipelineError, json.JSONDecodeError):
-            return None
-    return None

@@ -1,4 +1,7 @@
-"""Run identity for submissions: `run_id` and the manifest predict writes beside each CSV.
+"""Run records of predict: `run_id`, the files named after it, and the manifest beside each CSV.
+
+This module alone builds and reads manifests: predict writes them (`write_manifest`); submit,
+scores and reproduce read them as a `RunSummary`; `run_files` names a run's files.
 
 `run_id` is a short digest of what made the CSV: the fetch → select entries of dvc.lock (their
 commands, deps and params hashes: data, code, params), the predict stage's own params and code
@@ -15,17 +18,22 @@ user:password@ and query string (`without_secrets`).
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import platform
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 
-from pipeline.files import file_md5
-from pipeline.integrations.repository import changed_files, head_commit, stage_code_md5s
+from pipeline.errors import PipelineError
+from pipeline.files import file_md5, read_json, write_json_atomic
+from pipeline.integrations.repository import changed_files, git, head_commit, stage_code_md5s
+from pipeline.paths import PREDICT_METRICS_PATH, SUBMISSION_PATH
+from pipeline.records.checkpoint import Checkpoint
 
 UPSTREAM_STAGES = ("fetch", "prepare", "train", "select")
 # Tracked files that a run itself rewrites: a change there is the run's output, not dirt.
@@ -87,3 +95,90 @@ def without_secrets(value: object) -> object:
 def environment(device: torch.device) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     return {"device": f"{device.type}: {name or platform.machine()}", "torch": torch.__version__}
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """What one predict run leaves under submissions/, named after its run_id."""
+
+    csv: Path  # <run_id>.csv: a copy of latest.csv (git-ignored)
+    manifest: Path  # <run_id>.json: the manifest (committed with the run)
+
+
+def run_files(run_id: str, folder: Path = SUBMISSION_PATH.parent) -> RunFiles:
+    """The files of run `run_id` in `folder` (submissions/, or a worktree's)."""
+    return RunFiles(csv=folder / f"{run_id}.csv", manifest=folder / f"{run_id}.json")
+
+
+def write_manifest(
+    run_id: str, checkpoint: Checkpoint, model_params: int, submission_path: Path,
+    report: dict, all_params: dict | None, device: torch.device,
+) -> None:  # fmt: skip
+    """submissions/<run_id>.json: what made the CSV (see the module's docstring); `report` is
+    predict's metrics (accuracy, TTA, counts)."""
+    files = run_files(run_id, submission_path.parent)
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    write_json_atomic(
+        files.manifest,
+        {
+            "run_id": run_id, "created_utc": created, "git": git_state(),
+            "dvc_lock_sha256": lock_sha256(), "params": without_secrets(all_params),
+            "model": checkpoint.model_name, "model_config": checkpoint.model_config,
+            "model_params": model_params, "checkpoint_epoch": int(checkpoint.epoch),
+            "csv": files.csv.name,
+            "training": checkpoint.training or {"device": None, "deterministic": None},
+            "csv_md5": file_md5(submission_path),
+        } | report | environment(device),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What submit, scores and reproduce read of a manifest (None where an old one lacks it)."""
+
+    run_id: str | None
+    csv_md5: str | None
+    model: str | None
+    model_params: int | None
+    val_accuracy: float | None
+    tta: str | None
+    device: str | None  # "cuda: NVIDIA H200", "cpu: x86_64"
+    torch: str | None
+
+    @classmethod
+    def from_json(cls, data: dict) -> RunSummary:
+        return cls(**{name: data.get(name) for name in cls.__dataclass_fields__})
+
+    @property
+    def environment(self) -> str:
+        return f"{self.device or '?'}, torch {self.torch or '?'}"
+
+
+def read_manifest(path: Path) -> RunSummary:
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise PipelineError(f"{path}: not a run manifest (expected a JSON object)")
+    return RunSummary.from_json(data)
+
+
+def load_manifest(
+    run_id: str, commit: str | None = None, folder: Path = SUBMISSION_PATH.parent
+) -> RunSummary | None:
+    """A run's manifest: from `folder` in the working tree, else from `commit` (git show), else None."""
+    path = run_files(run_id, folder).manifest
+    if path.exists():
+        return read_manifest(path)
+    if commit:
+        try:
+            data = json.loads(git("show", f"{commit}:{run_files(run_id).manifest.as_posix()}"))
+        except (PipelineError, json.JSONDecodeError):
+            return None
+        return RunSummary.from_json(data) if isinstance(data, dict) else None
+    return None
+
+
+def last_run_id(root: Path = Path(".")) -> str | None:
+    """The run_id the last predict run under `root` recorded in metrics/predict.json."""
+    path = root / PREDICT_METRICS_PATH
+    run_id = read_json(path).get("run_id") if path.exists() else None
+    return run_id if isinstance(run_id, str) and run_id else None

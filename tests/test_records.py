@@ -1,0 +1,91 @@
+"""What runs leave on disk, through their one reader and writer: checkpoints and run manifests."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from conftest import seed_model
+
+from pipeline.engine.models import build_model, model_config
+from pipeline.errors import PipelineError
+from pipeline.records.checkpoint import Checkpoint, Member, load_checkpoint, save_checkpoint
+from pipeline.records.manifest import load_manifest, read_manifest, run_files
+
+TINY = seed_model(base_width=8, blocks=[1, 1, 1], dropout=0.0)
+
+
+def _training_record() -> dict:
+    return {
+        "model_state": build_model(TINY).state_dict(), "ema_state": None, "val_accuracy_ema": None,
+        "model_config": model_config(TINY), "epoch": 2, "val_accuracy": 0.5, "model_params": 1,
+        "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}, "class_names": ["a"] * 10,
+        "training": {"device": "cpu", "deterministic": True},
+    }  # fmt: skip
+
+
+def test_a_training_checkpoint_round_trips_with_exactly_its_keys(tmp_path: Path) -> None:
+    record = _training_record()
+    checkpoint = Checkpoint.from_dict(record, "x")
+    assert (checkpoint.weights, checkpoint.tta, checkpoint.members) == (None, None, ())
+    assert set(checkpoint.to_dict()) == set(record)  # no select or ensemble keys appear
+    checkpoint.save(tmp_path / "a.pt")
+    again = Checkpoint.load(tmp_path / "a.pt")
+    assert again.epoch == 2 and again.class_names == ["a"] * 10
+    again.save(tmp_path / "b.pt")
+    save_checkpoint(tmp_path / "c.pt", again.to_dict())  # the same content, the same bytes
+    assert (tmp_path / "b.pt").read_bytes() == (tmp_path / "c.pt").read_bytes()
+
+
+def test_a_selected_ensemble_checkpoint_keeps_its_members(tmp_path: Path) -> None:
+    checkpoint = Checkpoint.from_dict(_training_record(), "x")
+    member = Member("seed_1", {"file": "x.pt"}, "abc", model_config(TINY),
+                    build_model(TINY).state_dict(), 1)  # fmt: skip
+    best = dataclasses.replace(checkpoint, weights="ema", tta="flip", members=(member,))
+    best.save(tmp_path / "best.pt")
+    record = load_checkpoint(tmp_path / "best.pt")
+    assert record["weights"] == "ema" and [m["name"] for m in record["ensemble"]] == ["seed_1"]
+    loaded = Checkpoint.load(tmp_path / "best.pt")
+    assert (
+        loaded.members[0].md5 == "abc"
+        and loaded.model_name == "ensemble: seed_resnet + seed_resnet"
+    )
+    assert len(loaded.model(tmp_path / "best.pt").members) == 2
+
+
+def test_a_damaged_member_entry_names_the_file(tmp_path: Path) -> None:
+    record = _training_record() | {"ensemble": [{"name": "m"}]}
+    with pytest.raises(PipelineError, match="best.pt: ensemble member 1 lacks model_config"):
+        Checkpoint.from_dict(record, tmp_path / "best.pt")
+
+
+def test_an_older_checkpoint_with_keys_its_model_ignores_still_loads() -> None:
+    # written before such keys were refused: an airnet config carrying seed_resnet's keys
+    airnet = seed_model(name="airnet", widths=[8, 16, 16], residual=False)
+    config = model_config(airnet) | {"base_width": 32, "blocks": [4, 4, 3], "dropout": 0.0}
+    record = _training_record() | {
+        "model_config": config,
+        "model_state": build_model(airnet).state_dict(),
+    }
+    model = Checkpoint.from_dict(record, "old.pt").model("old.pt")
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_run_files_and_manifests_are_read_in_one_place(tmp_path: Path) -> None:
+    files = run_files("0123456789ab", tmp_path)
+    assert (files.csv.name, files.manifest.name) == ("0123456789ab.csv", "0123456789ab.json")
+    files.manifest.write_text(json.dumps({"run_id": "0123456789ab", "csv_md5": "f" * 32,
+                                          "model": "airnet", "device": "cpu: x86_64"}))  # fmt: skip
+    summary = read_manifest(files.manifest)
+    assert (summary.model, summary.val_accuracy, summary.environment) == (
+        "airnet",
+        None,
+        "cpu: x86_64, torch ?",
+    )
+    assert load_manifest("0123456789ab", folder=tmp_path) == summary
+    assert load_manifest("ffffffffffff", folder=tmp_path) is None
+    files.manifest.write_text("[1, 2]")
+    with pytest.raises(PipelineError, match="not a run manifest"):
+        read_manifest(files.manifest)
