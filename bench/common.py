@@ -31,22 +31,16 @@ from pipeline.config.params import (
 )
 from pipeline.data.formats import write_custom_test
 from pipeline.engine.augment import augment_batch, augment_state
+from pipeline.engine.loop import EpochStats, fit
 from pipeline.engine.models import count_trainable_params, is_residual
+from pipeline.engine.optim import compiled, make_optimizer, optimizer_step
+from pipeline.engine.schedule import steps_per_epoch, total_steps
 from pipeline.engine.tta import TTA_POLICIES, predict_logits
 from pipeline.stages import (
     fetch,
     prepare,
 )
-from pipeline.stages.train import (
-    EpochStats,
-    compiled,
-    fit,
-    make_optimizer,
-    optimizer_step,
-    setup_training,
-    steps_per_epoch,
-    total_steps,
-)
+from pipeline.stages.train import setup_training
 
 UNTIMED_STEPS = 3  # compile, autotuning, allocator warm-up
 TIMED_STEPS = 5  # optimizer steps timed to fit a run to a time budget (their median counts)

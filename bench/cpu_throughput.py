@@ -43,7 +43,12 @@ MODELS = {  # label: (profile, overrides)
     "default (airnet residual 128/304/304)": ("default", []),
     "resnet_wide WRN-16-4": (
         "default",
-        ["model.name=resnet_wide", "model.widths=[64,128,256]", "model.blocks=[2,2,2]"],
+        [
+            "model.name=resnet_wide",
+            "model.widths=[64,128,256]",
+            "model.blocks=[2,2,2]",
+            "model.dropout=0.17",
+        ],  # fmt: skip
     ),
 }
 

@@ -17,10 +17,10 @@ from conftest import seed_model, seed_train
 from torch import nn
 
 from pipeline.data.synthetic import make_images
+from pipeline.engine import loop
+from pipeline.engine.loop import fit
 from pipeline.engine.models import build_model
 from pipeline.engine.normalise import to_device_set
-from pipeline.stages import train as train_module
-from pipeline.stages.train import fit
 
 MEAN, STD = [0.45, 0.45, 0.45], [0.25, 0.25, 0.25]
 # no randomness in augmentation or dropout (ranks draw their own), no BatchNorm (per-rank statistics on CPU,
@@ -50,13 +50,13 @@ def train_tiny(nproc: int) -> tuple[dict[str, torch.Tensor], list[list[int]]]:
     """Two epochs on 80 synthetic images: the weights afterwards, and the training-set indices
     this process trained on at each step."""
     seen: list[list[int]] = []
-    augment_batch = train_module.augment_batch
+    augment_batch = loop.augment_batch
 
     def recording(images, indices, *args):  # noqa: ANN001, ANN202 - a pass-through
         seen.append(indices.tolist())
         return augment_batch(images, indices, *args)
 
-    train_module.augment_batch = recording
+    loop.augment_batch = recording
     rng = np.random.default_rng(0)
     labels = rng.permutation(np.arange(80) % 10)
     train_set = to_device_set(make_images(labels, rng), labels, MEAN, STD, torch.device("cpu"))
@@ -65,7 +65,7 @@ def train_tiny(nproc: int) -> tuple[dict[str, torch.Tensor], list[list[int]]]:
     try:
         fit(model, params, train_set, train_set, (MEAN, STD), lambda *_: None)
     finally:
-        train_module.augment_batch = augment_batch
+        loop.augment_batch = augment_batch
     return model.state_dict(), seen
 
 

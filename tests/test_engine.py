@@ -13,10 +13,11 @@ from conftest import seed_model, seed_train
 from pipeline.config.load import load_profile
 from pipeline.config.params import TrainParams
 from pipeline.data.synthetic import make_images
+from pipeline.engine import optim, schedule
+from pipeline.engine.loop import EpochStats, fit
 from pipeline.engine.models import AirNet, build_model, count_trainable_params, is_residual
 from pipeline.engine.normalise import to_device_set
-from pipeline.stages import train as train_module
-from pipeline.stages.train import EpochStats, fit, make_optimizer, uses_compile
+from pipeline.engine.optim import make_optimizer, uses_compile
 
 MEAN, STD = [0.45, 0.45, 0.45], [0.25, 0.25, 0.25]
 SMALL_MODELS = {
@@ -186,13 +187,13 @@ def test_lookahead_pulls_weights_toward_their_average_and_ends_on_it() -> None:
     layer = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():
         layer.weight.fill_(0.0)
-    lookahead = train_module.Lookahead(layer, run_steps=10)
+    lookahead = optim.Lookahead(layer, run_steps=10)
     with torch.no_grad():
         layer.weight.fill_(1.0)  # the optimizer moved the weights
     lookahead.after_step(4)  # not a pull step: nothing happens
     assert torch.equal(layer.weight, torch.ones(1, 2))
     lookahead.after_step(5)  # decay 0.95⁵ × (5/10)³ ≈ 0.097: mostly the new weights
-    decay = train_module.LOOKAHEAD_DECAY * 0.5**3
+    decay = optim.LOOKAHEAD_DECAY * 0.5**3
     assert torch.allclose(layer.weight, torch.full((1, 2), 1 - decay))
     with torch.no_grad():
         layer.weight.fill_(3.0)
@@ -207,7 +208,7 @@ def test_logged_learning_rate_is_the_one_each_epochs_last_step_used() -> None:
         warmup_fraction=0.25, lr_start_factor=0.2, lr_end_factor=0.07,
     )  # fmt: skip
     history, _ = train_a_little(model, params)  # 200 images: 2 steps per epoch, 4 in all
-    expected = [0.09 * train_module.lr_factor(step, 2, params) for step in (1, 3)]
+    expected = [0.09 * schedule.lr_factor(step, 2, params) for step in (1, 3)]
     assert [stats.learning_rate for stats in history] == pytest.approx(expected)
     assert history[-1].learning_rate == pytest.approx(0.09 * 0.07)
 

@@ -8,11 +8,10 @@ import pytest
 import torch
 from conftest import seed_model, seed_train
 
+from pipeline.engine.loop import StateMismatch, fit
 from pipeline.engine.models import build_model
 from pipeline.records import resume
 from pipeline.records.checkpoint import save_checkpoint
-from pipeline.records.resume import StateMismatch
-from pipeline.stages.train import fit
 
 
 def _checkpoints(folder: Path, *epochs: int) -> list[Path]:

@@ -16,6 +16,7 @@ from conftest import SMALL_SYNTHETIC, prepare_synthetic, seed_model, seed_train
 from pipeline.classes import CIFAR10_CLASS_NAMES
 from pipeline.config.params import PredictParams, SelectParams
 from pipeline.data.prepared import load_split
+from pipeline.engine import schedule
 from pipeline.engine.models import build_model, model_config
 from pipeline.engine.normalise import to_device_tensor
 from pipeline.engine.tta import predict_logits
@@ -78,33 +79,37 @@ def test_the_same_checkpoint_saved_twice_has_the_same_bytes(tmp_path: Path) -> N
 
 
 def test_checkpoint_every_keeps_the_last_epoch() -> None:
-    assert train.checkpoint_epochs(25, seed_train(epochs=25, checkpoint_every=10)) == {10, 20, 25}
+    assert schedule.checkpoint_epochs(25, seed_train(epochs=25, checkpoint_every=10)) == {
+        10,
+        20,
+        25,
+    }
 
 
 def test_lr_schedules_have_the_documented_shape() -> None:
     seed = seed_train()  # multistep: epochs count, whatever the steps per epoch
-    factors = [train.lr_factor(epoch * 3, 3, seed) for epoch in (0, 89, 90, 179, 180, 199)]
+    factors = [schedule.lr_factor(epoch * 3, 3, seed) for epoch in (0, 89, 90, 179, 180, 199)]
     assert factors == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
     cosine = seed_train(schedule="cosine", epochs=10)  # per step, over 10 × 4 steps
-    assert train.lr_factor(0, 4, cosine) == 1.0
-    assert train.lr_factor(20, 4, cosine) == pytest.approx(0.5)
+    assert schedule.lr_factor(0, 4, cosine) == 1.0
+    assert schedule.lr_factor(20, 4, cosine) == pytest.approx(0.5)
     onecycle = seed_train(
         schedule="onecycle", epochs=10, warmup_fraction=0.25, lr_start_factor=0.2, lr_end_factor=0.1
     )
-    factors = [train.lr_factor(step, 10, onecycle) for step in range(100)]
+    factors = [schedule.lr_factor(step, 10, onecycle) for step in range(100)]
     assert factors[0] == pytest.approx(0.2) and factors[25] == pytest.approx(1.0)
     assert factors[99] == pytest.approx(0.1) and max(factors) == pytest.approx(1.0)
     rising, falling = factors[:26], factors[25:]
     assert all(a < b for a, b in zip(rising, rising[1:], strict=False)), "linear warm-up"
     assert all(a > b for a, b in zip(falling, falling[1:], strict=False)), "linear decay"
-    assert train.lr_factor(12, 10, onecycle) == pytest.approx(0.2 + 0.8 * 12 / 25)
+    assert schedule.lr_factor(12, 10, onecycle) == pytest.approx(0.2 + 0.8 * 12 / 25)
 
 
 def test_max_steps_ends_the_run_mid_epoch_and_the_schedule_spans_it() -> None:
     params = seed_train(epochs=10, max_steps=25, schedule="onecycle", lr_end_factor=0.05)
-    assert train.total_steps(4, params) == 25 and train.run_epochs(4, params) == 7
-    assert train.lr_factor(24, 4, params) == pytest.approx(0.05)  # the last step is the end
-    assert train.total_steps(4, seed_train(epochs=10)) == 40
+    assert schedule.total_steps(4, params) == 25 and schedule.run_epochs(4, params) == 7
+    assert schedule.lr_factor(24, 4, params) == pytest.approx(0.05)  # the last step is the end
+    assert schedule.total_steps(4, seed_train(epochs=10)) == 40
 
 
 def test_same_seed_gives_identical_weights(tmp_path: Path, trained_project: Path) -> None:

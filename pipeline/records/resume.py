@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import random
 import shutil
 from pathlib import Path
 from typing import Any
@@ -66,31 +65,6 @@ def run_key(
 
 def state_dir(key: str, root: Path = RESUME_ROOT) -> Path:
     return root / f"train-{key}"
-
-
-def random_states() -> dict[str, Any]:
-    """The global generators' states, in types `torch.load(weights_only=True)` accepts."""
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def restore_random_states(states: dict[str, Any]) -> None:
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, position, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-class StateMismatch(Exception):
-    """A saved state that loads but does not fit the run (another shape, a missing piece)."""
 
 
 def set_aside(key: str, reason: str, root: Path = RESUME_ROOT) -> None:

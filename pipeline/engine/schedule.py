@@ -1,0 +1,56 @@
+"""The run's shape in steps and epochs, and the learning-rate schedule: small pure functions.
+
+`train.schedule`: multistep (×gamma at each milestone epoch), cosine, onecycle (linear rise to
+the peak over `warmup_fraction` of the steps, then linear fall to `lr_end_factor`), constant.
+cosine and onecycle span the steps actually run, so `train.max_steps` compresses them.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pipeline.config.params import TrainParams
+
+
+def steps_per_epoch(image_count: int, params: TrainParams) -> int:
+    """Optimizer steps per epoch; with drop_last a set smaller than one batch is still one step."""
+    if params.drop_last:
+        return max(1, image_count // params.batch_size)
+    return math.ceil(image_count / params.batch_size)
+
+
+def total_steps(steps_per_epoch: int, params: TrainParams) -> int:
+    """Optimizer steps of the whole run: all epochs, or `train.max_steps` if that is fewer."""
+    planned = steps_per_epoch * params.epochs
+    return min(planned, params.max_steps) if params.max_steps else planned
+
+
+def run_epochs(steps_per_epoch: int, params: TrainParams) -> int:
+    """Epochs that get at least one step (the last may be partial under `train.max_steps`)."""
+    return math.ceil(total_steps(steps_per_epoch, params) / steps_per_epoch)
+
+
+def checkpoint_epochs(last_epoch: int, params: TrainParams) -> set[int]:
+    """1-based epochs after which a checkpoint is written: every `checkpoint_every`, and the last."""
+    return {*range(params.checkpoint_every, last_epoch + 1, params.checkpoint_every), last_epoch}
+
+
+def lr_factor(step: int, steps_per_epoch: int, params: TrainParams) -> float:
+    """Multiplier of `train.lr` at optimizer step `step` (0-based) of the run.
+
+    cosine and onecycle span the steps actually run (`total_steps`); multistep counts epochs.
+    """
+    run_steps = total_steps(steps_per_epoch, params)
+    if params.schedule == "multistep":
+        epoch = step // steps_per_epoch
+        return params.gamma ** sum(epoch >= milestone for milestone in params.milestones)
+    if params.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * step / run_steps))
+    if params.schedule == "onecycle":  # linear rise to the peak, then linear fall
+        warmup_steps = round(params.warmup_fraction * run_steps)
+        if step < warmup_steps:
+            fraction = step / warmup_steps
+            return params.lr_start_factor + (1 - params.lr_start_factor) * fraction
+        fraction = (step - warmup_steps) / max(1, run_steps - 1 - warmup_steps)
+        return 1 + (params.lr_end_factor - 1) * fraction
+    return 1.0
