@@ -20,6 +20,7 @@ import requests
 from conftest import SMALL_SYNTHETIC, write_small_custom_test
 
 from pipeline.config.params import DataParams
+from pipeline.data import sources
 from pipeline.data.formats import CIFAR_FILES, CIFAR_FOLDER
 from pipeline.errors import PipelineError
 from pipeline.integrations import kaggle_client
@@ -368,7 +369,7 @@ class _Server:
 
 @pytest.fixture
 def serve(monkeypatch: pytest.MonkeyPatch) -> Iterator:
-    monkeypatch.setattr(fetch, "DOWNLOAD_BACKOFF_SECONDS", 0.01)
+    monkeypatch.setattr(sources, "DOWNLOAD_BACKOFF_SECONDS", 0.01)
     servers = []
 
     def start(body: bytes, plan: list[str]) -> tuple[str, _Server]:
@@ -405,10 +406,10 @@ def test_url_source_retries_transient_errors_then_verifies_md5(
 @pytest.mark.parametrize(
     ("plan", "expected", "requests"),
     [
-        (["ok"], "md5 mismatch", fetch.DOWNLOAD_ATTEMPTS),
-        (["truncate"], "connection closed after", fetch.DOWNLOAD_ATTEMPTS),
-        (["reset"], "Connection reset", fetch.DOWNLOAD_ATTEMPTS),
-        (["error"], "HTTP 503", fetch.DOWNLOAD_ATTEMPTS),
+        (["ok"], "md5 mismatch", sources.DOWNLOAD_ATTEMPTS),
+        (["truncate"], "connection closed after", sources.DOWNLOAD_ATTEMPTS),
+        (["reset"], "Connection reset", sources.DOWNLOAD_ATTEMPTS),
+        (["error"], "HTTP 503", sources.DOWNLOAD_ATTEMPTS),
         (["missing"], "HTTP 404", 1),
     ],
 )

@@ -3,7 +3,7 @@
 Members live in models/ensemble/NAME.pt, each tracked by DVC (`dvc add`: NAME.pt.dvc goes into
 git, the file into DVC's cache and, with `dvc push` or `submit`, the remote), so a commit says
 exactly which models a submission averaged and `dvc pull` brings them back. The select stage
-depends on the folder: adding or removing a member reruns select and predict (select.py says
+depends on the folder: adding or removing a member reruns select and predict (stages/select.py and records/ensemble.py say
 how members are checked, scored and kept).
 
 - `add SOURCE [--name NAME]`: SOURCE is a checkpoint file (another clone's models/best.pt, a
@@ -56,6 +56,37 @@ def member_names(ensemble_dir: Path = ENSEMBLE_DIR) -> list[str]:
     return sorted(path.stem for path in ensemble_dir.glob("*.pt"))
 
 
+def check_name(name: str) -> str:
+    if not NAME_PATTERN.fullmatch(name):
+        raise PipelineError(
+            f"ensemble: member name {name!r} must be letters, digits, '.', '_' or '-' (not first)"
+        )
+    return name
+
+
+def fetch_source(source: str, scratch: Path) -> tuple[Path, dict, str]:
+    """SOURCE's best.pt on this machine (a file as it is, a revision's via `dvc get` into
+    `scratch`), where it came from, and the member name it gets by default."""
+    source_file = Path(source)
+    if source_file.is_file():
+        md5 = file_md5(source_file)
+        return source_file, {"file": str(source_file.resolve()), "md5": md5}, f"run-{md5[:8]}"
+    commit = resolve_revision(source)
+    if commit is None:
+        raise PipelineError(
+            f"ensemble: {source!r} is neither a checkpoint file nor a git revision or "
+            "DVC experiment name (dvc exp show lists them)"
+        )
+    checkpoint_path = scratch / "best.pt"
+    fetched = dvc("get", ".", BEST_PATH.as_posix(), "--rev", commit, "-o", str(checkpoint_path))
+    if fetched.returncode != 0:
+        raise PipelineError(
+            f"ensemble: could not read {BEST_PATH} at {source} ({last_error_line(fetched)})"
+        )
+    default_name = re.sub(r"[^A-Za-z0-9._-]", "-", source).lstrip("-._") or commit[:8]
+    return checkpoint_path, {"revision": source, "commit": commit}, default_name
+
+
 def add(
     source: str,
     name: str | None,
@@ -63,46 +94,17 @@ def add(
     run_model: ModelParams | None = None,
 ) -> Path:
     """Copy SOURCE's selected model into the ensemble as NAME and `dvc add` it."""
-    if name is not None and not NAME_PATTERN.fullmatch(name):
-        raise PipelineError(
-            f"ensemble: member name {name!r} must be letters, digits, '.', '_' or '-' (not first)"
-        )
-    source_file = Path(source)
+    if name is not None:
+        check_name(name)
     with tempfile.TemporaryDirectory() as scratch:
-        if source_file.is_file():
-            checkpoint_path = source_file
-            md5 = file_md5(source_file)
-            origin = {"file": str(source_file.resolve()), "md5": md5}
-            default_name = f"run-{md5[:8]}"
-        else:
-            commit = resolve_revision(source)
-            if commit is None:
-                raise PipelineError(
-                    f"ensemble: {source!r} is neither a checkpoint file nor a git revision or "
-                    "DVC experiment name (dvc exp show lists them)"
-                )
-            checkpoint_path = Path(scratch) / "best.pt"
-            fetched = dvc(
-                "get", ".", BEST_PATH.as_posix(), "--rev", commit, "-o", str(checkpoint_path)
-            )
-            if fetched.returncode != 0:
-                raise PipelineError(
-                    f"ensemble: could not read {BEST_PATH} at {source} ({last_error_line(fetched)})"
-                )
-            origin = {"revision": source, "commit": commit}
-            default_name = re.sub(r"[^A-Za-z0-9._-]", "-", source).lstrip("-._") or commit[:8]
+        checkpoint_path, origin, default_name = fetch_source(source, Path(scratch))
         checkpoint = Checkpoint.load(checkpoint_path)
         if checkpoint.members:
             raise PipelineError(
                 f"ensemble: {source}'s model is itself an ensemble; add its single-model runs instead"
             )
         model = checkpoint.model(checkpoint_path)  # its weights fit its model
-    name = name or default_name
-    if not NAME_PATTERN.fullmatch(name):
-        raise PipelineError(
-            f"ensemble: member name {name!r} must be letters, digits, '.', '_' or '-' (not first)"
-        )
-    destination = ensemble_dir / f"{name}.pt"
+    destination = ensemble_dir / f"{check_name(name or default_name)}.pt"
     if destination.exists() or Path(f"{destination}.dvc").exists():
         raise PipelineError(
             f"{destination}: already a member; remove it first or pick another --name"

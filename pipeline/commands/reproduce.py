@@ -179,8 +179,12 @@ def differences(
         lines.append(
             f"the submitted CSV itself ({submitted_copy}) is not on this machine to compare labels"
         )
-    if not recomputed:
-        return lines
+    return lines + (environment_reasons(row, worktree) if recomputed else [])
+
+
+def environment_reasons(row: dict[str, str], worktree: Path) -> list[str]:
+    """For a recomputed run: the device and torch of both runs, and why their bits may differ."""
+    lines = []
     original = load_manifest(row["run_id"], row["commit"])
     rerun_id = last_run_id(worktree)
     rerun = load_manifest(rerun_id, folder=worktree / SUBMISSION_PATH.parent) if rerun_id else None

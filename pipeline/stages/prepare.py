@@ -1,6 +1,6 @@
 """Stage 2, prepare → data/prepared/: validated, compact arrays for train / val / custom test.
 
-Reads data/raw through the restricted loaders (formats.py), picks the validation set
+Reads data/raw through the restricted loaders (data/formats.py), picks the validation set
 (`prepare.val`: the official test_batch, or a stratified hold-out of training images), and
 writes uncompressed .npz files plus `dataset.json` (class names, the training set's per-channel
 mean/std) and a data report of counts per class (a DVC metric).

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -191,6 +192,18 @@ def start_or_resume(key: str, checkpoint_dir: Path, main: bool) -> dict | None:
     return state
 
 
+def launch_under_torchrun(params: TrainParams, params_path: Path) -> NoReturn:
+    """train.nproc > 1: this stage becomes torchrun running `train.nproc` workers of itself."""
+    device_kind = resolve_device(params.device).type
+    if device_kind == "cuda" and torch.cuda.device_count() < params.nproc:
+        raise PipelineError(
+            f"train.nproc: {params.nproc} processes need {params.nproc} GPUs, "
+            f"{torch.cuda.device_count()} visible"
+        )
+    console.print(f"train: starting {params.nproc} processes with torchrun")
+    distributed.launch(params.nproc, params_path)
+
+
 def run(
     model_params: ModelParams,
     params: TrainParams,
@@ -200,14 +213,7 @@ def run(
     params_path: Path = DEFAULT_PARAMS_PATH,  # what torchrun's workers read (train.nproc > 1)
 ) -> None:
     if params.nproc > 1 and not distributed.under_torchrun():
-        device_kind = resolve_device(params.device).type
-        if device_kind == "cuda" and torch.cuda.device_count() < params.nproc:
-            raise PipelineError(
-                f"train.nproc: {params.nproc} processes need {params.nproc} GPUs, "
-                f"{torch.cuda.device_count()} visible"
-            )
-        console.print(f"train: starting {params.nproc} processes with torchrun")
-        distributed.launch(params.nproc, params_path)  # does not return: torchrun takes over
+        launch_under_torchrun(params, params_path)  # does not return: torchrun takes over
     world = current_world()
     if world.size > 1:
         distributed.die_with_torchrun()
