@@ -132,7 +132,7 @@ def test_params_file_errors_name_the_file(tmp_path: Path) -> None:
             {"model": {"name": "seed_resnet", "base_width": 32, "blocks": [4, 4, 3]}},
             "model.dropout is missing: model.name 'seed_resnet' reads it",
         ),
-        ({"train": {"schedule": "multistep"}}, "train.gamma is missing"),
+        ({"train": {"schedule": "multistep"}}, "train.gamma, train.milestones are missing"),
     ],
 )
 def test_a_key_the_chosen_model_or_schedule_ignores_is_refused(values: dict, expected: str) -> None:
@@ -187,6 +187,18 @@ def test_overrides_switching_the_schedule_drop_the_old_schedules_keys() -> None:
     }
     with pytest.raises(PipelineError, match="expected SECTION.KEY=VALUE"):
         parse_overrides(["lr=0.1"])
+
+
+def test_switching_the_model_by_hand_names_every_key_to_change_at_once() -> None:
+    with pytest.raises(PipelineError) as refused:
+        params_from_dict({"model": {"name": "seed_resnet"}})  # airnet's widths and residual stay
+    message = str(refused.value)
+    assert "model.base_width, model.blocks, model.dropout are missing" in message
+    assert "not read" not in message  # the default profile's airnet keys are not carried over
+    with pytest.raises(
+        PipelineError, match=r"model.widths is not read by .*; and model.base_width"
+    ):
+        params_from_dict({"model": {"name": "seed_resnet", "widths": [8, 16, 16]}})
 
 
 def test_select_and_predict_have_their_own_device() -> None:

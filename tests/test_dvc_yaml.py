@@ -9,7 +9,6 @@ import pytest
 import yaml
 from conftest import REPO_ROOT
 
-from pipeline.config.load import DEFAULT_PROFILE, RECIPES
 from pipeline.config.params import Params
 from pipeline.config.stage_params import STAGE_PARAMS, STAGES, StageParams
 
@@ -75,13 +74,6 @@ def test_stage_lists_every_module_it_runs(stages: dict, stage: str) -> None:
 def test_stage_declares_exactly_the_params_it_reads(stages: dict, stage: str) -> None:
     assert stages[stage]["params"] == list(STAGE_PARAMS[stage])
     assert stages[stage]["cmd"] == f"python -m pipeline {stage}"
-
-
-@pytest.mark.parametrize("stage", STAGES)
-def test_stages_reading_a_recipe_depend_on_the_default_profile(stages: dict, stage: str) -> None:
-    # recipe keys a params file leaves out come from it, so it is an input like params.yaml
-    reads_recipe = any(name.split(".")[0] in RECIPES for name in STAGE_PARAMS[stage])
-    assert (f"profiles/{DEFAULT_PROFILE}.yaml" in stages[stage]["deps"]) == reads_recipe
 
 
 def test_a_stage_cannot_read_a_param_it_does_not_declare() -> None:

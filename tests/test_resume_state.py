@@ -1,4 +1,4 @@
-"""The resume folder stays consistent whatever the moment of a crash (pipeline/resume.py)."""
+"""The resume folder stays consistent whatever the moment of a crash (pipeline/records/resume.py)."""
 
 from __future__ import annotations
 

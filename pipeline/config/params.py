@@ -52,29 +52,46 @@ def conditional_keys(table: dict[str, tuple[str, ...]]) -> set[str]:
 def check_conditional_keys(
     section: object, prefix: str, chooser: str, table: dict[str, tuple[str, ...]]
 ) -> None:
-    """The keys `table` gives the chosen `chooser` value are set; the other choices' are not."""
+    """The keys `table` gives the chosen `chooser` value are set; the other choices' are not.
+    Every offending key is named at once, so switching a model or schedule is one edit."""
     chosen = getattr(section, chooser)
     reads = table.get(chosen, ())
-    for key in sorted(conditional_keys(table)):
-        value = getattr(section, key)
-        if key in reads and value is None:
-            raise PipelineError(
-                f"params: {prefix}.{key} is missing: {prefix}.{chooser} '{chosen}' reads it"
-            )
-        if key not in reads and value is not None:
-            readers = [name for name, keys in table.items() if key in keys]
-            raise PipelineError(
-                f"params: {prefix}.{key} is not read by {prefix}.{chooser} '{chosen}' (only by "
-                f"{', '.join(readers)}); remove it: a key that does nothing would still retrain"
-            )
+    keys = sorted(conditional_keys(table))
+    missing = [key for key in keys if key in reads and getattr(section, key) is None]
+    ignored = [key for key in keys if key not in reads and getattr(section, key) is not None]
+    problems = []
+    if ignored:
+        readers = "; ".join(
+            f"{key}: only by {', '.join(name for name, read in table.items() if key in read)}"
+            for key in ignored
+        )
+        problems.append(
+            f"{', '.join(f'{prefix}.{key}' for key in ignored)} "
+            f"{'is' if len(ignored) == 1 else 'are'} not read by {prefix}.{chooser} '{chosen}' "
+            f"({readers}); remove {'it' if len(ignored) == 1 else 'them'}: a key that does "
+            "nothing would still retrain"
+        )
+    if missing:
+        listed = ", ".join(f"{prefix}.{key}" for key in missing)
+        problems.append(
+            f"{listed} {'is' if len(missing) == 1 else 'are'} missing: {prefix}.{chooser} "
+            f"'{chosen}' reads {'it' if len(missing) == 1 else 'them'}"
+        )
+    if problems:
+        raise PipelineError("params: " + "; and ".join(problems))
 
 
 def equal_share_problem(batch_size: int, drop_last: bool, processes: int) -> str | None:
     """Why `processes` data-parallel ranks cannot split each batch equally, or None if they can."""
-    if processes > 1 and (not drop_last or batch_size % processes):
+    if processes > 1 and not drop_last:
         return (
-            f"train.batch_size: {batch_size} must be a multiple of the {processes} processes, with "
-            "train.drop_last: true, so that every rank gets an equal share of every batch"
+            f"train.drop_last must be true with {processes} processes, so that every rank gets an "
+            "equal share of every batch (a last partial batch would not split evenly)"
+        )
+    if processes > 1 and batch_size % processes:
+        return (
+            f"train.batch_size: {batch_size} must be a multiple of the {processes} processes, so "
+            "that every rank gets an equal share of every batch"
         )
     return None
 

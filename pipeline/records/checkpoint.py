@@ -184,7 +184,11 @@ def model_params_from_config(where: object, config: dict) -> ModelParams:
 
 def build_from_config(where: object, config: dict, state: dict) -> nn.Module:
     params = model_params_from_config(where, config)
-    model = build_model(params)
+    try:
+        model = build_model(params)
+    except PipelineError as error:  # its own budget or an unknown name: the file's problem
+        detail = str(error).removeprefix("params: ")
+        raise PipelineError(f"{where}: checkpoint's model cannot be built ({detail})") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
