@@ -40,7 +40,7 @@ from pipeline.stages import (
     fetch,
     prepare,
 )
-from pipeline.stages.train import setup_training
+from pipeline.stages.train import configure_device, setup_training
 
 UNTIMED_STEPS = 3  # compile, autotuning, allocator warm-up
 TIMED_STEPS = 5  # optimizer steps timed to fit a run to a time budget (their median counts)
@@ -148,7 +148,7 @@ def train_budgeted(
     """One training run → its trained weights ({"raw": …, "ema": …} when it keeps an EMA), the
     test set (on the training device), and its figures: training seconds (sum of the epoch
     loops, no validation), images/s, epochs run."""
-    setup = setup_training(model_params, params, prepared_dir)
+    setup = setup_training(model_params, params, prepared_dir, configure_device(params))
     model, device, train_set, val_set = setup.model, setup.device, setup.train_set, setup.val_set
     normalization = (setup.info["mean"], setup.info["std"])
     planned_epochs, step_seconds = params.epochs, None

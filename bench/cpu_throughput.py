@@ -33,7 +33,7 @@ from rich.table import Table
 
 from pipeline.engine.models import count_trainable_params
 from pipeline.engine.tta import predict_logits
-from pipeline.stages.train import setup_training
+from pipeline.stages.train import configure_device, setup_training
 
 console = Console()
 MODELS = {  # label: (profile, overrides)
@@ -64,8 +64,8 @@ def measure(
     model_params, params = profile_params(profile, overrides)
     if dry_run:
         model_params, params = tiny(model_params, params)
-    params = dataclasses.replace(params, device="cpu", trivial_augment=False)
-    setup = setup_training(model_params, params, prepared_dir)
+    params = dataclasses.replace(params, device="cpu", augment_policy="none")
+    setup = setup_training(model_params, params, prepared_dir, configure_device(params))
     normalization = (setup.info["mean"], setup.info["std"])
     step_seconds = seconds_per_step(setup.model, params, setup.train_set, normalization)
     images = setup.val_set[0][:test_images]

@@ -10,6 +10,7 @@ Expected failures (`PipelineError`) print one line and exit 1; `--debug` shows t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -34,15 +35,30 @@ def run_stage(stage: str, params: Params, params_path: Path = DEFAULT_PARAMS_PAT
     elif stage == "train":
         from pipeline.stages import train
 
-        train.run(declared.get("model"), declared.get("train"), params_path=params_path)
+        model = declared.get("model")
+        teacher_budget = max(model.max_params, declared.get("distill.teacher_max_params"))
+        model = dataclasses.replace(model, max_params=teacher_budget)
+        train.run(model, declared.get("train"), params_path=params_path)
     elif stage == "select":
         from pipeline.stages import select
 
-        select.run(declared.get("select"), declared.get("model.max_params"))
+        teacher_budget = max(
+            declared.get("model.max_params"), declared.get("distill.teacher_max_params")
+        )
+        select.run(declared.get("select"), teacher_budget, adapt=declared.get("adapt"))
+    elif stage == "distill":
+        from pipeline.stages import distill
+
+        distill.run(
+            declared.get("distill"), declared.get("adapt"), declared.get("model"),
+            declared.get("train"), declared.get("select"), params_path=params_path,
+        )  # fmt: skip
     elif stage == "predict":
         from pipeline.stages import predict
 
-        predict.run(declared.get("predict"), all_params=declared.as_dict())
+        predict.run(
+            declared.get("predict"), all_params=declared.as_dict(), adapt=declared.get("adapt")
+        )
 
 
 def add_common_options(parser: argparse.ArgumentParser, defaults: bool) -> argparse.ArgumentParser:

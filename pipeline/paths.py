@@ -8,6 +8,8 @@ RAW_DIR = Path("data/raw")  # fetch: cifar-10-batches-py/ and the custom test pi
 PREPARED_DIR = Path("data/prepared")  # prepare: train/val/custom_test .npz and dataset.json
 CHECKPOINT_DIR = Path("models/checkpoints")  # train: epoch_NNNN.pt
 BEST_PATH = Path("models/best.pt")  # select: a copy of the winning checkpoint
+DISTILL_DIR = Path("models/distill")  # distill: round_N/ (teacher labels, student checkpoints)
+FINAL_PATH = Path("models/final.pt")  # distill: the last student's winner (rounds 0: best.pt)
 ENSEMBLE_DIR = Path("models/ensemble")  # `ensemble add`: other runs' best.pt, each `dvc add`ed
 SUBMISSION_PATH = Path("submissions/latest.csv")  # predict
 # predict: <run_id>.csv and .json beside it; submit: history.csv (git-tracked), one row per submission
@@ -17,6 +19,8 @@ DATA_REPORT_PATH = Path("metrics/data.json")  # prepare: counts per class
 TRAIN_LIVE_DIR = Path("metrics/train")  # train: dvclive's metrics.json and plots/
 SELECT_METRICS_PATH = Path("metrics/select.json")
 SELECT_CANDIDATES_PATH = Path("metrics/select_candidates.csv")
+DISTILL_LIVE_DIR = Path("metrics/distill")  # distill: round_N/ dvclive metrics, like train's
+DISTILL_METRICS_PATH = Path("metrics/distill.json")
 PREDICT_METRICS_PATH = Path("metrics/predict.json")
 VAL_PREDICTIONS_PATH = Path("metrics/val_predictions.csv")  # predict: actual,predicted per image
 VAL_PER_CLASS_PATH = Path("metrics/val_per_class.csv")  # predict: class,accuracy

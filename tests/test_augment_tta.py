@@ -30,7 +30,7 @@ def _state(count: int = 16, seed: int = 1):
 
 def test_augmentation_keeps_shape_dtype_and_leaves_labels_alone() -> None:
     images, labels = _batch(), torch.arange(16) % 10
-    params = seed_train(cutout=8, trivial_augment=True, flip="alternating")
+    params = seed_train(cutout=8, augment_policy="trivial", flip="alternating")
     augmented = augment_batch(images, torch.arange(16), 1, params, _state())
     assert augmented.shape == images.shape and augmented.dtype == images.dtype
     assert augmented.is_contiguous(memory_format=torch.channels_last)

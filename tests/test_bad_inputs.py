@@ -100,7 +100,7 @@ def _checkpoint(project: Path, state_from: str) -> None:
     seed = seed_model(base_width=8, blocks=[1, 1, 1])
     other = seed_model(name="airnet", widths=[8, 16, 16], residual=False)
     weights = build_model(other if state_from == "airnet" else seed).state_dict()
-    save_checkpoint(project / "models/best.pt", {
+    save_checkpoint(project / "models/final.pt", {
         "model_state": weights, "model_config": model_config(seed), "epoch": 1,
         "val_accuracy": 0.5, "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
     })  # fmt: skip
@@ -149,11 +149,11 @@ CASES = {
     "tar symlink out of the folder": Case(_tar_symlink, *FETCH[:1], "refused unsafe archive member",
                                           FETCH[1]),
     "not an archive, archive's name": Case(_not_a_zip, *FETCH[:1], "bundle.zip", FETCH[1]),
-    "corrupt checkpoint": Case(lambda p: (p / "models").mkdir() or (p / "models/best.pt").write_bytes(
-        b"PK\x03\x04 not really"), ["predict"], "models/best.pt: corrupt or unsafe checkpoint",
+    "corrupt checkpoint": Case(lambda p: (p / "models").mkdir() or (p / "models/final.pt").write_bytes(
+        b"PK\x03\x04 not really"), ["predict"], "models/final.pt: corrupt or unsafe checkpoint",
         ("submissions/latest.csv",)),
     "checkpoint of another architecture": Case(lambda p: _checkpoint(p, "airnet"), ["predict"],
-                                               "models/best.pt: weights do not fit model",
+                                               "models/final.pt: weights do not fit model",
                                                ("submissions/latest.csv",)),
     "params: unknown key": Case(_params("train:\n  epoch: 3\n"), ["train"],
                                 "unknown key 'train.epoch'", ("models/checkpoints",)),
@@ -258,7 +258,7 @@ def test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_keeps_the_earlie
     (project / "params.yaml").write_text(
         "model:\n  name: seed_resnet\n  base_width: 8\n  blocks: [1, 1, 1]\n  dropout: 0.17\n"
         "train:\n  device: cpu\n  epochs: 2\n  batch_size: 50\n  checkpoint_every: 1\n"
-        "  ema_decay: 0.0\n  trivial_augment: false\n"
+        "  ema_decay: 0.0\n  augment_policy: none\n"
     )
     monkeypatch.chdir(project)
     real_save = torch.save

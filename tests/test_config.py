@@ -26,7 +26,11 @@ def test_repository_params_load_and_hold_the_default_profile() -> None:
     model, train = params.model, params.train
     assert (model.name, model.widths, model.residual) == ("airnet", [128, 304, 304], True)
     assert model.max_params == 5_000_000
-    assert (train.schedule, train.flip, train.trivial_augment) == ("onecycle", "alternating", True)
+    assert (train.schedule, train.flip, train.augment_policy) == (
+        "onecycle",
+        "alternating",
+        "trivial",
+    )
     assert (train.epochs, train.batch_size, train.ema_decay) == (200, 512, 0.999)
     assert params.predict.tta == "auto"
     assert params.select.tta_policies == ["none", "flip", "flip_translate"]

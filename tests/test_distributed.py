@@ -123,7 +123,7 @@ def test_a_killed_two_process_run_resumes_from_rank_0s_state(tmp_path: Path) -> 
     (project / "params.yaml").write_text(
         "model:\n  name: seed_resnet\n  base_width: 8\n  blocks: [1, 1, 1]\n  dropout: 0.17\n"
         "train:\n  device: cpu\n  epochs: 6\n  batch_size: 20\n  drop_last: true\n"
-        "  checkpoint_every: 1\n  nproc: 2\n  ema_decay: 0.9\n  trivial_augment: false\n"
+        "  checkpoint_every: 1\n  nproc: 2\n  ema_decay: 0.9\n  augment_policy: none\n"
     )
     env = tool_env()
     command = [sys.executable, "-m", "pipeline", "train"]

@@ -218,7 +218,7 @@ def test_a_run_resumed_from_a_saved_state_matches_the_uninterrupted_run() -> Non
     dropout (the global generator), alternating flip, the schedule and the data order."""
     params = dataclasses.replace(
         load_profile("fast").train, device="cpu", epochs=4, batch_size=50, lr=0.15,
-        ema_decay=0.9, lookahead=True, trivial_augment=True, cutmix_alpha=1.0,
+        ema_decay=0.9, lookahead=True, augment_policy="trivial", cutmix_alpha=1.0,
     )  # fmt: skip
     model_params = seed_model(base_width=8, blocks=[1, 1, 1], dropout=0.2)
     train_set, val_set = synthetic_set(200, 0), synthetic_set(50, 1)

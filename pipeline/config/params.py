@@ -125,11 +125,18 @@ class PrepareParams:
     val: Literal["test_batch", "holdout"] = "test_batch"
     holdout_images: int = 5000  # only for val: holdout; stratified, taken from the training set
     seed: int = 0
+    # val: holdout only: the official test_batch joins the training images (all labelled data)
+    train_on_test_batch: bool = False
 
     def __post_init__(self) -> None:
         _require(
             self.holdout_images >= 10, "prepare.holdout_images", "at least 10", self.holdout_images
         )
+        if self.train_on_test_batch and self.val == "test_batch":
+            raise PipelineError(
+                "params: prepare.train_on_test_batch needs prepare.val: holdout (test_batch "
+                "cannot be both a training set and the validation set)"
+            )
 
 
 @dataclass(frozen=True)
@@ -191,7 +198,8 @@ class TrainParams:
     cutout: int  # side in pixels of a square zeroed at a random place; 0 disables
     mixup_alpha: float  # Beta(α, α) mixing of image pairs; 0 disables
     cutmix_alpha: float  # Beta(α, α) box pasting between image pairs; 0 disables
-    trivial_augment: bool  # torchvision's TrivialAugmentWide, per group of images
+    # torchvision's TrivialAugmentWide, AutoAugment (CIFAR-10 policy) or RandAugment, per group
+    augment_policy: Literal["none", "trivial", "autoaugment", "randaugment"]
     label_smoothing: float
     ema_decay: float  # timm ModelEmaV3 of the weights, updated every step; 0 disables
     lookahead: bool  # airbench's Lookahead: every 5 steps the weights move toward their average
@@ -281,6 +289,66 @@ class SelectParams:
 
 
 @dataclass(frozen=True)
+class AdaptParams:
+    """What predict may learn from the unlabelled custom-test images as a whole (engine/adapt.py)."""
+
+    # false: nothing here, and no distillation: each image is labelled by a model of the
+    # labelled images alone (for course rules that forbid using the test images)
+    use_test_images: bool = True
+    batchnorm: bool = True  # AdaBN: BatchNorm statistics re-estimated on the custom-test images
+    balance: Literal["none", "prior"] = "prior"  # prior: label counts follow `prior`
+    prior: list[float] = field(default_factory=list)  # class shares, CIFAR-10 order; []: uniform
+
+    def __post_init__(self) -> None:
+        if self.prior:
+            _require(
+                len(self.prior) == 10 and all(share > 0 for share in self.prior),
+                "adapt.prior", "[] (uniform) or ten positive class shares", self.prior,
+            )  # fmt: skip
+
+    @property
+    def batchnorm_on(self) -> bool:
+        return self.use_test_images and self.batchnorm
+
+    @property
+    def balance_on(self) -> str:
+        return self.balance if self.use_test_images else "none"
+
+
+@dataclass(frozen=True)
+class DistillParams:
+    """Students trained on the labelled images plus the custom-test images with the teacher's
+    soft labels (stages/distill.py)."""
+
+    rounds: int = (
+        1  # students in turn, each the next one's teacher; 0: predict uses select's winner
+    )
+    temperature: float = 2.0  # of the teacher's and the student's softmax on custom-test images
+    kd_weight: float = 1.0  # loss weight of a custom-test image relative to a labelled one
+    confidence_threshold: float = 0.0  # custom-test images the teacher is less sure of are left out
+    # the teacher (model, trained by train) may be larger than model.max_params up to this;
+    # 0: model.max_params. Whether a larger teacher is allowed is the course's rule, not ours.
+    teacher_max_params: int = 0
+    # the student's model section (name, max_params, its keys); null: the `model` section's
+    student: ModelParams | None = None
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.rounds <= 10, "distill.rounds", "in [0, 10]", self.rounds)
+        _require(
+            0 < self.temperature <= 100, "distill.temperature", "in (0, 100]", self.temperature
+        )
+        _require(0 <= self.kd_weight <= 100, "distill.kd_weight", "in [0, 100]", self.kd_weight)
+        _require(
+            0 <= self.confidence_threshold < 1,
+            "distill.confidence_threshold", "in [0, 1)", self.confidence_threshold,
+        )  # fmt: skip
+        _require(
+            self.teacher_max_params >= 0,
+            "distill.teacher_max_params", "0 or more", self.teacher_max_params,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
 class PredictParams:
     tta: Literal["auto", TtaPolicy] = "auto"  # auto: select's choice; else one of TtaPolicy
     batch_size: int = 1000
@@ -310,4 +378,26 @@ class Params:
     model: ModelParams = field(default_factory=_default_model)  # profiles/default.yaml's
     train: TrainParams = field(default_factory=_default_train)
     select: SelectParams = field(default_factory=SelectParams)
+    adapt: AdaptParams = field(default_factory=AdaptParams)
+    distill: DistillParams = field(default_factory=DistillParams)
     predict: PredictParams = field(default_factory=PredictParams)
+
+    def __post_init__(self) -> None:
+        teacher_budget = self.distill.teacher_max_params
+        if teacher_budget > self.model.max_params and self.distill.rounds == 0:
+            raise PipelineError(
+                f"params: distill.teacher_max_params {teacher_budget:,} is over model.max_params "
+                f"{self.model.max_params:,} with distill.rounds: 0, so the submitted model could "
+                "be over the budget; distil it (rounds ≥ 1) or set it to 0"
+            )
+        student = self.distill.student
+        if student is not None and student.max_params > self.model.max_params:
+            raise PipelineError(
+                f"params: distill.student.max_params {student.max_params:,} is over "
+                f"model.max_params {self.model.max_params:,} (the submitted model's budget)"
+            )
+        if teacher_budget > self.model.max_params and not self.adapt.use_test_images:
+            raise PipelineError(
+                "params: distill.teacher_max_params over model.max_params needs "
+                "adapt.use_test_images: true (without it there is no distillation)"
+            )

@@ -17,8 +17,11 @@ SECTIONS = tuple(field.name for field in dataclasses.fields(Params))
 STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "fetch": ("data",),
     "prepare": ("prepare",),
-    "train": ("model", "train"),
-    "select": ("select", "model.max_params"),  # the budget covers the whole seed ensemble
+    # a teacher that distill shrinks may be larger than model.max_params (teacher_max_params)
+    "train": ("model", "train", "distill.teacher_max_params"),
+    # the budget covers the whole seed ensemble
+    "select": ("select", "model.max_params", "distill.teacher_max_params", "adapt"),
+    "distill": ("distill", "adapt", "model", "train", "select"),
     "predict": SECTIONS,  # the run manifest records every param, so predict depends on them all
 }
 STAGES = tuple(STAGE_PARAMS)  # in the order dvc.yaml runs them

@@ -2,7 +2,8 @@
 
 No per-image PIL work: a whole batch is padded once and cropped with two gathers, flipped with
 one `where`, cut out with one mask, so the data never leaves the training device. Mixing
-(mixup / cutmix) returns soft targets; TrivialAugment is the one per-group (not per-batch) step.
+(mixup / cutmix) returns soft targets; the augment policy (TrivialAugment, AutoAugment,
+RandAugment) is the one per-group (not per-batch) step.
 """
 
 from __future__ import annotations
@@ -112,25 +113,38 @@ def mix_batch(
     return images, weight * targets + (1 - weight) * targets[partner]
 
 
-TRIVIAL_AUGMENT_GROUP = (
-    32  # images that share one TrivialAugment op (one op per image is ~30× slower)
-)
+POLICY_GROUP = 32  # images that share one policy op draw (one draw per image is ~30× slower)
 
 
-def trivial_augment(
-    images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator
-) -> torch.Tensor:
-    """TrivialAugmentWide on normalised images: back to uint8, one random op per group, normalised again."""
-    from torchvision.transforms import v2  # torchvision is only needed when this is on
+def policy_transform(policy: str):
+    """torchvision's v2 transform for `train.augment_policy` (it works on uint8 batches on any
+    device): TrivialAugmentWide, AutoAugment with its CIFAR-10 policy, or RandAugment (2 ops at
+    magnitude 9, its defaults)."""
+    from torchvision.transforms import v2  # torchvision is only needed when a policy is on
 
+    if policy == "trivial":
+        return v2.TrivialAugmentWide()
+    if policy == "autoaugment":
+        return v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+    if policy == "randaugment":
+        return v2.RandAugment()
+    raise ValueError(f"unknown augment policy {policy!r}")
+
+
+def policy_augment(
+    images: torch.Tensor, policy: str, mean: torch.Tensor, std: torch.Tensor,
+    generator: torch.Generator,
+) -> torch.Tensor:  # fmt: skip
+    """An augmentation policy on normalised images: back to uint8, one random draw of the
+    policy per group of POLICY_GROUP images, normalised again."""
     pixels = (images * std + mean).clamp(0, 255).round().to(torch.uint8)
-    augment = v2.TrivialAugmentWide()
+    augment = policy_transform(policy)
     groups = []
     seed = int(torch.randint(0, 2**62, (1,), device=images.device, generator=generator))
     with torch.random.fork_rng(devices=[]):  # torchvision draws from the global CPU generator
         torch.default_generator.manual_seed(seed)
-        for start in range(0, pixels.shape[0], TRIVIAL_AUGMENT_GROUP):
-            groups.append(augment(pixels[start : start + TRIVIAL_AUGMENT_GROUP]))
+        for start in range(0, pixels.shape[0], POLICY_GROUP):
+            groups.append(augment(pixels[start : start + POLICY_GROUP]))
     return (torch.cat(groups).float() - mean) / std
 
 
@@ -172,9 +186,11 @@ def augment_batch(
     state: AugmentState,
 ) -> torch.Tensor:
     """The training augmentation of one batch (`indices` into the training set, `epoch` 1-based):
-    TrivialAugment, crop, flip, cutout, in that order; channels_last for the convolutions."""
-    if params.trivial_augment:
-        images = trivial_augment(images, state.pixel_mean, state.pixel_std, state.generator)
+    the augment policy, crop, flip, cutout, in that order; channels_last for the convolutions."""
+    if params.augment_policy != "none":
+        images = policy_augment(
+            images, params.augment_policy, state.pixel_mean, state.pixel_std, state.generator
+        )
     images = random_crop(images, params.crop_padding, params.pad_mode, state.generator)
     if params.flip == "random":
         images = random_flip(images, state.generator)

@@ -59,15 +59,15 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
 
 
-def launch(nproc: int, params_path: Path) -> NoReturn:
-    """Become torchrun running `python -m pipeline train` as `nproc` workers on this machine.
+def launch(nproc: int, params_path: Path, stage: str = "train") -> NoReturn:
+    """Become torchrun running `python -m pipeline STAGE` as `nproc` workers on this machine.
 
     The process is replaced (exec), so a signal that stops the stage (`dvc queue kill`, Ctrl-C)
     reaches torchrun, which stops its workers, and torchrun's exit status is the stage's.
     """
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "-m", "pipeline", "--params", str(params_path), "train",
+        "-m", "pipeline", "--params", str(params_path), stage,
     ]  # fmt: skip
     sys.stdout.flush()
     sys.stderr.flush()

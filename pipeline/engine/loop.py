@@ -9,6 +9,7 @@ and hands the epoch's stats to its caller, who logs and saves.
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable
@@ -35,6 +36,46 @@ from pipeline.reporting import console
 
 ETA_PROBE_BATCHES = 3  # batches timed (after one warm-up) for the CPU time estimate
 LabelledSet = tuple[torch.Tensor, torch.Tensor]  # normalised images, labels on the device
+
+
+@dataclass(frozen=True)
+class DistillTargets:
+    """The custom-test images' soft labels in a student's training set (stages/distill.py).
+
+    Rows `first_index` onward of the training set are the custom-test images; `probabilities`
+    are the teacher's, at `temperature`. Their loss is the cross-entropy of the student's
+    softmax at that temperature against them, × temperature² (Hinton et al.: the gradients
+    then keep their size as the temperature changes) × `weight`; the labelled rows keep the
+    label-smoothed cross-entropy. Every row's loss has the same shape, so batches mixing both
+    kinds keep one shape (no recompiles).
+    """
+
+    first_index: int
+    probabilities: torch.Tensor  # (M, classes) on the training device
+    temperature: float
+    weight: float
+
+
+def distillation_batch(
+    distill: DistillTargets, indices: torch.Tensor, labels: torch.Tensor, smoothing: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(targets (N, classes), temperature (N,), weight (N,)) of a batch's rows."""
+    pseudo = indices >= distill.first_index
+    smoothed = F.one_hot(labels, NUM_CLASSES).float() * (1 - smoothing) + smoothing / NUM_CLASSES
+    teacher = distill.probabilities[(indices - distill.first_index).clamp_min(0)]
+    targets = torch.where(pseudo[:, None], teacher, smoothed)
+    ones = torch.ones_like(indices, dtype=torch.float32)
+    temperature = torch.where(pseudo, distill.temperature, ones)
+    weight = torch.where(pseudo, distill.weight * distill.temperature**2, ones)
+    return targets, temperature, weight
+
+
+def distillation_loss(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """Mean over the batch of weight × cross-entropy(softmax(logits / temperature), targets)."""
+    log_probabilities = F.log_softmax(logits.float() / temperature[:, None], dim=1)
+    return (weight * -(targets * log_probabilities).sum(1)).mean()
 
 
 @dataclass(frozen=True)
@@ -93,6 +134,7 @@ class Trainer:
     augment: AugmentState
     batches_per_epoch: int
     run_steps: int
+    distill: DistillTargets | None = None  # a student's soft labels (distill stage)
     step: int = 0  # optimizer steps done
     first_epoch: int = 1
 
@@ -181,6 +223,7 @@ def fit(
     progress: Progress | None = None,
     resume_state: dict | None = None,
     save_state: Callable[[int, Callable[[], dict]], None] | None = None,
+    distill: DistillTargets | None = None,
 ) -> nn.Module | None:
     """Train `model` in place; `train_set` and `val_set` are normalised images and labels on the model's device.
 
@@ -191,10 +234,12 @@ def fit(
     augmentation follow `params.seed` through their own generators. Returns the EMA model.
     After it, `save_state(epoch, state)` gets a function that builds the whole training state
     (records/resume.py keeps it); `resume_state`, such a state, continues a run after its epoch
-    exactly as if it had never stopped.
+    exactly as if it had never stopped. `distill`: the training set's last rows are a
+    student's custom-test images with the teacher's soft labels.
     """
     device = train_set[0].device
     trainer = build_trainer(model, params, train_set[1].shape[0], normalization, device)
+    trainer.distill = distill
     if resume_state is not None:
         trainer.restore(resume_state)
     batch_task = (
@@ -244,12 +289,24 @@ def train_epoch(
         indices = world.local_slice(indices) if world.size > 1 else indices
         images = augment_batch(train_images[indices], indices, epoch, params, trainer.augment)
         labels = train_labels[indices]
-        targets = F.one_hot(labels, NUM_CLASSES).float() if mixing else labels
-        if mixing:
+        loss_function = None
+        if trainer.distill is not None:
+            targets, temperature, weight = distillation_batch(
+                trainer.distill, indices, labels, params.label_smoothing
+            )
+        else:
+            targets = F.one_hot(labels, NUM_CLASSES).float() if mixing else labels
+        if mixing:  # a mixed pair keeps the first image's temperature and weight
             images, targets = mix_batch(
                 images, targets, params.mixup_alpha, params.cutmix_alpha, trainer.augment.generator
             )
-        loss, logits = optimizer_step(trainer.stepped, trainer.optimizer, images, targets, params)
+        if trainer.distill is not None:
+            loss_function = functools.partial(
+                distillation_loss, temperature=temperature, weight=weight
+            )
+        loss, logits = optimizer_step(
+            trainer.stepped, trainer.optimizer, images, targets, params, loss_function
+        )
         step_lr = trainer.optimizer.param_groups[0]["lr"]  # the lr this step used, before the next
         trainer.scheduler.step()
         trainer.step += 1

@@ -3,6 +3,8 @@ bf16 autocast, torch.compile."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,14 +57,20 @@ def optimizer_step(
     images: torch.Tensor,
     targets: torch.Tensor,
     params: TrainParams,
+    loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward (bf16 autocast on CUDA), label-smoothed cross-entropy, backward, one SGD step.
+    """Forward (bf16 autocast on CUDA), the loss, backward, one SGD step.
 
-    `targets` are class indices or (mixup/cutmix) class probabilities. Returns (loss, logits).
+    `targets` are class indices or (mixup/cutmix) class probabilities; the loss is their
+    label-smoothed cross-entropy unless `loss_function(logits, targets)` is given (a student's
+    distillation loss). Returns (loss, logits).
     """
     with autocast(images.device, params.mixed_precision):
         logits = network(images)
-    loss = F.cross_entropy(logits.float(), targets, label_smoothing=params.label_smoothing)
+    if loss_function is not None:
+        loss = loss_function(logits, targets)
+    else:
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=params.label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

@@ -3,7 +3,8 @@
 
 Train writes one per `train.checkpoint_every` epochs (raw and EMA weights); select writes
 models/best.pt, the winner with the weights it chose as `model_state`, the TTA it chose and,
-for a seed ensemble, its `members`; `ensemble add` writes models/ensemble/NAME.pt, another
+for a seed ensemble, its `members`; distill writes its students' checkpoints and
+models/final.pt (with `distillation`); `ensemble add` writes models/ensemble/NAME.pt, another
 run's best.pt with where it came from (`source`). On disk a checkpoint is a plain dict of data
 and tensors (the keys below, `members` stored as `ensemble`), which `load_checkpoint` and
 `save_checkpoint` read and write; `Checkpoint.load` / `.save` go through them.
@@ -65,6 +66,9 @@ class Checkpoint:
     tta: str | None = None  # select: the TTA policy it chose for predict
     members: tuple[Member, ...] = ()  # select: the seed ensemble's other members
     source: dict | None = None  # ensemble add: where this member came from
+    # distill: a student's round, teacher and settings, and that the custom-test images it
+    # learnt from were unlabelled (their labels were the teacher's predictions)
+    distillation: dict | None = None
 
     @classmethod
     def load(cls, path: Path) -> Checkpoint:
@@ -97,7 +101,7 @@ class Checkpoint:
         checkpoint holds exactly what train wrote."""
         record = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
         members = record.pop("members")
-        for key in ("weights", "tta", "source"):
+        for key in ("weights", "tta", "source", "distillation"):
             if record[key] is None:
                 del record[key]
         if members:

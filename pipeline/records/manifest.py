@@ -5,7 +5,7 @@ scores and reproduce read them as a `RunSummary`; `run_files` names a run's file
 
 `run_id` is a short digest of what made the CSV: the fetch → select entries of dvc.lock (their
 commands, deps and params hashes: data, code, params), the predict stage's own params and code
-files, and the md5 of the two files predict actually reads (models/best.pt and the prepared
+files, and the md5 of the two files predict actually reads (models/final.pt and the prepared
 custom test set). Same inputs → same run_id; any change upstream → a new one. Upstream outputs
 are left out: each one that matters is some stage's dep, and the rest are metrics whose
 timings differ on every run. The manifest
@@ -35,7 +35,7 @@ from pipeline.integrations.repository import changed_files, git, head_commit, st
 from pipeline.paths import PREDICT_METRICS_PATH, SUBMISSION_PATH
 from pipeline.records.checkpoint import Checkpoint
 
-UPSTREAM_STAGES = ("fetch", "prepare", "train", "select")
+UPSTREAM_STAGES = ("fetch", "prepare", "train", "select", "distill")
 # Tracked files that a run itself rewrites: a change there is the run's output, not dirt.
 RUN_WRITTEN = ("dvc.lock", "metrics", "submissions")
 LOCK_INPUT_KEYS = ("cmd", "deps", "params")  # of a dvc.lock stage entry; not its outs

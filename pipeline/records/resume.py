@@ -39,11 +39,12 @@ KEY_LENGTH = 16  # hex characters of the sha256
 
 def run_key(
     model_params: ModelParams, params: TrainParams, prepared_dir: Path, device: torch.device,
-    dvc_yaml: Path = Path("dvc.yaml"),
+    dvc_yaml: Path = Path("dvc.yaml"), stage: str = "train", extra: dict | None = None,
 ) -> str:  # fmt: skip
-    """Digest of what the run's bits depend on: params, data, code, the device actually used
-    (`auto` resolved: a CUDA run never resumes on CPU), and what changes float sums on it: the
-    thread count, the CPU's vector instructions, the GPU, and the libraries' versions."""
+    """Digest of what the run's bits depend on: params, data, code (`stage`'s files in
+    dvc.yaml), the device actually used (`auto` resolved: a CUDA run never resumes on CPU),
+    and what changes float sums on it: the thread count, the CPU's vector instructions, the
+    GPU, and the libraries' versions. `extra`: more inputs (a student's teacher and round)."""
     import timm
     import torchvision
 
@@ -51,7 +52,8 @@ def run_key(
         "model": dataclasses.asdict(model_params),
         "train": dataclasses.asdict(params),
         "data": {p.name: file_md5(p) for p in sorted(Path(prepared_dir).glob("*")) if p.is_file()},
-        "code": stage_code_md5s("train", dvc_yaml),
+        "code": stage_code_md5s(stage, dvc_yaml),
+        "extra": extra,
         # the type, not the index: every rank of a data-parallel run computes the same key
         "device": device.type
         + (f" {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),

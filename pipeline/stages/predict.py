@@ -21,15 +21,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.config.params import PredictParams
+from pipeline.config.params import AdaptParams, PredictParams
 from pipeline.data.prepared import load_split
+from pipeline.engine.adapt import adapted_logits, assign_labels, prior_counts
 from pipeline.engine.device import resolve_device
 from pipeline.engine.models import count_trainable_params
 from pipeline.engine.normalise import to_device_set, to_device_tensor
 from pipeline.engine.tta import evaluate, predict_logits
 from pipeline.files import atomic_path, write_json_atomic, write_text_atomic
 from pipeline.paths import (
-    BEST_PATH,
+    FINAL_PATH,
     PREDICT_METRICS_PATH,
     PREPARED_DIR,
     SUBMISSION_PATH,
@@ -49,6 +50,27 @@ def predicted_classes(
     return logits.argmax(1).cpu().numpy()
 
 
+IMBALANCE_WARNING = 0.3  # a class this far (as a share of its expected count) from the prior
+
+
+def class_imbalance(counts: list[int], prior: list[float]) -> float:
+    """The largest |count − expected| / expected over the classes, expected from the prior."""
+    expected = prior_counts(prior, sum(counts))
+    return float(max(abs(c - e) / max(e, 1) for c, e in zip(counts, expected, strict=True)))
+
+
+def label_custom_test(
+    model: nn.Module, images: torch.Tensor, tta: str, adapt: AdaptParams, params: PredictParams
+) -> tuple[np.ndarray, list[int]]:
+    """The custom test set's labels (after AdaBN and balancing where `adapt` asks for them) and
+    the counts per class the model's own argmax gave (before balancing)."""
+    logits = adapted_logits(
+        model, images, tta, adapt.batchnorm_on, params.batch_size, params.mixed_precision
+    )
+    argmax_counts = torch.bincount(logits.argmax(1).cpu(), minlength=logits.shape[1]).tolist()
+    return assign_labels(logits, adapt.balance_on, adapt.prior), argmax_counts
+
+
 def write_validation_plots(names: list[str], actual: np.ndarray, predicted: np.ndarray) -> None:
     """DVC's confusion matrix (actual,predicted per image) and the accuracy per class."""
     write_text_atomic(
@@ -64,16 +86,20 @@ def write_validation_plots(names: list[str], actual: np.ndarray, predicted: np.n
     write_text_atomic(VAL_PER_CLASS_PATH, "class,accuracy\n" + "".join(per_class))
 
 
+LABELLED_ONLY = AdaptParams(use_test_images=False)  # each custom-test image labelled alone
+
+
 def run(
     params: PredictParams,
     prepared_dir: Path = PREPARED_DIR,
-    best_path: Path = BEST_PATH,
+    model_path: Path = FINAL_PATH,
     submission_path: Path = SUBMISSION_PATH,
     all_params: dict | None = None,  # every section of params.yaml (dvc.yaml declares them all)
+    adapt: AdaptParams = LABELLED_ONLY,
 ) -> None:
     device = resolve_device(params.device, "predict.device")
-    checkpoint = Checkpoint.load(best_path)
-    model = checkpoint.model(best_path).to(device, memory_format=torch.channels_last)
+    checkpoint = Checkpoint.load(model_path)
+    model = checkpoint.model(model_path).to(device, memory_format=torch.channels_last)
     mean, std = checkpoint.normalization["mean"], checkpoint.normalization["std"]
     tta = (checkpoint.tta or "none") if params.tta == "auto" else params.tta
     names = checkpoint.class_names or [str(c) for c in range(10)]
@@ -87,7 +113,7 @@ def run(
     val_accuracy = float((val_predicted == val_actual).mean())
     custom_test = load_split(prepared_dir, "custom_test")
     images = to_device_tensor(custom_test["images"], mean, std, device)
-    labels = predicted_classes(model, images, tta, params)
+    labels, argmax_counts = label_custom_test(model, images, tta, adapt, params)
     write_submission(submission_path, custom_test["ids"], labels)
     plain_accuracy = val_accuracy
     if tta != "none":
@@ -95,9 +121,9 @@ def run(
             model, *val_set, "none", params.batch_size, params.mixed_precision
         )[0]
 
-    predict_inputs = {"predict": dataclasses.asdict(params), "device": device.type,
-                      "torch": torch.__version__}  # fmt: skip
-    run_id = manifest.run_id(predict_inputs, [best_path, prepared_dir / "custom_test.npz"])
+    predict_inputs = {"predict": dataclasses.asdict(params), "adapt": dataclasses.asdict(adapt),
+                      "device": device.type, "torch": torch.__version__}  # fmt: skip
+    run_id = manifest.run_id(predict_inputs, [model_path, prepared_dir / "custom_test.npz"])
     files = manifest.run_files(run_id, submission_path.parent)
     with atomic_path(files.csv) as temp_path:
         shutil.copyfile(submission_path, temp_path)
@@ -114,12 +140,31 @@ def run(
         "val_accuracy": val_accuracy, "val_accuracy_without_tta": plain_accuracy,
         "epoch": int(checkpoint.epoch), "custom_test_images": int(labels.size),
         "predicted_per_class": dict(zip(names, counts, strict=True)),
+        "argmax_per_class": dict(zip(names, argmax_counts, strict=True)),
+        "argmax_imbalance": class_imbalance(argmax_counts, adapt.prior),
+        "adapt": {"batchnorm": adapt.batchnorm_on, "balance": adapt.balance_on,
+                  "prior": adapt.prior or "uniform"},
+        "distillation": checkpoint.distillation,
+        "used_custom_test_images": adapt.batchnorm_on or adapt.balance_on != "none"
+        or checkpoint.distillation is not None,
     } | ({"ensemble_members": members} if members else {})  # fmt: skip
     manifest.write_manifest(
         run_id, checkpoint, count_trainable_params(model), submission_path, report, all_params,
         device,
     )  # fmt: skip
     write_json_atomic(PREDICT_METRICS_PATH, report)
+    if report["argmax_imbalance"] > IMBALANCE_WARNING:
+        console.print(
+            f"[yellow]warning: the model's own labels of the custom test set are far from the "
+            f"class prior (a class off by {report['argmax_imbalance']:.0%} of its expected count: "
+            f"{', '.join(f'{n} {c}' for n, c in zip(names, argmax_counts, strict=True))}), a sign "
+            "that its images differ from the training images"
+            + (
+                "; adapt.balance: prior assigns them to the prior's counts"
+                if adapt.balance_on == "prior"
+                else "; adapt.balance: prior would balance them"
+            )
+        )
     console.print(
         f"predict: {labels.size} rows → {submission_path} and {files.csv.name} "
         f"(run {run_id}, TTA {tta}, val accuracy {val_accuracy:.4f})"

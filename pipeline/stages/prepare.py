@@ -1,7 +1,8 @@
 """Stage 2, prepare → data/prepared/: validated, compact arrays for train / val / custom test.
 
 Reads data/raw through the restricted loaders (data/formats.py), picks the validation set
-(`prepare.val`: the official test_batch, or a stratified hold-out of training images), and
+(`prepare.val`: the official test_batch, or a stratified hold-out of training images; with the
+hold-out, `prepare.train_on_test_batch` adds test_batch to the training images), and
 writes uncompressed .npz files plus `dataset.json` (class names, the training set's per-channel
 mean/std) and a data report of counts per class (a DVC metric).
 """
@@ -78,6 +79,10 @@ def run(params: PrepareParams, raw_dir: Path = RAW_DIR, prepared_dir: Path = PRE
         keep[holdout] = False
         val_images, val_labels = train_images[holdout], train_labels[holdout]
         train_images, train_labels = train_images[keep], train_labels[keep]
+        if params.train_on_test_batch:  # every labelled image but the holdout trains
+            test_images, test_labels = load_cifar_batch(batches_dir / VAL_BATCH_NAME)
+            train_images = np.concatenate([train_images, test_images])
+            train_labels = np.concatenate([train_labels, test_labels])
 
     custom_test_path = find_custom_test(raw_dir)
     if custom_test_path is None:
@@ -99,6 +104,8 @@ def run(params: PrepareParams, raw_dir: Path = RAW_DIR, prepared_dir: Path = PRE
         write_json_atomic(
             out / "dataset.json",
             {"class_names": class_names, "mean": mean, "std": std, "val_source": params.val,
+             "train_sources": list(TRAIN_BATCH_NAMES)
+             + ([VAL_BATCH_NAME] if params.train_on_test_batch else []),
              "custom_test_file": custom_test_path.name},
         )  # fmt: skip
     write_json_atomic(report_path, report)

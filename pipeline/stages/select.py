@@ -17,6 +17,10 @@ policy beside each of its members; `select.ensemble: auto` keeps it when it beat
 winner, `always` keeps it anyway, `never` ignores the members. select.json's `ensemble` entry
 reports the ensemble against its members; best.pt then carries the members (records/checkpoint.py); records/ensemble.py reads
 and checks them.
+
+select.json's `adaptation_on_val` says what predict's test-time adaptation (`adapt`) does to the
+winner when the validation images stand in for the custom test set: their accuracy labelled
+one by one, after AdaBN on them, and after balanced assignment too.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.config.params import SelectParams
+from pipeline.config.params import AdaptParams, SelectParams
 from pipeline.data.prepared import load_split
+from pipeline.engine.adapt import adapted_logits, assign_labels
 from pipeline.engine.device import resolve_device
 from pipeline.engine.models import Ensemble, count_trainable_params
 from pipeline.engine.normalise import to_device_set
@@ -161,6 +166,31 @@ def ensemble_report(
     }  # fmt: skip
 
 
+def adaptation_report(
+    model: nn.Module, eval_set: EvalSet, tta: str, adapt: AdaptParams, params: SelectParams,
+    accuracy_without: float,
+) -> dict | None:  # fmt: skip
+    """The winner's validation accuracy when the validation images are labelled the way predict
+    labels the custom test set (AdaBN on them, then balanced assignment), against without."""
+    if not (adapt.batchnorm_on or adapt.balance_on != "none"):
+        return None
+    images, labels = eval_set
+    logits = adapted_logits(
+        model, images, tta, adapt.batchnorm_on, params.batch_size, params.mixed_precision
+    )
+    truth = labels.cpu().numpy()
+    accuracy = {"without": accuracy_without}
+    if adapt.batchnorm_on:
+        accuracy["batchnorm"] = float((logits.argmax(1).cpu().numpy() == truth).mean())
+    if adapt.balance_on != "none":
+        labelled = assign_labels(logits, adapt.balance_on, adapt.prior)
+        accuracy["batchnorm_and_balance" if adapt.batchnorm_on else "balance"] = float(
+            (labelled == truth).mean()
+        )
+    return {"batchnorm": adapt.batchnorm_on, "balance": adapt.balance_on,
+            "val_accuracy": accuracy}  # fmt: skip
+
+
 def write_candidates(candidates: list[dict], path: Path = SELECT_CANDIDATES_PATH) -> None:
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=list(candidates[0]), lineterminator="\n")
@@ -176,6 +206,7 @@ def run(
     checkpoint_dir: Path = CHECKPOINT_DIR,
     best_path: Path = BEST_PATH,
     ensemble_dir: Path = ENSEMBLE_DIR,
+    adapt: AdaptParams | None = None,  # reported: the winner under predict's adaptation
 ) -> None:
     paths = sorted(checkpoint_dir.glob("epoch_*.pt"))
     if not paths:
@@ -216,6 +247,12 @@ def run(
             )
             selected = {key: report[key] for key in ("val_accuracy", "tta", "model_params")}
 
+    adaptation = None
+    if adapt is not None:
+        adapted_model = on_device(winner.model(best_path), device)
+        adaptation = adaptation_report(
+            adapted_model, eval_set, winner.tta, adapt, params, selected["val_accuracy"]
+        )
     winner.save(best_path)
     write_candidates(candidates)
     write_json_atomic(
@@ -227,9 +264,17 @@ def run(
             "last_epoch_val_accuracy": last["val_accuracy"], "last_epoch_tta": baseline_tta,
             "gain_over_last_epoch": selected["val_accuracy"] - last["val_accuracy"],
             "model_params": selected["model_params"], "candidates": len(candidates),
-        } | ({"ensemble": report} if report else {}),
+        } | ({"ensemble": report} if report else {})
+        | ({"adaptation_on_val": adaptation} if adaptation else {}),
     )  # fmt: skip
     report_choice(best, last, baseline_tta, report, selected, max_params, best_path)
+    if adaptation:
+        console.print(
+            "select: the validation images labelled as predict labels the custom test set: "
+            + ", ".join(
+                f"{k.replace('_', ' ')} {v:.4f}" for k, v in adaptation["val_accuracy"].items()
+            )
+        )
 
 
 def report_choice(

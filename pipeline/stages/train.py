@@ -35,7 +35,7 @@ from pipeline.data.prepared import load_dataset_info, load_split
 from pipeline.engine import distributed
 from pipeline.engine.device import resolve_device
 from pipeline.engine.distributed import RANK_SEED_STRIDE, current_world
-from pipeline.engine.loop import EpochStats, StateMismatch, fit
+from pipeline.engine.loop import DistillTargets, EpochStats, StateMismatch, fit
 from pipeline.engine.models import build_model, count_trainable_params, model_config
 from pipeline.engine.normalise import to_device_set
 from pipeline.engine.schedule import checkpoint_epochs, run_epochs, steps_per_epoch
@@ -87,17 +87,21 @@ def configure_device(params: TrainParams) -> torch.device:
 
 
 def setup_training(
-    model_params: ModelParams, params: TrainParams, prepared_dir: Path
-) -> TrainingSetup:
-    """Seed, build the model (budget checked before any data is loaded) and put the data on the device."""
+    model_params: ModelParams, params: TrainParams, prepared_dir: Path, device: torch.device,
+    extra_images: tuple[np.ndarray, np.ndarray] | None = None,
+) -> TrainingSetup:  # fmt: skip
+    """Seed, build the model (budget checked before any data is loaded) and put the data on
+    `device` (configure_device's). `extra_images` (uint8 images, labels) join the training set
+    after its own images: a student's custom-test images (stages/distill.py)."""
     seed_everything(params.seed)  # before building: the initial weights follow the seed
     model = build_model(model_params)
-    device = configure_device(params)
     info = load_dataset_info(prepared_dir)
     train_split, val_split = (load_split(prepared_dir, name) for name in ("train", "val"))
-    train_set = to_device_set(
-        train_split["images"], train_split["labels"], info["mean"], info["std"], device
-    )
+    images, labels = train_split["images"], train_split["labels"]
+    if extra_images is not None:
+        images = np.concatenate([images, extra_images[0]])
+        labels = np.concatenate([labels, extra_images[1].astype(labels.dtype)])
+    train_set = to_device_set(images, labels, info["mean"], info["std"], device)
     model = model.to(device, memory_format=torch.channels_last)
     if hasattr(model, "init_whitening"):  # airnet: filters from the training set's patches
         model.init_whitening(train_set[0][:WHITENING_IMAGES])
@@ -192,7 +196,7 @@ def start_or_resume(key: str, checkpoint_dir: Path, main: bool) -> dict | None:
     return state
 
 
-def launch_under_torchrun(params: TrainParams, params_path: Path) -> NoReturn:
+def launch_under_torchrun(params: TrainParams, params_path: Path, stage: str) -> NoReturn:
     """train.nproc > 1: this stage becomes torchrun running `train.nproc` workers of itself."""
     device_kind = resolve_device(params.device).type
     if device_kind == "cuda" and torch.cuda.device_count() < params.nproc:
@@ -200,29 +204,20 @@ def launch_under_torchrun(params: TrainParams, params_path: Path) -> NoReturn:
             f"train.nproc: {params.nproc} processes need {params.nproc} GPUs, "
             f"{torch.cuda.device_count()} visible"
         )
-    console.print(f"train: starting {params.nproc} processes with torchrun")
-    distributed.launch(params.nproc, params_path)
+    console.print(f"{stage}: starting {params.nproc} processes with torchrun")
+    distributed.launch(params.nproc, params_path, stage)
 
 
-def run(
-    model_params: ModelParams,
-    params: TrainParams,
-    prepared_dir: Path = PREPARED_DIR,
-    checkpoint_dir: Path = CHECKPOINT_DIR,
-    live_dir: Path = TRAIN_LIVE_DIR,
-    params_path: Path = DEFAULT_PARAMS_PATH,  # what torchrun's workers read (train.nproc > 1)
-) -> None:
-    if params.nproc > 1 and not distributed.under_torchrun():
-        launch_under_torchrun(params, params_path)  # does not return: torchrun takes over
-    world = current_world()
-    if world.size > 1:
-        distributed.die_with_torchrun()
-    main = world.is_main  # only rank 0 writes: checkpoints, metrics, resume state, the console
-    console.quiet = not main
+def train_model(
+    setup: TrainingSetup, model_params: ModelParams, params: TrainParams, key: str,
+    checkpoint_dir: Path, live_dir: Path, distill: DistillTargets | None = None,
+) -> None:  # fmt: skip
+    """Train `setup.model` (resuming run `key` where it stopped) into `checkpoint_dir`, logging
+    to `live_dir`; every rank calls it, rank 0 writes."""
     from dvclive import Live  # heavy import, only for a real run
 
-    setup = setup_training(model_params, params, prepared_dir)
-    key = resume.run_key(model_params, params, prepared_dir, setup.device)
+    world = current_world()
+    main = world.is_main
     resume_state = start_or_resume(key, checkpoint_dir, main)
     history = resume_state.pop("history") if resume_state is not None else []
     started = time.perf_counter()
@@ -244,7 +239,7 @@ def run(
             fit(
                 setup.model, params, setup.train_set, setup.val_set, normalization,
                 recorder.on_epoch, progress, resume_state=resume_state,
-                save_state=recorder.save_state,
+                save_state=recorder.save_state, distill=distill,
             )  # fmt: skip
         except StateMismatch as error:
             if main:
@@ -256,9 +251,40 @@ def run(
         if main:
             live.log_metric("model_params", recorder.trainable, plot=False)
             live.log_metric("train_seconds", time.perf_counter() - started, plot=False)
-    if world.size > 1:  # every rank is done before rank 0 reports (and DVC records) the run
+    if world.size > 1:  # every rank is done before rank 0 goes on (and DVC records the run)
         dist.barrier()
-        dist.destroy_process_group()
     if main:
         resume.clear(key)
     console.print(f"train: done in {time.perf_counter() - started:.1f} s")
+
+
+def start_workers(params: TrainParams, params_path: Path, stage: str) -> torch.device:
+    """This process's device: under torchrun a worker's GPU (the group joined); with
+    train.nproc > 1 outside torchrun, the stage becomes torchrun (does not return)."""
+    if params.nproc > 1 and not distributed.under_torchrun():
+        launch_under_torchrun(params, params_path, stage)
+    world = current_world()
+    if world.size > 1:
+        distributed.die_with_torchrun()
+    console.quiet = not world.is_main  # only rank 0 writes: files, metrics, the console
+    return configure_device(params)
+
+
+def finish_workers() -> None:
+    if current_world().size > 1:
+        dist.destroy_process_group()
+
+
+def run(
+    model_params: ModelParams,
+    params: TrainParams,
+    prepared_dir: Path = PREPARED_DIR,
+    checkpoint_dir: Path = CHECKPOINT_DIR,
+    live_dir: Path = TRAIN_LIVE_DIR,
+    params_path: Path = DEFAULT_PARAMS_PATH,  # what torchrun's workers read (train.nproc > 1)
+) -> None:
+    device = start_workers(params, params_path, "train")
+    setup = setup_training(model_params, params, prepared_dir, device)
+    key = resume.run_key(model_params, params, prepared_dir, setup.device)
+    train_model(setup, model_params, params, key, checkpoint_dir, live_dir)
+    finish_workers()

@@ -1,0 +1,114 @@
+"""Test-time adaptation: labelling a whole unlabelled set at once, not image by image.
+
+The competition's test images come from another source than CIFAR-10, so a model trained on
+CIFAR-10 meets other image statistics there. Two cheap remedies that look at the test images
+themselves (transductive: `adapt.use_test_images: false` turns them off):
+
+- AdaBN (Li et al. 2016): BatchNorm's running mean and variance re-estimated on the test
+  images, so each layer normalises with the statistics of the data it now sees. Only those
+  buffers change, in a copy of the model; its weights are untouched.
+- Balanced assignment: the labels are assigned so that their counts follow a class prior
+  (uniform unless given), trading each image's less likely class where the model would
+  otherwise over-predict a class. Sinkhorn scaling first makes the probabilities' column sums
+  match the prior; then images are assigned greedily, most confident (image, class) pair first,
+  until each class holds its count, so the counts are exactly the prior's.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.engine.device import autocast
+from pipeline.engine.tta import predict_logits
+
+SINKHORN_ITERATIONS = 100  # column/row rescalings; the column sums agree to <1e-6 well before
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: nn.Module, images: torch.Tensor, batch_size: int, mixed_precision: bool = True
+) -> nn.Module:
+    """A copy of `model` whose BatchNorm running statistics are those of `images` (normalised,
+    on the model's device). Each layer's mean and variance are averaged over the batches with
+    equal weight (momentum None); everything but BatchNorm stays in eval mode (no dropout)."""
+    adapted = copy.deepcopy(model)
+    adapted.eval()
+    layers = batchnorm_layers(adapted)
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # a cumulative average over the batches
+        layer.train()
+    for start in range(0, images.shape[0], batch_size):
+        batch = images[start : start + batch_size].contiguous(memory_format=torch.channels_last)
+        with autocast(batch.device, mixed_precision):
+            adapted(batch)
+    for layer, momentum in zip(layers, momenta, strict=True):
+        layer.momentum = momentum
+    return adapted.eval()
+
+
+def prior_counts(prior: list[float], total: int) -> np.ndarray:
+    """Integer counts ∝ `prior` that sum to `total` (largest remainders get the spare ones);
+    an empty prior is uniform."""
+    shares = np.asarray(prior if prior else [1.0] * 10, dtype=np.float64)
+    exact = shares / shares.sum() * total
+    counts = np.floor(exact).astype(np.int64)
+    spare = total - int(counts.sum())
+    counts[np.argsort(-(exact - counts), kind="stable")[:spare]] += 1
+    return counts
+
+
+def sinkhorn(probabilities: torch.Tensor, counts: np.ndarray) -> torch.Tensor:
+    """`probabilities` (N, C) rescaled per class and per image so that each row sums to 1 and
+    column c sums to counts[c] (the prior's share of N): soft labels balanced to the prior."""
+    target = torch.as_tensor(counts, dtype=torch.float64, device=probabilities.device)
+    scaled = probabilities.double().clamp_min(1e-12)
+    for _ in range(SINKHORN_ITERATIONS):
+        scaled = scaled * (target / scaled.sum(0))
+        scaled = scaled / scaled.sum(1, keepdim=True)
+    return scaled.float()
+
+
+def balanced_assignment(probabilities: torch.Tensor, prior: list[float]) -> np.ndarray:
+    """One label per row of `probabilities` (N, C), with exactly `prior_counts(prior, N)` of each
+    class: the Sinkhorn-balanced (image, class) pairs taken most probable first, each image
+    once, each class until full. Ties go to the lower image index, then the lower class."""
+    count, classes = probabilities.shape
+    capacity = prior_counts(prior, count)
+    if capacity.size != classes:
+        raise ValueError(f"a prior of {capacity.size} classes for {classes}-class predictions")
+    scores = sinkhorn(probabilities, capacity).cpu().numpy().ravel()
+    order = np.lexsort((np.arange(scores.size), -scores))  # by score, then position
+    labels = np.full(count, -1, dtype=np.int64)
+    for pair in order:
+        image, label = divmod(int(pair), classes)
+        if labels[image] < 0 and capacity[label] > 0:
+            labels[image] = label
+            capacity[label] -= 1
+    return labels
+
+
+def adapted_logits(
+    model: nn.Module, images: torch.Tensor, tta: str, batchnorm: bool, batch_size: int,
+    mixed_precision: bool = True,
+) -> torch.Tensor:  # fmt: skip
+    """The TTA-averaged logits of a whole unlabelled set, after AdaBN on it when `batchnorm`."""
+    if batchnorm:
+        model = recalibrate_batchnorm(model, images, batch_size, mixed_precision)
+    return predict_logits(model, images, tta, batch_size, mixed_precision)
+
+
+def assign_labels(logits: torch.Tensor, balance: str, prior: list[float]) -> np.ndarray:
+    """Labels for a whole set: the argmax, or balanced to `prior` (`balance: prior`)."""
+    if balance == "prior":
+        return balanced_assignment(logits.float().softmax(1), prior)
+    return logits.argmax(1).cpu().numpy()
