@@ -34,8 +34,9 @@ def seed_model(**keys: object) -> ModelParams:
 
 
 def seed_train(**keys: object) -> TrainParams:
-    """The seed profile's recipe with `keys` set (a new schedule drops the old one's keys)."""
-    return recipe("seed", {"train": keys}).train
+    """The seed profile's recipe with `keys` set (a new schedule drops the old one's keys);
+    without distillation, which refuses mixup and cutmix."""
+    return recipe("seed", {"train": keys, "distill": {"rounds": 0}}).train
 
 
 SMALL_SYNTHETIC = SyntheticParams(train_images=200, val_images=50, custom_test_images=40, seed=3)

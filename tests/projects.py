@@ -27,6 +27,8 @@ TINY_PARAMS = {
         "schedule": "cosine",
         "checkpoint_every": 2,
     },
+    # the tests of the other stages skip the student (tests/test_distill_end_to_end.py runs it)
+    "distill": {"rounds": 0},
 }
 
 

@@ -22,6 +22,7 @@ from projects import TINY_PARAMS, new_project, sh, tool_env
 from pipeline.__main__ import main
 from pipeline.data.synthetic import write_synthetic_raw
 from pipeline.engine.distributed import World
+from pipeline.records.checkpoint import Checkpoint
 from pipeline.records.submission_csv import validate_submission
 
 pytestmark = pytest.mark.slow
@@ -62,11 +63,18 @@ def test_each_rank_takes_an_equal_contiguous_share_of_every_batch() -> None:
 
 def test_a_pipeline_run_with_two_processes_writes_one_set_of_outputs(tmp_path: Path) -> None:
     train = {**TINY_PARAMS["train"], "epochs": 2, "nproc": 2, "drop_last": True}
-    project = new_project(tmp_path, "seed", TINY_PARAMS | {"train": train})
+    distill = {"rounds": 1}  # the student trains under torchrun too
+    project = new_project(tmp_path, "seed", TINY_PARAMS | {"train": train, "distill": distill})
     run = sh(project, "dvc", "repro")
     log = run.stdout + run.stderr
-    assert "starting 2 processes with torchrun" in log
-    assert log.count("train: done in") == 1  # rank 1 writes nothing, prints nothing
+    assert "train: starting 2 processes with torchrun" in log
+    assert "distill: starting 2 processes with torchrun" in log
+    assert log.count("train: done in") == 2  # teacher, student; rank 1 writes and prints nothing
+    assert log.count("distill: 1 round(s)") == 1
+    assert sorted(p.name for p in (project / "models/distill/round_1/checkpoints").iterdir()) == [
+        "epoch_0002.pt"
+    ]
+    assert Checkpoint.load(project / "models/final.pt").distillation["round"] == 1
     assert sorted(p.name for p in (project / "models/checkpoints").iterdir()) == [
         "epoch_0002.pt"
     ]  # checkpoint_every 2: the last epoch's only

@@ -137,6 +137,16 @@ def _build(cls: type, values: dict[str, Any], prefix: str, defaults: dict | None
                 "the profile" if defaults is None else f"params or the {DEFAULT_PROFILE} profile"
             )
             raise _MissingKey(f"params: {prefix}{missing[0]} is missing (set it in {where})")
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    missing = [name for name in required if name not in kwargs]
+    if missing:  # a nested recipe section (distill.student) is written whole
+        raise PipelineError(
+            f"params: {prefix}{missing[0]} is missing (the section is written whole)"
+        )
     return cls(**kwargs)
 
 

@@ -391,6 +391,20 @@ class Params:
                 "be over the budget; distil it (rounds ≥ 1) or set it to 0"
             )
         student = self.distill.student
+        if teacher_budget > self.model.max_params and student is None:
+            raise PipelineError(
+                f"params: distill.teacher_max_params {teacher_budget:,} is over model.max_params "
+                f"{self.model.max_params:,} but distill.student is null, so the student would be "
+                "the teacher's model under the smaller budget; set distill.student to a model "
+                "within model.max_params"
+            )
+        distilling = self.distill.rounds > 0 and self.adapt.use_test_images
+        if distilling and (self.train.mixup_alpha > 0 or self.train.cutmix_alpha > 0):
+            raise PipelineError(
+                "params: train.mixup_alpha and train.cutmix_alpha must be 0 with distillation "
+                "(distill.rounds > 0): a labelled image mixed with a custom-test image has no "
+                "single temperature and weight; set them to 0 or distill.rounds to 0"
+            )
         if student is not None and student.max_params > self.model.max_params:
             raise PipelineError(
                 f"params: distill.student.max_params {student.max_params:,} is over "

@@ -17,6 +17,7 @@ themselves (transductive: `adapt.use_test_images: false` turns them off):
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import torch
@@ -38,7 +39,9 @@ def recalibrate_batchnorm(
 ) -> nn.Module:
     """A copy of `model` whose BatchNorm running statistics are those of `images` (normalised,
     on the model's device). Each layer's mean and variance are averaged over the batches with
-    equal weight (momentum None); everything but BatchNorm stays in eval mode (no dropout)."""
+    equal weight (momentum None), so the batches are of equal size (±1) and drawn in a fixed
+    shuffled order: a file sorted by class still gives every batch the whole set's statistics.
+    Everything but BatchNorm stays in eval mode (no dropout)."""
     adapted = copy.deepcopy(model)
     adapted.eval()
     layers = batchnorm_layers(adapted)
@@ -47,8 +50,10 @@ def recalibrate_batchnorm(
         layer.reset_running_stats()
         layer.momentum = None  # a cumulative average over the batches
         layer.train()
-    for start in range(0, images.shape[0], batch_size):
-        batch = images[start : start + batch_size].contiguous(memory_format=torch.channels_last)
+    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))
+    batches = math.ceil(images.shape[0] / batch_size)
+    for indices in torch.tensor_split(order.to(images.device), batches):
+        batch = images[indices].contiguous(memory_format=torch.channels_last)
         with autocast(batch.device, mixed_precision):
             adapted(batch)
     for layer, momentum in zip(layers, momenta, strict=True):

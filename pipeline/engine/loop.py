@@ -296,7 +296,7 @@ def train_epoch(
             )
         else:
             targets = F.one_hot(labels, NUM_CLASSES).float() if mixing else labels
-        if mixing:  # a mixed pair keeps the first image's temperature and weight
+        if mixing:  # never with distill: params refuse mixup and cutmix for a student
             images, targets = mix_batch(
                 images, targets, params.mixup_alpha, params.cutmix_alpha, trainer.augment.generator
             )

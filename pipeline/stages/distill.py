@@ -42,6 +42,7 @@ from pipeline.config.params import (
 )
 from pipeline.data.prepared import load_split
 from pipeline.engine.adapt import adapted_logits, prior_counts, sinkhorn
+from pipeline.engine.device import resolve_device
 from pipeline.engine.distributed import current_world
 from pipeline.engine.loop import DistillTargets
 from pipeline.engine.models import build_model, count_trainable_params
@@ -119,10 +120,12 @@ def round_key(
     number: int, teacher_path: Path, student: ModelParams, distill: DistillParams,
     adapt: AdaptParams, train: TrainParams, select: SelectParams, prepared_dir: Path,
 ) -> str:  # fmt: skip
-    """Digest of what round `number` depends on (its teacher's bytes, params, data, code)."""
+    """Digest of what round `number` depends on (its teacher's bytes, params, data, code); not
+    the number of rounds, so adding a round keeps the earlier ones."""
     identity = {
         "round": number, "teacher": file_md5(teacher_path),
-        "params": [dataclasses.asdict(section) for section in (distill, adapt, train, select)],
+        "params": [dataclasses.asdict(section) for section in
+                   (dataclasses.replace(distill, rounds=0), adapt, train, select)],
         "student": dataclasses.asdict(student),
         "data": {p.name: file_md5(p) for p in sorted(Path(prepared_dir).glob("*")) if p.is_file()},
         "code": stage_code_md5s("distill"),
@@ -132,29 +135,43 @@ def round_key(
 
 
 def round_state(round_dir: Path, key: str) -> str | None:
-    """ "done" or "labelled" when round_dir holds this key's work; else cleared, None."""
+    """How far round_dir got with this key's work: "labelled" (teacher.npz), "trained" (its
+    checkpoints too) or "done" (best.pt too), each checked on disk; else the folder is cleared
+    and None."""
     record_path = round_dir / "round.json"
-    if record_path.exists():
+    try:
+        record = read_json(record_path) if record_path.exists() else {}
+    except PipelineError:
+        record = {}
+    status = record.get("status") if record.get("key") == key else None
+    needs = {"labelled": [TEACHER_NAME], "trained": [TEACHER_NAME, *record.get("checkpoints", [])],
+             "done": [TEACHER_NAME, "best.pt"]}.get(status)  # fmt: skip
+    if needs is not None and status == "trained" and not record.get("checkpoints"):
+        needs = None
+    if needs is not None and all((round_dir / name).is_file() for name in needs):
         try:
-            record = read_json(record_path)
-        except PipelineError:
-            record = {}
-        if record.get("key") == key:
-            return record.get("status")
+            TeacherLabels.load(round_dir / TEACHER_NAME)
+            return status
+        except (OSError, ValueError, KeyError):
+            pass
     shutil.rmtree(round_dir, ignore_errors=True)
     return None
 
 
-def barrier() -> None:
-    if current_world().size > 1:
-        dist.barrier()
+def shared_from_main(value: object) -> object:
+    """Rank 0's `value` on every rank (its disk may be the only one holding the files)."""
+    if current_world().size == 1:
+        return value
+    shared = [value]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
 
 
 def select_student(
-    round_dir: Path, select: SelectParams, prepared_dir: Path, device: torch.device,
-    distillation: dict,
-) -> dict:  # fmt: skip
+    round_dir: Path, select: SelectParams, prepared_dir: Path, distillation: dict
+) -> dict:
     """Select's scoring over the round's checkpoints → round_dir/best.pt; the winner's row."""
+    device = resolve_device(select.device, "select.device")
     paths = sorted((round_dir / "checkpoints").glob("epoch_*.pt"))
     norm = Checkpoint.load(paths[-1]).normalization
     val_split = load_split(prepared_dir, "val")
@@ -167,52 +184,76 @@ def select_student(
     return best
 
 
+def label_round(
+    round_dir: Path, key: str, teacher_path: Path, images: np.ndarray, distill: DistillParams,
+    adapt: AdaptParams, select: SelectParams,
+) -> None:  # fmt: skip
+    """Rank 0: the teacher's labels → round_dir/teacher.npz, then round.json says "labelled"."""
+    device = resolve_device(select.device, "select.device")
+    labels = teacher_labels(teacher_path, images, distill, adapt, select, device)
+    if labels.rows.size == 0:
+        raise PipelineError(
+            f"params: distill.confidence_threshold {distill.confidence_threshold} leaves none of "
+            f"the {images.shape[0]} custom-test images (the teacher's highest confidence is "
+            f"{labels.confidence.max():.3f}); lower it"
+        )
+    labels.save(round_dir / TEACHER_NAME)
+    write_json_atomic(round_dir / "round.json", {"key": key, "status": "labelled"})
+
+
 def run_round(
     number: int, teacher_path: Path, student: ModelParams, distill: DistillParams,
     adapt: AdaptParams, train: TrainParams, select: SelectParams, prepared_dir: Path,
     round_dir: Path, live_dir: Path, device: torch.device,
 ) -> dict:  # fmt: skip
-    """One round: the teacher's labels, the student's training and its selection."""
+    """One round: the teacher's labels, the student's training and its selection. Rank 0
+    decides and writes; the others get its key, state, labels and record by broadcast."""
     main = current_world().is_main
-    key = round_key(number, teacher_path, student, distill, adapt, train, select, prepared_dir)
-    state = round_state(round_dir, key) if main else None
-    if current_world().size > 1:
-        shared = [state]
-        dist.broadcast_object_list(shared, src=0)
-        state = shared[0]
+    key = state = None
+    custom_test = load_split(prepared_dir, "custom_test")
+    if main:
+        key = round_key(number, teacher_path, student, distill, adapt, train, select, prepared_dir)
+        state = round_state(round_dir, key)
+        if state is None:
+            label_round(round_dir, key, teacher_path, custom_test["images"], distill, adapt,
+                        select)  # fmt: skip
+            state = "labelled"
+    key, state = shared_from_main((key, state))
     if state == "done":
         console.print(f"distill: round {number} reused ({round_dir}, its inputs unchanged)")
-        return read_json(round_dir / "round.json")
-    custom_test = load_split(prepared_dir, "custom_test")
+        return shared_from_main(read_json(round_dir / "round.json") if main else None)
     teacher_file = round_dir / TEACHER_NAME
-    if state is None and main:
-        labels = teacher_labels(teacher_path, custom_test["images"], distill, adapt, select, device)
-        labels.save(teacher_file)
-        write_json_atomic(round_dir / "round.json", {"key": key, "status": "labelled"})
-    barrier()
-    labels = TeacherLabels.load(teacher_file)
+    labels = shared_from_main(TeacherLabels.load(teacher_file) if main else None)
+    teacher_md5 = shared_from_main(file_md5(teacher_file) if main else None)
     console.print(
         f"distill: round {number}: teacher {teacher_path} labelled {labels.rows.size} of "
         f"{custom_test['ids'].size} custom-test images (confidence ≥ "
         f"{distill.confidence_threshold}, temperature {distill.temperature})"
     )
-    pseudo_images = custom_test["images"][labels.rows]
-    pseudo_classes = labels.probabilities.argmax(1)
-    setup = setup_training(student, train, prepared_dir, device, (pseudo_images, pseudo_classes))
-    first_index = setup.train_set[1].shape[0] - labels.rows.size
-    targets = DistillTargets(
-        first_index=first_index,
-        probabilities=torch.from_numpy(labels.probabilities).to(device),
-        temperature=distill.temperature, weight=distill.kd_weight,
-    )  # fmt: skip
-    training_key = resume.run_key(
-        student, train, prepared_dir, device, stage="distill", extra={"round": key}
-    )
-    train_model(setup, student, train, training_key, round_dir / "checkpoints", live_dir, targets)
-    record = {"key": key, "status": "done", "round": number}
+    first_index = load_split(prepared_dir, "train")["labels"].size
+    if state == "labelled":
+        pseudo = (custom_test["images"][labels.rows], labels.probabilities.argmax(1))
+        setup = setup_training(student, train, prepared_dir, device, pseudo)
+        targets = DistillTargets(
+            first_index=first_index,
+            probabilities=torch.from_numpy(labels.probabilities).to(device),
+            temperature=distill.temperature, weight=distill.kd_weight,
+        )  # fmt: skip
+        training_key = resume.run_key(
+            student, train, prepared_dir, device, stage="distill",
+            extra={"round": key, "teacher_labels": teacher_md5},
+        )  # fmt: skip
+        checkpoint_dir = round_dir / "checkpoints"
+        train_model(setup, student, train, training_key, checkpoint_dir, live_dir, targets)
+        if main:  # a kill from here on keeps the trained student: selection starts again
+            names = sorted(p.relative_to(round_dir).as_posix()
+                           for p in checkpoint_dir.glob("epoch_*.pt"))  # fmt: skip
+            write_json_atomic(round_dir / "round.json",
+                              {"key": key, "status": "trained", "checkpoints": names})  # fmt: skip
+    record = None
     if main:
         distillation = {
-            "round": number, "rounds": distill.rounds, "teacher": str(teacher_path),
+            "round": number, "teacher": str(teacher_path),
             "teacher_md5": file_md5(teacher_path), "temperature": distill.temperature,
             "kd_weight": distill.kd_weight,
             "confidence_threshold": distill.confidence_threshold,
@@ -220,8 +261,9 @@ def run_round(
             "custom_test_labels": "none: the teacher's predictions (unlabelled images)",
             "labelled_train_images": int(first_index),
         }  # fmt: skip
-        best = select_student(round_dir, select, prepared_dir, device, distillation)
-        record |= {
+        best = select_student(round_dir, select, prepared_dir, distillation)
+        record = {
+            "key": key, "status": "done", "round": number,
             "teacher": str(teacher_path), "custom_test_images_used": int(labels.rows.size),
             "mean_teacher_confidence": float(labels.confidence.mean()),
             "student_val_accuracy": best["val_accuracy"], "student_checkpoint": best["checkpoint"],
@@ -229,8 +271,7 @@ def run_round(
             "model_params": best["model_params"],
         }  # fmt: skip
         write_json_atomic(round_dir / "round.json", record)
-    barrier()
-    return read_json(round_dir / "round.json")
+    return shared_from_main(record)
 
 
 def copy_atomic(source: Path, target: Path) -> None:
@@ -247,6 +288,7 @@ def run(
 ) -> None:  # fmt: skip
     rounds = distill.rounds if adapt.use_test_images else 0
     distill_dir.mkdir(parents=True, exist_ok=True)
+    live_dir.mkdir(parents=True, exist_ok=True)  # a DVC output, even with no student to log
     for stale in distill_dir.glob("round_*"):  # rounds beyond this run's
         if not stale.name.removeprefix("round_").isdigit() or int(stale.name[6:]) > rounds:
             shutil.rmtree(stale, ignore_errors=True)
