@@ -57,8 +57,15 @@ def _states(project: Path) -> list[Path]:
     return list((project / ".resume").glob("train-*/state.pt"))
 
 
+# the tiny data's epochs take about a second: six of them, so a kill in the third leaves room
+KILL_PARAMS = DISTILL_PARAMS | {
+    "data": TINY_PARAMS["data"],
+    "train": {**DISTILL_PARAMS["train"], "epochs": 6},
+}
+
+
 def test_a_student_killed_mid_training_resumes_to_identical_bytes(tmp_path: Path) -> None:
-    base = new_project(tmp_path, "seed", DISTILL_PARAMS)
+    base = new_project(tmp_path, "seed", KILL_PARAMS)
     sh(base, "dvc", "repro", "select")  # the teacher, shared by both copies
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     shutil.copytree(base, reference, symlinks=True)
@@ -81,14 +88,14 @@ def test_a_student_killed_mid_training_resumes_to_identical_bytes(tmp_path: Path
 
     first = student_state_after(0.0)  # the student's epoch 1
     epoch_seconds = student_state_after(first) - first
-    time.sleep(random.uniform(0.0, epoch_seconds))  # somewhere in epoch 3 of 4
+    time.sleep(random.uniform(0.0, epoch_seconds))  # somewhere in epoch 3 of 6
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
     assert not (killed / "models/distill/round_1/best.pt").exists()
 
     resumed = sh(killed, "dvc", "repro")
     assert "train: resuming after epoch" in resumed.stderr + resumed.stdout
-    for name in ("models/distill/round_1/checkpoints/epoch_0004.pt", "models/final.pt",
+    for name in ("models/distill/round_1/checkpoints/epoch_0006.pt", "models/final.pt",
                  "submissions/latest.csv"):  # fmt: skip
         assert calculate_md5(killed / name) == calculate_md5(reference / name), name
     assert not _states(killed)

@@ -18,10 +18,10 @@ from pipeline.records.submission_csv import validate_submission
 def test_dvc_repro_runs_every_stage_then_nothing(tmp_path: Path) -> None:
     project = new_project(tmp_path, "seed", TINY_PARAMS)
     first = sh(project, "dvc", "repro")
-    for stage in ("fetch", "prepare", "train", "select", "predict"):
+    for stage in ("fetch", "prepare", "train", "select", "distill", "predict"):
         assert f"Running stage '{stage}'" in first.stdout
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"fetch", "prepare", "train", "select", "predict"}
+    assert set(lock["stages"]) == {"fetch", "prepare", "train", "select", "distill", "predict"}
 
     ids = np.arange(TINY_PARAMS["data"]["synthetic"]["custom_test_images"])
     validate_submission(project / "submissions/latest.csv", ids)

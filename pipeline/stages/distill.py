@@ -288,7 +288,6 @@ def run(
 ) -> None:  # fmt: skip
     rounds = distill.rounds if adapt.use_test_images else 0
     distill_dir.mkdir(parents=True, exist_ok=True)
-    live_dir.mkdir(parents=True, exist_ok=True)  # a DVC output, even with no student to log
     for stale in distill_dir.glob("round_*"):  # rounds beyond this run's
         if not stale.name.removeprefix("round_").isdigit() or int(stale.name[6:]) > rounds:
             shutil.rmtree(stale, ignore_errors=True)
