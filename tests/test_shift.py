@@ -335,9 +335,9 @@ def test_distill_params_are_checked() -> None:
     with pytest.raises(PipelineError, match="distill.teacher_max_params"):
         params_from_dict({"distill": {"rounds": 0, "teacher_max_params": 9_000_000}})
     with pytest.raises(PipelineError, match="distill.student is null"):
-        params_from_dict({"distill": {"teacher_max_params": 9_000_000}})
+        params_from_dict({"distill": {"rounds": 1, "teacher_max_params": 9_000_000}})
     with pytest.raises(PipelineError, match="mixup_alpha and train.cutmix_alpha must be 0"):
-        params_from_dict({"train": {"cutmix_alpha": 1.0}})
+        params_from_dict({"train": {"cutmix_alpha": 1.0}, "distill": {"rounds": 1}})
     with pytest.raises(PipelineError, match="distill.student.max_params is missing"):
         params_from_dict({"distill": {"student": {"name": "airnet", "widths": [8, 16, 16],
                                                   "residual": False}}})  # fmt: skip

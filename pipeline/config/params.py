@@ -320,9 +320,8 @@ class DistillParams:
     """Students trained on the labelled images plus the custom-test images with the teacher's
     soft labels (stages/distill.py)."""
 
-    rounds: int = (
-        1  # students in turn, each the next one's teacher; 0: predict uses select's winner
-    )
+    # students in turn, each the next one's teacher; 0: predict uses select's winner
+    rounds: int = 0
     temperature: float = 2.0  # of the teacher's and the student's softmax on custom-test images
     kd_weight: float = 1.0  # loss weight of a custom-test image relative to a labelled one
     confidence_threshold: float = 0.0  # custom-test images the teacher is less sure of are left out
