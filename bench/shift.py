@@ -248,7 +248,7 @@ def shared_raw_data(workdir: Path, archive: Path | None, shift: dict, env: dict,
     if not (shared / "data/raw").exists():
         shared.mkdir(parents=True, exist_ok=True)
         write_custom_test(pickle_path, shift["images"], np.arange(shift["labels"].size))
-        values = yaml.safe_load(DEFAULT_PARAMS_PATH.read_text()) | {"data": data}
+        values = yaml.safe_load((REPO_ROOT / DEFAULT_PARAMS_PATH).read_text()) | {"data": data}
         (shared / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
         run_stage(shared, "fetch", env, log)
         if archive is None:
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     log = lambda text: print(text, flush=True)  # noqa: E731
     data = shared_raw_data(workdir, None if args.dry_run else args.archive, shift, env, log)
     raw_dir = workdir / "shared/data/raw"
-    base_values = yaml.safe_load(DEFAULT_PARAMS_PATH.read_text())
+    base_values = yaml.safe_load((REPO_ROOT / DEFAULT_PARAMS_PATH).read_text())
     variants = [combined(name) for name in args.variants.split(",")]
     values = {v.name: variant_values(base_values, args.profile, v, args.set, data)
               for v in variants}  # fmt: skip

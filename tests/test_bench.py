@@ -98,3 +98,20 @@ def test_gpu_benchmark_refuses_to_run_without_cuda_unless_dry(tmp_path: Path) ->
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2 and "no CUDA device here" in result.stderr
+
+
+@pytest.mark.slow
+def test_shift_dry_run_measures_a_baseline_and_a_variant_that_reuses_its_model(
+    tmp_path: Path,
+) -> None:
+    data, text = _bench(tmp_path, "shift.py", "--workdir", str(tmp_path / "work"),
+                        "--variants", "baseline,adabn_balance+distill")  # fmt: skip
+    baseline, combined = data["results"]
+    assert baseline["variant"] == "baseline" and combined["reran_from"] == "select"
+    assert (
+        "train" not in combined["stage_seconds"]
+        or combined["stage_seconds"]["train"] == (baseline["stage_seconds"]["train"])
+    )  # reused from the baseline, not trained again
+    assert sum(combined["predicted_per_class"]) == sum(combined["actual_per_class"]) == 40
+    assert combined["predicted_per_class"] == [4] * 10  # balanced to the uniform prior
+    assert "| adabn_balance+distill" in text and combined["cifar10_test_accuracy"] is not None
