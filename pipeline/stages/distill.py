@@ -230,10 +230,10 @@ def run_round(
         f"{custom_test['ids'].size} custom-test images (confidence ≥ "
         f"{distill.confidence_threshold}, temperature {distill.temperature})"
     )
-    first_index = load_split(prepared_dir, "train")["labels"].size
     if state == "labelled":
         pseudo = (custom_test["images"][labels.rows], labels.probabilities.argmax(1))
         setup = setup_training(student, train, prepared_dir, device, pseudo)
+        first_index = setup.train_set[1].shape[0] - labels.rows.size  # the labelled images
         targets = DistillTargets(
             first_index=first_index,
             probabilities=torch.from_numpy(labels.probabilities).to(device),
@@ -250,6 +250,8 @@ def run_round(
                            for p in checkpoint_dir.glob("epoch_*.pt"))  # fmt: skip
             write_json_atomic(round_dir / "round.json",
                               {"key": key, "status": "trained", "checkpoints": names})  # fmt: skip
+    else:  # "trained": only the count of labelled images is needed, for the record
+        first_index = load_split(prepared_dir, "train")["labels"].size
     record = None
     if main:
         distillation = {
