@@ -102,7 +102,7 @@ def test_a_queued_two_by_two_sweep_runs_and_the_best_is_applied(
     show = json.loads(sh(project, "dvc", "exp", "show", "--json").stdout)
     finished = {
         rev["name"]: (
-            rev["data"]["metrics"]["metrics/select.json"]["data"]["val_accuracy"],
+            rev["data"]["metrics"]["metrics/predict.json"]["data"]["val_accuracy"],
             rev["data"]["params"]["params.yaml"]["data"]["train"],
         )
         for entry in show if entry["rev"] != "workspace"
@@ -120,7 +120,7 @@ def test_a_queued_two_by_two_sweep_runs_and_the_best_is_applied(
         finished[best][1]["lr"],
         finished[best][1]["epochs"],
     )
-    applied = json.loads((project / "metrics/select.json").read_text())["val_accuracy"]
+    applied = json.loads((project / "metrics/predict.json").read_text())["val_accuracy"]
     assert applied == finished[best][0]
 
 

@@ -400,3 +400,20 @@ def test_augment_policies_change_images_reproducibly(policy: str) -> None:
     assert torch.equal(first, again)
     pixels = (images * state.pixel_std + state.pixel_mean).clamp(0, 255).round()
     assert not torch.allclose((first * state.pixel_std + state.pixel_mean), pixels)
+
+
+def test_experiments_rank_by_the_submitted_models_accuracy_not_the_teachers() -> None:
+    """With distillation the CSV comes from the student: predict.json's accuracy ranks a run."""
+    from pipeline.commands.experiments import ranked
+
+    def experiment(name: str, select_accuracy: float, predict_accuracy: float | None) -> dict:
+        metrics = {"metrics/select.json": {"data": {"val_accuracy": select_accuracy}}}
+        if predict_accuracy is not None:
+            metrics["metrics/predict.json"] = {"data": {"val_accuracy": predict_accuracy}}
+        return {"name": name, "executor": {"state": "success"},
+                "revs": [{"rev": name * 8, "name": name, "data": {"metrics": metrics}}]}  # fmt: skip
+
+    show = [{"rev": "base", "data": {}, "experiments": [
+        experiment("teacher-best", 0.9, 0.8), experiment("student-best", 0.85, 0.95),
+        experiment("stopped", 0.88, None)]}]  # fmt: skip
+    assert [row["name"] for row in ranked(show)] == ["student-best", "stopped", "teacher-best"]

@@ -1,8 +1,10 @@
 """`python -m pipeline experiments [--apply]`: DVC experiments ranked by validation accuracy.
 
 Reads `dvc exp show --json` (the experiments of the checked-out commit: a queued sweep's among
-them) and ranks those that finished by `metrics/select.json`'s `val_accuracy`: the validation
-accuracy of the checkpoint, weights and TTA select chose. The rich table shows each one's
+them) and ranks those that finished by `metrics/predict.json`'s `val_accuracy`: the validation
+accuracy of the model that wrote the submission (with distillation, the last student; else the
+checkpoint, weights and TTA select chose), or `metrics/select.json`'s when an experiment stopped
+before predict. The rich table shows each one's
 name, accuracy, TTA and the params it changed against the commit. `--apply` runs
 `dvc exp apply` on the best, so the workspace holds its params, metrics and outputs (then
 `git commit` it, or `python -m pipeline submit` after committing).
@@ -16,7 +18,7 @@ from rich.table import Table
 
 from pipeline.errors import PipelineError
 from pipeline.integrations.repository import dvc, last_error_line
-from pipeline.paths import SELECT_METRICS_PATH
+from pipeline.paths import PREDICT_METRICS_PATH, SELECT_METRICS_PATH
 from pipeline.reporting import console, table_console
 
 MISSING = "—"
@@ -36,6 +38,15 @@ def _params(data: dict) -> dict[str, object]:
     return _flat((data.get("params") or {}).get("params.yaml", {}).get("data") or {})
 
 
+def submitted_metrics(metrics: dict) -> dict:
+    """predict.json's figures (the model behind the CSV), else select.json's."""
+    for path in (PREDICT_METRICS_PATH, SELECT_METRICS_PATH):
+        figures = (metrics.get(path.as_posix()) or {}).get("data") or {}
+        if figures.get("val_accuracy") is not None:
+            return figures
+    return {}
+
+
 def ranked(show: list[dict]) -> list[dict]:
     """The experiments in `dvc exp show --json` output, best validation accuracy first."""
     rows = []
@@ -48,8 +59,7 @@ def ranked(show: list[dict]) -> list[dict]:
             state = executor.get("state") or "done"
             for rev in (experiment.get("revs") or [])[:1]:  # the experiment's own commit
                 data = rev.get("data") or {}
-                metrics = (data.get("metrics") or {}).get(SELECT_METRICS_PATH.as_posix(), {})
-                selected = metrics.get("data") or {}
+                selected = submitted_metrics(data.get("metrics") or {})
                 params = _params(data)
                 finished = state in ("success", "done")  # a failed or running one shows the
                 rows.append({  # baseline's committed metrics: never ranked
@@ -72,7 +82,7 @@ def run(apply: bool = False) -> list[dict]:
             "experiments: none for this commit; queue a sweep with `dvc exp run --queue -S ...` "
             "and run it with `dvc queue start -j N` (README, Scaling out)"
         )
-    table = Table(title="experiments by validation accuracy (metrics/select.json)")
+    table = Table(title="experiments by validation accuracy of the submitted model")
     for column in ("rank", "name", "state", "val_accuracy", "tta", "changed params"):
         table.add_column(column)
     for rank, row in enumerate(rows, start=1):
