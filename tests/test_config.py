@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -66,7 +67,20 @@ def test_params_are_frozen() -> None:
         ({"data": {"synthetic": {"train_imgs": 5}}}, "unknown key 'data.synthetic.train_imgs'"),
         ({"train": {"epochs": "ten"}}, "train.epochs must be an integer, found 'ten'"),
         ({"train": {"epochs": 2.5}}, "train.epochs must be an integer"),
-        ({"train": {"epochs": -1}}, "train.epochs must be at least 1, found -1"),
+        ({"train": {"epochs": -1}}, r"train.epochs must be in \[1, 10,000\], found -1"),
+        ({"train": {"epochs": 10**30}}, r"train.epochs must be in \[1, 10,000\]"),
+        ({"train": {"lr": float("inf")}}, "train.lr must be a finite number, found inf"),
+        ({"train": {"lr": float("nan")}}, "train.lr must be a finite number, found nan"),
+        ({"train": {"momentum": 10**400}}, "train.momentum must be a finite number"),
+        ({"train": {"seed": -1}}, r"train.seed must be in \[0, 2\^32\), found -1"),
+        ({"prepare": {"seed": 2**32}}, r"prepare.seed must be in \[0, 2\^32\)"),
+        ({"data": {"synthetic": {"seed": 2**40}}}, r"data.synthetic.seed must be in \[0, 2\^32\)"),
+        ({"train": {"batch_size": 10**12}}, "train.batch_size must be in"),
+        ({"model": {"max_params": 10**12}}, "model.max_params must be in"),
+        (
+            {"data": {"synthetic": {"train_images": 10**9}}},
+            "data.synthetic.train_images must be in",
+        ),
         ({"train": {"lr": "fast"}}, "train.lr must be a number"),
         (
             {"train": {"flip": True}},
@@ -77,9 +91,10 @@ def test_params_are_frozen() -> None:
             {"train": {"compile": True}},
             r"train.compile must be one of \['auto', 'always', 'never'\]",
         ),
-        ({"train": {"max_steps": -1}}, "train.max_steps must be 0 or more"),
+        ({"train": {"max_steps": -1}}, r"train.max_steps must be in \[0, "),
         ({"train": {"ema_decay": 1.0}}, r"train.ema_decay must be in \[0, 1\)"),
-        ({"model": {"widths": [64, 256]}}, "model.widths must be three positive channel counts"),
+        ({"model": {"widths": [64, 256]}}, "model.widths must be three channel counts"),
+        ({"model": {"widths": [10000, 20000, 20000]}}, "model.widths must be three channel counts"),
         (
             {"model": {"name": "resnet_wide", "blocks": [2, 2]}},
             "model.blocks must be one block count per width",
@@ -92,7 +107,7 @@ def test_params_are_frozen() -> None:
             {"select": {"tta_policies": ["flip", "ten_crop"]}},
             r"select.tta_policies\[1\] must be one of",
         ),
-        ({"model": {"blocks": []}}, "model.blocks must be a non-empty list"),
+        ({"model": {"blocks": []}}, "model.blocks must be 1 to 8 block counts"),
         ({"train": []}, "train must be a mapping"),
     ],
 )
@@ -117,6 +132,34 @@ def test_params_file_errors_name_the_file(tmp_path: Path) -> None:
         load_params(path)
     with pytest.raises(PipelineError, match="file not found"):
         load_params(tmp_path / "missing.yaml")
+
+
+def test_a_key_given_twice_is_refused_since_dvc_would_read_the_other_value(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: 0.1\n  epochs: 3\n  lr: 0.5\n")
+    with pytest.raises(PipelineError, match=r"params.yaml: not valid YAML.*'lr' appears twice"):
+        load_params(path)
+    path.write_text("train:\n  lr: 0.1\ntrain:\n  epochs: 3\n")
+    with pytest.raises(PipelineError, match="'train' appears twice"):
+        load_params(path)
+
+
+@pytest.mark.parametrize("damage", ["not utf-8", "a folder", "unreadable"])
+def test_a_params_file_that_cannot_be_read_is_one_line(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "params.yaml"
+    if damage == "not utf-8":
+        path.write_bytes(b"train:\n  lr: 0.1 # \xff\xfe\n")
+    elif damage == "a folder":
+        path.mkdir()
+    else:
+        path.write_text("train: {}\n")
+        path.chmod(0)
+        if os.access(path, os.R_OK):  # root reads anything
+            pytest.skip("running as root: a file cannot be made unreadable")
+    with pytest.raises(PipelineError, match=r"params.yaml: (not UTF-8|cannot be read)"):
+        load_params(path)
 
 
 @pytest.mark.parametrize(

@@ -65,6 +65,17 @@ def test_unknown_profile_is_a_one_line_error_listing_the_known_ones(tmp_path: Pa
     assert (tmp_path / "params.yaml").read_text() == (REPO_ROOT / "params.yaml").read_text()
 
 
+def test_a_path_is_not_a_profile_name(tmp_path: Path) -> None:
+    """`profile` takes a name from profiles/, never a file elsewhere (../x or an absolute path)."""
+    (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text())
+    outside = tmp_path / "evil.yaml"
+    outside.write_text((REPO_ROOT / "profiles/seed.yaml").read_text())
+    for name in (str(tmp_path / "evil"), f"../../../../../../../..{tmp_path}/evil"):
+        result = _cli(tmp_path, "profile", name)
+        assert result.returncode == 1 and "no such profile" in result.stderr, name
+    assert (tmp_path / "params.yaml").read_text() == (REPO_ROOT / "params.yaml").read_text()
+
+
 def test_profile_command_rewrites_params_yaml(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text())
     result = _cli(tmp_path, "profile", "seed")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,72 @@ def test_run_files_and_manifests_are_read_in_one_place(tmp_path: Path) -> None:
     files.manifest.write_text("[1, 2]")
     with pytest.raises(PipelineError, match="not a run manifest"):
         read_manifest(files.manifest)
+
+
+GOOD_HISTORY_ROW = {
+    "submitted_utc": "2026-11-26T00:00:00+00:00", "run_id": "abc123def456", "commit": "a" * 40,
+    "csv_md5": "0" * 32, "competition": "deep-learning-spring-2025-project-1",
+    "message": "run abc123def456", "kaggle_ref": "12345", "forced": "",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ({"run_id": "../../../../tmp/x"}, r"line 2: run_id '../../../../tmp/x' is not a valid"),
+        ({"commit": "--output=/tmp/x"}, "line 2: commit '--output=/tmp/x' is not a valid"),
+        ({"kaggle_ref": "-1"}, "line 2: kaggle_ref '-1' is not a valid"),
+        ({"message": "x" * 5000}, "line 2: message is 5,000 characters long"),
+        ({"message": "y" * 200_000}, "not a valid CSV .*field larger than field limit"),
+        ("not utf-8", r"history.csv: not UTF-8 text \(byte"),
+    ],
+)
+def test_a_history_row_that_is_not_ours_is_one_line_naming_the_field(
+    tmp_path: Path, damage: dict | str, expected: str
+) -> None:
+    """reproduce builds a folder from run_id and runs git with commit: both are checked first."""
+    from pipeline.records.history import FIELDS, append_history, read_history
+
+    history = tmp_path / "history.csv"
+    append_history(GOOD_HISTORY_ROW, history)
+    assert read_history(history) == [GOOD_HISTORY_ROW]
+    if damage == "not utf-8":
+        history.write_bytes(history.read_bytes().replace(b"run abc", b"run \xff\xfeabc"))
+    else:
+        text = ",".join(FIELDS) + "\n" + ",".join((GOOD_HISTORY_ROW | damage).values()) + "\n"
+        history.write_text(text)
+    with pytest.raises(PipelineError, match=expected):
+        read_history(history)
+
+
+HUGE_CONFIG = {"name": "airnet", "max_params": 5_000_000, "widths": [2000, 4000, 4000],
+               "residual": True}  # fmt: skip  # ~530 million parameters: 2 GB if ever built
+
+
+def test_a_checkpoint_whose_config_is_huge_is_refused_before_anything_is_allocated(
+    tmp_path: Path,
+) -> None:
+    """A best.pt or ensemble member saying widths in the thousands: counted, not built."""
+    record = _training_record() | {"model_config": HUGE_CONFIG}
+    save_checkpoint(tmp_path / "huge.pt", record)
+    member = _training_record() | {"model_config": HUGE_CONFIG | {"max_params": 10**12}}
+    script = (
+        "import resource, sys\n"
+        "from pipeline.errors import PipelineError\n"
+        "from pipeline.records.checkpoint import Checkpoint\n"
+        "try:\n"
+        "    Checkpoint.load(sys.argv[1]).model(sys.argv[1])\n"
+        "except PipelineError as error:\n"
+        "    print(error)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"  # MiB on Linux
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "huge.pt")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    message, peak_mib = result.stdout.strip().splitlines()
+    assert "over the budget model.max_params = 5,000,000" in message
+    assert int(peak_mib) < 1200, f"peak {peak_mib} MiB: the model was built"  # torch alone ~500
+    save_checkpoint(tmp_path / "member.pt", member)
+    with pytest.raises(PipelineError, match=r"model_config is not valid .*model.max_params"):
+        Checkpoint.load(tmp_path / "member.pt").model(tmp_path / "member.pt")

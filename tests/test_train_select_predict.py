@@ -79,11 +79,9 @@ def test_the_same_checkpoint_saved_twice_has_the_same_bytes(tmp_path: Path) -> N
 
 
 def test_checkpoint_every_keeps_the_last_epoch() -> None:
-    assert schedule.checkpoint_epochs(25, seed_train(epochs=25, checkpoint_every=10)) == {
-        10,
-        20,
-        25,
-    }
+    params = seed_train(epochs=25, checkpoint_every=10)
+    saved = [epoch for epoch in range(1, 26) if schedule.is_checkpoint_epoch(epoch, 25, params)]
+    assert saved == [10, 20, 25]
 
 
 def test_lr_schedules_have_the_documented_shape() -> None:
@@ -385,3 +383,41 @@ def test_a_new_training_run_removes_the_previous_runs_checkpoints(
     params = seed_train(device="cpu", epochs=1, batch_size=64, checkpoint_every=1)
     train.run(TINY_MODEL, params, trained_project / "data/prepared", checkpoints, tmp_path / "live")
     assert [p.name for p in checkpoints.iterdir()] == ["epoch_0001.pt"]
+
+
+def test_a_diverging_run_stops_with_one_line_and_writes_no_checkpoint(
+    trained_project: Path, tmp_path: Path
+) -> None:
+    """A finite but absurd lr makes the loss NaN: training stops after that epoch, not at the
+    end with an all-one-class model that predict would turn into a valid-looking CSV."""
+    params = seed_train(device="cpu", epochs=3, batch_size=64, lr=1e30, checkpoint_every=1)
+    checkpoints = tmp_path / "checkpoints"
+    with pytest.raises(PipelineError, match=r"training loss became (nan|inf) in epoch 1.*train.lr"):
+        train.run(TINY_MODEL, params, trained_project / "data/prepared", checkpoints,
+                  tmp_path / "live")  # fmt: skip
+    assert not list(checkpoints.glob("*.pt"))
+
+
+def test_a_cpu_estimate_over_an_hour_names_the_cpu_profile() -> None:
+    from pipeline.engine.loop import cpu_estimate_warning
+
+    assert "profile cpu" not in cpu_estimate_warning(59.0, 1000)
+    assert "`python -m pipeline profile cpu`" in cpu_estimate_warning(61.0, 100_000)
+
+
+def test_a_model_with_diverged_weights_writes_no_csv(
+    trained_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NaN weights (a run from before training stopped on a NaN loss) used to become a CSV of
+    all class 0 that passes every format check."""
+    monkeypatch.chdir(tmp_path)
+    record = load_checkpoint(trained_project / "models/checkpoints/epoch_0004.pt")
+    record["model_state"] = {
+        name: torch.full_like(value, float("nan")) if value.is_floating_point() else value
+        for name, value in record["model_state"].items()
+    }
+    save_checkpoint(tmp_path / "diverged.pt", record)
+    with pytest.raises(PipelineError, match="not finite .*nothing was written"):
+        predict.run(PredictParams(device="cpu"), trained_project / "data/prepared",
+                    tmp_path / "diverged.pt", tmp_path / "latest.csv")  # fmt: skip
+    assert not (tmp_path / "latest.csv").exists()

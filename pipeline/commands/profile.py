@@ -12,13 +12,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import yaml
-
 from pipeline.config.load import (
     DEFAULT_PARAMS_PATH,
     PROFILE_SECTIONS,
     PROFILES_DIR,
     params_from_dict,
+    parse_yaml,
     profile_path,
     profile_values,
 )
@@ -60,7 +59,7 @@ def apply_profile(
         current[section] = block if block.endswith("\n\n") else block.rstrip("\n") + "\n\n"
     text = "".join(current.values()).rstrip("\n") + "\n"
     try:
-        params_from_dict(yaml.safe_load(text))
+        params_from_dict(parse_yaml(text))
     except PipelineError as error:
         raise PipelineError(f"{params_path}: with profile {name!r}: {error}") from None
     write_text_atomic(Path(params_path), text)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
 import types
 import typing
 from pathlib import Path
@@ -83,7 +84,13 @@ def _convert(value: Any, annotation: Any, key: str, defaults: dict | None) -> An
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise PipelineError(f"params: {key} must be a number, found {_describe(value)}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float range
+            number = math.inf
+        if not math.isfinite(number):  # YAML's .inf and .nan: a NaN loss from the first step
+            raise PipelineError(f"params: {key} must be a finite number, found {value!r}")
+        return number
     if annotation is str:
         if value is None:
             return ""
@@ -158,13 +165,41 @@ def params_from_dict(values: dict[str, Any]) -> Params:
     return _build(Params, values, "", default_profile_values())
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, refusing a key given twice in one mapping: PyYAML keeps the last value
+    and DVC's reader another, so the stages and dvc.lock would disagree about the run."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (again on line {line})", None
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML as `yaml.safe_load` reads it, with a duplicate key an error."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _read_yaml(path: Path) -> Any:
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found (run from the project root)") from None
+    except UnicodeDecodeError as error:
+        raise PipelineError(
+            f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8"
+        ) from None
+    except OSError as error:  # a folder, no read permission, an I/O error
+        raise PipelineError(f"{path}: cannot be read ({error.strerror or error})") from None
     try:
-        return yaml.safe_load(text)
+        return parse_yaml(text)
     except yaml.YAMLError as error:
         detail = str(error).replace("\n", " ")
         raise PipelineError(f"{path}: not valid YAML: {detail}") from None
@@ -189,8 +224,9 @@ def profile_names(profiles_dir: Path = PROFILES_DIR) -> list[str]:
 
 
 def profile_path(name: str, profiles_dir: Path = PROFILES_DIR) -> Path:
+    """profiles/NAME.yaml for a profile's name: a path (`../x`, `/tmp/x`) is not a name."""
     path = profiles_dir / f"{name}.yaml"
-    if not path.is_file():
+    if name not in profile_names(profiles_dir) or not path.is_file():
         raise PipelineError(
             f"{path}: no such profile; known profiles: {', '.join(profile_names(profiles_dir))}"
         )
@@ -271,7 +307,7 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
         target = overrides
         for part in parts[:-1]:
             target = target.setdefault(part, {})
-        target[parts[-1]] = yaml.safe_load(value)
+        target[parts[-1]] = parse_yaml(value)
     return overrides
 
 

@@ -25,6 +25,19 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 TtaPolicy = Literal["none", "flip", "flip_translate", "multicrop"]
 DeviceName = Literal["auto", "cpu", "cuda"]  # auto: CUDA when present, else the CPU
 
+# Upper bounds that keep a typo from exhausting memory or time before anything useful happens
+# (`train.epochs: 1e30` once built a 23.6 GB set of checkpoint epochs). Each is far above what
+# a CIFAR-10 run uses.
+SEED_LIMIT = 2**32  # seeds are in [0, 2^32): what numpy's and torch's generators accept alike
+MAX_EPOCHS = 10_000  # the longest published CIFAR-10 recipes run 1,800
+MAX_STEPS = 10**9  # train.max_steps
+MAX_BATCH_SIZE = 65_536  # images per batch; more than CIFAR-10's 60,000 images
+MAX_IMAGES = 1_000_000  # synthetic or held-out image counts (3 GB of uint8 at 32×32×3)
+MAX_MODEL_PARAMS = 100_000_000  # any budget, a teacher's too: 400 MB of float32 weights
+MAX_CHANNELS = 4096  # model.widths and model.base_width
+MAX_BLOCKS = 256  # residual blocks per stage
+MAX_PROCESSES = 1024  # train.nproc
+
 # The keys each model reads besides name and max_params (engine/models.py builds them).
 MODEL_KEYS: dict[str, tuple[str, ...]] = {
     "seed_resnet": ("base_width", "blocks", "dropout"),
@@ -43,6 +56,15 @@ SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {
 def _require(condition: bool, key: str, expected: str, found: object) -> None:
     if not condition:
         raise PipelineError(f"params: {key} must be {expected}, found {found!r}")
+
+
+def _require_range(value: float, key: str, low: float, high: float) -> None:
+    """`low <= value <= high`, in words that name both ends."""
+    _require(low <= value <= high, key, f"in [{low:,}, {high:,}]", value)
+
+
+def _require_seed(value: int, key: str) -> None:
+    _require(0 <= value < SEED_LIMIT, key, "in [0, 2^32)", value)
 
 
 def conditional_keys(table: dict[str, tuple[str, ...]]) -> set[str]:
@@ -105,8 +127,8 @@ class SyntheticParams:
 
     def __post_init__(self) -> None:
         for name in ("train_images", "val_images", "custom_test_images"):
-            value = getattr(self, name)
-            _require(value >= 10, f"data.synthetic.{name}", "at least 10", value)
+            _require_range(getattr(self, name), f"data.synthetic.{name}", 10, MAX_IMAGES)
+        _require_seed(self.seed, "data.synthetic.seed")
 
 
 @dataclass(frozen=True)
@@ -129,9 +151,8 @@ class PrepareParams:
     train_on_test_batch: bool = False
 
     def __post_init__(self) -> None:
-        _require(
-            self.holdout_images >= 10, "prepare.holdout_images", "at least 10", self.holdout_images
-        )
+        _require_range(self.holdout_images, "prepare.holdout_images", 10, MAX_IMAGES)
+        _require_seed(self.seed, "prepare.seed")
         if self.train_on_test_batch and self.val == "test_batch":
             raise PipelineError(
                 "params: prepare.train_on_test_batch needs prepare.val: holdout (test_batch "
@@ -152,20 +173,20 @@ class ModelParams:
     residual: bool | None = None  # airnet: a third conv per group, added to the group's output
 
     def __post_init__(self) -> None:
-        _require(self.max_params > 0, "model.max_params", "positive", self.max_params)
+        _require_range(self.max_params, "model.max_params", 1, MAX_MODEL_PARAMS)
         if self.base_width is not None:
-            _require(self.base_width >= 1, "model.base_width", "at least 1", self.base_width)
+            _require_range(self.base_width, "model.base_width", 1, MAX_CHANNELS)
         if self.blocks is not None:
             _require(
-                len(self.blocks) >= 1 and all(b >= 1 for b in self.blocks),
-                "model.blocks", "a non-empty list of positive block counts", self.blocks,
+                1 <= len(self.blocks) <= 8 and all(1 <= b <= MAX_BLOCKS for b in self.blocks),
+                "model.blocks", f"1 to 8 block counts, each in [1, {MAX_BLOCKS}]", self.blocks,
             )  # fmt: skip
         if self.dropout is not None:
             _require(0.0 <= self.dropout < 1.0, "model.dropout", "in [0, 1)", self.dropout)
         if self.widths is not None:
             _require(
-                len(self.widths) == 3 and all(w >= 1 for w in self.widths),
-                "model.widths", "three positive channel counts", self.widths,
+                len(self.widths) == 3 and all(1 <= w <= MAX_CHANNELS for w in self.widths),
+                "model.widths", f"three channel counts, each in [1, {MAX_CHANNELS}]", self.widths,
             )  # fmt: skip
         if self.name == "resnet_wide" and self.blocks is not None and self.widths is not None:
             _require(
@@ -218,17 +239,18 @@ class TrainParams:
     lr_end_factor: float | None = None  # onecycle: lr factor at the last step
 
     def __post_init__(self) -> None:
-        _require(self.epochs >= 1, "train.epochs", "at least 1", self.epochs)
-        _require(self.max_steps >= 0, "train.max_steps", "0 or more", self.max_steps)
-        _require(self.batch_size >= 1, "train.batch_size", "at least 1", self.batch_size)
+        _require_seed(self.seed, "train.seed")
+        _require_range(self.epochs, "train.epochs", 1, MAX_EPOCHS)
+        _require_range(self.max_steps, "train.max_steps", 0, MAX_STEPS)
+        _require_range(self.batch_size, "train.batch_size", 1, MAX_BATCH_SIZE)
         _require(self.lr > 0, "train.lr", "positive", self.lr)
         _require(0 <= self.momentum < 1, "train.momentum", "in [0, 1)", self.momentum)
         _require(self.weight_decay >= 0, "train.weight_decay", "non-negative", self.weight_decay)
         _require(self.bias_lr_scale > 0, "train.bias_lr_scale", "positive", self.bias_lr_scale)
         if self.milestones is not None:
             _require(
-                all(m >= 1 for m in self.milestones),
-                "train.milestones", "positive epochs", self.milestones,
+                all(1 <= m <= MAX_EPOCHS for m in self.milestones),
+                "train.milestones", f"epochs in [1, {MAX_EPOCHS:,}]", self.milestones,
             )  # fmt: skip
         if self.gamma is not None:
             _require(0 < self.gamma <= 1, "train.gamma", "in (0, 1]", self.gamma)
@@ -253,14 +275,9 @@ class TrainParams:
             "train.label_smoothing", "in [0, 1)", self.label_smoothing,
         )  # fmt: skip
         _require(0 <= self.ema_decay < 1, "train.ema_decay", "in [0, 1)", self.ema_decay)
-        _require(
-            self.checkpoint_every >= 1,
-            "train.checkpoint_every", "at least 1", self.checkpoint_every,
-        )  # fmt: skip
-        _require(
-            self.eval_batch_size >= 1, "train.eval_batch_size", "at least 1", self.eval_batch_size
-        )
-        _require(self.nproc >= 1, "train.nproc", "at least 1", self.nproc)
+        _require_range(self.checkpoint_every, "train.checkpoint_every", 1, MAX_EPOCHS)
+        _require_range(self.eval_batch_size, "train.eval_batch_size", 1, MAX_BATCH_SIZE)
+        _require_range(self.nproc, "train.nproc", 1, MAX_PROCESSES)
         problem = equal_share_problem(self.batch_size, self.drop_last, self.nproc)
         if problem:
             raise PipelineError(f"params: {problem}")
@@ -281,7 +298,7 @@ class SelectParams:
     mixed_precision: bool = True  # bf16 autocast on CUDA
 
     def __post_init__(self) -> None:
-        _require(self.batch_size >= 1, "select.batch_size", "at least 1", self.batch_size)
+        _require_range(self.batch_size, "select.batch_size", 1, MAX_BATCH_SIZE)
         _require(
             len(self.tta_policies) >= 1,
             "select.tta_policies", "a non-empty list", self.tta_policies,
@@ -341,10 +358,7 @@ class DistillParams:
             0 <= self.confidence_threshold < 1,
             "distill.confidence_threshold", "in [0, 1)", self.confidence_threshold,
         )  # fmt: skip
-        _require(
-            self.teacher_max_params >= 0,
-            "distill.teacher_max_params", "0 or more", self.teacher_max_params,
-        )  # fmt: skip
+        _require_range(self.teacher_max_params, "distill.teacher_max_params", 0, MAX_MODEL_PARAMS)
 
 
 @dataclass(frozen=True)
@@ -355,7 +369,7 @@ class PredictParams:
     mixed_precision: bool = True  # bf16 autocast on CUDA
 
     def __post_init__(self) -> None:
-        _require(self.batch_size >= 1, "predict.batch_size", "at least 1", self.batch_size)
+        _require_range(self.batch_size, "predict.batch_size", 1, MAX_BATCH_SIZE)
 
 
 def _default_model() -> ModelParams:

@@ -10,6 +10,7 @@ and hands the epoch's stats to its caller, who logs and saves.
 from __future__ import annotations
 
 import functools
+import math
 import random
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from pipeline.errors import PipelineError
 from pipeline.reporting import console
 
 ETA_PROBE_BATCHES = 3  # batches timed (after one warm-up) for the CPU time estimate
+CPU_PROFILE_HINT_MINUTES = 60  # a longer CPU estimate also names the cpu profile
 LabelledSet = tuple[torch.Tensor, torch.Tensor]  # normalised images, labels on the device
 
 
@@ -265,6 +267,20 @@ def fit(
     return ema_model
 
 
+def cpu_estimate_warning(minutes: float, steps: int) -> str:
+    """The warning for a run on the CPU; over an hour, it names the CPU profile as the way out."""
+    text = (
+        f"[yellow]warning: training on CPU; estimated {minutes:.1f} min for {steps} steps "
+        "(train.device: auto picks a CUDA GPU when present)"
+    )
+    if minutes > CPU_PROFILE_HINT_MINUTES:
+        text += (
+            "; without a GPU, `python -m pipeline profile cpu` trains the best model this "
+            "pipeline measured in about 15 minutes on 2 cores (BENCHMARKS.md)"
+        )
+    return text
+
+
 def train_epoch(
     trainer: Trainer, train_set: LabelledSet, epoch: int, progress: Progress | None,
     batch_task: Any,
@@ -321,16 +337,18 @@ def train_epoch(
         if epoch == 1 and batch_index == ETA_PROBE_BATCHES and device.type == "cpu":
             seconds_per_batch = (time.perf_counter() - epoch_started) / (ETA_PROBE_BATCHES + 1)
             minutes = seconds_per_batch * trainer.run_steps / 60
-            console.print(
-                f"[yellow]warning: training on CPU; estimated {minutes:.1f} min for "
-                f"{trainer.run_steps} steps (train.device: auto picks a CUDA GPU when present)"
-            )
+            console.print(cpu_estimate_warning(minutes, trainer.run_steps))
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - epoch_started
     if world.size > 1:  # the epoch's loss and accuracy over every rank's share
         for total in (loss_sum, correct):
             dist.all_reduce(total)
+    if not math.isfinite(loss_sum.item()):  # every rank sees the same sum: all stop together
+        raise PipelineError(
+            f"train: the training loss became {loss_sum.item()} in epoch {epoch}: the weights "
+            "diverged; lower train.lr (or raise train.batch_size) and run again"
+        )
     return {
         "train_loss": loss_sum.item() / images_per_epoch,
         "train_accuracy": correct.item() / images_per_epoch,

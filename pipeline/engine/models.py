@@ -229,20 +229,26 @@ def count_trainable_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def count_model_params(params: ModelParams) -> int:
+    """`params`'s trainable parameters, counted on PyTorch's meta device: shapes without memory,
+    so a checkpoint's config of any size is counted before anything is allocated."""
+    with torch.device("meta"):
+        return count_trainable_params(MODEL_BUILDERS[params.name](params))
+
+
 def build_model(params: ModelParams) -> nn.Module:
-    """Build `params.name`; refuse it before any training if it is over `params.max_params`."""
+    """Build `params.name`; refuse it, before allocating it, if it is over `params.max_params`."""
     if params.name not in MODEL_BUILDERS:
         raise PipelineError(
             f"params: model.name must be one of {sorted(MODEL_BUILDERS)}, found {params.name!r}"
         )
-    model = MODEL_BUILDERS[params.name](params)
-    trainable = count_trainable_params(model)
+    trainable = count_model_params(params)
     if trainable > params.max_params:
         raise PipelineError(
             f"params: model '{params.name}' has {trainable:,} trainable parameters, over the "
             f"budget model.max_params = {params.max_params:,}; make it smaller"
         )
-    return model
+    return MODEL_BUILDERS[params.name](params)
 
 
 def check_ensemble_budget(parts: list[tuple[str, int]], max_params: int, remedy: str) -> int:

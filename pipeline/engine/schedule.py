@@ -30,9 +30,10 @@ def run_epochs(steps_per_epoch: int, params: TrainParams) -> int:
     return math.ceil(total_steps(steps_per_epoch, params) / steps_per_epoch)
 
 
-def checkpoint_epochs(last_epoch: int, params: TrainParams) -> set[int]:
-    """1-based epochs after which a checkpoint is written: every `checkpoint_every`, and the last."""
-    return {*range(params.checkpoint_every, last_epoch + 1, params.checkpoint_every), last_epoch}
+def is_checkpoint_epoch(epoch: int, last_epoch: int, params: TrainParams) -> bool:
+    """Whether a checkpoint is written after 1-based `epoch`: every `checkpoint_every`, and the
+    last (computed per epoch: no set of epochs is built)."""
+    return epoch == last_epoch or epoch % params.checkpoint_every == 0
 
 
 def lr_factor(step: int, steps_per_epoch: int, params: TrainParams) -> float:

@@ -25,22 +25,54 @@ RUN_IN_MESSAGE = re.compile(r"\brun ([0-9a-f]{12})\b")  # submit's message alway
 MIN_KEY_LENGTH = 4  # hex characters: shorter run_id / md5 prefixes match too much
 
 
+# What each field may hold: a row that says otherwise was damaged or written by hand, and its
+# run_id names a folder (`reproduce`) and its commit a git revision, so both are checked.
+FIELD_PATTERNS = {
+    "run_id": re.compile(r"[0-9a-f]{12}"),
+    "commit": re.compile(r"([0-9a-f]{40}|[0-9a-f]{64})?"),  # empty: submitted outside git
+    "csv_md5": re.compile(r"[0-9a-f]{32}"),
+    "kaggle_ref": re.compile(r"[0-9]{0,20}"),
+}
+MAX_FIELD_CHARACTERS = 2000  # a message or competition slug longer than this is not ours
+
+
+def _check_row(path: Path, line_number: int, row: dict) -> None:
+    if None in row or None in row.values():
+        raise PipelineError(
+            f"{path}: line {line_number} does not have the {len(FIELDS)} fields {','.join(FIELDS)}"
+        )
+    for field, value in row.items():
+        if len(value) > MAX_FIELD_CHARACTERS:
+            raise PipelineError(
+                f"{path}: line {line_number}: {field} is {len(value):,} characters long "
+                f"(at most {MAX_FIELD_CHARACTERS:,})"
+            )
+        pattern = FIELD_PATTERNS.get(field)
+        if pattern is not None and not pattern.fullmatch(value):
+            raise PipelineError(
+                f"{path}: line {line_number}: {field} {value[:40]!r} is not a valid {field}"
+            )
+
+
 def read_history(path: Path = HISTORY_PATH) -> list[dict[str, str]]:
-    """The rows, oldest first; no file means no submissions yet."""
+    """The rows, oldest first, each field checked; no file means no submissions yet."""
     if not path.exists():
         return []
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if tuple(reader.fieldnames or ()) != FIELDS:
-            raise PipelineError(
-                f"{path}: header must be {','.join(FIELDS)}, found {','.join(reader.fieldnames or [])}"
-            )
-        rows = list(reader)
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if tuple(reader.fieldnames or ()) != FIELDS:
+                raise PipelineError(
+                    f"{path}: header must be {','.join(FIELDS)}, found "
+                    f"{','.join(reader.fieldnames or [])}"
+                )
+            rows = list(reader)
+    except UnicodeDecodeError as error:
+        raise PipelineError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    except csv.Error as error:  # a field over csv's size limit, a NUL byte
+        raise PipelineError(f"{path}: not a valid CSV ({error})") from None
     for line_number, row in enumerate(rows, start=2):
-        if None in row or None in row.values():
-            raise PipelineError(
-                f"{path}: line {line_number} does not have the {len(FIELDS)} fields {','.join(FIELDS)}"
-            )
+        _check_row(path, line_number, row)
     return rows
 
 

@@ -28,6 +28,7 @@ from pipeline.engine.device import resolve_device
 from pipeline.engine.models import count_trainable_params
 from pipeline.engine.normalise import to_device_set, to_device_tensor
 from pipeline.engine.tta import evaluate, predict_logits
+from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, write_json_atomic, write_text_atomic
 from pipeline.paths import (
     FINAL_PATH,
@@ -67,6 +68,11 @@ def label_custom_test(
     logits = adapted_logits(
         model, images, tta, adapt.batchnorm_on, params.batch_size, params.mixed_precision
     )
+    if not torch.isfinite(logits).all():  # diverged weights: argmax would say class 0 for all
+        raise PipelineError(
+            "predict: the model's outputs on the custom test set are not finite (NaN or inf): "
+            "its weights diverged in training; nothing was written (retrain with a lower train.lr)"
+        )
     argmax_counts = torch.bincount(logits.argmax(1).cpu(), minlength=logits.shape[1]).tolist()
     return assign_labels(logits, adapt.balance_on, adapt.prior), argmax_counts
 

@@ -38,7 +38,7 @@ from pipeline.engine.distributed import RANK_SEED_STRIDE, current_world
 from pipeline.engine.loop import DistillTargets, EpochStats, StateMismatch, fit
 from pipeline.engine.models import build_model, count_trainable_params, model_config
 from pipeline.engine.normalise import to_device_set
-from pipeline.engine.schedule import checkpoint_epochs, run_epochs, steps_per_epoch
+from pipeline.engine.schedule import is_checkpoint_epoch, run_epochs, steps_per_epoch
 from pipeline.errors import PipelineError
 from pipeline.paths import CHECKPOINT_DIR, PREPARED_DIR, TRAIN_LIVE_DIR
 from pipeline.records import resume
@@ -126,7 +126,6 @@ class RunRecorder:
         self.checkpoint_dir, self.live, self.key, self.history = checkpoint_dir, live, key, history
         self.trainable = count_trainable_params(setup.model)
         self.last_epoch = run_epochs(steps_per_epoch(setup.train_set[1].shape[0], params), params)
-        self.save_at = checkpoint_epochs(self.last_epoch, params)
         self.progress = progress
         self.epoch_task = progress.add_task("epoch", total=self.last_epoch, status="")
         for stats in history:  # a resumed run's epochs so far
@@ -157,7 +156,7 @@ class RunRecorder:
     def on_epoch(self, stats: EpochStats, ema_model: nn.Module | None) -> None:
         self.history.append(dataclasses.asdict(stats))
         self.log(self.history[-1])
-        if stats.epoch in self.save_at:
+        if is_checkpoint_epoch(stats.epoch, self.last_epoch, self.params):
             self.checkpoint(stats, ema_model).save(
                 self.checkpoint_dir / f"epoch_{stats.epoch:04d}.pt"
             )
@@ -169,7 +168,9 @@ class RunRecorder:
         )
 
     def save_state(self, epoch: int, training_state: Callable[[], dict]) -> None:
-        if epoch in self.save_at and epoch < self.last_epoch:  # after the last, the run is done
+        if (
+            is_checkpoint_epoch(epoch, self.last_epoch, self.params) and epoch < self.last_epoch
+        ):  # after the last, the run is done
             state = training_state() | {"history": self.history}
             resume.save(self.key, state, sorted(self.checkpoint_dir.glob("epoch_*.pt")))
 
