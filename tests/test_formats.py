@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 import pickle
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +187,14 @@ def test_malformed_batches_are_named(tmp_path: Path, content: bytes, expected: s
         ),
         ({b"data": np.zeros((3, 32, 32, 3), np.uint8), b"ids": np.arange(2)}, "list of 3 integers"),
         ({b"data": np.zeros((3, 32, 32, 3), np.uint8)}, "missing key b'ids'"),
+        (
+            {
+                b"data": np.zeros((3, 32, 32, 3), np.uint8),
+                b"ids": np.array([0, 1, 2**63], np.uint64),
+            },
+            "b'ids' must be in 0–9223372036854775807, found 0–9223372036854775808",
+        ),
+        ({b"data": np.zeros((3, 32, 32, 3), np.uint8), b"ids": np.array([-1, 0, 1])}, "found -1–1"),
     ],
 )
 def test_malformed_custom_test_is_named(tmp_path: Path, content: dict, expected: str) -> None:
@@ -201,3 +211,152 @@ def test_written_batch_reads_back(tmp_path: Path) -> None:
     loaded, loaded_labels = load_cifar_batch(tmp_path / "b")
     np.testing.assert_array_equal(loaded, images)
     np.testing.assert_array_equal(loaded_labels, labels)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_arrays_load_from_every_protocol_numpy_writes(tmp_path: Path, protocol: int) -> None:
+    """Protocols 2–4 fill arrays through BUILD, 5 through `_frombuffer`; Fortran order and a
+    big-endian dtype take numpy's other branches."""
+    images = np.asfortranarray(np.random.default_rng(3).integers(0, 256, (4, 32, 32, 3), np.uint8))
+    ids = np.array([3, 1, 2, 0], dtype=">i8")
+    path = tmp_path / "cifar_test_nolabel.pkl"
+    path.write_bytes(pickle.dumps({b"data": images, b"ids": ids}, protocol=protocol))
+    loaded_images, loaded_ids = load_custom_test(path)
+    np.testing.assert_array_equal(loaded_images, images)
+    np.testing.assert_array_equal(loaded_ids, ids)
+
+
+def test_empty_byte_strings_load_from_protocol_2(tmp_path: Path) -> None:
+    """Python 3 writes b"" in protocol 2 as a call to builtins.bytes, not as _codecs.encode."""
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    write_cifar_batch(tmp_path / "b", images, np.array([0, 1]), batch_label="")
+    assert b"bytes" in (tmp_path / "b").read_bytes()
+    assert restricted_load(tmp_path / "b")[b"batch_label"] == b""
+
+
+class _Reduces:
+    """Pickles as `call(*args)`, then BUILD `state` if given: numpy's own opcodes, carrying the
+    shape, dtype and bytes an attacker picks."""
+
+    def __init__(self, call: object, args: tuple, state: object = None) -> None:
+        self.call, self.args, self.state = call, args, state
+
+    def __reduce__(self):
+        return (self.call, self.args, self.state)
+
+
+def _array(shape: tuple, data: bytes | None = None) -> _Reduces:
+    """A uint8 array as numpy pickles it, `_reconstruct(ndarray, (0,), 'B')` then BUILD with the
+    shape and `data`; without data, only `_reconstruct` declaring the shape."""
+    if data is None:
+        return _Reduces(np._core.multiarray._reconstruct, (np.ndarray, shape, b"B"))
+    state = (1, shape, np.dtype(np.uint8), False, data)
+    return _Reduces(np._core.multiarray._reconstruct, (np.ndarray, (0,), b"B"), state)
+
+
+SHARED_ROWS = b"\x07" * 10 * 3072  # one byte string behind twenty arrays
+
+
+@pytest.mark.parametrize(
+    ("content", "protocol", "expected"),
+    [
+        (
+            {b"data": _array((300_000, 3072))},
+            2,
+            r"shape \(300000, 3072\) uint8 takes 921,600,000 bytes, more than the whole file",
+        ),
+        ({b"data": _array((40, 3072)), b"filler": b"\x00" * 200_000}, 2, "data never came"),
+        ({b"data": _array((40, 3072), b"\x00" * 100)}, 2, "needs 122,880 bytes, found 100"),
+        (
+            {b"data": [_array((10, 3072), SHARED_ROWS) for _ in range(20)]},
+            2,
+            "earlier arrays already took 30,720",
+        ),
+        (
+            {b"ids": [_Reduces(np._core.multiarray.scalar, (np.dtype("V100000000"),))]},
+            2,
+            r"a numpy scalar of \|V100000000 needs 100,000,000 bytes, found none",
+        ),
+        (
+            {
+                b"data": _Reduces(
+                    np._core.numeric._frombuffer, (bytearray(10), "u1", (40, 3072), "C")
+                )
+            },
+            5,
+            "needs 122,880 bytes, found 10",
+        ),
+        (
+            {
+                b"data": _Reduces(
+                    codecs.encode, (_Reduces(codecs.encode, (b"\x00" * 99, "hex")), "hex")
+                )
+            },
+            2,
+            "_codecs.encode",
+        ),
+    ],
+    ids=["huge-shape", "no-build", "short-bytes", "shared-bytes", "scalar", "frombuffer", "hex"],
+)
+def test_numpy_objects_without_their_bytes_in_the_file_are_refused(
+    tmp_path: Path, content: dict, protocol: int, expected: str
+) -> None:
+    """numpy's `_reconstruct` allocates whatever shape it is told, uninitialised: every array must
+    be filled from bytes of the file, and no more of them than the file holds."""
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps(content, protocol=protocol))
+    with pytest.raises(PipelineError, match=rf"data_batch_1: refused: .*{expected}") as error:
+        restricted_load(path)
+    assert "\n" not in str(error.value)
+
+
+def _shared_list_bomb(depth: int = 40) -> list:
+    """`x = [x, x]` nested `depth` times: `depth` lists in the pickle, 2**depth paths through them."""
+    nested: list = []
+    for _ in range(depth):
+        nested = [nested, nested]
+    return nested
+
+
+def _load_within(seconds: float, load, path: Path) -> object:
+    """`load(path)`'s result, or its PipelineError, from a thread given `seconds`."""
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(load(path))
+        except PipelineError as error:
+            outcome.append(error)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert outcome, f"{load.__name__} still running after {seconds} s"
+    return outcome[0]
+
+
+@pytest.mark.parametrize(
+    ("load", "key", "expected"),
+    [
+        (load_cifar_batch, b"filenames", None),
+        (load_cifar_batch, b"labels", "b'labels' must be integers, found list"),
+        (load_class_names, b"label_names", "b'label_names' must be a list of 10 names"),
+    ],
+)
+def test_shared_references_are_walked_once(
+    tmp_path: Path, load, key: bytes, expected: str | None
+) -> None:
+    """Every path through the bomb is 2**40 steps (hours); each object once is 40."""
+    content = {
+        b"data": np.zeros((2, 3072), np.uint8),
+        b"labels": [0, 1],
+        b"label_names": [b"x"] * 10,
+    }
+    content[key] = _shared_list_bomb()
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(python2_style_pickle(content))
+    outcome = _load_within(20, load, path)
+    if expected is None:
+        assert not isinstance(outcome, PipelineError), outcome
+    else:
+        assert isinstance(outcome, PipelineError) and expected in str(outcome)
