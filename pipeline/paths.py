@@ -22,5 +22,11 @@ SELECT_CANDIDATES_PATH = Path("metrics/select_candidates.csv")
 DISTILL_LIVE_DIR = Path("metrics/distill")  # distill: round_N/ dvclive metrics, like train's
 DISTILL_METRICS_PATH = Path("metrics/distill.json")
 PREDICT_METRICS_PATH = Path("metrics/predict.json")
+PREDICT_DETAILS_PATH = Path(
+    "metrics/predict_details.json"
+)  # per class, adapt, distillation: not metrics
+CLASS_SHARES_PATH = Path(
+    "metrics/class_shares.csv"
+)  # a DVC plot: training vs custom-test class shares
 VAL_PREDICTIONS_PATH = Path("metrics/val_predictions.csv")  # predict: actual,predicted per image
 VAL_PER_CLASS_PATH = Path("metrics/val_per_class.csv")  # predict: class,accuracy

@@ -82,7 +82,9 @@ def run_select(seeds: Path, params: SelectParams, max_params: int = BUDGET) -> d
 def run_predict(seeds: Path) -> dict:
     predict.run(PredictParams(device="cpu"), seeds / "data/prepared", Path("models/best.pt"),
                 Path("submissions/latest.csv"), {"model": {"max_params": BUDGET}})  # fmt: skip
-    return json.loads(Path("metrics/predict.json").read_text())
+    return json.loads(Path("metrics/predict.json").read_text()) | json.loads(
+        Path("metrics/predict_details.json").read_text()
+    )  # the headline and the details
 
 
 def forbid_inference(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -143,7 +143,9 @@ def project(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> P
 def run_predict(adapt_params: AdaptParams, model: str = "models/best.pt") -> dict:
     predict.run(PredictParams(device="cpu"), Path("data/prepared"), Path(model),
                 Path("submissions/latest.csv"), adapt=adapt_params)  # fmt: skip
-    return json.loads(Path("metrics/predict.json").read_text())
+    return json.loads(Path("metrics/predict.json").read_text()) | json.loads(
+        Path("metrics/predict_details.json").read_text()
+    )  # the headline and the details
 
 
 def test_predict_with_adabn_and_balance_leaves_the_model_file_untouched(project: Path) -> None:

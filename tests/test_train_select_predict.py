@@ -259,10 +259,22 @@ def test_predict_writes_a_valid_csv_in_the_pickles_id_order(
     report = json.loads(Path("metrics/predict.json").read_text())
     overall = sum(a == p for a, p in pairs) / len(pairs)
     assert report["val_accuracy"] == pytest.approx(overall)
+    details = json.loads(Path("metrics/predict_details.json").read_text())
     assert (
         report["tta"] == "flip"
-        and sum(report["predicted_per_class"].values()) == SMALL_SYNTHETIC.custom_test_images
+        and sum(details["predicted_per_class"].values()) == SMALL_SYNTHETIC.custom_test_images
     )
+    # `dvc metrics show` gets one flat row of headline figures; per class is in the details
+    assert all(not isinstance(value, (dict, list)) for value in report.values()), report
+    assert {"run_id", "val_accuracy", "tta", "model_params"} <= set(report)
+    with Path("metrics/class_shares.csv").open() as handle:
+        shares = list(csv.DictReader(handle))
+    assert len(shares) == 3 * 10 and {row["labels"] for row in shares} == {
+        "training", "custom test (model)", "custom test (submitted)"
+    }  # fmt: skip
+    for labels in ("training", "custom test (submitted)"):
+        total = sum(float(row["share"]) for row in shares if row["labels"] == labels)
+        assert total == pytest.approx(1.0, abs=1e-3)
 
 
 def test_predict_leaves_a_run_copy_and_a_manifest_keyed_by_run_id(

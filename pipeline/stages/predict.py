@@ -4,9 +4,13 @@ Loads models/best.pt (weights only; a seed ensemble when select chose one: its m
 are averaged), averages logits over the TTA views of each custom test image
 (`predict.tta`; `auto`: the policy select chose, stored in best.pt), and writes one `ID,Labels`
 row per id in the pickle's order. The CSV is validated
-before it replaces latest.csv. Validation accuracy under the same TTA goes to metrics/predict.json;
-each validation image's actual and predicted class to metrics/val_predictions.csv (DVC's
-confusion-matrix plot) and the accuracy per class to metrics/val_per_class.csv (a bar plot).
+before it replaces latest.csv. The headline figures (run_id, validation accuracy under the same
+TTA, ...) go to metrics/predict.json, `dvc metrics show`'s table; what is per class or nested
+(label counts, adaptation, distillation, ensemble members) to metrics/predict_details.json.
+Plots: each validation image's actual and predicted class in metrics/val_predictions.csv (DVC's
+confusion matrix), the accuracy per class in metrics/val_per_class.csv, and the share of each
+class among the training labels beside the model's own labels of the custom test set in
+metrics/class_shares.csv (a picture of the shift).
 Each run also leaves submissions/<run_id>.csv (a copy) and submissions/<run_id>.json, its
 manifest (records/manifest.py says what run_id covers and what the manifest holds).
 """
@@ -31,7 +35,9 @@ from pipeline.engine.tta import evaluate, predict_logits
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, write_json_atomic, write_text_atomic
 from pipeline.paths import (
+    CLASS_SHARES_PATH,
     FINAL_PATH,
+    PREDICT_DETAILS_PATH,
     PREDICT_METRICS_PATH,
     PREPARED_DIR,
     SUBMISSION_PATH,
@@ -75,6 +81,25 @@ def label_custom_test(
         )
     argmax_counts = torch.bincount(logits.argmax(1).cpu(), minlength=logits.shape[1]).tolist()
     return assign_labels(logits, adapt.balance_on, adapt.prior), argmax_counts
+
+
+def write_class_shares(
+    names: list[str], training_labels: np.ndarray, argmax_counts: list[int], counts: list[int]
+) -> None:
+    """Each class's share of the training labels, of the model's own labels of the custom test
+    set (argmax, before balancing) and of the submitted labels; long format, one row per class
+    and labelling (plots/class_shares.json draws them as grouped bars)."""
+    shares = {
+        "training": np.bincount(training_labels, minlength=len(names)),
+        "custom test (model)": np.asarray(argmax_counts),
+        "custom test (submitted)": np.asarray(counts),
+    }
+    rows = "".join(
+        f"{name},{labels},{count[c] / max(1, count.sum()):.4f}\n"
+        for c, name in enumerate(names)
+        for labels, count in shares.items()
+    )
+    write_text_atomic(CLASS_SHARES_PATH, "class,labels,share\n" + rows)
 
 
 def write_validation_plots(names: list[str], actual: np.ndarray, predicted: np.ndarray) -> None:
@@ -141,23 +166,28 @@ def run(
          "model_params": member.model_params, "model": member.model_config.get("name")}
         for member in checkpoint.members
     ]  # fmt: skip
-    report = {
-        "run_id": run_id, "tta": tta, "weights": checkpoint.weights or "raw",
-        "val_accuracy": val_accuracy, "val_accuracy_without_tta": plain_accuracy,
-        "epoch": int(checkpoint.epoch), "custom_test_images": int(labels.size),
+    trainable = count_trainable_params(model)
+    report = {  # the headline: one short row of `dvc metrics show`
+        "run_id": run_id, "val_accuracy": val_accuracy, "tta": tta,
+        "val_accuracy_without_tta": plain_accuracy, "weights": checkpoint.weights or "raw",
+        "epoch": int(checkpoint.epoch), "model_params": trainable,
+        "custom_test_images": int(labels.size),
+        "argmax_imbalance": class_imbalance(argmax_counts, adapt.prior),
+        "used_custom_test_images": adapt.batchnorm_on or adapt.balance_on != "none"
+        or checkpoint.distillation is not None,
+    }  # fmt: skip
+    details = {
         "predicted_per_class": dict(zip(names, counts, strict=True)),
         "argmax_per_class": dict(zip(names, argmax_counts, strict=True)),
-        "argmax_imbalance": class_imbalance(argmax_counts, adapt.prior),
         "adapt": {"batchnorm": adapt.batchnorm_on, "balance": adapt.balance_on,
                   "prior": adapt.prior or "uniform"},
         "distillation": checkpoint.distillation,
-        "used_custom_test_images": adapt.batchnorm_on or adapt.balance_on != "none"
-        or checkpoint.distillation is not None,
     } | ({"ensemble_members": members} if members else {})  # fmt: skip
     manifest.write_manifest(
-        run_id, checkpoint, count_trainable_params(model), submission_path, report, all_params,
-        device,
-    )  # fmt: skip
+        run_id, checkpoint, trainable, submission_path, report | details, all_params, device
+    )
+    write_class_shares(names, np.load(prepared_dir / "train.npz")["labels"], argmax_counts, counts)
+    write_json_atomic(PREDICT_DETAILS_PATH, details)
     write_json_atomic(PREDICT_METRICS_PATH, report)
     if report["argmax_imbalance"] > IMBALANCE_WARNING:
         console.print(

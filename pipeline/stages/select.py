@@ -192,10 +192,12 @@ def adaptation_report(
 
 
 def write_candidates(candidates: list[dict], path: Path = SELECT_CANDIDATES_PATH) -> None:
+    """One row per candidate; `candidate` names its weights and TTA, the plot's series."""
+    rows = [{"candidate": f"{row['weights']} + {row['tta']}"} | row for row in candidates]
     table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=list(candidates[0]), lineterminator="\n")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(candidates)
+    writer.writerows(rows)
     write_text_atomic(path, table.getvalue())
 
 

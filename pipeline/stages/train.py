@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import random
 import shutil
@@ -38,14 +39,23 @@ from pipeline.engine.distributed import RANK_SEED_STRIDE, current_world
 from pipeline.engine.loop import DistillTargets, EpochStats, StateMismatch, fit
 from pipeline.engine.models import build_model, count_trainable_params, model_config
 from pipeline.engine.normalise import to_device_set
-from pipeline.engine.schedule import is_checkpoint_epoch, run_epochs, steps_per_epoch
+from pipeline.engine.schedule import (
+    is_checkpoint_epoch,
+    lr_factor,
+    run_epochs,
+    steps_per_epoch,
+    total_steps,
+)
 from pipeline.errors import PipelineError
+from pipeline.files import write_text_atomic
 from pipeline.paths import CHECKPOINT_DIR, PREPARED_DIR, TRAIN_LIVE_DIR
 from pipeline.records import resume
 from pipeline.records.checkpoint import Checkpoint
 from pipeline.reporting import console, training_progress
 
 WHITENING_IMAGES = 2000  # training images whose 2×2 patches set airnet's whitening filters
+LR_CURVE_NAME = "learning_rate.csv"  # beside dvclive's files: the lr of each step (a DVC plot)
+LR_CURVE_POINTS = 2000  # steps written at most: the shape without a 20,000-row file
 
 
 def seed_everything(seed: int) -> None:
@@ -133,10 +143,23 @@ class RunRecorder:
             progress.update(self.epoch_task, advance=1)
 
     def log(self, stats: dict) -> None:
+        self.live.step = stats["epoch"]  # dvclive's x axis is the epoch (it counts from 0)
         for name, value in stats.items():
             if name != "epoch" and value is not None:
                 self.live.log_metric(name, value)
         self.live.next_step()
+
+    def write_lr_curve(self, live_dir: Path) -> None:
+        """The lr of every optimizer step (at most LR_CURVE_POINTS of them, evenly spaced, and the
+        last), x in epochs: the schedule's shape, which one point per epoch hides."""
+        batches = steps_per_epoch(self.setup.train_set[1].shape[0], self.params)
+        steps = total_steps(batches, self.params)
+        stride = max(1, math.ceil(steps / LR_CURVE_POINTS))
+        rows = "".join(
+            f"{step},{step / batches:.4f},{self.params.lr * lr_factor(step, batches, self.params):.6g}\n"
+            for step in sorted({*range(0, steps, stride), steps - 1})
+        )
+        write_text_atomic(live_dir / LR_CURVE_NAME, "step,epoch,learning_rate\n" + rows)
 
     def checkpoint(self, stats: EpochStats, ema_model: nn.Module | None) -> Checkpoint:
         info, device = self.setup.info, self.setup.device
@@ -250,6 +273,7 @@ def train_model(
                 "set aside; run again to train from the start"
             ) from None
         if main:
+            recorder.write_lr_curve(live_dir)
             live.log_metric("model_params", recorder.trainable, plot=False)
             live.log_metric("train_seconds", time.perf_counter() - started, plot=False)
     if world.size > 1:  # every rank is done before rank 0 goes on (and DVC records the run)
