@@ -69,6 +69,21 @@ class _RunsCode:
         return (os.system, (f"touch {MARKER}",))
 
 
+class _Array:
+    """A uint8 array pickled the way numpy does, `_reconstruct(ndarray, (0,), 'B')` then BUILD with
+    `shape` and `data`; without data, `_reconstruct` alone declaring `shape` (no bytes behind it)."""
+
+    def __init__(self, shape: tuple, data: bytes | None = None) -> None:
+        self.shape, self.data = shape, data
+
+    def __reduce__(self) -> tuple:
+        reconstruct = np._core.multiarray._reconstruct
+        if self.data is None:
+            return (reconstruct, (np.ndarray, self.shape, b"B"))
+        state = (1, self.shape, np.dtype(np.uint8), False, self.data)
+        return (reconstruct, (np.ndarray, (0,), b"B"), state)
+
+
 def _zip(path: Path, members: dict[str | zipfile.ZipInfo, bytes]) -> Callable[[Path], None]:
     def damage(project: Path) -> None:
         with zipfile.ZipFile(project / path, "w") as archive:
@@ -104,6 +119,33 @@ def _checkpoint(project: Path, state_from: str) -> None:
         "model_state": weights, "model_config": model_config(seed), "epoch": 1,
         "val_accuracy": 0.5, "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
     })  # fmt: skip
+
+
+def _huge_checkpoint(project: Path) -> None:
+    """final.pt whose model_config says ~860 million parameters (3.5 GB if it were built)."""
+    config = {"name": "airnet", "max_params": 5_000_000, "widths": [2000, 4000, 4000],
+              "residual": True}  # fmt: skip
+    save_checkpoint(project / "models/final.pt", {
+        "model_state": {}, "model_config": config, "epoch": 1, "val_accuracy": 0.5,
+        "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
+    })  # fmt: skip
+
+
+def _history(field: str, value: str) -> Callable[[Path], None]:
+    """submissions/history.csv with one submitted row whose `field` is `value`."""
+    from pipeline.records.history import FIELDS
+
+    row = {"submitted_utc": "2026-11-26T00:00:00+00:00", "run_id": "abc123def456",
+           "commit": "a" * 40, "csv_md5": "0" * 32, "competition": "c", "message": "run x",
+           "kaggle_ref": "1", "forced": ""} | {field: value}  # fmt: skip
+
+    def damage(project: Path) -> None:
+        (project / "submissions").mkdir(exist_ok=True)
+        (project / "submissions/history.csv").write_text(
+            ",".join(FIELDS) + "\n" + ",".join(row[f] for f in FIELDS) + "\n"
+        )
+
+    return damage
 
 
 def _csv(text: str) -> Callable[[Path], None]:
@@ -170,6 +212,62 @@ CASES = {
                                        f"latest.csv: expected {IDS.size} rows", ("submissions/history.csv",)),
     "CSV missing ids": Case(_csv("ID,Labels\n" + GOOD_ROWS.replace("0,0\n", "99,0\n", 1)), ["submit"],
                             "ids differ from the custom test's: missing [0]", ("submissions/history.csv",)),
+    # issue 15, pickles and formats:
+    "array with no bytes behind it": Case(_write(BATCH, _batch(data=_Array((300_000, 3072)))), *PREPARE[:1],
+                                          "data_batch_1: refused: an array of shape (300000, 3072) uint8 takes 921,600,000 bytes", PREPARE[1]),
+    "array whose data never came": Case(_write(BATCH, _batch(data=_Array((40, 3072)), batch_label=b"\0" * 200_000)),
+                                        *PREPARE[:1], "data_batch_1: refused: an array whose data never came", PREPARE[1]),
+    "array shorter than its shape": Case(_write(BATCH, _batch(data=_Array((40, 3072), b"\0" * 100))), *PREPARE[:1],
+                                         "data_batch_1: refused: an array of shape (40, 3072) uint8 needs 122,880 bytes, found 100", PREPARE[1]),
+    "ids beyond int64": Case(_write(CUSTOM, _custom(np.zeros((40, 32, 32, 3), np.uint8), IDS.astype(np.uint64) + 2**63)),
+                             *PREPARE[:1], f"{CUSTOM_TEST_NAMES[0]}: b'ids' must be in 0–9223372036854775807", PREPARE[1]),
+    # issue 15, fetch and archives:
+    "zip bomb": Case(lambda p: [bomb := zipfile.ZipFile(p / "bomb.zip", "w", zipfile.ZIP_DEFLATED),
+                                bomb.writestr(CUSTOM_TEST_NAMES[0], bytes(130 << 20)), bomb.close(),  # 130 MiB in 130 KB
+                                _params("data:\n  source: local\n  path: bomb.zip\n")(p)], *FETCH[:1],
+                     f"bomb.zip: refused member '{CUSTOM_TEST_NAMES[0]}': it unpacks to more than 128 MiB", FETCH[1]),
+    "zip with an encrypted member": Case(lambda p: [_zip(Path("bundle.zip"), {CUSTOM_TEST_NAMES[0]: b"x"})(p),
+                                                    (p / "bundle.zip").write_bytes((p / "bundle.zip").read_bytes().replace(  # the central directory's flag bit 0
+                                                        b"PK\x01\x02\x14\x03\x14\x00\x00\x00", b"PK\x01\x02\x14\x03\x14\x00\x01\x00"))],
+                                         *FETCH[:1], f"bundle.zip: member '{CUSTOM_TEST_NAMES[0]}' is encrypted", FETCH[1]),
+    "zip with a thousand empty members": Case(_zip(Path("bundle.zip"), {f"junk/{i}": b"" for i in range(1001)}),
+                                              *FETCH[:1], "bundle.zip: holds 1,001 members", FETCH[1]),
+    "data.path is a device": Case(_params("data:\n  source: local\n  path: /dev/zero\n"), *FETCH[:1],
+                                  "/dev/zero: not a regular file (a device, FIFO or socket)", FETCH[1]),
+    "data.path is a FIFO": Case(lambda p: [os.mkfifo(p / "bundle.zip"), _params("data:\n  source: local\n  path: bundle.zip\n")(p)],
+                                *FETCH[:1], "bundle.zip: not a regular file (a device, FIFO or socket)", FETCH[1]),
+    "cifar_url with a password and a bad port": Case(
+        _params("data:\n  source: url\n  cifar_url: http://user:hunter2@example.invalid:port/c.tar.gz\n"), *FETCH[:1],
+        "http://user:***@example.invalid:port/c.tar.gz: not a valid URL (Port could not be cast", FETCH[1]),
+    "cifar_url with a token, not http(s)": Case(
+        _params("data:\n  source: url\n  cifar_url: ftp://example.invalid/c.tar.gz?token=hunter2\n"), *FETCH[:1],
+        "ftp://example.invalid/c.tar.gz?token=***: not an http:// or https:// URL", FETCH[1]),
+    "data/raw links to a missing folder": Case(
+        lambda p: [(p / RAW).symlink_to(p / "unmounted" / "cifar"), _params("data:\n  source: synthetic\n")(p)],
+        *FETCH[:1], "which is not a folder (an unmounted drive?)", FETCH[1]),
+    # issue 15, params, checkpoints and records:
+    "params: an infinite lr": Case(_params("train:\n  lr: .inf\n"), ["train"],
+                                   "train.lr must be a finite number, found inf", ("models/checkpoints",)),
+    "params: NaN label smoothing": Case(_params("train:\n  label_smoothing: .nan\n"), ["train"],
+                                        "train.label_smoothing must be a finite number", ("models/checkpoints",)),
+    "params: epochs of 10^30": Case(_params("train:\n  epochs: " + "1" + "0" * 30 + "\n"), ["train"],
+                                    "train.epochs must be in [1, 10,000]", ("models/checkpoints",)),
+    "params: a negative seed": Case(_params("train:\n  seed: -1\n"), ["train"],
+                                    "train.seed must be in [0, 2^32), found -1", ("models/checkpoints",)),
+    "params: a seed of 2^32": Case(_params("prepare:\n  seed: 4294967296\n"), *PREPARE[:1],
+                                   "prepare.seed must be in [0, 2^32)", PREPARE[1]),
+    "params: a key given twice": Case(_params("train:\n  lr: 0.1\n  epochs: 2\n  lr: 0.5\n"), ["train"],
+                                      "'lr' appears twice", ("models/checkpoints",)),
+    "params: not UTF-8": Case(_write(Path("params.yaml"), b"train:\n  lr: 0.1  # \xff\n"), ["train"],
+                              "params.yaml: not UTF-8 text", ("models/checkpoints",)),
+    "checkpoint whose config is gigabytes": Case(_huge_checkpoint, ["predict"],
+                                                 "over the budget model.max_params = 5,000,000", (str(CSV),)),
+    "history row whose run_id is a path": Case(_history("run_id", "../../../escape"), ["reproduce", "escape"],
+                                               "run_id '../../../escape' is not a valid run_id", ("../escape",)),
+    "history row whose commit is an option": Case(_history("commit", "--output=x"), ["reproduce", "abc123def456"],
+                                                  "commit '--output=x' is not a valid commit", ("x",)),
+    "profile given as a path": Case(lambda p: (p / "evil.yaml").write_text("model: {}\ntrain: {}\n"),
+                                    ["profile", "../../evil"], "no such profile", ()),
 }  # fmt: skip
 
 
@@ -222,8 +320,8 @@ def test_bad_input_is_one_line_exit_1_and_no_partial_output(
     assert not _leftovers(project)
 
 
-def test_the_corpus_has_at_least_twenty_distinct_cases() -> None:
-    assert len(CASES) >= 20
+def test_the_corpus_has_at_least_forty_five_distinct_cases() -> None:
+    assert len(CASES) >= 45
 
 
 def test_an_unexpected_error_keeps_its_traceback(tmp_path: Path, monkeypatch) -> None:

@@ -1,30 +1,42 @@
-"""fetch: every source, archive safety, downloads against a loopback server, atomic landing."""
+"""fetch: every source, archive safety, downloads against a loopback server, atomic landing,
+secrets in URLs, linked and interrupted data/raw folders, full disks and the umask."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import dataclasses
+import errno
+import fcntl
 import hashlib
 import http.server
 import importlib
 import io
+import os
 import shutil
 import socket
+import stat
 import struct
+import subprocess
+import sys
 import tarfile
 import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
-from conftest import SMALL_SYNTHETIC, write_small_custom_test
+from conftest import REPO_ROOT, SMALL_SYNTHETIC, write_small_custom_test
 
-from pipeline.config.params import DataParams
+from pipeline.config.params import DataParams, PrepareParams
 from pipeline.data import sources
 from pipeline.data.formats import CIFAR_FILES, CIFAR_FOLDER
 from pipeline.errors import PipelineError
+from pipeline.files import atomic_directory, recover_directory, write_text_atomic
 from pipeline.integrations import kaggle_client
-from pipeline.stages import fetch
+from pipeline.stages import fetch, prepare
 
 
 @pytest.fixture(autouse=True)
@@ -34,6 +46,8 @@ def no_kaggle_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     config_dir = tmp_path / "kaggle-config"
     config_dir.mkdir()
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(config_dir))
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # never this machine's ~/.netrc
+    monkeypatch.delenv(fetch.CIFAR_URL_VARIABLE, raising=False)
 
 
 @pytest.fixture(scope="session")
@@ -332,10 +346,13 @@ def test_kaggle_credentials_file_is_found(tmp_path: Path, monkeypatch: pytest.Mo
 
 class _Server:
     """Serves one body; `plan` lists what each request gets: 'ok', 'error' (503), 'truncate',
-    'missing' (404), 'reset' (the connection is reset mid-body)."""
+    'missing' (404), 'reset' (the connection is reset mid-body), 'unsized' (no Content-Length).
+    `guard`, when set, must accept a request (its credentials) or it gets 401."""
 
     def __init__(self, body: bytes, plan: list[str]) -> None:
         self.body, self.plan, self.requests = body, plan, 0
+        self.guard: Callable[[http.server.BaseHTTPRequestHandler], bool] | None = None
+        self.authorizations: list[str | None] = []  # each request's Authorization header
 
     def handler(self) -> type[http.server.BaseHTTPRequestHandler]:
         server = self
@@ -344,11 +361,19 @@ class _Server:
             def do_GET(self) -> None:  # noqa: N802
                 action = server.plan[min(server.requests, len(server.plan) - 1)]
                 server.requests += 1
+                server.authorizations.append(self.headers.get("Authorization"))
+                if server.guard is not None and not server.guard(self):
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="cifar"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if action in ("error", "missing"):
                     self.send_error(503 if action == "error" else 404)
                     return
                 self.send_response(200)
-                self.send_header("Content-Length", str(len(server.body)))
+                if action != "unsized":
+                    self.send_header("Content-Length", str(len(server.body)))
                 self.end_headers()
                 if action == "reset":  # SO_LINGER 0: close() sends RST, not FIN
                     self.wfile.write(server.body[:100])
@@ -357,9 +382,9 @@ class _Server:
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
                     self.connection.close()
                     return
-                self.wfile.write(
-                    server.body if action == "ok" else server.body[: len(server.body) // 2]
-                )
+                body = server.body[: len(server.body) // 2] if action == "truncate" else server.body
+                with contextlib.suppress(ConnectionError):  # the client stopped: a refused download
+                    self.wfile.write(body)
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -424,3 +449,522 @@ def test_url_download_failures_end_in_a_clear_error_and_no_file(
     assert server.requests == requests
     assert not _raw(tmp_path).exists()
     assert [p.name for p in (tmp_path / "data").iterdir()] == []
+
+
+# --- secrets in URLs --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://user:s3cret@host/c.tar.gz", "https://user:***@host/c.tar.gz"),
+        ("https://ghp_s3cret@host/c.tar.gz", "https://***@host/c.tar.gz"),  # a token as user
+        (
+            "https://host/c.tar.gz?token=s3cret&X-Amz-Signature=s3cret",
+            "https://host/c.tar.gz?token=***&X-Amz-Signature=***",
+        ),
+        ("https://host/c.tar.gz?s3cret", "https://host/c.tar.gz?***"),
+        ("https://host/c.tar.gz#s3cret", "https://host/c.tar.gz#***"),
+        ("http://[::1/c.tar.gz?token=s3cret", "(an unparseable URL)"),
+        (DataParams().cifar_url, DataParams().cifar_url),  # the official URL is shown whole
+    ],
+)
+def test_redact_url_hides_passwords_and_query_values(url: str, shown: str) -> None:
+    assert sources.redact_url(url) == shown
+
+
+def _basic_auth(user: str, password: str) -> Callable[[http.server.BaseHTTPRequestHandler], bool]:
+    expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    return lambda request: request.headers.get("Authorization") == expected
+
+
+def _url_params(url: str, custom_test: Path) -> DataParams:
+    return DataParams(source="url", cifar_url=url, custom_test_path=str(custom_test))
+
+
+def _with_userinfo(url: str, userinfo: str) -> str:
+    return url.replace("http://", f"http://{userinfo}@")
+
+
+def test_a_url_with_user_and_password_downloads_with_basic_auth(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    serve,
+    official_tarball: Path,
+    custom_test_file: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    body = official_tarball.read_bytes()
+    monkeypatch.setattr(fetch, "CIFAR10_MD5", hashlib.md5(body).hexdigest())
+    url, server = serve(body, ["ok"])
+    server.guard = _basic_auth("user", "s3cret")
+    fetch.run(_url_params(_with_userinfo(url, "user:s3cret"), custom_test_file), _raw(tmp_path))
+    _assert_complete(_raw(tmp_path))
+    assert server.requests == 1  # the credentials go with the first request
+    output = capsys.readouterr()
+    assert "s3cret" not in output.out + output.err
+    assert "dvc.lock keep in plain text" in output.err  # and where to keep them instead
+
+
+def test_netrc_credentials_are_sent_to_their_host(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    serve,
+    official_tarball: Path,
+    custom_test_file: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    body = official_tarball.read_bytes()
+    monkeypatch.setattr(fetch, "CIFAR10_MD5", hashlib.md5(body).hexdigest())
+    url, server = serve(body, ["ok"])
+    server.guard = _basic_auth("user", "s3cret")
+    netrc_file = tmp_path / "netrc"
+    netrc_file.write_text("machine 127.0.0.1 login user password s3cret\n")
+    netrc_file.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc_file))
+    fetch.run(_url_params(url, custom_test_file), _raw(tmp_path))
+    _assert_complete(_raw(tmp_path))
+    assert "warning" not in capsys.readouterr().err  # nothing secret in params.yaml
+
+
+def test_refused_credentials_are_one_line_without_the_password(
+    tmp_path: Path, serve, custom_test_file: Path
+) -> None:
+    url, server = serve(b"x" * 100, ["ok"])
+    server.guard = _basic_auth("user", "right")
+    with pytest.raises(PipelineError) as error:
+        fetch.run(_url_params(_with_userinfo(url, "user:wrong-s3cret"), custom_test_file),
+                  _raw(tmp_path))  # fmt: skip
+    message = str(error.value)
+    assert message.startswith(f"{_with_userinfo(url, 'user:***')}: download failed: HTTP 401")
+    assert "check the credentials" in message
+    assert "s3cret" not in message and "\n" not in message
+    assert server.requests == 1  # a 401 is not retried
+    assert not _raw(tmp_path).exists()
+
+
+def test_a_token_in_the_query_is_never_printed(
+    tmp_path: Path, serve, custom_test_file: Path, capsys: pytest.CaptureFixture
+) -> None:
+    url, server = serve(b"x" * 100, ["error", "missing"])
+    with pytest.raises(PipelineError) as error:
+        fetch.run(_url_params(f"{url}?token=s3cret&dl=1", custom_test_file), _raw(tmp_path))
+    assert str(error.value).startswith(f"{url}?token=***&dl=***: download failed: HTTP 404")
+    output = capsys.readouterr()
+    assert "download attempt 1 failed" in output.err  # the retry line and progress bar: no token
+    assert "s3cret" not in output.out + output.err + str(error.value)
+
+
+def test_the_url_variable_keeps_a_token_out_of_params_and_dvc_lock(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    serve,
+    official_tarball: Path,
+    custom_test_file: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    body = official_tarball.read_bytes()
+    monkeypatch.setattr(fetch, "CIFAR10_MD5", hashlib.md5(body).hexdigest())
+    url, server = serve(body, ["ok"])
+    server.guard = lambda request: request.path.endswith("?token=s3cret")
+    monkeypatch.setenv(fetch.CIFAR_URL_VARIABLE, f"{url}?token=s3cret")
+    params = DataParams(source="url", custom_test_path=str(custom_test_file))  # official URL
+    fetch.run(params, _raw(tmp_path))
+    _assert_complete(_raw(tmp_path))
+    err = capsys.readouterr().err
+    assert f"${fetch.CIFAR_URL_VARIABLE} ({url}?token=***)" in err
+    assert "s3cret" not in err and "warning" not in err
+
+
+def test_a_malformed_netrc_is_named_without_its_contents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serve, custom_test_file: Path
+) -> None:
+    url, _ = serve(b"x", ["ok"])
+    netrc_file = tmp_path / "netrc"
+    netrc_file.write_text("machine 127.0.0.1 login user passwrd s3cret\n")
+    monkeypatch.setenv("NETRC", str(netrc_file))
+    with pytest.raises(PipelineError, match=r"netrc, line 1: not a valid netrc file$") as error:
+        fetch.run(_url_params(url, custom_test_file), _raw(tmp_path))
+    assert "s3cret" not in str(error.value)
+
+
+@pytest.mark.parametrize("action", ["ok", "unsized"])  # a Content-Length, or none: counted
+def test_a_download_bigger_than_any_cifar_archive_is_cut_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serve, custom_test_file: Path, action: str
+) -> None:
+    monkeypatch.setattr(sources, "MAX_DOWNLOAD_BYTES", 3 << 20)
+    url, server = serve(bytes(5 << 20), [action])
+    with pytest.raises(PipelineError, match="refused a download of .* more than the 3 MiB"):
+        fetch.run(_url_params(url, custom_test_file), _raw(tmp_path))
+    assert server.requests == 1
+    assert [p.name for p in (tmp_path / "data").iterdir()] == []
+
+
+# --- archive sizes and files that are not archives --------------------------------------------
+
+
+def _no_output(tmp_path: Path) -> None:
+    assert not _raw(tmp_path).exists()
+    assert [p.name for p in (tmp_path / "data").iterdir()] == []
+
+
+def test_a_zip_bomb_is_refused_before_anything_is_unpacked(tmp_path: Path) -> None:
+    archive = tmp_path / "bomb.zip"
+    with (
+        zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle,
+        bundle.open("cifar_test_nolabel.pkl", "w", force_zip64=True) as member,
+    ):
+        for _ in range(200):  # 200 MiB of zeros
+            member.write(bytes(1 << 20))
+    assert archive.stat().st_size < 1 << 20
+    with pytest.raises(
+        PipelineError,
+        match=r"bomb.zip: refused member 'cifar_test_nolabel.pkl': it unpacks to more than 128 MiB",
+    ):
+        fetch.run(DataParams(source="local", path=str(archive)), _raw(tmp_path))
+    _no_output(tmp_path)
+
+
+def test_a_tar_member_over_the_cap_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sources, "MAX_MEMBER_BYTES", 1 << 20)
+    info = tarfile.TarInfo(f"{CIFAR_FOLDER}/data_batch_1")
+    archive = _tar_with(tmp_path, info, bytes(2 << 20))
+    with pytest.raises(PipelineError, match=r"bundle.tar.gz: refused member 'cifar-10-batches-py/"):
+        fetch.run(DataParams(source="local", path=str(archive), custom_test_path="x"),
+                  _raw(tmp_path))  # fmt: skip
+    _no_output(tmp_path)
+
+
+def test_all_members_together_are_capped_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sources, "MAX_UNPACKED_BYTES", 3 << 20)
+    archive = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for batch in range(4):  # each under the member cap, 4 MiB together
+            bundle.writestr(f"{CIFAR_FOLDER}/data_batch_{batch + 1}", bytes(1 << 20))
+    with pytest.raises(PipelineError, match="bundle.zip: unpacks to 4,194,304 bytes, more than"):
+        fetch.run(DataParams(source="local", path=str(archive)), _raw(tmp_path))
+    _no_output(tmp_path)
+
+
+def test_unpacking_counts_the_bytes_whatever_the_header_declared(tmp_path: Path) -> None:
+    sink = io.BytesIO()
+    with pytest.raises(PipelineError, match=r"bundle.zip: refused member 'data_batch_1'"):
+        sources._copy_capped(
+            Path("bundle.zip"), "data_batch_1", io.BytesIO(bytes(3 << 20)), sink, 2 << 20,
+            sources.ZIP_READ_ERRORS, sources._unreadable_zip,
+        )  # fmt: skip
+    assert sink.tell() <= 2 << 20
+
+
+def test_a_fifo_named_like_the_tarball_is_refused_without_opening_it(
+    tmp_path: Path, custom_test_file: Path
+) -> None:
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    os.mkfifo(folder / "cifar-10-python.tar.gz")  # opening it would wait for a writer forever
+    shutil.copy(custom_test_file, folder)
+    with pytest.raises(PipelineError, match=r"cifar-10-python.tar.gz: not a regular file"):
+        fetch.run(DataParams(source="local", path=str(folder)), _raw(tmp_path))
+
+
+# --- a linked data/raw ------------------------------------------------------------------------
+
+
+def _linked_raw(tmp_path: Path) -> tuple[Path, Path]:
+    shared = tmp_path / "shared" / "cifar"
+    shared.mkdir(parents=True)
+    raw_dir = _raw(tmp_path)
+    raw_dir.parent.mkdir(parents=True)
+    raw_dir.symlink_to(shared)
+    return raw_dir, shared
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_link_to_an_empty_folder_is_filled_in_place_and_kept(tmp_path: Path) -> None:
+    raw_dir, shared = _linked_raw(tmp_path)
+    params = DataParams(source="synthetic", synthetic=SMALL_SYNTHETIC)
+    fetch.run(params, raw_dir)
+    assert raw_dir.is_symlink() and raw_dir.resolve() == shared.resolve()
+    assert sorted(p.name for p in (shared / CIFAR_FOLDER).iterdir()) == sorted(CIFAR_FILES)
+    stamp = (shared / CIFAR_FOLDER / "data_batch_1").stat().st_mtime_ns
+    fetch.run(params, raw_dir)  # the same files again: the shared folder is left as it is
+    assert (shared / CIFAR_FOLDER / "data_batch_1").stat().st_mtime_ns == stamp
+    assert raw_dir.is_symlink()
+    assert [p.name for p in raw_dir.parent.iterdir()] == ["raw"]
+    assert [p.name for p in shared.parent.iterdir()] == ["cifar"]
+
+
+def test_a_linked_folder_holding_other_files_is_never_overwritten(tmp_path: Path) -> None:
+    raw_dir, shared = _linked_raw(tmp_path)
+    fetch.run(DataParams(source="synthetic", synthetic=SMALL_SYNTHETIC), raw_dir)
+    before = _contents(shared)
+    other = DataParams(source="synthetic", synthetic=dataclasses.replace(SMALL_SYNTHETIC, seed=4))
+    with pytest.raises(PipelineError, match="fetch never overwrites a linked folder") as error:
+        fetch.run(other, raw_dir)
+    assert "\n" not in str(error.value)
+    assert _contents(shared) == before
+    assert raw_dir.is_symlink()
+    assert [p.name for p in raw_dir.parent.iterdir()] == ["raw"]
+
+
+# --- killed fetches: the swap's crash window and the debris -----------------------------------
+
+KILLED_BETWEEN_THE_RENAMES = """
+import os, signal, sys
+from pathlib import Path
+from pipeline.config.params import DataParams, SyntheticParams
+from pipeline.stages import fetch
+
+real_replace = os.replace
+def replace(source, target):
+    if Path(source).name.startswith(".raw.") and Path(target).name == "raw":  # the second rename
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(source, target)
+os.replace = replace
+synthetic = SyntheticParams(train_images=200, val_images=50, custom_test_images=40, seed=4)
+fetch.run(DataParams(source="synthetic", synthetic=synthetic), Path(sys.argv[1]))
+"""
+
+
+@pytest.mark.slow
+def test_a_fetch_killed_between_the_two_renames_is_undone_by_the_next(
+    tmp_path: Path, official_sized_cifar: Path, custom_test_file: Path
+) -> None:
+    raw_dir = _raw(tmp_path)
+    folder = tmp_path / "download"
+    shutil.copytree(official_sized_cifar, folder)
+    shutil.copy(custom_test_file, folder / "cifar_test_nolabel.pkl")
+    fetch.run(DataParams(source="local", path=str(folder)), raw_dir)
+    before = _contents(raw_dir)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_BETWEEN_THE_RENAMES, str(raw_dir)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    assert not raw_dir.exists() and (raw_dir.parent / ".raw.old").is_dir()
+    assert list(raw_dir.parent.glob(".raw.*.tmp")) and list(raw_dir.parent.glob(".fetch-*"))
+
+    fetch.run(DataParams(source="auto"), raw_dir)  # finds the earlier data back, fetches nothing
+    assert _contents(raw_dir) == before
+    _assert_complete(raw_dir)
+
+
+def test_debris_of_killed_fetches_is_removed_and_nothing_else(tmp_path: Path) -> None:
+    params = DataParams(source="synthetic", synthetic=SMALL_SYNTHETIC)
+    fetch.run(params, _raw(tmp_path))
+    data = _raw(tmp_path).parent
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "data_batch_1").write_bytes(b"someone else's")
+    ours = [data / ".fetch-k1ll3d00", data / ".raw.0123abcd.tmp", data / ".raw.old"]
+    for folder in ours[:2]:
+        folder.mkdir()
+        (folder / "data_batch_1").write_bytes(bytes(1000))
+    ours[2].symlink_to(shared)  # where an earlier fetch moved a linked data/raw
+    theirs = [data / "notes.txt", data / ".raw-backup", data / ".prepared.0123abcd.tmp"]
+    for path in theirs:
+        path.write_text("not fetch's")
+    fetch.run(params, _raw(tmp_path))
+    assert not [path for path in ours if os.path.lexists(path)]
+    assert all(path.exists() for path in theirs)
+    assert (shared / "data_batch_1").read_bytes() == b"someone else's"  # unlinked, not followed
+
+
+def test_an_interrupted_swap_is_undone_before_the_next_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    final = tmp_path / "data" / "prepared"
+    with atomic_directory(final) as temp:
+        (temp / "train.npz").write_text("earlier")
+    real_replace, renames = os.replace, []
+
+    def replace(source: object, target: object) -> None:
+        renames.append(source)
+        if len(renames) == 2:  # between final → .prepared.old and temporary → final
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt), atomic_directory(final) as temp:
+        (temp / "train.npz").write_text("later")
+    monkeypatch.undo()
+    assert not final.exists()
+    recover_directory(final)
+    assert (final / "train.npz").read_text() == "earlier"
+    assert [p.name for p in final.parent.iterdir()] == ["prepared"]
+
+
+def test_a_second_writer_is_refused_while_the_folder_is_locked(tmp_path: Path) -> None:
+    data = _raw(tmp_path).parent
+    data.mkdir(parents=True)
+    other = os.open(data, os.O_RDONLY)  # another process's lock, as fetch takes it
+    fcntl.flock(other, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(PipelineError, match="another pipeline process is writing here"):
+            fetch.run(DataParams(source="synthetic", synthetic=SMALL_SYNTHETIC), _raw(tmp_path))
+    finally:
+        os.close(other)
+    assert not _raw(tmp_path).exists()
+
+
+# --- a full or read-only disk -----------------------------------------------------------------
+
+
+def _refusing(code: int, *, where: Callable[[str], bool], real: Callable) -> Callable:
+    def call(path: object, *args: object, **kwargs: object) -> object:
+        if where(str(path)):
+            raise OSError(code, os.strerror(code), str(path))
+        return real(path, *args, **kwargs)
+
+    return call
+
+
+def _disk_full(*args: object, **kwargs: object) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+class _FullDiskFile:
+    """A file opened for writing on a full disk: every write fails."""
+
+    def __init__(self, handle: io.IOBase) -> None:
+        self.handle = handle
+
+    def write(self, data: bytes) -> int:
+        _disk_full()
+
+    def __enter__(self) -> _FullDiskFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.close()
+
+
+def _full_disk_for(monkeypatch: pytest.MonkeyPatch, chosen: Callable[[Path], bool]) -> None:
+    real_open = Path.open
+
+    def open_(self: Path, mode: str = "r", *args: object, **kwargs: object) -> object:
+        handle = real_open(self, mode, *args, **kwargs)
+        return _FullDiskFile(handle) if "w" in mode and chosen(self) else handle
+
+    monkeypatch.setattr(Path, "open", open_)
+
+
+def _one_disk_line(error: pytest.ExceptionInfo, output: Path, code: int) -> None:
+    message = str(error.value)
+    assert message.startswith(f"{output}: could not write it ({os.strerror(code)}; "), message
+    assert "nothing there was changed" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("code", "failing"),
+    [
+        (errno.ENOSPC, "copy"),  # the disk fills while the files are copied in
+        (errno.EROFS, "folder"),  # the disk is read-only: no temporary folder
+        (errno.EACCES, "folder"),  # data/ belongs to someone else
+    ],
+)
+def test_a_full_or_read_only_disk_during_fetch_is_one_line_and_keeps_the_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, failing: str
+) -> None:
+    raw_dir = _raw(tmp_path)
+    fetch.run(DataParams(source="synthetic", synthetic=SMALL_SYNTHETIC), raw_dir)
+    before = _contents(raw_dir)
+    source = tmp_path / "download"
+    fetch.run(DataParams(source="synthetic", synthetic=SMALL_SYNTHETIC), source)
+    if failing == "copy":
+        monkeypatch.setattr(shutil, "copyfile", _disk_full)
+    else:
+        inside_data = lambda path: Path(path).parent == raw_dir.parent  # noqa: E731
+        monkeypatch.setattr(os, "mkdir", _refusing(code, where=inside_data, real=os.mkdir))
+    with pytest.raises(PipelineError) as error:
+        fetch.run(DataParams(source="local", path=str(source)), raw_dir)
+    _one_disk_line(error, raw_dir, code)
+    assert _contents(raw_dir) == before
+    assert [p.name for p in raw_dir.parent.iterdir()] == ["raw"]
+
+
+def test_a_full_disk_while_downloading_is_one_line_and_not_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serve, custom_test_file: Path
+) -> None:
+    url, server = serve(b"x" * 5000, ["ok"])
+    _full_disk_for(monkeypatch, lambda path: path.name.startswith(".cifar-10-python.tar.gz."))
+    with pytest.raises(PipelineError) as error:
+        fetch.run(_url_params(url, custom_test_file), _raw(tmp_path))
+    _one_disk_line(error, _raw(tmp_path), errno.ENOSPC)
+    assert server.requests == 1  # the network was fine: no retry
+    _no_output(tmp_path)
+
+
+def test_a_full_disk_while_unpacking_is_a_disk_problem_not_a_corrupt_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = _zip_with(tmp_path, f"{CIFAR_FOLDER}/batches.meta", b"x" * 1000)
+    _full_disk_for(monkeypatch, lambda path: "extracted" in path.parts)
+    with pytest.raises(PipelineError) as error:
+        fetch.run(DataParams(source="local", path=str(archive)), _raw(tmp_path))
+    _one_disk_line(error, _raw(tmp_path), errno.ENOSPC)
+    assert "corrupt" not in str(error.value)
+    _no_output(tmp_path)
+
+
+@pytest.mark.parametrize("failing", ["arrays", "report"])
+def test_a_full_or_read_only_disk_during_prepare_keeps_the_earlier_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    raw_dir, prepared_dir = _raw(tmp_path), tmp_path / "data" / "prepared"
+    report_path = tmp_path / "metrics" / "data.json"
+    fetch.run(DataParams(source="synthetic", synthetic=SMALL_SYNTHETIC), raw_dir)
+    prepare.run(PrepareParams(), raw_dir, prepared_dir, report_path)
+    report_path.write_text("{}")  # so a rewritten report would show
+    before = _contents(prepared_dir), report_path.read_bytes()
+    if failing == "arrays":  # the disk fills while val.npz is written
+        real_savez = np.savez
+
+        def savez(file: object, **arrays: np.ndarray) -> None:
+            if Path(str(file)).name == "val.npz":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            real_savez(file, **arrays)
+
+        monkeypatch.setattr(np, "savez", savez)
+        output, code = prepared_dir, errno.ENOSPC
+    else:  # metrics/ is read-only
+        in_metrics = lambda path: Path(path).parent == report_path.parent  # noqa: E731
+        monkeypatch.setattr(os, "open", _refusing(errno.EROFS, where=in_metrics, real=os.open))
+        output, code = report_path, errno.EROFS
+    with pytest.raises(PipelineError) as error:
+        prepare.run(PrepareParams(), raw_dir, prepared_dir, report_path)
+    monkeypatch.undo()
+    _one_disk_line(error, output, code)
+    assert (_contents(prepared_dir), report_path.read_bytes()) == before
+    assert sorted(p.name for p in prepared_dir.parent.iterdir()) == ["prepared", "raw"]
+    assert [p.name for p in report_path.parent.iterdir()] == ["data.json"]
+
+
+# --- the umask --------------------------------------------------------------------------------
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_outputs_get_the_modes_the_umask_gives(tmp_path: Path, umask: int) -> None:
+    earlier = os.umask(umask)
+    try:
+        write_text_atomic(tmp_path / "note.txt", "x")
+        with atomic_directory(tmp_path / "folder") as temp:
+            (temp / "inside.txt").write_text("y")
+        fetch.run(DataParams(source="synthetic", synthetic=SMALL_SYNTHETIC), _raw(tmp_path))
+    finally:
+        os.umask(earlier)
+    files = [tmp_path / "note.txt", _raw(tmp_path) / CIFAR_FOLDER / "data_batch_1"]
+    folders = [tmp_path / "folder", _raw(tmp_path), _raw(tmp_path) / CIFAR_FOLDER]
+    assert [oct(_mode(path)) for path in files] == [oct(0o666 & ~umask)] * len(files)
+    assert [oct(_mode(path)) for path in folders] == [oct(0o777 & ~umask)] * len(folders)

@@ -1,50 +1,160 @@
 """Getting the data's files: URL downloads with retries and checks, and archive extraction
-that refuses unsafe members. fetch (stages/fetch.py) uses both for every source."""
+that refuses unsafe members. fetch (stages/fetch.py) uses both for every source.
+
+Secrets in a URL (a `user:password@` or query values such as `?token=`) are sent but never
+shown: every message prints `redact_url(url)`. Credentials may also come from `~/.netrc`
+(or the file `$NETRC` names), which keeps them out of params.yaml and dvc.lock.
+"""
 
 from __future__ import annotations
 
-import shutil
+import http.client
+import netrc
+import os
+import stat
 import tarfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_path
+from pipeline.files import DISK_WRITE_ERRNOS, atomic_path
 from pipeline.reporting import console, download_progress
 
 DOWNLOAD_ATTEMPTS = 4
 DOWNLOAD_BACKOFF_SECONDS = 2.0  # doubled after each failed attempt
+DOWNLOAD_CHUNK_BYTES = 1 << 20
+MAX_DOWNLOAD_BYTES = 256 << 20  # the official cifar-10-python.tar.gz is 163 MiB
+REDACTED = "***"
+
+
+# --- URLs and their secrets -------------------------------------------------------------------
+
+
+def redact_url(url: str) -> str:
+    """`url` fit to print: the password of `user:password@` (a lone `token@` too) and every
+    query value (and fragment) become ***.
+
+    All query values go, not only those of token-like keys: signed URLs hide their secret under
+    many names (token, sig, X-Amz-Signature, key, ...).
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "(an unparseable URL)"
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        userinfo = f"{user}:{REDACTED}" if colon else REDACTED
+    query = "&".join(
+        f"{piece.partition('=')[0]}={REDACTED}" if "=" in piece else REDACTED
+        for piece in parts.query.split("&")
+        if piece
+    )
+    netloc = f"{userinfo}@{host}" if at else host
+    fragment = REDACTED if parts.fragment else ""
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+
+
+def url_has_secrets(url: str) -> bool:
+    """Whether `url` carries what `redact_url` hides (user info, a query or a fragment)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return True
+    return "@" in parts.netloc or bool(parts.query or parts.fragment)
+
+
+def _opener_for(url: str) -> tuple[urllib.request.OpenerDirector, str]:
+    """An opener that sends the URL's (or ~/.netrc's) credentials, and the URL without them.
+
+    urllib cannot open `user:password@host` itself (it takes the password for a port). The
+    credentials go in an Authorization header from the first request on (servers that answer
+    404 rather than 401 never ask), only to this URL: a redirect elsewhere does not carry them.
+    """
+    shown = redact_url(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as error:
+        raise PipelineError(f"{shown}: not a valid URL ({error})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PipelineError(f"{shown}: not an http:// or https:// URL")
+    host = parts.netloc.rpartition("@")[2]
+    plain_url = urllib.parse.urlunsplit(parts._replace(netloc=host))
+    if parts.username is not None:
+        user = urllib.parse.unquote(parts.username)
+        password = urllib.parse.unquote(parts.password or "")
+    else:
+        user, password = _netrc_credentials(parts.hostname)
+    if user is None:
+        return urllib.request.build_opener(), plain_url
+    passwords = urllib.request.HTTPPasswordMgrWithPriorAuth()
+    passwords.add_password(None, plain_url, user, password, is_authenticated=True)
+    return urllib.request.build_opener(urllib.request.HTTPBasicAuthHandler(passwords)), plain_url
+
+
+def _netrc_credentials(hostname: str) -> tuple[str | None, str]:
+    """The login and password `~/.netrc` (or `$NETRC`) holds for the host (or its `default`)."""
+    path = os.environ.get("NETRC")  # None: ~/.netrc, with Python's check that only you can read it
+    try:
+        entries = netrc.netrc(path)
+    except FileNotFoundError:
+        return None, ""
+    except netrc.NetrcParseError as error:  # its message may quote a token, so only the line
+        permissions = f" ({error.msg})" if error.msg.startswith("~/.netrc") else ""
+        raise PipelineError(
+            f"{error.filename}, line {error.lineno}: not a valid netrc file{permissions}"
+        ) from None
+    except OSError as error:
+        raise PipelineError(f"{path or '~/.netrc'}: unreadable ({error.strerror})") from None
+    entry = entries.authenticators(hostname)
+    return (entry[0], entry[2] or "") if entry else (None, "")
+
+
+# --- downloads --------------------------------------------------------------------------------
 
 
 def download_file(url: str, destination: Path, md5: str | None) -> None:
     """Stream `url` to `destination` with a progress bar, retrying transient failures.
 
-    The file lands only after its length and (if given) md5 check out; a client error (4xx) is
-    not retried.
+    The file lands only after its length and (if given) md5 check out; a client error (4xx), an
+    oversized answer and a local disk problem (full, read-only: `DISK_WRITE_ERRNOS`, left for
+    the caller to report) are not retried.
     """
     from torchvision.datasets.utils import check_integrity  # heavy import, only when downloading
 
+    shown = redact_url(url)
+    opener, plain_url = _opener_for(url)
     delay = DOWNLOAD_BACKOFF_SECONDS
     last_problem = ""
     for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
         try:
             with atomic_path(destination) as temp_path:
-                _stream_to(url, temp_path)
+                _stream_to(opener, plain_url, temp_path, shown)
                 if md5 is not None and not check_integrity(str(temp_path), md5):
                     raise _TransientDownloadError(f"md5 mismatch (expected {md5})")
             return
         except urllib.error.HTTPError as error:
             if 400 <= error.code < 500 and error.code not in (408, 429):
                 raise PipelineError(
-                    f"{url}: download failed: HTTP {error.code} {error.reason}"
+                    f"{shown}: download failed: HTTP {error.code} {error.reason}"
+                    + _refused_hint(error.code)
                 ) from None
             last_problem = f"HTTP {error.code} {error.reason}"
-        except (_TransientDownloadError, urllib.error.URLError, OSError) as error:
+        except OSError as error:
+            if error.errno in DISK_WRITE_ERRNOS:  # our disk, not the network: a retry cannot help
+                raise
             last_problem = str(getattr(error, "reason", None) or error)
+        except (_TransientDownloadError, http.client.HTTPException) as error:
+            last_problem = str(error) or type(error).__name__
         if attempt < DOWNLOAD_ATTEMPTS:
             console.print(
                 f"[yellow]download attempt {attempt} failed ({last_problem}); retrying in {delay:.0f} s"
@@ -52,57 +162,182 @@ def download_file(url: str, destination: Path, md5: str | None) -> None:
             time.sleep(delay)
             delay *= 2
     raise PipelineError(
-        f"{url}: download failed after {DOWNLOAD_ATTEMPTS} attempts: {last_problem}"
+        f"{shown}: download failed after {DOWNLOAD_ATTEMPTS} attempts: {last_problem}"
     )
+
+
+def _refused_hint(code: int) -> str:
+    if code in (401, 403):
+        return " (check the credentials: user:password@ in the URL, ~/.netrc, or its token)"
+    return ""
 
 
 class _TransientDownloadError(Exception):
     pass
 
 
-def _stream_to(url: str, path: Path) -> None:
-    with urllib.request.urlopen(url, timeout=60) as response, path.open("wb") as handle:
+def _stream_to(opener: urllib.request.OpenerDirector, url: str, path: Path, shown: str) -> None:
+    with opener.open(url, timeout=60) as response, path.open("wb") as handle:
         expected = int(response.headers.get("Content-Length") or 0) or None
+        if expected is not None and expected > MAX_DOWNLOAD_BYTES:
+            raise PipelineError(_oversized_download(shown, expected))
         received = 0
         with download_progress() as progress:
-            task = progress.add_task(Path(url).name or url, total=expected)
-            while chunk := response.read(1 << 20):
-                handle.write(chunk)
+            name = Path(urllib.parse.urlsplit(url).path).name or "download"  # no query: no token
+            task = progress.add_task(name, total=expected)
+            while chunk := response.read(DOWNLOAD_CHUNK_BYTES):
                 received += len(chunk)
+                if received > MAX_DOWNLOAD_BYTES:  # a server that never stops would fill the disk
+                    raise PipelineError(_oversized_download(shown, received))
+                handle.write(chunk)
                 progress.update(task, advance=len(chunk))
     if expected is not None and received != expected:
         raise _TransientDownloadError(f"connection closed after {received} of {expected} bytes")
+
+
+def _oversized_download(shown: str, size: int) -> str:
+    return (
+        f"{shown}: refused a download of {size:,}+ bytes, more than the "
+        f"{MAX_DOWNLOAD_BYTES >> 20} MiB a CIFAR-10 archive needs (the wrong URL?)"
+    )
+
+
+# --- archives ---------------------------------------------------------------------------------
+
+UNPACK_CHUNK_BYTES = 1 << 20
+# Caps on what one archive may unpack, from the sizes CIFAR-10 ships: a batch pickle or the custom
+# test pickle is ~31 MB (10,000 images x 3,072 bytes), the CIFAR-10 tarball inside a competition
+# zip 163 MiB, the whole competition zip ~400 MB unpacked. Checked against each member's declared
+# size before anything is written, and again byte by byte while unpacking (headers can lie).
+MAX_MEMBER_BYTES = 128 << 20  # any one file: 4x the largest CIFAR-10 file
+MAX_NESTED_ARCHIVE_BYTES = 256 << 20  # a member that is itself an archive (the tarball)
+NESTED_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+MAX_UNPACKED_BYTES = 1 << 30  # all members together
+MAX_MEMBERS = 1000  # CIFAR-10 archives hold about ten; a million empty ones would eat the inodes
+ZIP_ENCRYPTED_FLAG = 0x1
+ZIP_READ_ERRORS = (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError)
+TAR_READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)
+
+
+@dataclass(frozen=True)
+class _Member:
+    name: str
+    declared_bytes: int  # what the archive's header says the member unpacks to
+    is_folder: bool
+    is_link_or_device: bool
 
 
 def extract_archive(archive: Path, destination: Path) -> None:
     """Extract a .zip or .tar(.gz): only regular files and folders, all inside `destination`.
 
     Links, devices, absolute names and '..' are refused outright (CIFAR-10 archives hold none),
-    rather than trusting tarfile's filters, which link chains have bypassed (CVE-2025-4517).
+    rather than trusting tarfile's filters, which link chains have bypassed (CVE-2025-4517); so
+    are members over the size caps above. Reading a member is an archive problem (one line
+    naming it); writing one raises the OSError itself, for the caller to report as a disk problem.
     """
+    _require_regular_file(archive)
     if zipfile.is_zipfile(archive):
         _extract_zip(archive, destination)
-        return
-    try:
-        with tarfile.open(archive) as tar:
-            members = tar.getmembers()
-            for member in members:
-                _check_member_name(
-                    archive, member.name, destination, not (member.isfile() or member.isdir())
-                )
-            for member in members:
-                target = destination / member.name
-                if member.isdir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(member) as source, target.open("wb") as sink:
-                    shutil.copyfileobj(source, sink)
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
-        reason = str(error).strip().splitlines()[0].rstrip(":") if str(error).strip() else ""
+    else:
+        _extract_tar(archive, destination)
+
+
+def _require_regular_file(path: Path) -> None:
+    """Refuse a device, FIFO or socket before opening it: reading /dev/zero or a FIFO never ends."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a device, FIFO or socket"
         raise PipelineError(
-            f"{archive}: not a readable .zip or .tar.gz archive ({type(error).__name__}: {reason})"
-        ) from None
+            f"{path}: not a regular file ({kind}); expected a .zip or .tar.gz archive"
+        )
+
+
+def _extract_zip(archive: Path, destination: Path) -> None:
+    try:
+        bundle = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise _unreadable_zip(archive, error) from None
+    with bundle:
+        infos = bundle.infolist()
+        for info in infos:
+            if info.flag_bits & ZIP_ENCRYPTED_FLAG:
+                raise PipelineError(
+                    f"{archive}: member '{info.filename}' is encrypted (password-protected); "
+                    "unpack the archive yourself and set data.path to the folder"
+                )
+        members = [_zip_member(info) for info in infos]
+        _check_members(archive, destination, members)
+        openers = [lambda info=info: bundle.open(info) for info in infos]
+        entries = list(zip(members, openers, strict=True))
+        _unpack(archive, destination, entries, ZIP_READ_ERRORS, _unreadable_zip)
+
+
+def _zip_member(info: zipfile.ZipInfo) -> _Member:
+    is_symlink = (info.external_attr >> 16) & 0o170000 == 0o120000
+    return _Member(info.filename, info.file_size, info.is_dir(), is_symlink)
+
+
+def _unreadable_zip(archive: Path, error: BaseException) -> PipelineError:
+    return PipelineError(f"{archive}: corrupt .zip archive ({error})")
+
+
+def _extract_tar(archive: Path, destination: Path) -> None:
+    try:
+        tar = tarfile.open(archive)  # noqa: SIM115 - closed below; this try covers reading only
+        tar_members = tar.getmembers()  # reads every header (and, gzipped, all the data)
+    except TAR_READ_ERRORS as error:
+        raise _unreadable_tar(archive, error) from None
+    with tar:
+        members = [_tar_member(member) for member in tar_members]
+        _check_members(archive, destination, members)
+        openers = [lambda member=member: tar.extractfile(member) for member in tar_members]
+        entries = list(zip(members, openers, strict=True))
+        _unpack(archive, destination, entries, TAR_READ_ERRORS, _unreadable_tar)
+
+
+def _tar_member(member: tarfile.TarInfo) -> _Member:
+    is_file, is_folder = member.isfile(), member.isdir()
+    return _Member(
+        member.name, member.size if is_file else 0, is_folder, not (is_file or is_folder)
+    )
+
+
+def _unreadable_tar(archive: Path, error: BaseException) -> PipelineError:
+    reason = str(error).strip().splitlines()[0].rstrip(":") if str(error).strip() else ""
+    return PipelineError(
+        f"{archive}: not a readable .zip or .tar.gz archive ({type(error).__name__}: {reason})"
+    )
+
+
+def _check_members(archive: Path, destination: Path, members: list[_Member]) -> None:
+    """Names and declared sizes, all checked before anything is written."""
+    if len(members) > MAX_MEMBERS:
+        raise PipelineError(
+            f"{archive}: holds {len(members):,} members, more than the {MAX_MEMBERS} any "
+            "CIFAR-10 archive needs (refused before unpacking)"
+        )
+    for member in members:
+        _check_member_name(archive, member.name, destination, member.is_link_or_device)
+    for member in members:
+        if member.declared_bytes > _member_cap(member.name):
+            raise PipelineError(_oversized_member(archive, member.name, _member_cap(member.name)))
+    total = sum(member.declared_bytes for member in members)
+    if total > MAX_UNPACKED_BYTES:
+        raise PipelineError(
+            f"{archive}: unpacks to {total:,} bytes, more than the {MAX_UNPACKED_BYTES >> 20} MiB "
+            "any CIFAR-10 archive needs (refused before unpacking)"
+        )
+
+
+def _member_cap(name: str) -> int:
+    return MAX_NESTED_ARCHIVE_BYTES if name.endswith(NESTED_ARCHIVE_SUFFIXES) else MAX_MEMBER_BYTES
+
+
+def _oversized_member(archive: Path, name: str, limit: int) -> str:
+    return (
+        f"{archive}: refused member '{name}': it unpacks to more than {limit >> 20} MiB, more "
+        "than a CIFAR-10 archive ever holds (a zip bomb, or the wrong archive?)"
+    )
 
 
 def _check_member_name(
@@ -116,12 +351,55 @@ def _check_member_name(
         )
 
 
-def _extract_zip(archive: Path, destination: Path) -> None:
-    try:
-        with zipfile.ZipFile(archive) as bundle:
-            for member in bundle.infolist():
-                is_symlink = (member.external_attr >> 16) & 0o170000 == 0o120000
-                _check_member_name(archive, member.filename, destination, is_symlink)
-            bundle.extractall(destination)
-    except (zipfile.BadZipFile, OSError) as error:
-        raise PipelineError(f"{archive}: corrupt .zip archive ({error})") from None
+ReadErrors = tuple[type[BaseException], ...]
+Unreadable = Callable[[Path, BaseException], PipelineError]
+
+
+def _unpack(
+    archive: Path,
+    destination: Path,
+    members: list[tuple[_Member, Callable[[], IO[bytes]]]],
+    read_errors: ReadErrors,
+    unreadable: Unreadable,
+) -> None:
+    """Write each member under `destination`, counting bytes against the caps as they come."""
+    unpacked = 0
+    for member, open_member in members:
+        target = destination / member.name
+        if member.is_folder:
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        limit = min(_member_cap(member.name), MAX_UNPACKED_BYTES - unpacked)
+        try:
+            source = open_member()
+        except read_errors as error:
+            raise unreadable(archive, error) from None
+        with source, target.open("wb") as sink:
+            unpacked += _copy_capped(
+                archive, member.name, source, sink, limit, read_errors, unreadable
+            )
+
+
+def _copy_capped(
+    archive: Path,
+    name: str,
+    source: IO[bytes],
+    sink: IO[bytes],
+    limit: int,
+    read_errors: ReadErrors,
+    unreadable: Unreadable,
+) -> int:
+    """Copy `source` to `sink`, refusing more than `limit` bytes; return the bytes copied."""
+    copied = 0
+    while True:
+        try:
+            chunk = source.read(UNPACK_CHUNK_BYTES)
+        except read_errors as error:
+            raise unreadable(archive, error) from None
+        if not chunk:
+            return copied
+        copied += len(chunk)
+        if copied > limit:
+            raise PipelineError(_oversized_member(archive, name, limit))
+        sink.write(chunk)  # an OSError here is the disk's (full, read-only), not the archive's

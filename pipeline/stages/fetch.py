@@ -2,11 +2,15 @@
 
 `data.source` picks where they come from (kaggle, url, local, synthetic, or auto). Whatever the
 source, the files are assembled in a temporary folder, checked by structure through the same
-restricted loaders `prepare` uses, and only then swapped into `data/raw` in one rename.
+restricted loaders `prepare` uses, and only then swapped into `data/raw` (files.atomic_directory).
+Each fetch first undoes what a killed one left: a `data/raw` moved aside mid-swap is put back,
+and its temporary folders (`data/.fetch-*`, `data/.raw.*.tmp`) are removed.
 """
 
 from __future__ import annotations
 
+import filecmp
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,10 +27,16 @@ from pipeline.data.formats import (
     load_class_names,
     load_custom_test,
 )
-from pipeline.data.sources import download_file, extract_archive
+from pipeline.data.sources import download_file, extract_archive, redact_url, url_has_secrets
 from pipeline.data.synthetic import write_synthetic_raw
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_directory
+from pipeline.files import (
+    atomic_directory,
+    disk_errors_reported,
+    folder_lock,
+    recover_directory,
+    remove_debris,
+)
 from pipeline.integrations.kaggle_client import (
     CREDENTIALS_HELP,
     call,
@@ -37,6 +47,8 @@ from pipeline.paths import RAW_DIR
 from pipeline.reporting import console
 
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # the official cifar-10-python.tar.gz
+CIFAR_URL_VARIABLE = "PIPELINE_CIFAR_URL"  # replaces data.cifar_url: a secret URL stays untracked
+SCRATCH_PREFIX = ".fetch-"  # fetch's working folders beside data/raw, removed after a kill too
 OFFICIAL_IMAGES_PER_BATCH = 10_000
 OFFLINE_ALTERNATIVES = (
     "offline: set data.source to 'local' with data.path pointing to the competition's .zip, a "
@@ -71,6 +83,30 @@ def download_from_kaggle(competition: str, download_dir: Path) -> Path:
     if not archives:
         raise PipelineError(f"kaggle: competition '{competition}' download produced no .zip")
     return archives[0]
+
+
+def cifar_url(params: DataParams) -> str:
+    """The CIFAR-10 URL: `$PIPELINE_CIFAR_URL` when set, else `data.cifar_url`.
+
+    A URL holding a secret (a signed link, `?token=`, `user:password@`) belongs in the variable:
+    params.yaml is committed and dvc.lock copies every param. Where the archive comes from cannot
+    change a run: it must match the official md5 whatever the URL.
+    """
+    override = os.environ.get(CIFAR_URL_VARIABLE, "").strip()
+    if override:
+        console.print(f"fetch: CIFAR-10 from ${CIFAR_URL_VARIABLE} ({redact_url(override)})")
+        return override
+    return params.cifar_url
+
+
+def warn_of_secrets_in_params(params: DataParams) -> None:
+    """After a download (an error stays one line): say where a URL's secret is better kept."""
+    if not os.environ.get(CIFAR_URL_VARIABLE, "").strip() and url_has_secrets(params.cifar_url):
+        console.print(
+            "[yellow]warning: data.cifar_url holds user info or query values, which params.yaml "
+            "and dvc.lock keep in plain text; put credentials in ~/.netrc, or the whole URL in "
+            f"${CIFAR_URL_VARIABLE}"
+        )
 
 
 # --- archives ---------------------------------------------------------------------------------
@@ -154,9 +190,10 @@ def _fetch_into(raw_tmp: Path, source: str, params: DataParams, scratch: Path) -
         archive = download_from_kaggle(params.competition, scratch)
         origin = f"kaggle competition '{params.competition}'"
     elif source == "url":
+        url = cifar_url(params)
         archive = scratch / "cifar-10-python.tar.gz"
-        download_file(params.cifar_url, archive, CIFAR10_MD5)
-        origin = params.cifar_url
+        download_file(url, archive, CIFAR10_MD5)
+        origin = redact_url(url)
     else:  # local
         if not params.path:
             raise PipelineError(
@@ -186,26 +223,90 @@ def raw_files_present(raw_dir: Path) -> bool:
     )
 
 
+def _chosen_source(params: DataParams, raw_dir: Path) -> str | None:
+    """The source to fetch from; None when `auto` finds official files already in `raw_dir`."""
+    if params.source != "auto":
+        return params.source
+    problem = f"{raw_dir}: no data yet"
+    if raw_files_present(raw_dir):
+        try:  # official sizes only: leftover synthetic demo data must not pass for the real thing
+            count = check_raw(raw_dir, official_counts=True)
+        except PipelineError as error:
+            problem = f"{error} (left over from the synthetic demo? set data.source: synthetic to keep it)"
+        else:
+            console.print(
+                f"fetch: using the files already in {raw_dir} ({count} custom test images)"
+            )
+            return None
+    if kaggle_credentials_source() is None:
+        raise PipelineError(f"{problem}; and " + missing_credentials_message())
+    return "kaggle"
+
+
+def linked_folder_in_use(raw_dir: Path) -> Path | None:
+    """The folder a symlinked `raw_dir` points to, when that folder already holds files.
+
+    A linked data/raw is the user's folder, often shared with other projects or people. A
+    demanding user expects fetch to keep the link as they made it (never move it aside or put a
+    copy in its place, which broke every later fetch) and never to overwrite files others may
+    be reading. So a link to an empty folder is filled in place (atomic_directory swaps beside
+    the target; None here), a folder that already holds exactly what this fetch produces is left
+    alone, and one holding anything else is refused (`_require_same_files`).
+    """
+    if not raw_dir.is_symlink():
+        return None
+    target = raw_dir.resolve()
+    if not target.is_dir():
+        raise PipelineError(
+            f"{raw_dir}: a link to {target}, which is not a folder (an unmounted drive?); fix "
+            "the link, or remove it to fetch into a folder of its own"
+        )
+    return target if any(target.iterdir()) else None
+
+
+def _require_same_files(fetched: Path, linked: Path, raw_dir: Path, source: str) -> None:
+    for path in sorted(p for p in fetched.rglob("*") if p.is_file()):
+        relative = path.relative_to(fetched)
+        kept = linked / relative
+        if not (kept.is_file() and filecmp.cmp(path, kept, shallow=False)):
+            raise PipelineError(
+                f"{raw_dir}: a link to {linked}, whose {relative} is not what data.source "
+                f"'{source}' gives; fetch never overwrites a linked folder (others may use it): "
+                "remove the link, point it at an empty folder, or use data.source: auto"
+            )
+
+
+def _fetch_checked(raw_tmp: Path, source: str, params: DataParams, scratch: Path) -> int:
+    _fetch_into(raw_tmp, source, params, scratch)
+    return check_raw(raw_tmp, official_counts=source != "synthetic")
+
+
 def run(params: DataParams, raw_dir: Path = RAW_DIR) -> None:
-    source = params.source
-    if source == "auto":
-        problem = f"{raw_dir}: no data yet"
-        if raw_files_present(raw_dir):
-            try:  # official sizes only: leftover synthetic demo data must not pass for the real thing
-                count = check_raw(raw_dir, official_counts=True)
-            except PipelineError as error:
-                problem = f"{error} (left over from the synthetic demo? set data.source: synthetic to keep it)"
-            else:
-                console.print(
-                    f"fetch: using the files already in {raw_dir} ({count} custom test images)"
-                )
-                return
-        if kaggle_credentials_source() is None:
-            raise PipelineError(f"{problem}; and " + missing_credentials_message())
-        source = "kaggle"
-    raw_dir.parent.mkdir(parents=True, exist_ok=True)
-    scratch_dir = tempfile.TemporaryDirectory(prefix=".fetch-", dir=raw_dir.parent)
-    with scratch_dir as scratch, atomic_directory(raw_dir) as raw_tmp:
-        _fetch_into(raw_tmp, source, params, Path(scratch))
-        count = check_raw(raw_tmp, official_counts=source != "synthetic")
-    console.print(f"fetch: {source} → {raw_dir} ({count} custom test images)")
+    with disk_errors_reported(raw_dir):
+        raw_dir.parent.mkdir(parents=True, exist_ok=True)
+        with folder_lock(raw_dir.parent):  # one fetch at a time: debris is never a live run's
+            recover_directory(raw_dir)  # before `auto` looks: a killed swap hid the data
+            remove_debris(raw_dir.parent, f"{SCRATCH_PREFIX}*")
+            source = _chosen_source(params, raw_dir)
+            if source is not None:
+                _fetch(source, params, raw_dir)
+    if source == "url":
+        warn_of_secrets_in_params(params)
+
+
+def _fetch(source: str, params: DataParams, raw_dir: Path) -> None:
+    linked = linked_folder_in_use(raw_dir)
+    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=raw_dir.parent) as scratch:
+        if linked is None:
+            with atomic_directory(raw_dir) as raw_tmp:
+                count = _fetch_checked(raw_tmp, source, params, Path(scratch))
+            console.print(f"fetch: {source} → {raw_dir} ({count} custom test images)")
+            return
+        fetched = Path(scratch) / "raw"
+        fetched.mkdir()
+        count = _fetch_checked(fetched, source, params, Path(scratch))
+        _require_same_files(fetched, linked, raw_dir, source)
+    console.print(
+        f"fetch: {raw_dir} links to {linked}, which already holds these files ({count} custom "
+        "test images); left as it is"
+    )

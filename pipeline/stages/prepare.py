@@ -26,7 +26,7 @@ from pipeline.data.formats import (
     load_custom_test,
 )
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_directory, write_json_atomic
+from pipeline.files import atomic_directory, disk_errors_reported, write_json_atomic
 from pipeline.paths import DATA_REPORT_PATH, PREPARED_DIR, RAW_DIR
 from pipeline.reporting import console
 
@@ -97,7 +97,9 @@ def run(params: PrepareParams, raw_dir: Path = RAW_DIR, prepared_dir: Path = PRE
         "train_per_class": dict(zip(class_names, class_counts(train_labels), strict=True)),
         "val_per_class": dict(zip(class_names, class_counts(val_labels), strict=True)),
     }
-    with atomic_directory(prepared_dir) as out:
+    # A full or read-only disk: one line, and the previous data/prepared stays (the report is
+    # written inside the swap, so a failed report discards the new arrays too).
+    with disk_errors_reported(prepared_dir), atomic_directory(prepared_dir) as out:
         np.savez(out / "train.npz", images=train_images, labels=train_labels)
         np.savez(out / "val.npz", images=val_images, labels=val_labels)
         np.savez(out / "custom_test.npz", images=custom_test_images, ids=custom_test_ids)
@@ -108,7 +110,8 @@ def run(params: PrepareParams, raw_dir: Path = RAW_DIR, prepared_dir: Path = PRE
              + ([VAL_BATCH_NAME] if params.train_on_test_batch else []),
              "custom_test_file": custom_test_path.name},
         )  # fmt: skip
-    write_json_atomic(report_path, report)
+        with disk_errors_reported(report_path):
+            write_json_atomic(report_path, report)
     console.print(
         f"prepare: {report['train_images']} train / {report['val_images']} val "
         f"({params.val}) / {report['custom_test_images']} custom test images → {prepared_dir}"
