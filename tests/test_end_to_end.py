@@ -29,8 +29,8 @@ def test_dvc_repro_runs_every_stage_then_nothing(tmp_path: Path) -> None:
     assert selected["val_accuracy"] > 0.5  # chance is 0.1
     train_metrics = json.loads((project / "metrics/train/metrics.json").read_text())
     assert train_metrics["model_params"] == selected["model_params"] == 19_954
-    data_report = json.loads((project / "metrics/data.json").read_text())
-    assert data_report["train_per_class"]["truck"] == 100
+    dataset = json.loads((project / "data/prepared/dataset.json").read_text())
+    assert dataset["train_per_class"]["truck"] == 100
 
     run = json.loads((project / "metrics/predict.json").read_text())["run_id"]
     manifest = json.loads((project / f"submissions/{run}.json").read_text())

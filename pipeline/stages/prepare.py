@@ -94,6 +94,8 @@ def run(params: PrepareParams, raw_dir: Path = RAW_DIR, prepared_dir: Path = PRE
         "train_images": int(train_labels.size),
         "val_images": int(val_labels.size),
         "custom_test_images": int(custom_test_ids.size),
+    }  # the headline (`dvc metrics show`); the counts per class are in dataset.json
+    per_class = {
         "train_per_class": dict(zip(class_names, class_counts(train_labels), strict=True)),
         "val_per_class": dict(zip(class_names, class_counts(val_labels), strict=True)),
     }
@@ -108,7 +110,7 @@ def run(params: PrepareParams, raw_dir: Path = RAW_DIR, prepared_dir: Path = PRE
             {"class_names": class_names, "mean": mean, "std": std, "val_source": params.val,
              "train_sources": list(TRAIN_BATCH_NAMES)
              + ([VAL_BATCH_NAME] if params.train_on_test_batch else []),
-             "custom_test_file": custom_test_path.name},
+             "custom_test_file": custom_test_path.name} | per_class,
         )  # fmt: skip
         with disk_errors_reported(report_path):
             write_json_atomic(report_path, report)
