@@ -20,9 +20,9 @@ from pipeline.data.formats import (
     load_class_names,
     load_custom_test,
     planes_to_images,
-    restricted_load,
     write_cifar_batch,
 )
+from pipeline.data.safe_pickle import restricted_load
 from pipeline.errors import PipelineError
 
 
