@@ -95,11 +95,24 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("-m", "--message", help="what this run tries (run_id and commit are added)")
     submit.add_argument(
         "--force", action="store_true",
-        help="submit although outputs are stale, the tree is dirty or the CSV was submitted before",
+        help="submit although the run learned nothing (chance-level), outputs are stale, the tree "
+        "is dirty or the CSV was submitted before",
     )  # fmt: skip
     submit.add_argument(
         "--no-push", dest="push", action="store_false",
         help="skip `dvc push` (the run's outputs then cannot be pulled back from the remote)",
+    )  # fmt: skip
+    submit.add_argument(
+        "--wait", action="store_true",
+        help="poll Kaggle until it has scored the submission, then print the public score",
+    )  # fmt: skip
+    submit.add_argument("--wait-limit", type=float, metavar="SECONDS",
+                        help="--wait gives up after this long (default 600)")  # fmt: skip
+    submit.add_argument("--poll-interval", type=float, metavar="SECONDS",
+                        help="--wait looks at the submission this often (default 10, at least 5)")  # fmt: skip
+    submit.add_argument(
+        "--daily-limit", type=int, metavar="N",
+        help="refuse once N submissions were made today, UTC (default 10; set your competition's)",
     )  # fmt: skip
     command("scores", help="Kaggle's scores joined with history.csv and the manifests")
     experiments = command("experiments", help="DVC experiments ranked by validation accuracy")
@@ -144,7 +157,11 @@ def run_command(args: argparse.Namespace) -> int:
         from pipeline.commands import submit
 
         competition = load_params(args.params).data.competition
-        submit.run(competition, args.message, force=args.force, push=args.push)
+        submit.run(
+            competition, args.message, force=args.force, push=args.push, wait=args.wait,
+            wait_limit=args.wait_limit, poll_interval=args.poll_interval,
+            daily_limit=args.daily_limit,
+        )  # fmt: skip
     elif args.command == "scores":
         from pipeline.commands import scores
 

@@ -30,3 +30,4 @@ CLASS_SHARES_PATH = Path(
 )  # a DVC plot: training vs custom-test class shares
 VAL_PREDICTIONS_PATH = Path("metrics/val_predictions.csv")  # predict: actual,predicted per image
 VAL_PER_CLASS_PATH = Path("metrics/val_per_class.csv")  # predict: class,accuracy
+PENDING_PATH = Path("submissions/pending_submission.json")  # submit: an attempt not yet confirmed

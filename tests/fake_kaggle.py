@@ -8,21 +8,34 @@ StartSubmissionUpload, the PUT, CreateSubmission and ListSubmissions the way Kag
 answers 401 to wrong credentials. `fail_next[method]` queues failures: (status, when), where
 `when` is "before" (answer the error instead) or "after" (do the work, then answer the error,
 as a server that fails after committing does). Method "Upload" is the PUT.
+
+The misbehaviours the client must survive: `hang_next[method]` queues "before"/"after" hangs
+(accept the request, maybe do the work, never answer; `on_hang` runs as it starts, e.g. to
+interrupt the client) and `unresponsive` hangs every request; `echo_authorization` answers
+every error with a message that quotes the request's Authorization header;
+GetSubmission scores a submission (COMPLETE, `public_score_to_give`) once it has been polled
+`score_after_polls` times.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import hashlib
 import http.server
 import itertools
 import json
+import logging
+import os
+import sys
 import threading
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 SERVICE = "competitions.CompetitionApiService"
+HANG_LIMIT_SECONDS = 60.0  # a hung request gives up by itself after this, if the test never ends it
 
 
 @dataclass
@@ -36,6 +49,7 @@ class FakeSubmission:
     status: str = "PENDING"
     public_score: str = ""
     private_score: str = ""
+    error_description: str = ""
 
     def to_json(self) -> dict:
         return {
@@ -43,6 +57,7 @@ class FakeSubmission:
             "description": self.description, "fileName": self.file_name,
             "totalBytes": len(self.content), "status": self.status,
             "publicScore": self.public_score, "privateScore": self.private_score,
+            "errorDescription": self.error_description,
             "submittedBy": "pipeline-tester", "teamName": "pipeline-tester",
         }  # fmt: skip
 
@@ -57,6 +72,14 @@ class FakeKaggle:
         self.submissions: list[FakeSubmission] = []
         self.fail_next: dict[str, list[tuple[int, str]]] = defaultdict(list)
         self.calls: list[str] = []  # method names, in the order they arrived
+        self.hang_next: dict[str, list[str]] = defaultdict(list)
+        self.unresponsive = False
+        self.on_hang: Callable[[], None] | None = None
+        self.echo_authorization = False
+        self.score_after_polls: int | None = None  # GetSubmission calls before it is scored
+        self.public_score_to_give = "0.91230"
+        self._polls: dict[int, int] = defaultdict(int)
+        self._released = threading.Event()  # set on exit: hung requests end without an answer
         self._uploads: dict[str, dict] = {}
         self._tokens = itertools.count(1)
         self._refs = itertools.count(48_000_001)
@@ -74,6 +97,7 @@ class FakeKaggle:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._released.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -105,6 +129,19 @@ class FakeKaggle:
         self.submissions.append(submission)
         return {"message": "Successfully submitted", "ref": submission.ref}
 
+    def get_submission(self, request: dict) -> dict:
+        found = [s for s in self.submissions if s.ref == int(request.get("ref") or 0)]
+        if not found:
+            raise _Answer(404, f"no submission {request.get('ref')}")
+        submission = found[0]
+        self._polls[submission.ref] += 1
+        if (
+            self.score_after_polls is not None
+            and self._polls[submission.ref] >= self.score_after_polls
+        ):
+            submission.status, submission.public_score = "COMPLETE", self.public_score_to_give
+        return submission.to_json()
+
     def list_submissions(self, request: dict) -> dict:
         mine = [
             s for s in reversed(self.submissions) if s.competition == request["competitionName"]
@@ -119,6 +156,37 @@ class FakeKaggle:
         }
 
 
+@contextlib.contextmanager
+def verbose_kaggle_client() -> Iterator[None]:
+    """The client as a CI with VERBOSE=1 / VERBOSE_OUTPUT=yes runs it: it reads them once, at
+    import (KaggleApi's class body adds '--verbose' to KaggleApi.args, which prints each request
+    with its Authorization header, and sets up DEBUG logging to stderr). The tests imported it
+    already, so this sets what that import gives, and undoes it afterwards."""
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+    saved_args, saved_env = (
+        KaggleApi.args,
+        {n: os.environ.get(n) for n in ("VERBOSE", "VERBOSE_OUTPUT")},
+    )
+    root = logging.getLogger()
+    saved_level, handler = root.level, logging.StreamHandler(sys.stderr)
+    os.environ.update(VERBOSE="1", VERBOSE_OUTPUT="yes")
+    KaggleApi.args = [*saved_args, "--verbose"]
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        KaggleApi.args = saved_args
+        root.removeHandler(handler)
+        root.setLevel(saved_level)
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 class _Answer(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -129,6 +197,7 @@ METHODS = {
     "StartSubmissionUpload": FakeKaggle.start_submission_upload,
     "CreateSubmission": FakeKaggle.create_submission,
     "ListSubmissions": FakeKaggle.list_submissions,
+    "GetSubmission": FakeKaggle.get_submission,
 }
 
 
@@ -161,37 +230,72 @@ def _handler_for(fake: FakeKaggle) -> type[http.server.BaseHTTPRequestHandler]:
                 return queue.pop(0)[0]
             return None
 
-        def _fail(self, status: int) -> None:
-            self._send(status, {"code": status, "message": f"fake failure {status}"})
+        def _queued_hang(self, method: str, when: str) -> bool:
+            queue = fake.hang_next[method]
+            if fake.unresponsive and when == "before":
+                return True
+            if queue and queue[0] == when:
+                queue.pop(0)
+                return True
+            return False
+
+        def _error(self, status: int, message: str) -> tuple[int, dict]:
+            if fake.echo_authorization:  # as a careless proxy answers
+                message = f"refused a request with Authorization: {self.headers['Authorization']}"
+            return status, {"code": status, "message": message}
+
+        def _hang(self) -> None:
+            """Keep the connection open and never answer (outside the lock: others go on)."""
+            if fake.on_hang is not None:
+                fake.on_hang()
+            fake._released.wait(HANG_LIMIT_SECONDS)
+            self.close_connection = True
+
+        def _respond(self, answer: tuple[int, dict] | None) -> None:
+            if answer is None:
+                return self._hang()
+            self._send(*answer)
 
         def do_PUT(self) -> None:  # noqa: N802 - http.server's naming
             body = self._body()
             with fake._lock:
                 fake.calls.append("Upload")
-                if (status := self._queued_failure("Upload", "before")) is not None:
-                    return self._fail(status)
-                token = self.path.rsplit("/", 1)[-1]
-                self._send(fake.upload(token, body), {})
+                answer = self._answer_upload(body)
+            self._respond(answer)
+
+        def _answer_upload(self, body: bytes) -> tuple[int, dict] | None:
+            if self._queued_hang("Upload", "before"):
+                return None
+            if (status := self._queued_failure("Upload", "before")) is not None:
+                return self._error(status, f"fake failure {status}")
+            return fake.upload(self.path.rsplit("/", 1)[-1], body), {}
 
         def do_POST(self) -> None:  # noqa: N802
             body = self._body()
             prefix, _, method = self.path.rpartition("/")
             with fake._lock:
                 fake.calls.append(method)
-                if prefix != f"/api/v1/{SERVICE}" or method not in METHODS:
-                    return self._send(404, {"code": 404, "message": f"no method {self.path}"})
-                if self.headers.get("Authorization") != fake.expected_auth:
-                    return self._send(401, {"code": 401, "message": "Unauthenticated"})
-                if (status := self._queued_failure(method, "before")) is not None:
-                    return self._fail(status)
-                try:
-                    answer = METHODS[method](fake, json.loads(body or b"{}"))
-                except _Answer as error:
-                    return self._send(
-                        error.status, {"code": error.status, "message": error.message}
-                    )
-                if (status := self._queued_failure(method, "after")) is not None:
-                    return self._fail(status)
-                self._send(200, answer)
+                answer = self._answer_post(prefix, method, body)
+            self._respond(answer)
+
+        def _answer_post(self, prefix: str, method: str, body: bytes) -> tuple[int, dict] | None:
+            """The status and JSON to answer, or None to hang."""
+            if self._queued_hang(method, "before"):
+                return None
+            if prefix != f"/api/v1/{SERVICE}" or method not in METHODS:
+                return self._error(404, f"no method {self.path}")
+            if self.headers.get("Authorization") != fake.expected_auth:
+                return self._error(401, "Unauthenticated")
+            if (status := self._queued_failure(method, "before")) is not None:
+                return self._error(status, f"fake failure {status}")
+            try:
+                answer = METHODS[method](fake, json.loads(body or b"{}"))
+            except _Answer as error:
+                return self._error(error.status, error.message)
+            if self._queued_hang(method, "after"):
+                return None
+            if (status := self._queued_failure(method, "after")) is not None:
+                return self._error(status, f"fake failure {status}")
+            return 200, answer
 
     return Handler

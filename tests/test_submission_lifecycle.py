@@ -5,17 +5,23 @@ One tiny synthetic run (`dvc repro`, committed) is made per module; each test wo
 
 from __future__ import annotations
 
+import _thread
+import base64
+import datetime
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from conftest import FAKE_KAGGLE_KEY
+from conftest import FAKE_KAGGLE_KEY, FAKE_KAGGLE_USERNAME
+from fake_kaggle import FakeSubmission, verbose_kaggle_client
 from projects import TINY_PARAMS, commit_all, new_project, sh
 from torchvision.datasets.utils import calculate_md5
 
 from pipeline.__main__ import main
+from pipeline.commands import submit
 from pipeline.commands.scores import score_rows
 from pipeline.errors import PipelineError
 from pipeline.integrations import kaggle_client
@@ -23,6 +29,9 @@ from pipeline.records.history import FIELDS, find_rows, read_history
 
 pytestmark = pytest.mark.slow
 TWO_EPOCHS = TINY_PARAMS | {"train": {**TINY_PARAMS["train"], "epochs": 2}}
+COMPETITION = "deep-learning-spring-2025-project-1"
+SHORT_READ_TIMEOUT_SECONDS = 0.5  # a hung call gives up this fast in these tests
+PENDING = "submissions/pending_submission.json"
 
 
 @pytest.fixture(scope="module")
@@ -353,3 +362,158 @@ def test_a_kaggle_json_others_can_read_gets_a_warning(
     kaggle_json.chmod(0o600)
     kaggle_client.connect("scores")
     assert "warning" not in capsys.readouterr().err
+
+
+# --- what CI environments and real networks bring ---------------------------------------------
+
+
+def test_a_verbose_client_and_an_echoing_server_never_print_the_key(
+    project: Path, fake_kaggle, capfd: pytest.CaptureFixture
+) -> None:
+    """The planted-key scan: VERBOSE=1 and VERBOSE_OUTPUT=yes (as CI sets them) make the client
+    print every request, Authorization header included; the server echoes that header in its
+    errors, which we print in retry lines and in the one-line error."""
+    fake_kaggle.echo_authorization = True
+    with verbose_kaggle_client():
+        fake_kaggle.fail_next["ListSubmissions"].append((503, "before"))
+        assert main(["scores"]) == 0
+        fake_kaggle.fail_next["CreateSubmission"].append((500, "before"))  # retried
+        assert main(["submit", "--no-push"]) == 0
+        fake_kaggle.fail_next["ListSubmissions"].extend([(500, "before")] * kaggle_client.ATTEMPTS)
+        assert main(["submit", "--no-push", "--force"]) == 1
+        assert main(["scores"]) == 0
+    captured = capfd.readouterr()  # file descriptors: what the client prints itself too
+    printed = captured.out + captured.err
+    basic = base64.b64encode(f"{FAKE_KAGGLE_USERNAME}:{FAKE_KAGGLE_KEY}".encode()).decode()
+    for secret in (FAKE_KAGGLE_KEY, basic, fake_kaggle.expected_auth):
+        assert secret not in printed
+    assert "Authorization: Basic [redacted]" in printed  # the echoes were printed, redacted
+    assert len(fake_kaggle.submissions) == 1
+
+
+def test_submit_against_a_server_that_never_answers_fails_within_the_timeouts(
+    project: Path, fake_kaggle, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kaggle_client, "READ_TIMEOUT_SECONDS", SHORT_READ_TIMEOUT_SECONDS)
+    fake_kaggle.unresponsive = True
+    started = time.monotonic()
+    assert main(["submit", "--no-push"]) == 1
+    assert time.monotonic() - started < 30  # ATTEMPTS × 0.5 s, not forever
+    line = _error_line(capsys)
+    assert f"Kaggle did not answer within {SHORT_READ_TIMEOUT_SECONDS:g} s" in line
+    assert not (project / "submissions/history.csv").exists() and not (project / PENDING).exists()
+
+
+def test_a_submission_kaggle_recorded_but_never_answered_is_found_not_sent_twice(
+    project: Path, fake_kaggle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kaggle_client, "READ_TIMEOUT_SECONDS", SHORT_READ_TIMEOUT_SECONDS)
+    fake_kaggle.hang_next["CreateSubmission"].append("after")  # recorded, then no answer
+    started = time.monotonic()
+    assert main(["submit", "--no-push"]) == 0
+    assert time.monotonic() - started < 30
+    [sent] = fake_kaggle.submissions
+    [row] = read_history(project / "submissions/history.csv")
+    assert row["kaggle_ref"] == str(sent.ref) and fake_kaggle.calls.count("CreateSubmission") == 1
+    assert not (project / PENDING).exists()
+
+
+def test_an_interrupted_submit_is_found_on_the_rerun_not_sent_twice(
+    project: Path, fake_kaggle, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kaggle records the submission, the answer never comes, the user presses Ctrl-C (or CI
+    kills the job): the rerun must find the submission instead of sending it again."""
+    monkeypatch.setattr(kaggle_client, "READ_TIMEOUT_SECONDS", 2.0)
+    fake_kaggle.hang_next["CreateSubmission"].append("after")
+    fake_kaggle.on_hang = _thread.interrupt_main  # KeyboardInterrupt in the waiting client
+    assert main(["submit", "--no-push", "-m", "interrupted"]) == 130
+    assert "the next `submit` looks for this submission" in capsys.readouterr().err
+    assert len(fake_kaggle.submissions) == 1 and (project / PENDING).exists()
+    assert not (project / "submissions/history.csv").exists()
+
+    fake_kaggle.on_hang = None
+    assert main(["submit", "--no-push", "-m", "interrupted"]) == 0
+    err = capsys.readouterr().err
+    assert "did reach Kaggle" in err and "not sending it again" in err
+    [sent] = fake_kaggle.submissions
+    assert fake_kaggle.calls.count("CreateSubmission") == 1
+    [row] = read_history(project / "submissions/history.csv")
+    assert row["kaggle_ref"] == str(sent.ref) and row["message"] == sent.description
+    assert not (project / PENDING).exists()
+    assert main(["submit", "--no-push"]) == 1  # and now it is an ordinary duplicate
+    assert "was already submitted on" in _error_line(capsys)
+
+
+def test_an_interrupted_submit_that_never_arrived_is_sent_on_the_rerun(
+    project: Path, fake_kaggle, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kaggle_client, "READ_TIMEOUT_SECONDS", 2.0)
+    fake_kaggle.hang_next["CreateSubmission"].append("before")  # killed before Kaggle records
+    fake_kaggle.on_hang = _thread.interrupt_main
+    assert main(["submit", "--no-push"]) == 130
+    assert fake_kaggle.submissions == [] and (project / PENDING).exists()
+    fake_kaggle.on_hang = None
+    assert main(["submit", "--no-push"]) == 0
+    assert "that got no answer never arrived" in capsys.readouterr().err
+    [sent] = fake_kaggle.submissions
+    [row] = read_history(project / "submissions/history.csv")
+    assert row["kaggle_ref"] == str(sent.ref) and not (project / PENDING).exists()
+
+
+def test_a_run_at_chance_level_is_refused_unless_forced(
+    project: Path, fake_kaggle, capsys: pytest.CaptureFixture
+) -> None:
+    manifest_path = project / f"submissions/{_run_id(project)}.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps(manifest | {"val_accuracy": 0.1}))  # a NaN-loss run's
+    assert main(["submit", "--no-push"]) == 1
+    line = _error_line(capsys)
+    assert "validation accuracy 0.1000, at chance" in line and "(--force submits anyway)" in line
+    assert fake_kaggle.calls == []  # refused before any network call
+    assert main(["submit", "--no-push", "--force"]) == 0
+    [row] = read_history(project / "submissions/history.csv")
+    assert row["forced"] == "chance"
+
+
+def test_the_daily_limit_refuses_before_uploading_and_says_when_it_resets(
+    project: Path, fake_kaggle, capsys: pytest.CaptureFixture
+) -> None:
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)  # the list's UTC
+    for ref, date in ((1, now), (2, now), (3, now - datetime.timedelta(days=1))):
+        fake_kaggle.submissions.append(FakeSubmission(
+            ref=ref, competition=COMPETITION, description=f"earlier {ref}", file_name="x.csv",
+            content=b"x", date=date, status="COMPLETE",
+        ))  # fmt: skip
+    assert main(["submit", "--no-push", "--daily-limit", "2"]) == 1
+    line = _error_line(capsys)
+    tomorrow = (now + datetime.timedelta(days=1)).date()
+    assert f"2 submissions to '{COMPETITION}' today, the daily limit of 2" in line
+    assert f"(Kaggle's day is UTC); it resets at {tomorrow} 00:00 UTC" in line
+    assert "--daily-limit N" in line and fake_kaggle.calls == ["ListSubmissions"]
+    assert main(["submit", "--no-push", "--daily-limit", "3"]) == 0
+    assert len(fake_kaggle.submissions) == 4
+
+
+def test_submit_wait_prints_the_public_score_beside_the_run_id(
+    project: Path, fake_kaggle, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(submit, "MIN_POLL_INTERVAL_SECONDS", 0.0)
+    fake_kaggle.score_after_polls = 3  # pending, pending, then scored
+    assert main(["submit", "--no-push", "--wait", "--poll-interval", "0.01"]) == 0
+    run_id, [sent] = _run_id(project), fake_kaggle.submissions
+    err = capsys.readouterr().err
+    assert f"submit: run {run_id}: public score 0.91230 (Kaggle ref {sent.ref})" in err
+    assert fake_kaggle.calls.count("GetSubmission") == 3
+    assert main(["scores"]) == 0
+    [listed] = [line for line in capsys.readouterr().out.splitlines() if run_id in line]
+    assert "0.91230" in listed and "complete" in listed
+
+    fake_kaggle.score_after_polls = None  # never scored: the wait is bounded
+    args = ["submit", "--no-push", "--force", "--wait", "--wait-limit", "0.2"]
+    assert main([*args, "--poll-interval", "0.01"]) == 1
+    line = _error_line(capsys)
+    assert "is still pending after 0.2 s (--wait-limit); it is recorded" in line
+    assert len(read_history(project / "submissions/history.csv")) == 2
+    monkeypatch.setattr(submit, "MIN_POLL_INTERVAL_SECONDS", 5.0)
+    assert main([*args, "--poll-interval", "1"]) == 1
+    assert "--poll-interval 1 is under 5 s" in _error_line(capsys)

@@ -9,6 +9,7 @@ list (another account, or deleted) are shown too, marked so.
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.errors import PipelineError
@@ -58,7 +59,7 @@ def score_rows(
         record = record or {}
         status = getattr(item.status, "name", str(item.status)).lower()
         if item.error_description:
-            status += f": {item.error_description}"
+            status += f": {kaggle_client.redact(item.error_description)}"  # Kaggle's text
         rows.append({
             "date": item.date.strftime("%Y-%m-%d %H:%M") if item.date else MISSING,
             "kaggle_ref": str(item.ref),
@@ -88,7 +89,7 @@ def run(competition: str) -> list[dict[str, str]]:
             column, justify="right" if column in ("params", "public", "private") else "left"
         )
     for row in rows:
-        table.add_row(*(row[column] for column in COLUMNS))
+        table.add_row(*(escape(row[column]) for column in COLUMNS))  # text, not rich markup
     console = table_console()
     console.print(table if rows else f"no submissions to {competition} yet")
     return rows

@@ -3,27 +3,40 @@
 In order, and nothing is sent or recorded unless every step passes:
 1. the CSV passes validation against the prepared custom test ids, and is the CSV that the last
    predict run wrote (its manifest's md5), which gives the run_id;
-2. refusals that `--force` overrides (and that history.csv then records): outputs stale
+2. an earlier submit that was interrupted after sending (submissions/pending_submission.json
+   says so) is looked for in Kaggle's list: found, it gets its history row, and a rerun for the
+   same CSV stops there instead of submitting it twice;
+3. refusals that `--force` overrides (and that history.csv then records): a run that learned
+   nothing (validation accuracy at chance, or every prediction one class), outputs stale
    (`dvc status` not clean), files differing from the commit (changed tracked files, dvc.lock
    included, and untracked ones git does not ignore; submissions/ is the record, not an input),
    no commit at all, the same CSV md5 already submitted;
-3. Kaggle accepts the credentials (the account's submissions are listed: the first network call);
-4. `dvc push` puts the run's outputs in the default remote of .dvc/config (`--no-push` skips
+4. Kaggle accepts the credentials (the account's submissions are listed: the first network
+   call), and the account has not reached the daily limit (`--daily-limit`, counted from that
+   list over Kaggle's UTC day);
+5. `dvc push` puts the run's outputs in the default remote of .dvc/config (`--no-push` skips
    it), so the scored run can be pulled back;
-5. the kaggle client submits the CSV (uploaded as <run_id>.csv) with a message that always ends
-   with the run_id and short commit; transient failures are retried without submitting twice;
-6. a row goes to submissions/history.csv.
+6. the attempt is recorded (pending_submission.json), then the kaggle client submits the CSV
+   (uploaded as <run_id>.csv) with a message that always ends with the run_id and short commit;
+   transient failures are retried without submitting twice;
+7. a row goes to submissions/history.csv and the pending record is removed;
+8. with `--wait`, Kaggle is polled until it has scored the submission, and the public score is
+   printed beside the run_id.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import datetime
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from pipeline.classes import CIFAR10_CLASS_NAMES, NUM_CLASSES
 from pipeline.data.prepared import load_split
 from pipeline.errors import PipelineError
-from pipeline.files import file_md5
+from pipeline.files import file_md5, read_json, write_json_atomic
 from pipeline.integrations import kaggle_client
 from pipeline.integrations.repository import (
     NO_REMOTE_HELP,
@@ -34,14 +47,30 @@ from pipeline.integrations.repository import (
     last_error_line,
     stale_stages,
 )
-from pipeline.paths import HISTORY_PATH, PREDICT_METRICS_PATH, PREPARED_DIR, SUBMISSION_PATH
+from pipeline.paths import (
+    HISTORY_PATH,
+    PENDING_PATH,
+    PREDICT_METRICS_PATH,
+    PREPARED_DIR,
+    SUBMISSION_PATH,
+)
 from pipeline.records.history import append_history, read_history
 from pipeline.records.manifest import RunSummary, last_run_id, read_manifest, run_files
 from pipeline.records.submission_csv import validate_submission
 from pipeline.reporting import console
 
+if TYPE_CHECKING:
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
 RECORDS = ("submissions",)  # history.csv and the manifests: records of runs, not their inputs
 SHORT_COMMIT = 7
+# a submission sent whose answer has not arrived yet (exists only while sending, or after a kill)
+CHANCE_ACCURACY_LIMIT = 0.15  # validation accuracy: chance is 1/NUM_CLASSES = 0.10, plus a margin
+# Kaggle's limit is a competition rule its list does not carry; 10 unless the rules say otherwise
+DAILY_LIMIT = 10  # submissions per UTC day; --daily-limit changes it
+WAIT_LIMIT_SECONDS = 600.0  # `--wait`: the longest wait for Kaggle's score; --wait-limit
+POLL_INTERVAL_SECONDS = 10.0  # `--wait`: between two looks at the submission; --poll-interval
+MIN_POLL_INTERVAL_SECONDS = 5.0  # the kaggle CLI's own floor: faster polling only loads Kaggle
 
 
 def run_of_latest_csv(csv_path: Path, csv_md5: str) -> RunSummary:
@@ -92,6 +121,136 @@ def refusals(csv_md5: str, commit: str | None, history: list[dict[str, str]]) ->
     return found
 
 
+def predicted_classes(csv_path: Path) -> list[int]:
+    """The Labels column of a (validated) submission CSV."""
+    with csv_path.open(newline="") as handle:
+        return [int(row[1]) for row in list(csv.reader(handle))[1:]]
+
+
+def learned_nothing(manifest: RunSummary, csv_path: Path) -> dict[str, str]:
+    """Refusals (`--force` overrides them) for a run whose CSV would score at chance."""
+    found = {}
+    accuracy = manifest.val_accuracy
+    if isinstance(accuracy, (int, float)) and accuracy <= CHANCE_ACCURACY_LIMIT:
+        found["chance"] = (
+            f"run {manifest.run_id} has validation accuracy {accuracy:.4f}, at chance "
+            f"(≤ {CHANCE_ACCURACY_LIMIT} with {NUM_CLASSES} classes): it learned nothing "
+            "(a NaN loss, a broken run?)"
+        )
+    labels = predicted_classes(csv_path)
+    if len(labels) > 1 and len(set(labels)) == 1:
+        found["one-class"] = (
+            f"every prediction in {csv_path} is class {labels[0]} "
+            f"({CIFAR10_CLASS_NAMES[labels[0]]}): it would score at chance"
+        )
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingSubmission:
+    """An attempt to submit whose answer has not arrived: the history row it gets once Kaggle's
+    list shows it (all but kaggle_ref) and the refs Kaggle listed before it was sent."""
+
+    row: dict[str, str]
+    refs_before: list[int]
+
+    def confirmed(self, ref: int) -> dict[str, str]:
+        return self.row | {"kaggle_ref": str(ref)}
+
+
+def write_pending(pending: PendingSubmission, path: Path = PENDING_PATH) -> None:
+    write_json_atomic(path, dataclasses.asdict(pending))
+
+
+def read_pending(path: Path = PENDING_PATH) -> PendingSubmission | None:
+    if not path.exists():
+        return None
+    data = read_json(path)
+    if not (isinstance(data, dict) and isinstance(data.get("row"), dict)):
+        raise PipelineError(
+            f"{path}: not a pending submission record; check `python -m pipeline scores` for "
+            "the submission it stood for, then delete it"
+        )
+    return PendingSubmission(row=data["row"], refs_before=list(data.get("refs_before", [])))
+
+
+def settle_pending(
+    api: KaggleApi, pending: PendingSubmission, history_path: Path, pending_path: Path
+) -> dict[str, str] | None:
+    """Look in Kaggle's list for an attempt that got no answer (killed, timed out); found: give
+    it its history row (returned). Either way the record goes: what Kaggle does not list never
+    arrived."""
+    row = pending.row
+    earlier = (
+        f"the earlier submit of run {row['run_id']} ({row['submitted_utc']}) that got no answer"
+    )
+    submissions = kaggle_client.list_submissions(api, row["competition"])
+    ref = kaggle_client.find_submission(submissions, row["message"], set(pending.refs_before))
+    if ref is None:
+        console.print(f"submit: {earlier} never arrived (Kaggle's list does not show it)")
+        pending_path.unlink()
+        return None
+    confirmed = pending.confirmed(ref)
+    if not any(known["kaggle_ref"] == str(ref) for known in read_history(history_path)):
+        append_history(confirmed, history_path)
+    pending_path.unlink()
+    console.print(f"submit: {earlier} did reach Kaggle (ref {ref}); recorded in {history_path}")
+    return confirmed
+
+
+def refuse_over_daily_limit(submissions: list, competition: str, daily_limit: int) -> None:
+    """Stop before uploading when today's submissions (Kaggle's day: UTC) reached the limit."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    made = kaggle_client.made_today(submissions, now)
+    if made < daily_limit:
+        return
+    reset = kaggle_client.next_day_utc(now)
+    hours, seconds = divmod(int((reset - now).total_seconds()), 3600)
+    raise PipelineError(
+        f"submit refused: {made} submissions to '{competition}' today, the daily limit of "
+        f"{daily_limit} (Kaggle's day is UTC); it resets at {reset:%Y-%m-%d %H:%M} UTC, in "
+        f"{hours} h {seconds // 60:02d} min (--daily-limit N if the competition allows more)"
+    )
+
+
+def wait_for_score(
+    api: KaggleApi, ref: int, run_id: str, wait_limit: float, poll_interval: float
+) -> str:
+    """Poll Kaggle until it has scored `ref` (at most `wait_limit` seconds); the public score."""
+    started = time.monotonic()
+    shown = f"Kaggle is scoring ref {ref} (run {run_id})"
+    with console.status(shown) as display:
+        while True:
+            submission = kaggle_client.get_submission(api, ref)
+            state = getattr(submission.status, "name", str(submission.status)).lower()
+            if state == "complete":
+                return submission.public_score or "(not published)"
+            if state == "error":
+                reason = kaggle_client.redact(submission.error_description or "no reason given")
+                raise PipelineError(
+                    f"submit: Kaggle could not score ref {ref} (run {run_id}): {reason}"
+                )
+            waited = time.monotonic() - started
+            if waited >= wait_limit:
+                raise PipelineError(
+                    f"submit: ref {ref} (run {run_id}) is still {state} after {wait_limit:g} s "
+                    "(--wait-limit); it is recorded: `python -m pipeline scores` shows its "
+                    "score once Kaggle has computed it"
+                )
+            display.update(f"{shown}: {state}, {waited:.0f} s of at most {wait_limit:g} s")
+            time.sleep(min(poll_interval, wait_limit - waited))
+
+
+def check_options(poll_interval: float, wait_limit: float, daily_limit: int) -> None:
+    if poll_interval < MIN_POLL_INTERVAL_SECONDS:
+        raise PipelineError(
+            f"submit: --poll-interval {poll_interval:g} is under {MIN_POLL_INTERVAL_SECONDS:g} s; "
+            "polling faster only loads Kaggle's servers"
+        )
+    if wait_limit <= 0 or daily_limit < 1:
+        raise PipelineError("submit: --wait-limit and --daily-limit must be positive")
+
+
 def push_outputs() -> None:
     remote = default_remote()
     if remote is None:
@@ -110,26 +269,45 @@ def push_outputs() -> None:
 def run(
     competition: str, message: str | None = None, force: bool = False, push: bool = True,
     csv_path: Path = SUBMISSION_PATH, history_path: Path = HISTORY_PATH,
+    wait: bool = False, wait_limit: float | None = None, poll_interval: float | None = None,
+    daily_limit: int | None = None, pending_path: Path = PENDING_PATH,
 ) -> dict[str, str]:  # fmt: skip
-    """Submit `csv_path` as described above; return the history row written."""
+    """Submit `csv_path` as described above; return the history row written.
+
+    Options left None take the constants above (WAIT_LIMIT_SECONDS, ...)."""
+    wait_limit = WAIT_LIMIT_SECONDS if wait_limit is None else wait_limit
+    poll_interval = POLL_INTERVAL_SECONDS if poll_interval is None else poll_interval
+    daily_limit = DAILY_LIMIT if daily_limit is None else daily_limit
+    check_options(poll_interval, wait_limit, daily_limit)
     if not csv_path.exists():
         raise PipelineError(f"{csv_path}: missing; run `dvc repro` first")
     validate_submission(csv_path, load_split(PREPARED_DIR, "custom_test")["ids"])
     csv_md5 = file_md5(csv_path)
     manifest = run_of_latest_csv(csv_path, csv_md5)
     run_id = manifest.run_id
+    api = None
+    pending = read_pending(pending_path)
+    if pending is not None:
+        api = kaggle_client.connect("submit")
+        settled = settle_pending(api, pending, history_path, pending_path)
+        if settled and (settled["csv_md5"], settled["competition"]) == (csv_md5, competition):
+            console.print(f"submit: {csv_path} is that submission: not sending it again")
+            if wait:
+                report_score(api, int(settled["kaggle_ref"]), run_id, wait_limit, poll_interval)
+            return settled
     commit = head_commit()
     history = read_history(history_path)
-    found = refusals(csv_md5, commit, history)
+    found = learned_nothing(manifest, csv_path) | refusals(csv_md5, commit, history)
     if found and not force:
         raise PipelineError(
             "submit refused: " + "; ".join(found.values()) + " (--force submits anyway)"
         )
     for reason in found.values():
         console.print(f"submit: --force: submitting although {reason}")
-    api = kaggle_client.connect("submit")
+    api = api or kaggle_client.connect("submit")
     # the first call to Kaggle: rejected credentials stop here, before a long push
-    refs_before = kaggle_client.submission_refs(api, competition)
+    submissions = kaggle_client.list_submissions(api, competition)
+    refuse_over_daily_limit(submissions, competition, daily_limit)
     if push:
         push_outputs()
     short_commit = commit[:SHORT_COMMIT] if commit else "no-commit"
@@ -140,19 +318,56 @@ def run(
         f"val {accuracy_text} TTA {manifest.tta or '?'}"
     )
     full_message = f"{message.strip() if message else summary} | run {run_id} @ {short_commit}"
-    ref = kaggle_client.submit_file(
-        api, competition, csv_path, f"{run_id}.csv", full_message, refs_before
-    )
-    row = {
-        "submitted_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "run_id": run_id, "commit": commit or "", "csv_md5": csv_md5, "competition": competition,
-        "message": full_message, "kaggle_ref": str(ref), "forced": ";".join(found),
-    }  # fmt: skip
-    append_history(row, history_path)
+    row = send(
+        api, PendingSubmission(
+            row={
+                "submitted_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                    timespec="seconds"
+                ),
+                "run_id": run_id, "commit": commit or "", "csv_md5": csv_md5,
+                "competition": competition, "message": full_message, "forced": ";".join(found),
+            },
+            refs_before=sorted(item.ref for item in submissions),
+        ), csv_path, history_path, pending_path,
+    )  # fmt: skip
     console.print(
-        f"submit: {csv_path} → '{competition}' as Kaggle ref {ref} (run {run_id} @ {short_commit}); "
-        f"recorded in {history_path}. Keep the record: git add {history_path} "
-        f"{run_files(run_id).manifest} && git commit -m 'submit run {run_id}'. "
-        "`python -m pipeline scores` shows the score once Kaggle has computed it."
+        f"submit: {csv_path} → '{competition}' as Kaggle ref {row['kaggle_ref']} "
+        f"(run {run_id} @ {short_commit}); recorded in {history_path}. Keep the record: "
+        f"git add {history_path} {run_files(run_id).manifest} && "
+        f"git commit -m 'submit run {run_id}'."
+        + ("" if wait else " `python -m pipeline scores` shows the score once Kaggle has it.")
     )
+    if wait:
+        report_score(api, int(row["kaggle_ref"]), run_id, wait_limit, poll_interval)
     return row
+
+
+def send(
+    api: KaggleApi, pending: PendingSubmission, csv_path: Path, history_path: Path,
+    pending_path: Path,
+) -> dict[str, str]:  # fmt: skip
+    """Record the attempt, submit, then turn the record into a history row (returned)."""
+    row = pending.row
+    write_pending(pending, pending_path)  # before sending: a kill from here on is found later
+    try:
+        ref = kaggle_client.submit_file(
+            api, row["competition"], csv_path, f"{row['run_id']}.csv", row["message"],
+            set(pending.refs_before),
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        console.print(
+            "submit: interrupted while sending; the next `submit` looks for this submission in "
+            "Kaggle's list before sending anything"
+        )
+        raise
+    confirmed = pending.confirmed(ref)
+    append_history(confirmed, history_path)
+    pending_path.unlink()
+    return confirmed
+
+
+def report_score(
+    api: KaggleApi, ref: int, run_id: str, wait_limit: float, poll_interval: float
+) -> None:
+    score = wait_for_score(api, ref, run_id, wait_limit, poll_interval)
+    console.print(f"submit: run {run_id}: public score {score} (Kaggle ref {ref})")

@@ -4,34 +4,53 @@ Everything goes through the official `kaggle` package (`KaggleApi`), which talks
 JSON API (`POST /v1/<service>/<method>`) and uploads files with a PUT to the URL Kaggle returns.
 This module adds what a pipeline command needs around it: a clear error when no credentials are
 set up, one-line errors that say what Kaggle answered, and retries of transient failures
-(HTTP 5xx and 429, dropped connections), which the client itself does not retry for submissions.
-Credentials are only ever named by where they were found, never printed.
+(HTTP 5xx and 429, dropped connections, timeouts), which the client itself does not retry for
+submissions. Every call runs under `guarded()`: connect and read timeouts on each HTTP request
+(the client sets none, so a server that accepts and never answers would hang us forever).
+Credentials are only ever named by where they were found, never printed: the client's own
+verbose mode (VERBOSE=1 or VERBOSE_OUTPUT=yes, which prints the Authorization header) is turned
+off for our calls, and every text from Kaggle or the client that we print passes `redact()`.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import datetime
 import io
+import logging
 import os
+import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import requests
+import requests.adapters
 
 from pipeline.errors import PipelineError
 from pipeline.reporting import console
 
 if TYPE_CHECKING:
     from kaggle.api.kaggle_api_extended import KaggleApi
+    from kagglesdk.competitions.types.competition_api_service import ApiSubmission
 
 T = TypeVar("T")
 
 ATTEMPTS = 4  # one call and up to three retries
 RETRY_DELAY_SECONDS = 2.0  # before the first retry; doubled after each
 LIST_PAGE_SIZE = 100  # submissions per ListSubmissions page
+CONNECT_TIMEOUT_SECONDS = 10.0  # to open a connection to Kaggle (TCP + TLS)
+# the longest silence while waiting for Kaggle's answer (or the next block of a download): the
+# whole answer may take longer. A hung call costs ATTEMPTS of these before it fails.
+READ_TIMEOUT_SECONDS = 60.0
+VERBOSE_FLAGS = ("--verbose", "-v")  # KaggleApi.args gets one at import when VERBOSE=1 is set
+REDACTED = "[redacted]"
+MIN_SECRET_LENGTH = 6  # characters: shorter "secrets" would blank ordinary words
+# an HTTP credential as servers echo it: "Basic <base64 user:key>", "Bearer <token>"
+HTTP_CREDENTIAL = re.compile(r"\b(Basic|Bearer)\s+[A-Za-z0-9+/=._~-]{8,}")
 CREDENTIALS_HELP = (
     "put kaggle.json in ~/.kaggle/ (chmod 600), or set KAGGLE_USERNAME and KAGGLE_KEY, or set "
     "KAGGLE_API_TOKEN (from kaggle.com/settings)"
@@ -76,8 +95,80 @@ def warn_if_readable_by_others() -> None:
             )
 
 
+# --- keeping credentials off the console ----------------------------------------------------
+
+_known_secrets: set[str] = set()  # what connect() found, for redact()
+
+
+def credential_strings(username: str | None, key: str | None, token: str | None) -> set[str]:
+    """The strings that give the credentials away: key, token, base64 of username:key."""
+    found = {value for value in (key, token) if value}
+    if username and key:
+        pair = f"{username}:{key}".encode()
+        found |= {base64.b64encode(pair).decode(), base64.urlsafe_b64encode(pair).decode()}
+    return {value for value in found if len(value) >= MIN_SECRET_LENGTH}
+
+
+def redact(text: str) -> str:
+    """`text` (from Kaggle or the client) without credentials: the one filter for what we print."""
+    environment = os.environ.get
+    secrets = _known_secrets | credential_strings(
+        environment("KAGGLE_USERNAME"), environment("KAGGLE_KEY"), environment("KAGGLE_API_TOKEN")
+    )
+    for secret in sorted(secrets, key=len, reverse=True):  # longest first: b64 before the key
+        text = text.replace(secret, REDACTED)
+    return HTTP_CREDENTIAL.sub(rf"\1 {REDACTED}", text)
+
+
+def _quiet_client(api: KaggleApi) -> None:
+    """Turn the client's verbose mode off for this instance (it would print our credentials)."""
+    api.args = [arg for arg in getattr(api, "args", []) if arg not in VERBOSE_FLAGS]
+
+
+# --- timeouts ---------------------------------------------------------------------------------
+
+_library_send = requests.adapters.HTTPAdapter.send  # what every requests session sends through
+
+
+def _send_with_timeouts(
+    adapter: requests.adapters.HTTPAdapter, request: requests.PreparedRequest,
+    stream: bool = False, timeout: object = None, **options: object,
+) -> requests.Response:  # fmt: skip
+    """HTTPAdapter.send, with our timeouts where the caller (kagglesdk, its upload) set none."""
+    if timeout is None:
+        timeout = (CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS)
+    return _library_send(adapter, request, stream=stream, timeout=timeout, **options)
+
+
+@contextlib.contextmanager
+def guarded() -> Iterator[None]:
+    """What every call to Kaggle runs under: timeouts on each request, and urllib3's log (which
+    names the upload's signed URL, printed when VERBOSE=1 set up DEBUG logging) kept quiet.
+
+    kagglesdk and the client's upload open their own `requests` sessions without a timeout and
+    offer no setting for one, so the adapter every session sends through gets them here, only
+    while our call runs (a command is one thread). Nested uses (a retry's lookup) are no-ops.
+    """
+    adapter = requests.adapters.HTTPAdapter
+    if adapter.send is _send_with_timeouts:
+        yield
+        return
+    urllib3_log = logging.getLogger("urllib3")
+    level = urllib3_log.level
+    adapter.send = _send_with_timeouts
+    urllib3_log.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        adapter.send = _library_send
+        urllib3_log.setLevel(level)
+
+
+# --- the client -------------------------------------------------------------------------------
+
+
 def connect(command: str) -> KaggleApi:
-    """An authenticated client; `command` ("submit", "scores", ...) prefixes any error.
+    """An authenticated, quiet client; `command` ("submit", "scores", ...) prefixes any error.
 
     The client prints its help text and exits when it finds no usable credentials; that text
     is kept off the console (this error says it in one line) and the exit becomes the error.
@@ -85,11 +176,15 @@ def connect(command: str) -> KaggleApi:
     if kaggle_credentials_source() is None:
         raise PipelineError(f"{command}: no Kaggle credentials found: {CREDENTIALS_HELP}")
     warn_if_readable_by_others()
-    from kaggle.api.kaggle_api_extended import KaggleApi  # imported late: it reads credentials
+    # imported late, and quietly: at import the client authenticates once (kaggle/__init__.py),
+    # printing its help, or with VERBOSE=1 the request it sends, to stdout
+    with guarded(), contextlib.redirect_stdout(io.StringIO()):
+        from kaggle.api.kaggle_api_extended import KaggleApi
 
     api = KaggleApi()
+    _quiet_client(api)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with guarded(), contextlib.redirect_stdout(io.StringIO()):
             api.authenticate()
     except (SystemExit, Exception) as error:  # noqa: BLE001 - token checks can fail many ways
         reason = "" if isinstance(error, SystemExit) else f" ({describe(error)})"
@@ -97,6 +192,10 @@ def connect(command: str) -> KaggleApi:
             f"{command}: Kaggle authentication failed{reason}; check your Kaggle credentials "
             f"({CREDENTIALS_HELP})"
         ) from None
+    config = getattr(api, "config_values", {})
+    _known_secrets.update(
+        credential_strings(config.get("username"), config.get("key"), config.get("token"))
+    )
     return api
 
 
@@ -114,7 +213,11 @@ def is_transient(error: Exception) -> bool:
 
 
 def describe(error: Exception) -> str:
-    """What Kaggle answered, in words; never the request (which carries the credentials)."""
+    """What Kaggle answered, in words, redacted; never the request (it carries the credentials)."""
+    return redact(_describe(error))
+
+
+def _describe(error: Exception) -> str:
     status = _status(error)
     if status in (401, 403):
         return (
@@ -126,6 +229,10 @@ def describe(error: Exception) -> str:
         return f"HTTP {status}" + (
             f" ({message})" if message and str(status) not in message else ""
         )
+    if isinstance(error, requests.ConnectTimeout):
+        return f"no connection to Kaggle within {CONNECT_TIMEOUT_SECONDS:g} s (network down?)"
+    if isinstance(error, requests.ReadTimeout):
+        return f"Kaggle did not answer within {READ_TIMEOUT_SECONDS:g} s"
     if isinstance(error, requests.ConnectionError):
         return "could not connect to Kaggle (network down or Kaggle unreachable)"
     return f"{type(error).__name__}: {error}"
@@ -136,7 +243,7 @@ class UploadIncomplete(Exception):
 
 
 def call(action: Callable[[], T], what: str, recorded: Callable[[], T | None] | None = None) -> T:
-    """`action()`, retried on transient errors (ATTEMPTS in all, delays doubling).
+    """`action()` under `guarded()`, retried on transient errors (ATTEMPTS in all, delays doubling).
 
     `recorded()` runs after each transient failure (the last one too); when it returns a
     result, that result stands for the action's. Submit uses it to find a submission Kaggle
@@ -146,7 +253,8 @@ def call(action: Callable[[], T], what: str, recorded: Callable[[], T | None] | 
     delay = RETRY_DELAY_SECONDS
     for attempt in range(1, ATTEMPTS + 1):
         try:
-            return action()
+            with guarded():
+                return action()
         except PipelineError:
             raise
         except Exception as error:  # noqa: BLE001 - the client raises many types; classified below
@@ -158,7 +266,8 @@ def call(action: Callable[[], T], what: str, recorded: Callable[[], T | None] | 
                 raise PipelineError(f"kaggle: {what} failed{tries}: {describe(error)}") from None
             console.print(
                 f"kaggle: {what}: {describe(error)}; retrying in {delay:g} s "
-                f"(attempt {attempt + 1} of {ATTEMPTS})"
+                f"(attempt {attempt + 1} of {ATTEMPTS})",
+                markup=False,  # Kaggle's text: "[redacted]" or a "[/b]" is not rich markup
             )
             time.sleep(delay)
             delay *= 2
@@ -201,9 +310,51 @@ def list_submissions(api: KaggleApi, competition: str) -> list:
             page += 1
 
 
-def submission_refs(api: KaggleApi, competition: str) -> set[int]:
-    """The references of the account's submissions so far (submit's "before" snapshot)."""
-    return {item.ref for item in list_submissions(api, competition)}
+def get_submission(api: KaggleApi, ref: int) -> ApiSubmission:
+    """One submission, as Kaggle sees it now (status, public_score, error_description)."""
+    from kagglesdk.competitions.types.competition_api_service import ApiGetSubmissionRequest
+
+    request = ApiGetSubmissionRequest()
+    request.ref = ref
+    with api.build_kaggle_client() as client:
+        return call(
+            lambda: client.competitions.competition_api_client.get_submission(request),
+            f"reading submission {ref}",
+        )
+
+
+def find_submission(submissions: list, message: str, refs_before: set[int]) -> int | None:
+    """The ref of a submission with `message` that is not one of `refs_before`, or None."""
+    found = [s.ref for s in submissions if s.ref not in refs_before and s.description == message]
+    return found[0] if found else None
+
+
+def made_today(submissions: list, now: datetime.datetime) -> int:
+    """How many of `submissions` count against today's limit: Kaggle's day is UTC (00:00 to
+    00:00), and a submission that failed to score (ERROR) does not count."""
+    today = now.astimezone(datetime.timezone.utc).date()
+    return sum(
+        1
+        for item in submissions
+        if item.date is not None
+        and _as_utc(item.date).date() == today
+        and getattr(item.status, "name", "") != "ERROR"
+    )
+
+
+def next_day_utc(now: datetime.datetime) -> datetime.datetime:
+    """When Kaggle's day after `now` starts: the next 00:00 UTC."""
+    today = now.astimezone(datetime.timezone.utc).date()
+    return datetime.datetime.combine(
+        today + datetime.timedelta(days=1), datetime.time(), tzinfo=datetime.timezone.utc
+    )
+
+
+def _as_utc(moment: datetime.datetime) -> datetime.datetime:
+    """kagglesdk gives naive datetimes in UTC."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.astimezone(datetime.timezone.utc)
 
 
 def submit_file(
@@ -216,8 +367,8 @@ def submit_file(
     message, a reference not in `refs_before`), so a 5xx after the fact never makes a second one.
     """
     may_be_recorded = (
-        "; it may have been recorded anyway: check `python -m pipeline scores` before "
-        "submitting again"
+        "; it may have been recorded anyway: the next `python -m pipeline submit` looks for it "
+        "in Kaggle's list before sending again"
     )
 
     def recorded() -> int | None:
@@ -225,10 +376,7 @@ def submit_file(
             submissions = list_submissions(api, competition)
         except PipelineError as error:
             raise PipelineError(f"{error}{may_be_recorded}") from None
-        found = [
-            s.ref for s in submissions if s.ref not in refs_before and s.description == message
-        ]
-        return found[0] if found else None
+        return find_submission(submissions, message, refs_before)
 
     with tempfile.TemporaryDirectory(prefix="submit-") as folder:
         upload = Path(folder) / upload_name  # Kaggle shows the file name: it carries the run_id
@@ -246,7 +394,7 @@ def submit_file(
             if found is None:
                 raise PipelineError(
                     f"kaggle: the submission was sent but Kaggle returned no reference "
-                    f"({response.message or 'no message'}){may_be_recorded}"
+                    f"({redact(response.message or 'no message')}){may_be_recorded}"
                 )
             return found
 

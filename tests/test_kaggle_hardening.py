@@ -1,0 +1,186 @@
+"""The kaggle client under conditions CI and real networks bring: verbose mode, a server that
+echoes credentials, one that never answers; and the pure rules submit leans on (what counts as
+today's submissions, what a run that learned nothing looks like).
+
+Fast: the real client against the fake Kaggle API, no project run (submit's end-to-end cases are
+in test_submission_lifecycle.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from conftest import FAKE_KAGGLE_KEY, FAKE_KAGGLE_USERNAME, REPO_ROOT
+from fake_kaggle import FakeSubmission, verbose_kaggle_client
+
+from pipeline.__main__ import main
+from pipeline.commands import submit
+from pipeline.config.params import DataParams
+from pipeline.errors import PipelineError
+from pipeline.integrations import kaggle_client
+from pipeline.records.manifest import RunSummary
+from pipeline.stages import fetch
+
+COMPETITION = "deep-learning-spring-2025-project-1"
+SHORT_READ_TIMEOUT_SECONDS = 0.3  # a hung call gives up this fast in these tests
+
+
+def basic_credential() -> str:
+    return base64.b64encode(f"{FAKE_KAGGLE_USERNAME}:{FAKE_KAGGLE_KEY}".encode()).decode()
+
+
+@pytest.fixture
+def scores_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty folder with the project's params.yaml, as the cwd: `scores` needs nothing else."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    shutil.copy(REPO_ROOT / "params.yaml", folder / "params.yaml")
+    monkeypatch.chdir(folder)
+    return folder
+
+
+def test_the_kaggle_client_turns_verbose_on_at_import_from_the_environment(tmp_path: Path) -> None:
+    """The premise of `verbose_kaggle_client`, checked on a fresh interpreter."""
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "VERBOSE_OUTPUT": "yes"}
+    result = subprocess.run(
+        [sys.executable, "-c", "from kaggle.api.kaggle_api_extended import KaggleApi as K; "
+         "print('ARGS', K.args)"],
+        env=env, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert "ARGS ['--verbose']" in result.stdout
+
+
+def test_redact_removes_http_credentials_the_key_and_its_base64(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KAGGLE_USERNAME", FAKE_KAGGLE_USERNAME)
+    monkeypatch.setenv("KAGGLE_KEY", FAKE_KAGGLE_KEY)
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "KGAT_0123456789abcdef")
+    text = (
+        f"Authorization: Basic {basic_credential()} / Bearer KGAT_0123456789abcdef / "
+        f"key={FAKE_KAGGLE_KEY} / url-safe {base64.urlsafe_b64encode(b'x:' + b'y' * 9).decode()}"
+        " / Bearer eyJhbGciOiJIUzI1NiJ9.unknown-token"
+    )
+    redacted = kaggle_client.redact(text)
+    for secret in (basic_credential(), FAKE_KAGGLE_KEY, "KGAT_0123456789abcdef", "eyJhbGciOi"):
+        assert secret not in redacted
+    assert redacted.startswith("Authorization: Basic [redacted] / Bearer [redacted] / key=")
+    assert kaggle_client.redact("HTTP 500 (fake failure 500)") == "HTTP 500 (fake failure 500)"
+
+
+def test_scores_with_a_verbose_client_and_an_echoing_server_prints_no_credentials(
+    fake_kaggle, scores_folder: Path, capfd: pytest.CaptureFixture
+) -> None:
+    fake_kaggle.echo_authorization = True
+    with verbose_kaggle_client():
+        fake_kaggle.fail_next["ListSubmissions"].append((503, "before"))  # retried: text printed
+        assert main(["scores"]) == 0
+        fake_kaggle.fail_next["ListSubmissions"].extend([(500, "before")] * kaggle_client.ATTEMPTS)
+        assert main(["scores"]) == 1  # the lasting error's one line carries the echoed text
+    captured = capfd.readouterr()  # file descriptors: whatever the client prints itself too
+    printed = captured.out + captured.err
+    assert FAKE_KAGGLE_KEY not in printed and basic_credential() not in printed
+    assert fake_kaggle.expected_auth not in printed
+    # one retry line, then ATTEMPTS - 1 retry lines and the error line: each with the echo
+    echoed = printed.count("refused a request with Authorization: Basic [redacted]")
+    assert echoed == 1 + kaggle_client.ATTEMPTS
+
+
+def test_scores_shows_kaggles_error_text_as_text_and_redacted(
+    fake_kaggle, scores_folder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    fake_kaggle.submissions.append(FakeSubmission(
+        ref=1, competition=COMPETITION, description="by hand", file_name="x.csv", content=b"x",
+        date=datetime.datetime(2026, 3, 4), status="ERROR",
+        error_description="row 3 [/b] is not an int; proxy saw Bearer KGAT_0123456789abcdef",
+    ))  # fmt: skip
+    assert main(["scores"]) == 0
+    table = capsys.readouterr().out
+    assert "[/b]" in table and "Bearer [redacted]" in table and "KGAT_0123" not in table
+
+
+def test_scores_against_a_server_that_never_answers_fails_within_the_timeouts(
+    fake_kaggle, scores_folder: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kaggle_client, "READ_TIMEOUT_SECONDS", SHORT_READ_TIMEOUT_SECONDS)
+    fake_kaggle.unresponsive = True
+    started = time.monotonic()
+    assert main(["scores"]) == 1
+    assert time.monotonic() - started < 30  # ATTEMPTS × 0.3 s, not forever
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert f"after {kaggle_client.ATTEMPTS} attempts" in line
+    assert f"Kaggle did not answer within {SHORT_READ_TIMEOUT_SECONDS:g} s" in line
+    assert fake_kaggle.calls == ["ListSubmissions"] * kaggle_client.ATTEMPTS
+
+
+def test_the_kaggle_fetch_from_a_server_that_never_answers_fails_within_the_timeouts(
+    fake_kaggle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fetch calls the client through connect() and call(): it gets the same timeouts."""
+    monkeypatch.setattr(kaggle_client, "READ_TIMEOUT_SECONDS", SHORT_READ_TIMEOUT_SECONDS)
+    fake_kaggle.unresponsive = True
+    started = time.monotonic()
+    with pytest.raises(PipelineError, match="did not answer within 0.3 s") as raised:
+        fetch.run(DataParams(source="kaggle"), tmp_path / "data/raw")
+    assert time.monotonic() - started < 30
+    assert "\n" not in str(raised.value) and fake_kaggle.calls  # it did reach the server
+
+
+def _listed(date: datetime.datetime, status: str = "COMPLETE") -> SimpleNamespace:
+    return SimpleNamespace(date=date, status=SimpleNamespace(name=status))
+
+
+def test_todays_submissions_are_counted_over_kaggles_utc_day() -> None:
+    now = datetime.datetime(2026, 3, 4, 23, 30, tzinfo=datetime.timezone.utc)
+    naive_utc = datetime.datetime(2026, 3, 4, 0, 5)  # kagglesdk's dates: naive, in UTC
+    listed = [
+        _listed(naive_utc),
+        _listed(datetime.datetime(2026, 3, 4, 23, 0)),
+        _listed(datetime.datetime(2026, 3, 4, 12, 0), status="ERROR"),  # does not count
+        _listed(datetime.datetime(2026, 3, 3, 23, 59)),  # yesterday
+        _listed(None),
+    ]
+    assert kaggle_client.made_today(listed, now) == 2
+    # 01:30 in UTC+2 is 23:30 UTC of the day before: the same Kaggle day
+    local = now.astimezone(datetime.timezone(datetime.timedelta(hours=2)))
+    assert kaggle_client.made_today(listed, local) == 2
+    assert kaggle_client.next_day_utc(local) == datetime.datetime(
+        2026, 3, 5, tzinfo=datetime.timezone.utc
+    )
+
+
+def _summary(val_accuracy: float | None) -> RunSummary:
+    return RunSummary(
+        run_id="abc123def456", csv_md5=None, model="seed_resnet", model_params=1,
+        val_accuracy=val_accuracy, tta=None, device=None, torch=None,
+    )  # fmt: skip
+
+
+def _csv(tmp_path: Path, labels: list[int]) -> Path:
+    path = tmp_path / "latest.csv"
+    path.write_text("ID,Labels\n" + "".join(f"{i},{label}\n" for i, label in enumerate(labels)))
+    return path
+
+
+def test_a_run_at_chance_or_predicting_one_class_is_named_and_a_real_one_is_not(
+    tmp_path: Path,
+) -> None:
+    varied = _csv(tmp_path, [i % 10 for i in range(50)])
+    assert submit.learned_nothing(_summary(0.8123), varied) == {}
+    assert submit.learned_nothing(_summary(None), varied) == {}  # an old manifest: no claim
+    at_chance = submit.learned_nothing(_summary(0.1012), varied)
+    assert (
+        list(at_chance) == ["chance"]
+        and "validation accuracy 0.1012, at chance" in (at_chance["chance"])
+    )
+    one_class = submit.learned_nothing(_summary(0.8123), _csv(tmp_path, [3] * 50))
+    assert list(one_class) == ["one-class"] and "is class 3 (cat)" in one_class["one-class"]
