@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import REPO_ROOT
@@ -86,3 +89,36 @@ def new_project(tmp_path: Path, profile: str, overrides: dict) -> Path:
 def commit_all(project: Path, message: str) -> None:
     sh(project, "git", "add", "-A")
     sh(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message)
+
+
+def resume_states(project: Path) -> list[Path]:
+    """The training state files a killed run resumes from (train's and the students')."""
+    return list((project / ".resume").glob("train-*/state.pt"))
+
+
+def kill_repro_in_third_epoch(project: Path) -> float:
+    """Start `dvc repro` in `project` and SIGKILL it (dvc and its stage, as a crash would) at a
+    random moment of the third epoch of the first training that writes a resume state; the
+    delay after epoch 2's state, in seconds. Its epochs must last long enough to measure."""
+    run = subprocess.Popen(
+        ["dvc", "repro"], cwd=project, env=tool_env(), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 600
+
+    def state_written_after(moment: float) -> float:
+        """Wait for a state newer than `moment`; return when it was written."""
+        while True:
+            assert run.poll() is None and time.monotonic() < deadline, "training ended early"
+            written = [p.stat().st_mtime for p in resume_states(project)]
+            if written and written[0] > moment:
+                return written[0]
+            time.sleep(0.01)
+
+    first = state_written_after(0.0)  # epoch 1's state: training is under way
+    epoch_seconds = state_written_after(first) - first  # epoch 2's: how long an epoch takes
+    delay = random.uniform(0.0, epoch_seconds)  # into epoch 3: a random step
+    time.sleep(delay)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    return delay

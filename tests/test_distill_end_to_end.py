@@ -1,20 +1,15 @@
 """Distillation as a user runs it: `dvc repro` with a student, a second repro that does nothing,
-and a student killed mid-training that resumes to the same bytes."""
+and a student killed mid-training that resumes to the same bytes (one test: the runs are shared)."""
 
 from __future__ import annotations
 
 import json
-import os
-import random
 import shutil
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from projects import TINY_PARAMS, new_project, sh, tool_env
+from projects import TINY_PARAMS, kill_repro_in_third_epoch, new_project, resume_states, sh
 from torchvision.datasets.utils import calculate_md5
 
 from pipeline.records.checkpoint import Checkpoint
@@ -30,13 +25,17 @@ DISTILL_PARAMS = TINY_PARAMS | {
 }
 
 
-def test_dvc_repro_distils_a_student_that_predict_uses_then_does_nothing(
-    tmp_path: Path,
-) -> None:
-    project = new_project(tmp_path, "seed", DISTILL_PARAMS)
-    first = sh(project, "dvc", "repro")
-    for stage in ("train", "select", "distill", "predict"):
-        assert f"Running stage '{stage}'" in first.stdout
+# the tiny data's epochs take about a second: six of them, so a kill in the third leaves room
+KILL_PARAMS = DISTILL_PARAMS | {
+    "data": TINY_PARAMS["data"],
+    "train": {**DISTILL_PARAMS["train"], "epochs": 6},
+}
+
+
+def check_distilled_run(project: Path, output: str) -> None:
+    """distill ran, final.pt is its student taught by best.pt, predict used it, DVC knows it."""
+    for stage in ("distill", "predict"):
+        assert f"Running stage '{stage}'" in output
     final = Checkpoint.load(project / "models/final.pt")
     assert final.distillation["teacher_md5"] == calculate_md5(project / "models/best.pt")
     assert calculate_md5(project / "models/final.pt") == calculate_md5(
@@ -49,48 +48,22 @@ def test_dvc_repro_distils_a_student_that_predict_uses_then_does_nothing(
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     assert "models/final.pt" in {out["path"] for out in lock["distill"]["outs"]}
 
-    second = sh(project, "dvc", "repro")
-    assert "Running stage" not in second.stdout
 
-
-def _states(project: Path) -> list[Path]:
-    return list((project / ".resume").glob("train-*/state.pt"))
-
-
-# the tiny data's epochs take about a second: six of them, so a kill in the third leaves room
-KILL_PARAMS = DISTILL_PARAMS | {
-    "data": TINY_PARAMS["data"],
-    "train": {**DISTILL_PARAMS["train"], "epochs": 6},
-}
-
-
-def test_a_student_killed_mid_training_resumes_to_identical_bytes(tmp_path: Path) -> None:
+def test_dvc_repro_distils_a_student_and_a_killed_student_resumes_to_identical_bytes(
+    tmp_path: Path,
+) -> None:
+    """One `dvc repro` runs teacher and student, a second does nothing; a copy killed during
+    the student's training resumes to the same bytes."""
     base = new_project(tmp_path, "seed", KILL_PARAMS)
-    sh(base, "dvc", "repro", "select")  # the teacher, shared by both copies
+    teacher = sh(base, "dvc", "repro", "select")  # the teacher, shared by both copies
+    assert "Running stage 'train'" in teacher.stdout
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     shutil.copytree(base, reference, symlinks=True)
     shutil.copytree(base, killed, symlinks=True)
-    sh(reference, "dvc", "repro")
+    check_distilled_run(reference, sh(reference, "dvc", "repro").stdout)
+    assert "Running stage" not in sh(reference, "dvc", "repro").stdout
 
-    run = subprocess.Popen(
-        ["dvc", "repro"], cwd=killed, env=tool_env(), start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 600
-
-    def student_state_after(moment: float) -> float:
-        while True:
-            assert run.poll() is None and time.monotonic() < deadline, "distill ended early"
-            written = [p.stat().st_mtime for p in _states(killed)]
-            if written and written[0] > moment:
-                return written[0]
-            time.sleep(0.01)
-
-    first = student_state_after(0.0)  # the student's epoch 1
-    epoch_seconds = student_state_after(first) - first
-    time.sleep(random.uniform(0.0, epoch_seconds))  # somewhere in epoch 3 of 6
-    os.killpg(run.pid, signal.SIGKILL)
-    run.wait()
+    kill_repro_in_third_epoch(killed)  # the student's, of 6
     assert not (killed / "models/distill/round_1/best.pt").exists()
 
     resumed = sh(killed, "dvc", "repro")
@@ -98,4 +71,4 @@ def test_a_student_killed_mid_training_resumes_to_identical_bytes(tmp_path: Path
     for name in ("models/distill/round_1/checkpoints/epoch_0006.pt", "models/final.pt",
                  "submissions/latest.csv"):  # fmt: skip
         assert calculate_md5(killed / name) == calculate_md5(reference / name), name
-    assert not _states(killed)
+    assert not resume_states(killed)
