@@ -257,3 +257,24 @@ def test_select_and_predict_have_their_own_device() -> None:
     )
     with pytest.raises(PipelineError, match="select.device must be one of"):
         params_from_dict({"select": {"device": "tpu"}})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("data:\n  ? [a, b]\n  : 1\n", "a key must be a plain value, found list"),
+        ("data: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
+    ],
+)
+def test_yaml_that_breaks_the_parser_is_one_line(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(PipelineError, match=f"params.yaml: not valid YAML.*{expected}"):
+        load_params(path)
+
+
+def test_an_override_that_is_not_yaml_is_one_line_naming_it() -> None:
+    from pipeline.config.load import parse_overrides
+
+    with pytest.raises(PipelineError, match=r"override 'train.lr=\[0.1': not valid YAML"):
+        parse_overrides(["train.lr=[0.1"])

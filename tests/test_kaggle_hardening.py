@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import json
 import os
 import shutil
 import subprocess
@@ -184,3 +185,43 @@ def test_a_run_at_chance_or_predicting_one_class_is_named_and_a_real_one_is_not(
     )
     one_class = submit.learned_nothing(_summary(0.8123), _csv(tmp_path, [3] * 50))
     assert list(one_class) == ["one-class"] and "is class 3 (cat)" in one_class["one-class"]
+
+
+@pytest.mark.parametrize("option", ["poll_interval", "wait_limit"])
+def test_a_wait_of_nan_seconds_is_refused_before_anything_is_sent(option: str) -> None:
+    """`--wait-limit nan` polled forever; `--poll-interval nan` crashed after sending."""
+    from pipeline.commands.submit import check_options
+
+    values = {"poll_interval": 10.0, "wait_limit": 600.0} | {option: float("nan")}
+    with pytest.raises(PipelineError, match="must be finite seconds"):
+        check_options(values["poll_interval"], values["wait_limit"], 10)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"row": {}},
+        {"refs_before": 5},
+        {"refs_before": ["1"]},
+        {"row": {"run_id": "../../x"}},
+        {"row": {"commit": "--output=x"}},
+    ],
+)
+def test_a_damaged_pending_record_is_one_line_and_never_reaches_history(
+    tmp_path: Path, damage: dict
+) -> None:
+    from pipeline.commands.submit import read_pending
+
+    row = {"submitted_utc": "2026-12-01T00:00:00+00:00", "run_id": "abc123def456",
+           "commit": "a" * 40, "csv_md5": "0" * 32, "competition": "c", "message": "m",
+           "forced": ""}  # fmt: skip
+    good = {"row": row, "refs_before": [1, 2]}
+    path = tmp_path / "pending_submission.json"
+    path.write_text(json.dumps(good))
+    assert read_pending(path).refs_before == [1, 2]
+    damaged = good | {key: value for key, value in damage.items() if key != "row"}
+    if "row" in damage:
+        damaged["row"] = {} if not damage["row"] else row | damage["row"]
+    path.write_text(json.dumps(damaged))
+    with pytest.raises(PipelineError, match="pending_submission.json"):
+        read_pending(path)

@@ -95,3 +95,15 @@ def test_a_broken_profile_never_touches_params_yaml(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="bad.yaml: params: train.epochs must be an integer"):
         apply_profile("bad", params_path, profiles)
     assert params_path.read_text() == "train:\n  epochs: 3\n"
+
+
+@pytest.mark.parametrize("damage", ["not utf-8", "a folder"])
+def test_profile_on_an_unreadable_params_file_is_one_line(tmp_path: Path, damage: str) -> None:
+    params = tmp_path / "params.yaml"
+    if damage == "not utf-8":
+        params.write_bytes(b"train:\n  lr: 0.1  # \xff\n")
+    else:
+        params.mkdir()
+    result = _cli(tmp_path, "profile", "cpu")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "params.yaml: " in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -20,6 +20,7 @@ from pipeline.config.load import (
     parse_yaml,
     profile_path,
     profile_values,
+    read_params_text,
 )
 from pipeline.errors import PipelineError
 from pipeline.files import write_text_atomic
@@ -50,16 +51,13 @@ def apply_profile(
     """Replace params.yaml's model and train sections with the profile's, text and comments included."""
     profile_values(name, profiles_dir)  # refuse a broken profile before touching params.yaml
     profile = split_sections(profile_path(name, profiles_dir).read_text())
-    try:
-        current = split_sections(Path(params_path).read_text())
-    except FileNotFoundError:
-        raise PipelineError(f"{params_path}: file not found (run from the project root)") from None
+    current = split_sections(read_params_text(Path(params_path)))
     for section in PROFILE_SECTIONS:
         block = profile[section]
         current[section] = block if block.endswith("\n\n") else block.rstrip("\n") + "\n\n"
     text = "".join(current.values()).rstrip("\n") + "\n"
     try:
-        params_from_dict(parse_yaml(text))
+        params_from_dict(parse_yaml(text, str(params_path)))
     except PipelineError as error:
         raise PipelineError(f"{params_path}: with profile {name!r}: {error}") from None
     write_text_atomic(Path(params_path), text)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,7 +55,7 @@ from pipeline.paths import (
     PREPARED_DIR,
     SUBMISSION_PATH,
 )
-from pipeline.records.history import append_history, read_history
+from pipeline.records.history import FIELDS, append_history, check_row, read_history
 from pipeline.records.manifest import RunSummary, last_run_id, read_manifest, run_files
 from pipeline.records.submission_csv import validate_submission
 from pipeline.reporting import console
@@ -166,12 +167,23 @@ def read_pending(path: Path = PENDING_PATH) -> PendingSubmission | None:
     if not path.exists():
         return None
     data = read_json(path)
+    damaged = PipelineError(
+        f"{path}: not a pending submission record; check `python -m pipeline scores` for "
+        "the submission it stood for, then delete it"
+    )
     if not (isinstance(data, dict) and isinstance(data.get("row"), dict)):
-        raise PipelineError(
-            f"{path}: not a pending submission record; check `python -m pipeline scores` for "
-            "the submission it stood for, then delete it"
-        )
-    return PendingSubmission(row=data["row"], refs_before=list(data.get("refs_before", [])))
+        raise damaged
+    row, refs = data["row"], data.get("refs_before", [])
+    if set(row) != set(FIELDS) - {"kaggle_ref"} or not all(
+        isinstance(value, str) for value in row.values()
+    ):
+        raise damaged
+    if not isinstance(refs, list) or not all(
+        isinstance(ref, int) and not isinstance(ref, bool) for ref in refs
+    ):
+        raise damaged
+    check_row(path, 1, row | {"kaggle_ref": ""})  # what it would add to history.csv: its checks
+    return PendingSubmission(row=row, refs_before=refs)
 
 
 def settle_pending(
@@ -242,6 +254,8 @@ def wait_for_score(
 
 
 def check_options(poll_interval: float, wait_limit: float, daily_limit: int) -> None:
+    if not (math.isfinite(poll_interval) and math.isfinite(wait_limit)):
+        raise PipelineError("submit: --poll-interval and --wait-limit must be finite seconds")
     if poll_interval < MIN_POLL_INTERVAL_SECONDS:
         raise PipelineError(
             f"submit: --poll-interval {poll_interval:g} is under {MIN_POLL_INTERVAL_SECONDS:g} s; "

@@ -173,6 +173,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen: set = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a key must be a plain value, found {type(key).__name__}",
+                    key_node.start_mark,
+                )  # fmt: skip
             if key in seen:
                 line = key_node.start_mark.line + 1
                 raise yaml.constructor.ConstructorError(
@@ -182,14 +187,22 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def parse_yaml(text: str) -> Any:
-    """YAML as `yaml.safe_load` reads it, with a duplicate key an error."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-
-
-def _read_yaml(path: Path) -> Any:
+def parse_yaml(text: str, where: str = "params") -> Any:
+    """YAML as `yaml.safe_load` reads it, with a duplicate or non-scalar key an error; any
+    problem is one `PipelineError` that starts with `where` (a file, an override)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as error:
+        detail = str(error).replace("\n", " ")
+        raise PipelineError(f"{where}: not valid YAML: {detail}") from None
+    except RecursionError:  # PyYAML builds nested values recursively
+        raise PipelineError(f"{where}: not valid YAML: nested too deeply") from None
+
+
+def read_params_text(path: Path) -> str:
+    """A params or profile file's text; a missing, unreadable or non-UTF-8 file is one line."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found (run from the project root)") from None
     except UnicodeDecodeError as error:
@@ -198,11 +211,10 @@ def _read_yaml(path: Path) -> Any:
         ) from None
     except OSError as error:  # a folder, no read permission, an I/O error
         raise PipelineError(f"{path}: cannot be read ({error.strerror or error})") from None
-    try:
-        return parse_yaml(text)
-    except yaml.YAMLError as error:
-        detail = str(error).replace("\n", " ")
-        raise PipelineError(f"{path}: not valid YAML: {detail}") from None
+
+
+def _read_yaml(path: Path) -> Any:
+    return parse_yaml(read_params_text(path), str(path))
 
 
 def load_params(path: Path = DEFAULT_PARAMS_PATH) -> Params:
@@ -307,7 +319,7 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
         target = overrides
         for part in parts[:-1]:
             target = target.setdefault(part, {})
-        target[parts[-1]] = parse_yaml(value)
+        target[parts[-1]] = parse_yaml(value, f"override '{assignment}'")
     return overrides
 
 

@@ -36,7 +36,8 @@ FIELD_PATTERNS = {
 MAX_FIELD_CHARACTERS = 2000  # a message or competition slug longer than this is not ours
 
 
-def _check_row(path: Path, line_number: int, row: dict) -> None:
+def check_row(path: Path, line_number: int, row: dict) -> None:
+    """A row as read_history accepts it (every field, each of its kind), else one error."""
     if None in row or None in row.values():
         raise PipelineError(
             f"{path}: line {line_number} does not have the {len(FIELDS)} fields {','.join(FIELDS)}"
@@ -72,7 +73,7 @@ def read_history(path: Path = HISTORY_PATH) -> list[dict[str, str]]:
     except csv.Error as error:  # a field over csv's size limit, a NUL byte
         raise PipelineError(f"{path}: not a valid CSV ({error})") from None
     for line_number, row in enumerate(rows, start=2):
-        _check_row(path, line_number, row)
+        check_row(path, line_number, row)
     return rows
 
 
