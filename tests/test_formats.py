@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import codecs
+import io
 import os
 import pickle
+import struct
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import python2_style_pickle, write_python2_style_batch, write_small_custom_test
+from conftest import (
+    Python2StylePickler,
+    python2_style_pickle,
+    write_python2_style_batch,
+    write_small_custom_test,
+)
 
 from pipeline.data.formats import (
     CIFAR_FOLDER,
@@ -360,3 +367,180 @@ def test_shared_references_are_walked_once(
         assert not isinstance(outcome, PipelineError), outcome
     else:
         assert isinstance(outcome, PipelineError) and expected in str(outcome)
+
+
+def _text(text: str) -> bytes:
+    """BINUNICODE: how protocol 2 writes a str."""
+    return pickle.BINUNICODE + struct.pack("<I", len(text.encode())) + text.encode()
+
+
+def test_memo_index_beyond_the_file_is_refused(tmp_path: Path) -> None:
+    """The C unpickler sizes its memo table to twice the largest LONG_BINPUT index: 2**22 in a
+    9-byte file would take 64 MB (2**26, 1 GB). A pickler numbers its memo 0, 1, 2, …"""
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(
+        b"\x80\x02"
+        + pickle.EMPTY_DICT
+        + pickle.LONG_BINPUT
+        + struct.pack("<I", 2**22)
+        + pickle.STOP
+    )
+    with pytest.raises(
+        PipelineError, match=r"data_batch_1: refused: a memo index of 4,194,304"
+    ) as error:
+        restricted_load(path)
+    assert "\n" not in str(error.value)
+
+
+def test_one_text_encoded_again_and_again_is_refused(tmp_path: Path) -> None:
+    """`_codecs.encode(text, 'latin1')` called 40 times on one 64 KiB text in the memo: 2.6 MB of
+    byte strings from a 66 KB file (300 calls on 1 MiB: 300 MB from 1 MB)."""
+    call = pickle.BINGET + b"\x00" + pickle.BINGET + b"\x01" + pickle.BINGET + b"\x02"
+    call += pickle.TUPLE2 + pickle.REDUCE
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(
+        b"\x80\x02c_codecs\nencode\n"
+        + pickle.BINPUT + b"\x00" + _text("a" * 65536) + pickle.BINPUT + b"\x01"
+        + _text("latin1") + pickle.BINPUT + b"\x02" + pickle.POP
+        + pickle.EMPTY_LIST + pickle.MARK + call * 40 + pickle.APPENDS + pickle.STOP
+    )  # fmt: skip
+    with pytest.raises(PipelineError, match=r"data_batch_1: refused: .*encoded again and again"):
+        restricted_load(path)
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [("V", "no size"), ("S0", "no size"), ("i4,i4", "structured"), ("(2,)u1", "structured")],
+)
+def test_dtypes_without_one_plain_size_are_refused(
+    tmp_path: Path, code: str, expected: str
+) -> None:
+    """A dtype whose items have no size, fields or a subarray is one a later BUILD state can give
+    any size and offsets: no numeric array the competition ships needs one."""
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps([_Reduces(np.dtype, (code, False, True))], protocol=2))
+    with pytest.raises(PipelineError, match=rf"data_batch_1: refused: .*{expected}"):
+        restricted_load(path)
+
+
+def _dtype_ops(code: str, state: bytes) -> bytes:
+    """`numpy.dtype(code, False, True)` as numpy pickles it, then BUILD with `state`'s opcodes."""
+    call = b"cnumpy\ndtype\n" + _text(code) + pickle.NEWFALSE + pickle.NEWTRUE + pickle.TUPLE3
+    return call + pickle.REDUCE + pickle.BINPUT + b"\x00" + state + pickle.BUILD
+
+
+def _dtype_state(elsize: bytes, names: bytes = pickle.NONE, fields: bytes = pickle.NONE) -> bytes:
+    """numpy's dtype state (3, '|', subarray, names, fields, elsize, alignment, flags)."""
+    return (
+        pickle.MARK + b"K\x03" + _text("|") + pickle.NONE + names + fields + elsize + b"K\x01K\x00t"
+    )
+
+
+NO_SIZE = b"K\x00"  # BININT1 0
+BUILTIN_SIZE = b"J\xff\xff\xff\xff"  # BININT -1: numpy's builtin types keep their own
+
+F0_NAMES = _text("f0") + pickle.TUPLE1  # names ('f0',)
+F0_AT_1GB = (
+    pickle.EMPTY_DICT + _text("f0") + b"cnumpy\ndtype\n" + _text("u1") + pickle.NEWFALSE
+    + pickle.NEWTRUE + pickle.TUPLE3 + pickle.REDUCE + pickle.BININT + struct.pack("<i", 10**9)
+    + pickle.TUPLE2 + pickle.SETITEM
+)  # fmt: skip  # fields {'f0': (dtype('u1'), 10**9)}: one byte, a gigabyte past the item
+
+
+def _array_then_dtype_build(code: str, elsize: bytes, data: bytes, late_state: bytes) -> bytes:
+    """An array of 1000 `code` items over `data`, as numpy pickles it, and afterwards another
+    BUILD on its dtype (memo 0): the array was checked against the dtype before it changed."""
+    return (
+        b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
+        + b"K\x00\x85C\x01B\x87R"  # _reconstruct(ndarray, (0,), b'B')
+        + pickle.MARK + b"K\x01M\xe8\x03\x85" + _dtype_ops(code, _dtype_state(elsize))
+        + pickle.NEWFALSE + pickle.BINBYTES + struct.pack("<I", len(data)) + data
+        + pickle.TUPLE + pickle.BUILD  # (1, (1000,), dtype, False, data)
+        + pickle.BINGET + b"\x00" + late_state + pickle.BUILD + pickle.POP + pickle.STOP
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        _array_then_dtype_build("V0", NO_SIZE, b"", _dtype_state(b"K\x08")),
+        _array_then_dtype_build(
+            "u1", BUILTIN_SIZE, b"\x00" * 1000, _dtype_state(BUILTIN_SIZE, F0_NAMES, F0_AT_1GB)
+        ),
+    ],
+    ids=["void-grows-to-8-bytes-an-item-over-none", "uint8-gains-a-field-a-gigabyte-in"],
+)
+def test_a_dtype_cannot_change_after_its_array_was_checked(tmp_path: Path, content: bytes) -> None:
+    """numpy's `dtype(code, False, True)` is a copy that any later BUILD reshapes: an array whose
+    bytes were counted against 0 bytes an item would read 8,000 (a segfault)."""
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(content)
+    with pytest.raises(PipelineError, match=r"data_batch_1: refused: ") as error:
+        restricted_load(path)
+    assert "\n" not in str(error.value)
+
+
+def test_an_array_from_its_buffer_takes_no_build_state(tmp_path: Path) -> None:
+    """numpy's own BUILD on a `_frombuffer` array (protocol 5) re-shapes it over any byte string
+    of the file, copying it to swap the byte order: 20 empty arrays each given one 64 KiB string
+    would be 1.3 MB from a 66 KB file (1 MiB a hundred times: 100 MB)."""
+    rows = b"\x01" * 65536
+    swapped = (1, (32768,), np.dtype(">u2"), False, rows)
+    empty = _Reduces(np._core.numeric._frombuffer, (b"", np.dtype("u1"), (0,), "C"), swapped)
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": [empty] * 20}, protocol=2))
+    with pytest.raises(PipelineError, match=r"data_batch_1: refused: an array filled twice"):
+        restricted_load(path)
+
+
+NUMERIC_ARRAYS = {
+    b"uint8": np.arange(24, dtype=np.uint8).reshape(2, 3, 4),
+    b"int64-big-endian": np.array([3, -1, 2**40], dtype=">i8"),
+    b"float32-fortran": np.asfortranarray(np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)),
+    b"float64": np.array([np.pi, -0.0, np.inf]),
+    b"complex128": np.array([1 + 2j]),
+    b"bool": np.array([True, False]),
+    b"datetime64-seconds": np.array(["2025-01-01T00:00:01"], dtype="M8[s]"),
+    b"timedelta64-3ms-big-endian": np.array([5], dtype=">m8[3ms]"),
+    b"empty": np.zeros((0, 3072), np.uint8),
+}
+
+
+@pytest.mark.parametrize("protocol", range(6))
+def test_numeric_arrays_load_from_protocols_0_to_5(tmp_path: Path, protocol: int) -> None:
+    """As numpy's own unpickling gives them: the same values, dtypes (a big-endian one comes back
+    native) and memory order."""
+    path = tmp_path / "cifar_test_nolabel.pkl"
+    path.write_bytes(pickle.dumps(NUMERIC_ARRAYS, protocol=protocol))
+    loaded, expected = restricted_load(path), pickle.loads(path.read_bytes())
+    assert set(loaded) == set(NUMERIC_ARRAYS)
+    for name, array in expected.items():
+        assert loaded[name].dtype.str == array.dtype.str, name
+        assert loaded[name].flags.f_contiguous == array.flags.f_contiguous, name
+        np.testing.assert_array_equal(loaded[name], NUMERIC_ARRAYS[name])
+
+
+class _Python2StrPickler(Python2StylePickler):
+    """Python 2 also wrote its text (numpy's type codes 'u1', byte orders '|') as byte strings:
+    the official batches' dtype states load as b'|', not '|'."""
+
+    def save_str(self, obj: str) -> None:
+        text = obj.encode("latin1")
+        self.write(pickle.SHORT_BINSTRING + bytes([len(text)]) + text)  # all shorter than 256
+        self.memoize(obj)
+
+    dispatch = dict(Python2StylePickler.dispatch)
+    dispatch[str] = save_str
+
+
+def test_dtype_states_written_as_python_2_byte_strings_load(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    _Python2StrPickler(buffer, protocol=2).dump(NUMERIC_ARRAYS)
+    assert b"X\x01\x00\x00\x00|" not in buffer.getvalue()  # no BINUNICODE '|' left
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(buffer.getvalue())
+    loaded = restricted_load(path)
+    expected = pickle.loads(buffer.getvalue(), encoding="bytes")
+    for name, array in expected.items():
+        assert loaded[name].dtype.str == array.dtype.str, name
+        np.testing.assert_array_equal(loaded[name], NUMERIC_ARRAYS[name])
