@@ -238,7 +238,7 @@ CASES = {
                                 *FETCH[:1], "bundle.zip: not a regular file (a device, FIFO or socket)", FETCH[1]),
     "cifar_url with a password and a bad port": Case(
         _params("data:\n  source: url\n  cifar_url: http://user:hunter2@example.invalid:port/c.tar.gz\n"), *FETCH[:1],
-        "http://user:***@example.invalid:port/c.tar.gz: not a valid URL (Port could not be cast", FETCH[1]),
+        "http://***@example.invalid:port/c.tar.gz: not a valid URL (its host or port cannot be read)", FETCH[1]),
     "cifar_url with a token, not http(s)": Case(
         _params("data:\n  source: url\n  cifar_url: ftp://example.invalid/c.tar.gz?token=hunter2\n"), *FETCH[:1],
         "ftp://example.invalid/c.tar.gz?token=***: not an http:// or https:// URL", FETCH[1]),

@@ -9,10 +9,12 @@ import dataclasses
 import errno
 import fcntl
 import hashlib
+import http.client
 import http.server
 import importlib
 import io
 import os
+import re
 import shutil
 import socket
 import stat
@@ -457,8 +459,17 @@ def test_url_download_failures_end_in_a_clear_error_and_no_file(
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
-        ("https://user:s3cret@host/c.tar.gz", "https://user:***@host/c.tar.gz"),
+        ("https://user:s3cret@host/c.tar.gz", "https://***@host/c.tar.gz"),
         ("https://ghp_s3cret@host/c.tar.gz", "https://***@host/c.tar.gz"),  # a token as user
+        ("https://ghp_s3cret:x-oauth-basic@host/c.tar.gz", "https://***@host/c.tar.gz"),
+        # '/', '?' or '#' in a password, which every URL reader takes for the host part's end
+        ("https://alice:s3cr/etPW@example.com/c.tar.gz", "https://***@example.com/c.tar.gz"),
+        ("https://alice:s3cr?etPW@example.com/c.tar.gz", "https://***@example.com/c.tar.gz"),
+        ("https://alice:s3cr#etPW@example.com/c.tar.gz", "https://***@example.com/c.tar.gz"),
+        ("https://s3cr/etPW@example.com/c.tar.gz", "https://***@example.com/c.tar.gz"),
+        ("https://user@s3cr:et/PW@example.com/c.tar.gz", "https://***@example.com/c.tar.gz"),
+        ("https://cdn.example.com/pkg@1.0/c.tar.gz", "https://cdn.example.com/pkg@1.0/c.tar.gz"),
+        ("https://host/c\x1b[2J.tar.gz\n", "https://host/c\\x1b[2J.tar.gz"),  # one line, no escapes
         (
             "https://host/c.tar.gz?token=s3cret&X-Amz-Signature=s3cret",
             "https://host/c.tar.gz?token=***&X-Amz-Signature=***",
@@ -469,8 +480,10 @@ def test_url_download_failures_end_in_a_clear_error_and_no_file(
         (DataParams().cifar_url, DataParams().cifar_url),  # the official URL is shown whole
     ],
 )
-def test_redact_url_hides_passwords_and_query_values(url: str, shown: str) -> None:
+def test_redact_url_hides_the_user_info_and_query_values(url: str, shown: str) -> None:
     assert sources.redact_url(url) == shown
+    unreadable_or_hidden = shown == "(an unparseable URL)" or sources.REDACTED in shown
+    assert sources.url_has_secrets(url) == unreadable_or_hidden  # what is hidden is warned of
 
 
 def _basic_auth(user: str, password: str) -> Callable[[http.server.BaseHTTPRequestHandler], bool]:
@@ -536,11 +549,82 @@ def test_refused_credentials_are_one_line_without_the_password(
         fetch.run(_url_params(_with_userinfo(url, "user:wrong-s3cret"), custom_test_file),
                   _raw(tmp_path))  # fmt: skip
     message = str(error.value)
-    assert message.startswith(f"{_with_userinfo(url, 'user:***')}: download failed: HTTP 401")
+    assert message.startswith(f"{_with_userinfo(url, '***')}: download failed: HTTP 401")
     assert "check the credentials" in message
     assert "s3cret" not in message and "\n" not in message
     assert server.requests == 1  # a 401 is not retried
     assert not _raw(tmp_path).exists()
+
+
+@pytest.mark.parametrize("userinfo", ["alice:s3cr/etPW", "alice:s3cr?etPW", "alice:s3cr#etPW",
+                                      "s3cr/etPW"])  # fmt: skip
+def test_a_password_holding_a_slash_is_refused_before_connecting_and_never_shown(
+    tmp_path: Path, serve, custom_test_file: Path, capsys: pytest.CaptureFixture, userinfo: str
+) -> None:
+    url, server = serve(b"x" * 100, ["ok"])
+    with pytest.raises(PipelineError) as error:
+        fetch.run(_url_params(_with_userinfo(url, userinfo), custom_test_file), _raw(tmp_path))
+    message = str(error.value)
+    assert message.startswith(f"{_with_userinfo(url, '***')}: cannot tell where the host starts")
+    assert "percent-encode" in message and "\n" not in message
+    output = capsys.readouterr()
+    assert "s3cr" not in message + output.out + output.err and "etPW" not in message
+    assert server.requests == 0  # nothing sent, to the wrong host or any other
+    _no_output(tmp_path)
+
+
+@pytest.mark.parametrize("tail", ["?token=s3cret x", "?token=s3cret\tx", "/c\x7f?token=s3cret"])
+def test_a_url_with_spaces_or_control_characters_is_refused_once_without_its_token(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    serve,
+    custom_test_file: Path,
+    capsys: pytest.CaptureFixture,
+    tail: str,
+) -> None:
+    url, server = serve(b"x" * 100, ["ok"])
+    monkeypatch.setenv(fetch.CIFAR_URL_VARIABLE, url + tail)
+    with pytest.raises(PipelineError) as error:
+        fetch.run(DataParams(source="url", custom_test_path=str(custom_test_file)), _raw(tmp_path))
+    message = str(error.value)
+    assert "cannot hold spaces, control or non-ASCII characters" in message
+    assert "\n" not in message and "\t" not in message
+    output = capsys.readouterr()
+    assert "s3cret" not in message + output.out + output.err
+    assert "download attempt" not in output.err and server.requests == 0  # refused, not retried
+    _no_output(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("problem", "attempts", "expected"),
+    [
+        (http.client.InvalidURL("URL can't contain control characters. '/c?token=s3cret x'"), 1,
+         "not a valid URL (the HTTP client refused it)"),
+        (http.client.HTTPException("got a line with s3cret"), sources.DOWNLOAD_ATTEMPTS,
+         "not a valid HTTP answer (HTTPException)"),
+    ],
+)  # fmt: skip
+def test_the_http_clients_own_words_never_reach_a_message(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    problem: Exception,
+    attempts: int,
+    expected: str,
+) -> None:
+    calls = []
+
+    def stream_to(*args: object) -> None:
+        calls.append(args)
+        raise problem
+
+    monkeypatch.setattr(sources, "_stream_to", stream_to)
+    monkeypatch.setattr(sources, "DOWNLOAD_BACKOFF_SECONDS", 0.0)
+    with pytest.raises(PipelineError, match=re.escape(expected)) as error:
+        sources.download_file("http://127.0.0.1:9/c.tar.gz?token=s3cret", tmp_path / "c", None)
+    assert len(calls) == attempts  # an invalid URL stays invalid: it is not retried
+    output = capsys.readouterr()
+    assert "s3cret" not in str(error.value) + output.out + output.err
 
 
 def test_a_token_in_the_query_is_never_printed(
@@ -689,9 +773,14 @@ def _contents(folder: Path) -> dict[str, bytes]:
 
 def test_a_link_to_an_empty_folder_is_filled_in_place_and_kept(tmp_path: Path) -> None:
     raw_dir, shared = _linked_raw(tmp_path)
+    inode = shared.stat().st_ino
     params = DataParams(source="synthetic", synthetic=SMALL_SYNTHETIC)
     fetch.run(params, raw_dir)
     assert raw_dir.is_symlink() and raw_dir.resolve() == shared.resolve()
+    assert shared.stat().st_ino == inode  # filled, never renamed or replaced
+    assert sorted(p.name for p in shared.iterdir()) == sorted(
+        [CIFAR_FOLDER, "cifar_test_nolabel.pkl"]
+    )
     assert sorted(p.name for p in (shared / CIFAR_FOLDER).iterdir()) == sorted(CIFAR_FILES)
     stamp = (shared / CIFAR_FOLDER / "data_batch_1").stat().st_mtime_ns
     fetch.run(params, raw_dir)  # the same files again: the shared folder is left as it is
@@ -712,6 +801,174 @@ def test_a_linked_folder_holding_other_files_is_never_overwritten(tmp_path: Path
     assert _contents(shared) == before
     assert raw_dir.is_symlink()
     assert [p.name for p in raw_dir.parent.iterdir()] == ["raw"]
+
+
+USERS_NAMES = [
+    ".cifar.old",
+    ".cifar.backup.tmp",
+    ".cifar.pipeline.old",
+    ".cifar.pipeline-0123abcd.tmp",
+]
+
+
+@pytest.mark.parametrize("target_exists", [True, False])
+def test_nothing_beside_a_links_target_is_ever_renamed_or_removed(
+    tmp_path: Path, target_exists: bool
+) -> None:
+    """The folder holding a link's target is the user's: even names like ours are theirs there."""
+    raw_dir, shared = _linked_raw(tmp_path)
+    (shared / "their-file").write_text("theirs")
+    if not target_exists:  # a dangling link beside a `.cifar.old`: never renamed into place
+        shutil.rmtree(shared)
+    for name in USERS_NAMES:
+        (shared.parent / name).mkdir()
+        (shared.parent / name / "their-file").write_text("theirs")
+    before = _contents(shared.parent)
+    expected = "never overwrites a linked folder" if target_exists else "which is not a folder"
+    with pytest.raises(PipelineError, match=expected) as error:
+        fetch.run(DataParams(source="synthetic", synthetic=SMALL_SYNTHETIC), raw_dir)
+    assert "\n" not in str(error.value)
+    assert _contents(shared.parent) == before
+    assert sorted(p.name for p in shared.parent.iterdir()) == sorted(
+        USERS_NAMES + (["cifar"] if target_exists else [])
+    )
+
+
+@pytest.mark.parametrize("target", ["root", "home", "parent"])
+def test_a_link_to_the_root_the_home_folder_or_its_own_folder_is_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    raw_dir = _raw(tmp_path)
+    raw_dir.parent.mkdir(parents=True)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    linked = {"root": Path("/"), "home": home, "parent": raw_dir.parent}[target]
+    raw_dir.symlink_to(linked)
+    with pytest.raises(PipelineError) as error:
+        fetch.run(DataParams(source="synthetic", synthetic=SMALL_SYNTHETIC), raw_dir)
+    message = str(error.value)
+    assert message.startswith(f"{raw_dir}: a link to {os.path.realpath(linked)}, "), message
+    assert "an output needs a folder of its own" in message and "\n" not in message
+    assert list(home.iterdir()) == [] and raw_dir.is_symlink()
+
+
+# --- a mount point, or a link to a freshly mounted disk ---------------------------------------
+
+
+def _mounted(monkeypatch: pytest.MonkeyPatch, mount_point: Path) -> None:
+    """Make `mount_point` look mounted: os.path.ismount says so, and renaming it is EBUSY."""
+    real_ismount, real_replace, real_rename = os.path.ismount, os.replace, os.rename
+    mount_point.mkdir(parents=True, exist_ok=True)
+    (mount_point / "lost+found").mkdir(exist_ok=True)  # what a fresh ext4 disk holds
+    is_it = lambda path: os.path.abspath(path) == str(mount_point)  # noqa: E731
+
+    def busy(real: Callable) -> Callable:
+        def call(source: object, target: object, *args: object, **kwargs: object) -> None:
+            if is_it(source) or is_it(target):
+                raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(source))
+            real(source, target, *args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(os.path, "ismount", lambda path: is_it(path) or real_ismount(path))
+    monkeypatch.setattr(os, "replace", busy(real_replace))
+    monkeypatch.setattr(os, "rename", busy(real_rename))
+
+
+def test_a_mount_point_data_raw_is_filled_in_place_and_never_renamed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw_dir = _raw(tmp_path)
+    _mounted(monkeypatch, raw_dir)
+    inode = raw_dir.stat().st_ino
+    for seed in (1, 2):  # filled, then its contents replaced
+        synthetic = dataclasses.replace(SMALL_SYNTHETIC, seed=seed)
+        fetch.run(DataParams(source="synthetic", synthetic=synthetic), raw_dir)
+    fetch.run(DataParams(source="synthetic", synthetic=synthetic), tmp_path / "expected")
+    assert raw_dir.stat().st_ino == inode
+    assert sorted(p.name for p in raw_dir.iterdir()) == sorted(
+        [CIFAR_FOLDER, "cifar_test_nolabel.pkl", "lost+found"]
+    )
+    assert _contents(raw_dir) == _contents(tmp_path / "expected")
+    assert [p.name for p in raw_dir.parent.iterdir()] == ["raw"]
+
+
+def test_a_link_to_a_freshly_mounted_disk_is_filled_in_place_beside_its_lost_and_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw_dir, shared = _linked_raw(tmp_path)
+    _mounted(monkeypatch, shared)
+    fetch.run(DataParams(source="synthetic", synthetic=SMALL_SYNTHETIC), raw_dir)
+    assert sorted(p.name for p in shared.iterdir()) == sorted(
+        [CIFAR_FOLDER, "cifar_test_nolabel.pkl", "lost+found"]
+    )
+    assert raw_dir.is_symlink() and [p.name for p in shared.parent.iterdir()] == ["cifar"]
+
+
+def test_a_mount_points_temporary_folder_is_made_inside_it_on_its_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    final = tmp_path / "data" / "prepared"
+    _mounted(monkeypatch, final)
+    (final / "train.npz").write_text("earlier")
+    with atomic_directory(final) as temp:
+        assert temp.parent == final
+        (temp / "val.npz").write_text("later")
+    assert sorted(p.name for p in final.iterdir()) == ["lost+found", "val.npz"]
+
+
+@pytest.mark.parametrize("failing", ["moving out", "moving in"])
+def test_a_fill_in_place_that_fails_midway_keeps_the_old_contents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    raw_dir = _raw(tmp_path)
+    _mounted(monkeypatch, raw_dir)
+    fetch.run(DataParams(source="synthetic", synthetic=SMALL_SYNTHETIC), raw_dir)
+    before = _contents(raw_dir)
+    mounted_replace, moves = os.replace, []
+
+    def replace(source: object, target: object) -> None:
+        step = "moving out" if Path(target).parent.name == ".pipeline.old" else "moving in"
+        moves.append(step)
+        if step == failing and moves.count(step) == 2:  # the first entry has moved already
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), str(source))
+        mounted_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    other = DataParams(source="synthetic", synthetic=dataclasses.replace(SMALL_SYNTHETIC, seed=4))
+    with pytest.raises(PipelineError) as error:
+        fetch.run(other, raw_dir)
+    _one_disk_line(error, raw_dir, errno.EACCES)
+    assert _contents(raw_dir) == before
+    assert sorted(p.name for p in raw_dir.iterdir()) == sorted(
+        [CIFAR_FOLDER, "cifar_test_nolabel.pkl", "lost+found"]
+    )
+
+
+@pytest.mark.parametrize("killed", ["moving out", "moving in"])
+def test_a_fill_in_place_killed_midway_is_undone_or_finished_by_the_next_run(
+    tmp_path: Path, killed: str
+) -> None:
+    """The two states a kill can leave inside a linked folder: before the temporary folder is
+    marked whole, the old contents go back; after, the rest of the new ones move in."""
+    raw_dir, shared = _linked_raw(tmp_path)
+    aside, temp = shared / ".pipeline.old", shared / ".pipeline-0123abcd.tmp"
+    aside.mkdir()
+    temp.mkdir()
+    (aside / "a.npz").write_text("old a")
+    (temp / "b.npz").write_text("new b")
+    if killed == "moving out":  # a.npz is aside, b.npz not yet
+        (shared / "b.npz").write_text("old b")
+        (temp / "a.npz").write_text("new a")
+    else:  # all old ones aside, the temporary folder marked whole, a.npz moved in
+        (aside / "b.npz").write_text("old b")
+        (temp / ".pipeline-complete").touch()
+        (shared / "a.npz").write_text("new a")
+    recover_directory(raw_dir)
+    age = "old" if killed == "moving out" else "new"
+    assert _contents(shared) == {"a.npz": f"{age} a".encode(), "b.npz": f"{age} b".encode()}
+    assert sorted(p.name for p in shared.iterdir()) == ["a.npz", "b.npz"]
 
 
 # --- killed fetches: the swap's crash window and the debris -----------------------------------
@@ -748,8 +1005,9 @@ def test_a_fetch_killed_between_the_two_renames_is_undone_by_the_next(
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert killed.returncode == -9, killed.stderr
-    assert not raw_dir.exists() and (raw_dir.parent / ".raw.old").is_dir()
-    assert list(raw_dir.parent.glob(".raw.*.tmp")) and list(raw_dir.parent.glob(".fetch-*"))
+    assert not raw_dir.exists() and (raw_dir.parent / ".raw.pipeline.old").is_dir()
+    assert list(raw_dir.parent.glob(".raw.pipeline-*.tmp"))
+    assert list(raw_dir.parent.glob(".fetch-pipeline-*"))
 
     fetch.run(DataParams(source="auto"), raw_dir)  # finds the earlier data back, fetches nothing
     assert _contents(raw_dir) == before
@@ -763,18 +1021,33 @@ def test_debris_of_killed_fetches_is_removed_and_nothing_else(tmp_path: Path) ->
     shared = tmp_path / "shared"
     shared.mkdir()
     (shared / "data_batch_1").write_bytes(b"someone else's")
-    ours = [data / ".fetch-k1ll3d00", data / ".raw.0123abcd.tmp", data / ".raw.old"]
+    ours = [data / ".fetch-pipeline-k1ll3d00", data / ".raw.pipeline-0123abcd.tmp",
+            data / ".raw.pipeline.old"]  # fmt: skip
     for folder in ours[:2]:
         folder.mkdir()
         (folder / "data_batch_1").write_bytes(bytes(1000))
     ours[2].symlink_to(shared)  # where an earlier fetch moved a linked data/raw
-    theirs = [data / "notes.txt", data / ".raw-backup", data / ".prepared.0123abcd.tmp"]
+    theirs = [data / "notes.txt", data / ".raw-backup", data / ".prepared.pipeline-0123abcd.tmp",
+              data / ".raw.old", data / ".raw.backup.tmp", data / ".fetch-cache"]  # fmt: skip
     for path in theirs:
         path.write_text("not fetch's")
     fetch.run(params, _raw(tmp_path))
     assert not [path for path in ours if os.path.lexists(path)]
     assert all(path.exists() for path in theirs)
     assert (shared / "data_batch_1").read_bytes() == b"someone else's"  # unlinked, not followed
+
+
+def test_a_users_own_dot_raw_old_is_never_put_in_place_or_removed(tmp_path: Path) -> None:
+    """Only `.raw.pipeline.old` is fetch's to put back: `.raw.old` is a name a user might pick."""
+    data = _raw(tmp_path).parent
+    theirs = [data / ".raw.old", data / ".raw.backup.tmp", data / ".raw.0123abcd.tmp"]
+    for folder in theirs:
+        folder.mkdir(parents=True)
+        (folder / "data_batch_1").write_text("their own")
+    before = _contents(data)
+    fetch.run(DataParams(source="synthetic", synthetic=SMALL_SYNTHETIC), _raw(tmp_path))
+    assert sorted(p.name for p in (_raw(tmp_path) / CIFAR_FOLDER).iterdir()) == sorted(CIFAR_FILES)
+    assert {k: v for k, v in _contents(data).items() if not k.startswith("raw/")} == before
 
 
 def test_an_interrupted_swap_is_undone_before_the_next_write(
@@ -890,6 +1163,23 @@ def test_a_full_or_read_only_disk_during_fetch_is_one_line_and_keeps_the_data(
     assert [p.name for p in raw_dir.parent.iterdir()] == ["raw"]
 
 
+@pytest.mark.parametrize("code", [errno.EBUSY, errno.EXDEV])
+def test_a_busy_or_cross_disk_rename_is_one_line_and_keeps_the_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """A bind-mounted data/raw (which os.path.ismount cannot see) refuses its rename: EBUSY."""
+    raw_dir = _raw(tmp_path)
+    fetch.run(DataParams(source="synthetic", synthetic=SMALL_SYNTHETIC), raw_dir)
+    before = _contents(raw_dir)
+    is_raw = lambda path: os.path.abspath(path) == str(raw_dir)  # noqa: E731
+    monkeypatch.setattr(os, "replace", _refusing(code, where=is_raw, real=os.replace))
+    with pytest.raises(PipelineError) as error:
+        fetch.run(DataParams(source="synthetic", synthetic=SMALL_SYNTHETIC), raw_dir)
+    _one_disk_line(error, raw_dir, code)
+    assert _contents(raw_dir) == before
+    assert [p.name for p in raw_dir.parent.iterdir()] == ["raw"]
+
+
 def test_a_full_disk_while_downloading_is_one_line_and_not_retried(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serve, custom_test_file: Path
 ) -> None:
@@ -947,7 +1237,7 @@ def test_a_full_or_read_only_disk_during_prepare_keeps_the_earlier_output(
     assert [p.name for p in report_path.parent.iterdir()] == ["data.json"]
 
 
-# --- the umask --------------------------------------------------------------------------------
+# --- the umask, and the modes and links of rewritten files ------------------------------------
 
 
 def _mode(path: Path) -> int:
@@ -968,3 +1258,37 @@ def test_outputs_get_the_modes_the_umask_gives(tmp_path: Path, umask: int) -> No
     folders = [tmp_path / "folder", _raw(tmp_path), _raw(tmp_path) / CIFAR_FOLDER]
     assert [oct(_mode(path)) for path in files] == [oct(0o666 & ~umask)] * len(files)
     assert [oct(_mode(path)) for path in folders] == [oct(0o777 & ~umask)] * len(folders)
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o664], ids=oct)
+def test_a_rewritten_file_keeps_its_mode(tmp_path: Path, mode: int) -> None:
+    """`chmod 600 params.yaml` then `python -m pipeline profile cpu`: still 600."""
+    path = tmp_path / "params.yaml"
+    path.write_text("earlier")
+    path.chmod(mode)
+    write_text_atomic(path, "later")
+    assert (path.read_text(), oct(_mode(path))) == ("later", oct(mode))
+
+
+def test_a_symlinked_file_is_written_through_and_the_link_kept(tmp_path: Path) -> None:
+    shared = tmp_path / "shared" / "params.yaml"
+    shared.parent.mkdir()
+    shared.write_text("earlier")
+    shared.chmod(0o600)
+    link = tmp_path / "project" / "params.yaml"
+    link.parent.mkdir()
+    link.symlink_to(shared)
+    write_text_atomic(link, "later")
+    assert link.is_symlink() and shared.read_text() == "later" and _mode(shared) == 0o600
+    assert [p.name for p in shared.parent.iterdir()] == ["params.yaml"]
+    assert [p.name for p in link.parent.iterdir()] == ["params.yaml"]
+
+
+def test_a_link_into_a_missing_folder_is_refused_in_one_line(tmp_path: Path) -> None:
+    link = tmp_path / "params.yaml"
+    link.symlink_to(tmp_path / "unmounted" / "params.yaml")
+    with pytest.raises(
+        PipelineError, match=r"params.yaml: a link to .*whose folder does not exist"
+    ):
+        write_text_atomic(link, "later")
+    assert link.is_symlink() and not (tmp_path / "unmounted").exists()

@@ -4,7 +4,8 @@
 source, the files are assembled in a temporary folder, checked by structure through the same
 restricted loaders `prepare` uses, and only then swapped into `data/raw` (files.atomic_directory).
 Each fetch first undoes what a killed one left: a `data/raw` moved aside mid-swap is put back,
-and its temporary folders (`data/.fetch-*`, `data/.raw.*.tmp`) are removed.
+and its temporary folders (`data/.fetch-pipeline-*`, `data/.raw.pipeline-*.tmp`) are removed;
+names a user might give their own folders (`.raw.old`, `.fetch-cache`) are never touched.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pipeline.data.sources import download_file, extract_archive, redact_url, ur
 from pipeline.data.synthetic import write_synthetic_raw
 from pipeline.errors import PipelineError
 from pipeline.files import (
+    FILESYSTEM_ENTRIES,
     atomic_directory,
     disk_errors_reported,
     folder_lock,
@@ -48,7 +50,7 @@ from pipeline.reporting import console
 
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # the official cifar-10-python.tar.gz
 CIFAR_URL_VARIABLE = "PIPELINE_CIFAR_URL"  # replaces data.cifar_url: a secret URL stays untracked
-SCRATCH_PREFIX = ".fetch-"  # fetch's working folders beside data/raw, removed after a kill too
+SCRATCH_PREFIX = ".fetch-pipeline-"  # fetch's scratch beside data/raw, removed after a kill too
 OFFICIAL_IMAGES_PER_BATCH = 10_000
 OFFLINE_ALTERNATIVES = (
     "offline: set data.source to 'local' with data.path pointing to the competition's .zip, a "
@@ -249,9 +251,10 @@ def linked_folder_in_use(raw_dir: Path) -> Path | None:
     A linked data/raw is the user's folder, often shared with other projects or people. A
     demanding user expects fetch to keep the link as they made it (never move it aside or put a
     copy in its place, which broke every later fetch) and never to overwrite files others may
-    be reading. So a link to an empty folder is filled in place (atomic_directory swaps beside
-    the target; None here), a folder that already holds exactly what this fetch produces is left
-    alone, and one holding anything else is refused (`_require_same_files`).
+    be reading. So a link to an empty folder (a fresh disk's `lost+found` aside) is filled in
+    place (atomic_directory swaps its contents inside it, never beside it; None here), a folder
+    that already holds exactly what this fetch produces is left alone, and one holding anything
+    else is refused (`_require_same_files`).
     """
     if not raw_dir.is_symlink():
         return None
@@ -261,7 +264,8 @@ def linked_folder_in_use(raw_dir: Path) -> Path | None:
             f"{raw_dir}: a link to {target}, which is not a folder (an unmounted drive?); fix "
             "the link, or remove it to fetch into a folder of its own"
         )
-    return target if any(target.iterdir()) else None
+    in_use = any(entry.name not in FILESYSTEM_ENTRIES for entry in target.iterdir())
+    return target if in_use else None
 
 
 def _require_same_files(fetched: Path, linked: Path, raw_dir: Path, source: str) -> None:
