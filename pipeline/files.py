@@ -67,37 +67,23 @@ def _create_folder(path: Path) -> None:
 def atomic_path(final_path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `final_path`; rename it into place only if the block succeeds.
 
-    A file that already exists keeps its mode (a `chmod 600 params.yaml` stays 600). A symlinked
-    `final_path` is written through: the file it points to is replaced and the link kept, as
-    `echo > link` does. A link to a shared config or a bigger disk is the user's choice, and
-    replacing it with a plain file would silently fork their file from the one it pointed to.
+    A file that already exists keeps its mode (a `chmod 600 params.yaml` stays 600). A symlink
+    at `final_path` is replaced by the new file and what it pointed to is left as it was: DVC's
+    symlink and hardlink cache types make outputs links into the cache, and writing through one
+    would change a cached file under its md5's name.
     """
-    final_path = _written_through(Path(final_path))
+    final_path = Path(final_path)
     final_path.parent.mkdir(parents=True, exist_ok=True)
     temp_path = _new_temp(final_path.parent, f"{final_path.name}.", _create_file)
     try:
         yield temp_path
-        with contextlib.suppress(FileNotFoundError):  # a new file keeps the umask's mode
+        if final_path.exists() and not final_path.is_symlink():  # a new file: the umask's mode
             os.chmod(temp_path, stat.S_IMODE(os.stat(final_path).st_mode))
         _sync(temp_path)  # the bytes reach the disk before the name points at them
         os.replace(temp_path, final_path)
         _sync(final_path.parent)  # and the rename itself survives a power cut
     finally:
         temp_path.unlink(missing_ok=True)
-
-
-def _written_through(path: Path) -> Path:
-    """`path`, or for a symlink the file it points to (whose folder must exist: no folders are
-    made outside the project on a link's word)."""
-    if not path.is_symlink():
-        return path
-    target = Path(os.path.realpath(path))
-    if not target.parent.is_dir():
-        raise PipelineError(
-            f"{path}: a link to {target}, whose folder does not exist; fix the link, or remove "
-            "it to write a file here"
-        )
-    return target
 
 
 def _sync(path: Path) -> None:
