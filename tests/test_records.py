@@ -141,14 +141,16 @@ def test_a_checkpoint_whose_config_is_huge_is_refused_before_anything_is_allocat
     save_checkpoint(tmp_path / "huge.pt", record)
     member = _training_record() | {"model_config": HUGE_CONFIG | {"max_params": 10**12}}
     script = (
-        "import resource, sys\n"
+        "import sys\n"
         "from pipeline.errors import PipelineError\n"
         "from pipeline.records.checkpoint import Checkpoint\n"
         "try:\n"
         "    Checkpoint.load(sys.argv[1]).model(sys.argv[1])\n"
         "except PipelineError as error:\n"
         "    print(error)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"  # MiB on Linux
+        # this process's own peak (VmHWM, KiB): ru_maxrss would include the forked parent's
+        "hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+        "print(int(hwm.split()[1]) // 1024)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path / "huge.pt")],
