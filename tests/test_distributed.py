@@ -79,7 +79,7 @@ def test_a_pipeline_run_with_two_processes_writes_one_set_of_outputs(tmp_path: P
         "epoch_0002.pt"
     ]  # checkpoint_every 2: the last epoch's only
     metrics = json.loads((project / "metrics/train/metrics.json").read_text())
-    assert metrics["step"] == 1  # two epochs logged once each (dvclive counts from 0)
+    assert metrics["step"] == 2  # two epochs logged once each (dvclive's step is the epoch)
     validate_submission(project / "submissions/latest.csv", np.arange(200))
     assert (
         not list((project / ".resume").glob("train-*")) if (project / ".resume").exists() else True
