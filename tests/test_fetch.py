@@ -412,16 +412,21 @@ def serve(monkeypatch: pytest.MonkeyPatch) -> Iterator:
         httpd.server_close()
 
 
-def test_url_source_retries_transient_errors_then_verifies_md5(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    serve,
-    official_tarball: Path,
-    custom_test_file: Path,
-) -> None:
+@pytest.fixture
+def serve_official(monkeypatch: pytest.MonkeyPatch, serve, official_tarball: Path):
+    """`serve(body, answers)` of the official-layout tarball, with fetch's md5 check set to its
+    md5: `serve_official(answers)` → (url, server)."""
     body = official_tarball.read_bytes()
     monkeypatch.setattr(fetch, "CIFAR10_MD5", hashlib.md5(body).hexdigest())
-    url, server = serve(body, ["error", "reset", "truncate", "ok"])
+    return lambda answers: serve(body, answers)
+
+
+def test_url_source_retries_transient_errors_then_verifies_md5(
+    tmp_path: Path,
+    serve_official,
+    custom_test_file: Path,
+) -> None:
+    url, server = serve_official(["error", "reset", "truncate", "ok"])
     fetch.run(
         DataParams(source="url", cifar_url=url, custom_test_path=str(custom_test_file)),
         _raw(tmp_path),
@@ -501,15 +506,11 @@ def _with_userinfo(url: str, userinfo: str) -> str:
 
 def test_a_url_with_user_and_password_downloads_with_basic_auth(
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    serve,
-    official_tarball: Path,
+    serve_official,
     custom_test_file: Path,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    body = official_tarball.read_bytes()
-    monkeypatch.setattr(fetch, "CIFAR10_MD5", hashlib.md5(body).hexdigest())
-    url, server = serve(body, ["ok"])
+    url, server = serve_official(["ok"])
     server.guard = _basic_auth("user", "s3cret")
     fetch.run(_url_params(_with_userinfo(url, "user:s3cret"), custom_test_file), _raw(tmp_path))
     _assert_complete(_raw(tmp_path))
@@ -522,14 +523,11 @@ def test_a_url_with_user_and_password_downloads_with_basic_auth(
 def test_netrc_credentials_are_sent_to_their_host(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    serve,
-    official_tarball: Path,
+    serve_official,
     custom_test_file: Path,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    body = official_tarball.read_bytes()
-    monkeypatch.setattr(fetch, "CIFAR10_MD5", hashlib.md5(body).hexdigest())
-    url, server = serve(body, ["ok"])
+    url, server = serve_official(["ok"])
     server.guard = _basic_auth("user", "s3cret")
     netrc_file = tmp_path / "netrc"
     netrc_file.write_text("machine 127.0.0.1 login user password s3cret\n")
@@ -642,14 +640,11 @@ def test_a_token_in_the_query_is_never_printed(
 def test_the_url_variable_keeps_a_token_out_of_params_and_dvc_lock(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    serve,
-    official_tarball: Path,
+    serve_official,
     custom_test_file: Path,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    body = official_tarball.read_bytes()
-    monkeypatch.setattr(fetch, "CIFAR10_MD5", hashlib.md5(body).hexdigest())
-    url, server = serve(body, ["ok"])
+    url, server = serve_official(["ok"])
     server.guard = lambda request: request.path.endswith("?token=s3cret")
     monkeypatch.setenv(fetch.CIFAR_URL_VARIABLE, f"{url}?token=s3cret")
     params = DataParams(source="url", custom_test_path=str(custom_test_file))  # official URL
