@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,6 @@ def run_key(
     dvc.yaml), the device actually used (`auto` resolved: a CUDA run never resumes on CPU),
     and what changes float sums on it: the thread count, the CPU's vector instructions, the
     GPU, and the libraries' versions. `extra`: more inputs (a student's teacher and round)."""
-    import timm
-    import torchvision
-
     identity = {
         "model": dataclasses.asdict(model_params),
         "train": dataclasses.asdict(params),
@@ -59,7 +57,12 @@ def run_key(
         + (f" {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
         "threads": torch.get_num_threads(),
         "cpu": torch.backends.cpu.get_cpu_capability(),
-        "versions": [torch.__version__, torchvision.__version__, timm.__version__, np.__version__],
+        # from the installed metadata: importing timm (torchvision, dynamo) costs seconds a run
+        "versions": [
+            torch.__version__,
+            *map(installed_version, ("torchvision", "timm")),
+            np.__version__,
+        ],  # fmt: skip
     }
     text = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]

@@ -297,6 +297,9 @@ def start_workers(params: TrainParams, params_path: Path, stage: str) -> torch.d
 
 def finish_workers() -> None:
     if current_world().size > 1:
+        # all ranks tear down together: a rank that leaves while another still talks to it can
+        # abort in gloo's destructor ("terminate called without an active exception")
+        dist.barrier()
         dist.destroy_process_group()
 
 
