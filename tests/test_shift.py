@@ -33,7 +33,7 @@ from pipeline.engine.augment import augment_state, policy_augment
 from pipeline.engine.loop import DistillTargets, distillation_batch, distillation_loss
 from pipeline.errors import PipelineError
 from pipeline.records.checkpoint import Checkpoint, Member, load_checkpoint, save_checkpoint
-from pipeline.stages import distill, predict, prepare, select, train
+from pipeline.stages import distill, distill_round, predict, prepare, select, train
 
 TINY_MODEL = seed_model(base_width=8, blocks=[1, 1, 1], dropout=0.0)
 TINY_TRAIN = seed_train(
@@ -318,10 +318,10 @@ def test_an_ensemble_teacher_labels_with_every_member(project: Path, trained: Pa
     ensemble = dataclasses.replace(single, members=(member,))
     ensemble.save(project / "models/best.pt")
     images = load_split(Path("data/prepared"), "custom_test")["images"]
-    both = distill.teacher_labels(project / "models/best.pt", images, DistillParams(),
+    both = distill_round.teacher_labels(project / "models/best.pt", images, DistillParams(),
                                   AdaptParams(), SELECT, torch.device("cpu"))  # fmt: skip
     single.save(project / "models/solo.pt")
-    alone = distill.teacher_labels(project / "models/solo.pt", images, DistillParams(),
+    alone = distill_round.teacher_labels(project / "models/solo.pt", images, DistillParams(),
                                    AdaptParams(), SELECT, torch.device("cpu"))  # fmt: skip
     assert not np.allclose(both.probabilities, alone.probabilities)
     ensemble.save(project / "models/best.pt")
