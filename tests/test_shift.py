@@ -231,8 +231,8 @@ def test_a_student_over_budget_is_refused_before_training(
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("the student trained")
 
-    monkeypatch.setattr(distill, "train_model", no_training)
-    monkeypatch.setattr(distill, "teacher_labels", no_training)
+    monkeypatch.setattr(distill_round, "train_model", no_training)
+    monkeypatch.setattr(distill_round, "teacher_labels", no_training)
     wide = dataclasses.replace(TINY_MODEL, base_width=64, max_params=100_000)
     with pytest.raises(PipelineError, match="max_params"):
         distill_run(DistillParams(rounds=1, student=wide), AdaptParams(), model=TINY_MODEL)
@@ -300,7 +300,7 @@ def test_a_round_whose_files_are_gone_or_only_trained_is_redone_from_what_is_the
         json.dumps({"key": record["key"], "status": "trained", "checkpoints": names})
     )
     (round_dir / "best.pt").unlink()
-    monkeypatch.setattr(distill, "train_model", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr(distill_round, "train_model", lambda *a, **k: pytest.fail("retrained"))
     distill_run(DistillParams(rounds=1), AdaptParams())
     assert md5(round_dir / "best.pt") == first
 
