@@ -1,6 +1,7 @@
 """submit → scores → reproduce, with the real kaggle client against a fake Kaggle API on 127.0.0.1.
 
-One tiny synthetic run (`dvc repro`, committed) is made per module; each test works on a copy.
+One tiny synthetic run (`dvc repro`, committed: conftest's `committed_run`) is shared; each
+test works on a copy.
 """
 
 from __future__ import annotations
@@ -9,15 +10,16 @@ import _thread
 import base64
 import datetime
 import json
-import shutil
+import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import FAKE_KAGGLE_KEY, FAKE_KAGGLE_USERNAME
 from fake_kaggle import FakeSubmission, verbose_kaggle_client
-from projects import TINY_PARAMS, commit_all, new_project, sh
+from projects import commit_all, copy_project, sh
 from torchvision.datasets.utils import calculate_md5
 
 from pipeline.__main__ import main
@@ -28,28 +30,15 @@ from pipeline.integrations import kaggle_client
 from pipeline.records.history import FIELDS, find_rows, read_history
 
 pytestmark = pytest.mark.slow
-TWO_EPOCHS = TINY_PARAMS | {"train": {**TINY_PARAMS["train"], "epochs": 2}}
 COMPETITION = "deep-learning-spring-2025-project-1"
 SHORT_READ_TIMEOUT_SECONDS = 0.5  # a hung call gives up this fast in these tests
 PENDING = "submissions/pending_submission.json"
 
 
-@pytest.fixture(scope="module")
-def committed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    project = new_project(tmp_path_factory.mktemp("base"), "seed", TWO_EPOCHS)
-    with pytest.MonkeyPatch.context() as patch:  # planted in the run's environment too
-        patch.setenv("KAGGLE_USERNAME", "pipeline-tester")
-        patch.setenv("KAGGLE_KEY", FAKE_KAGGLE_KEY)
-        sh(project, "dvc", "repro")
-    commit_all(project, "run")
-    return project
-
-
 @pytest.fixture
 def project(committed_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of the committed run with a local DVC remote (committed too), as the cwd."""
-    copy = tmp_path / "project"
-    shutil.copytree(committed_run, copy, symlinks=True)
+    copy = copy_project(committed_run, tmp_path / "project")
     sh(copy, "dvc", "remote", "add", "-d", "storage", str(tmp_path / "dvc-storage"))
     commit_all(copy, "remote")
     monkeypatch.chdir(copy)
@@ -330,8 +319,7 @@ def test_without_a_remote_submit_says_how_to_add_one_and_reproduce_uses_the_cach
     committed_run: Path, fake_kaggle, capsys: pytest.CaptureFixture, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    project = tmp_path / "project"
-    shutil.copytree(committed_run, project, symlinks=True)
+    project = copy_project(committed_run, tmp_path / "project")
     monkeypatch.chdir(project)
     assert main(["submit"]) == 1
     assert "no default DVC remote in .dvc/config" in _error_line(capsys)
@@ -418,6 +406,16 @@ def test_a_submission_kaggle_recorded_but_never_answered_is_found_not_sent_twice
     assert not (project / PENDING).exists()
 
 
+@pytest.fixture
+def ctrl_c_raises() -> Iterator[None]:
+    """Ctrl-C (SIGINT) raises KeyboardInterrupt, as in a terminal. A shell's background job, and
+    some CI runners, start with SIGINT ignored, and `_thread.interrupt_main` then does nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_an_interrupted_submit_is_found_on_the_rerun_not_sent_twice(
     project: Path, fake_kaggle, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -444,6 +442,7 @@ def test_an_interrupted_submit_is_found_on_the_rerun_not_sent_twice(
     assert "was already submitted on" in _error_line(capsys)
 
 
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_an_interrupted_submit_that_never_arrived_is_sent_on_the_rerun(
     project: Path, fake_kaggle, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
