@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
+# pytest-xdist's workers (README: the suite runs on every core) share the cores: each worker, and
+# the stages it starts, gets its share of threads; more would oversubscribe them (OpenMP threads
+# spin while they wait). Set before torch is first imported, which reads it then.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    _workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+
 import importlib
 import io
 import pickle
@@ -163,3 +172,30 @@ def prepare_synthetic(root: Path) -> Path:
         PrepareParams(), root / "data/raw", root / "data/prepared", root / "metrics/data.json"
     )
     return root / "data/prepared"
+
+
+@pytest.fixture(scope="session")
+def committed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny two-epoch `dvc repro` of the seed profile, committed, made once per session (per
+    xdist worker) for the tests that start from a finished run; each works on a copy
+    (`projects.copy_project`). Kaggle credentials are planted in the run's environment, so the
+    key scans can check that none reached its outputs."""
+    from projects import TWO_EPOCH_PARAMS, commit_all, new_project, sh
+
+    project = new_project(tmp_path_factory.mktemp("committed"), "seed", TWO_EPOCH_PARAMS)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KAGGLE_USERNAME", FAKE_KAGGLE_USERNAME)
+        patch.setenv("KAGGLE_KEY", FAKE_KAGGLE_KEY)
+        sh(project, "dvc", "repro")
+    commit_all(project, "run")
+    return project
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A first `dvc repro` of `projects.TINY_PARAMS` (six epochs) and what it printed, made once
+    per session (per xdist worker); not committed after the run. Tests work on a copy."""
+    from projects import TINY_PARAMS, new_project, sh
+
+    project = new_project(tmp_path_factory.mktemp("tiny"), "seed", TINY_PARAMS)
+    return project, sh(project, "dvc", "repro").stdout

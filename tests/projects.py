@@ -33,6 +33,13 @@ TINY_PARAMS = {
     # the tests of the other stages skip the student (tests/test_distill_end_to_end.py runs it)
     "distill": {"rounds": 0},
 }
+TWO_EPOCH_PARAMS = TINY_PARAMS | {"train": {**TINY_PARAMS["train"], "epochs": 2}}
+
+
+def copy_project(project: Path, destination: Path) -> Path:
+    """A copy of a scratch project (its git history and DVC cache too) at `destination`."""
+    shutil.copytree(project, destination, symlinks=True)
+    return destination
 
 
 def copy_repo(destination: Path) -> None:

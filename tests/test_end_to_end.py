@@ -9,17 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from projects import TINY_PARAMS, commit_all, new_project, override, sh
+from projects import TINY_PARAMS, commit_all, copy_project, new_project, override, sh
 
 from pipeline.records.submission_csv import validate_submission
 
 
 @pytest.mark.slow
-def test_dvc_repro_runs_every_stage_then_nothing(tmp_path: Path) -> None:
-    project = new_project(tmp_path, "seed", TINY_PARAMS)
-    first = sh(project, "dvc", "repro")
+def test_dvc_repro_runs_every_stage_then_nothing(
+    tiny_run: tuple[Path, str], tmp_path: Path
+) -> None:
+    finished, first_output = tiny_run
+    project = copy_project(finished, tmp_path / "project")
     for stage in ("fetch", "prepare", "train", "select", "distill", "predict"):
-        assert f"Running stage '{stage}'" in first.stdout
+        assert f"Running stage '{stage}'" in first_output
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"fetch", "prepare", "train", "select", "distill", "predict"}
 
@@ -58,9 +60,9 @@ def test_dvc_repro_runs_every_stage_then_nothing(tmp_path: Path) -> None:
         assert any(path in name for name in plots), (path, list(plots))
 
 
-SMOKE_DATA = {
+SMOKE_DATA = {  # ten images of each class to train on: the real models are slow on a CPU
     "source": "synthetic",
-    "synthetic": {"train_images": 300, "val_images": 100, "custom_test_images": 50},
+    "synthetic": {"train_images": 100, "val_images": 50, "custom_test_images": 30},
 }
 PROFILE_MODEL_PARAMS = {"fast": 1_971_328, "default": 4_836_736, "cpu": 1_112_160}
 
@@ -79,7 +81,7 @@ def test_dvc_repro_runs_each_profile_smoke_sized(tmp_path: Path) -> None:
             json.loads((project / "metrics/train/metrics.json").read_text())["model_params"]
             == model_params
         ), profile
-        validate_submission(project / "submissions/latest.csv", np.arange(50))
+        validate_submission(project / "submissions/latest.csv", np.arange(30))
         selected = json.loads((project / "metrics/select.json").read_text())
         assert selected["weights"] in ("raw", "ema") and selected["model_params"] == model_params
         if profile == "default":  # EMA on: both weight sets were candidates
@@ -90,15 +92,14 @@ def test_dvc_repro_runs_each_profile_smoke_sized(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_run_pushed_to_a_dvc_remote_comes_back_in_a_fresh_clone(tmp_path: Path) -> None:
+def test_a_run_pushed_to_a_dvc_remote_comes_back_in_a_fresh_clone(
+    committed_run: Path, tmp_path: Path
+) -> None:
     """The README's remote recipe: `dvc remote add -d`, `dvc push`, then `dvc pull` elsewhere."""
-    project = new_project(
-        tmp_path, "seed", TINY_PARAMS | {"train": {**TINY_PARAMS["train"], "epochs": 2}}
-    )
-    sh(project, "dvc", "repro")
+    project = copy_project(committed_run, tmp_path / "project")  # a finished, committed run
     storage = tmp_path / "dvc-storage"
     sh(project, "dvc", "remote", "add", "-d", "storage", str(storage))
-    commit_all(project, "run")
+    commit_all(project, "remote")
     sh(project, "dvc", "push")
     # a rerun after committing the outputs (metrics, manifest) still finds the tree clean
     sh(project, "dvc", "repro", "--force", "--single-item", "predict")

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 from conftest import prepare_synthetic, seed_model, seed_train
-from projects import TINY_PARAMS, commit_all, new_project, override, run_tool, sh
+from projects import commit_all, copy_project, override, run_tool, sh
 
 from pipeline.__main__ import main
 from pipeline.config.params import PredictParams, SelectParams
@@ -209,11 +209,12 @@ def pipeline_cli(project: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_a_sweeps_seed_runs_join_the_ensemble_and_come_back_from_the_remote(
-    tmp_path: Path,
+    tiny_run: tuple[Path, str], tmp_path: Path
 ) -> None:
     """README, Scaling out: seed runs as DVC experiments → ensemble add → dvc repro → push/pull."""
-    project = new_project(tmp_path, "seed", TINY_PARAMS | {"select": {"ensemble": "always"}})
-    sh(project, "dvc", "repro", "--quiet")
+    project = copy_project(tiny_run[0], tmp_path / "project")  # seed 0, trained
+    override(project, {"select": {"ensemble": "always"}})
+    sh(project, "dvc", "repro", "--quiet")  # select onwards
     commit_all(project, "seed 0")
     sh(project, "dvc", "exp", "run", "--temp", "--quiet", "-S", "train.seed=1", "-n", "seed1")
 
