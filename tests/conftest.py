@@ -174,6 +174,14 @@ def prepare_synthetic(root: Path) -> Path:
     return root / "data/prepared"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files holding end-to-end (slow) tests run first: xdist's workers take tests in this order
+    and steal from each other when one runs out (pyproject: --dist worksteal), so the long runs
+    start early and the many short tests fill whichever worker is free at the end."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within stays
+
+
 @pytest.fixture(scope="session")
 def committed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny two-epoch `dvc repro` of the seed profile, committed, made once per session (per
