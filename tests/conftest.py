@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
-# pytest-xdist's workers (README: the suite runs on every core) share the cores: each worker, and
-# the stages it starts, gets its share of threads; more would oversubscribe them (OpenMP threads
-# spin while they wait). Set before torch is first imported, which reads it then.
-if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
-    _workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
-
 import importlib
 import io
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -172,6 +164,25 @@ def prepare_synthetic(root: Path) -> Path:
         PrepareParams(), root / "data/raw", root / "data/prepared", root / "metrics/data.json"
     )
     return root / "data/prepared"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a container's share, not the host's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest-xdist's workers (README: one per usable CPU) share the CPUs: each worker, and the
+    stages it starts, gets its share of threads; more would oversubscribe them (OpenMP threads
+    spin while they wait). Set before the test modules first import torch, which reads it then."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus() // workers)))
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one worker per usable CPU (xdist's own count is the host's physical cores)."""
+    return usable_cpus()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -335,7 +335,7 @@ class AdaptParams:
 @dataclass(frozen=True)
 class DistillParams:
     """Students trained on the labelled images plus the custom-test images with the teacher's
-    soft labels (stages/distill.py)."""
+    soft labels (stages/distill_round.py)."""
 
     # students in turn, each the next one's teacher; 0: predict uses select's winner
     rounds: int = 0

@@ -42,7 +42,7 @@ LabelledSet = tuple[torch.Tensor, torch.Tensor]  # normalised images, labels on 
 
 @dataclass(frozen=True)
 class DistillTargets:
-    """The custom-test images' soft labels in a student's training set (stages/distill.py).
+    """The custom-test images' soft labels in a student's training set (stages/distill_round.py).
 
     Rows `first_index` onward of the training set are the custom-test images; `probabilities`
     are the teacher's, at `temperature`. Their loss is the cross-entropy of the student's

@@ -102,7 +102,7 @@ def setup_training(
 ) -> TrainingSetup:  # fmt: skip
     """Seed, build the model (budget checked before any data is loaded) and put the data on
     `device` (configure_device's). `extra_images` (uint8 images, labels) join the training set
-    after its own images: a student's custom-test images (stages/distill.py)."""
+    after its own images: a student's custom-test images (stages/distill_round.py)."""
     seed_everything(params.seed)  # before building: the initial weights follow the seed
     model = build_model(model_params)
     info = load_dataset_info(prepared_dir)
