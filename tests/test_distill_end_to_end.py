@@ -4,12 +4,18 @@ and a student killed mid-training that resumes to the same bytes (one test: the 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
-from projects import TINY_PARAMS, kill_repro_in_third_epoch, new_project, resume_states, sh
+from projects import (
+    TINY_PARAMS,
+    copy_project,
+    kill_repro_in_third_epoch,
+    new_project,
+    resume_states,
+    sh,
+)
 from torchvision.datasets.utils import calculate_md5
 
 from pipeline.records.checkpoint import Checkpoint
@@ -58,8 +64,8 @@ def test_dvc_repro_distils_a_student_and_a_killed_student_resumes_to_identical_b
     teacher = sh(base, "dvc", "repro", "select")  # the teacher, shared by both copies
     assert "Running stage 'train'" in teacher.stdout
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    shutil.copytree(base, reference, symlinks=True)
-    shutil.copytree(base, killed, symlinks=True)
+    copy_project(base, reference)
+    copy_project(base, killed)
     check_distilled_run(reference, sh(reference, "dvc", "repro").stdout)
     assert "Running stage" not in sh(reference, "dvc", "repro").stdout
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-from projects import TINY_PARAMS, kill_repro_in_third_epoch, new_project, resume_states, sh
+from projects import (
+    TINY_PARAMS,
+    copy_project,
+    kill_repro_in_third_epoch,
+    new_project,
+    resume_states,
+    sh,
+)
 from torchvision.datasets.utils import calculate_md5
 
 pytestmark = pytest.mark.slow
@@ -22,8 +28,8 @@ def test_training_killed_at_a_random_step_resumes_to_identical_weights_and_csv(
 ) -> None:
     base = new_project(tmp_path, "seed", KILL_PARAMS)
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    shutil.copytree(base, reference, symlinks=True)
-    shutil.copytree(base, killed, symlinks=True)
+    copy_project(base, reference)
+    copy_project(base, killed)
     sh(reference, "dvc", "repro")
     assert not resume_states(reference)  # cleaned on success
 
