@@ -62,7 +62,7 @@ def run_key(
             torch.__version__,
             *map(installed_version, ("torchvision", "timm")),
             np.__version__,
-        ],  # fmt: skip
+        ],
     }
     text = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]
