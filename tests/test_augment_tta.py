@@ -183,3 +183,47 @@ def test_multicrop_averages_ten_equal_views_of_two_pixel_diagonal_shifts() -> No
     crops = [images] + [translate(images, r, c) for r in (-2, 2) for c in (-2, 2)]
     expected = sum(model(c) + model(c.flip(3)) for c in crops) / 10
     assert torch.allclose(predict_logits(model, images, "multicrop", 3), expected, atol=1e-5)
+
+
+class _CountingModel(nn.Module):
+    """A fixed random conv head that counts the images it sees (forward passes × batch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = nn.Sequential(nn.Conv2d(3, 10, 5), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.images_seen = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.images_seen += x.shape[0]
+        return self.head(x) * 20  # confident enough that the softmax spreads
+
+
+def test_tta_on_the_least_confident_fraction_only_leaves_the_rest_on_the_plain_view() -> None:
+    model, images = _CountingModel(), _batch(40)
+    plain = predict_logits(model, images, "none", batch_size=16)
+    full = predict_logits(model, images, "flip_translate", batch_size=16)
+    model.images_seen = 0
+    partial = predict_logits(model, images, "flip_translate", batch_size=16, tta_fraction=0.25)
+    unsure = plain.softmax(1).amax(1).argsort()[:10]  # ceil(0.25 × 40) least confident
+    sure = torch.ones(40, dtype=torch.bool)
+    sure[unsure] = False
+    assert torch.allclose(partial[unsure], full[unsure], atol=1e-5)
+    assert torch.equal(partial[sure], plain[sure])
+    assert model.images_seen == 40 + 10 * 5  # one plain pass, then 5 more views of 10 images
+    # the whole set, or no TTA at all: the fraction changes nothing
+    assert torch.equal(predict_logits(model, images, "flip", 16, tta_fraction=1.0),
+                       predict_logits(model, images, "flip", 16))  # fmt: skip
+    assert torch.equal(predict_logits(model, images, "none", 16, tta_fraction=0.1), plain)
+
+
+def test_tta_fraction_must_be_a_share_of_the_images() -> None:
+    import pytest
+
+    from pipeline.config.load import params_from_dict
+    from pipeline.errors import PipelineError
+
+    for section in ("select", "predict"):
+        with pytest.raises(PipelineError, match=rf"{section}.tta_fraction must be in \(0, 1\]"):
+            params_from_dict({section: {"tta_fraction": 0}})
+    assert params_from_dict({"predict": {"tta_fraction": 0.25}}).predict.tta_fraction == 0.25

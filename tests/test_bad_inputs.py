@@ -113,7 +113,7 @@ def _checkpoint(project: Path, state_from: str) -> None:
     from pipeline.engine.models import build_model, model_config
 
     seed = seed_model(base_width=8, blocks=[1, 1, 1])
-    other = seed_model(name="airnet", widths=[8, 16, 16], residual=False)
+    other = seed_model(name="airnet", widths=[8, 16, 16], residual=False, whiten_bias_epochs=0)
     weights = build_model(other if state_from == "airnet" else seed).state_dict()
     save_checkpoint(project / "models/final.pt", {
         "model_state": weights, "model_config": model_config(seed), "epoch": 1,

@@ -22,8 +22,10 @@ from pipeline.engine.optim import make_optimizer, uses_compile
 MEAN, STD = [0.45, 0.45, 0.45], [0.25, 0.25, 0.25]
 SMALL_MODELS = {
     "seed_resnet": seed_model(base_width=8, blocks=[1, 1, 1], dropout=0.0),
-    "airnet": seed_model(name="airnet", widths=[8, 16, 16], residual=False),
-    "airnet residual": seed_model(name="airnet", widths=[8, 16, 16], residual=True),
+    "airnet": seed_model(name="airnet", widths=[8, 16, 16], residual=False, whiten_bias_epochs=0),
+    "airnet residual": seed_model(
+        name="airnet", widths=[8, 16, 16], residual=True, whiten_bias_epochs=0
+    ),
     "resnet_wide": seed_model(name="resnet_wide", widths=[8, 16, 32], blocks=[1, 1, 1]),
 }
 
@@ -215,10 +217,12 @@ def test_logged_learning_rate_is_the_one_each_epochs_last_step_used() -> None:
 
 def test_a_run_resumed_from_a_saved_state_matches_the_uninterrupted_run() -> None:
     """Every piece of state a recipe uses survives: EMA, Lookahead, TrivialAugment, cutmix,
-    dropout (the global generator), alternating flip, the schedule and the data order."""
+    dropout (the global generator), alternating flip, the schedule, the data order and fp16's
+    loss scale."""
     params = dataclasses.replace(
         load_profile("fast").train, device="cpu", epochs=4, batch_size=50, lr=0.15,
         ema_decay=0.9, lookahead=True, augment_policy="trivial", cutmix_alpha=1.0,
+        autocast_dtype="float16",  # its loss scaler's state too
     )  # fmt: skip
     model_params = seed_model(base_width=8, blocks=[1, 1, 1], dropout=0.2)
     train_set, val_set = synthetic_set(200, 0), synthetic_set(50, 1)
@@ -252,3 +256,163 @@ def _round_trip(state: dict):
     torch.save(state, buffer)
     buffer.seek(0)
     return buffer
+
+
+def _newton_schulz_reference(matrix: torch.Tensor, steps: int) -> torch.Tensor:
+    """airbench94_muon's quintic iteration, written out plainly in float64."""
+    a, b, c = optim.MUON_NS_COEFFICIENTS[0]
+    x = matrix.double() / (matrix.double().norm() + 1e-7)
+    wide = x.shape[0] <= x.shape[1]
+    x = x if wide else x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x if wide else x.T).float()
+
+
+def test_muon_steps_conv_filters_by_their_orthogonalised_momentum_and_sgd_steps_the_rest() -> None:
+    torch.manual_seed(0)
+    model = build_model(SMALL_MODELS["airnet"])
+    params = dataclasses.replace(
+        load_profile("fast").train, optimizer="muon", muon_lr=0.2, muon_momentum=0.6, lr=0.1
+    )
+    optimizer = make_optimizer(model, params)
+    filters = [p for p in model.parameters() if p.requires_grad and p.ndim == 4]
+    others = [p for p in model.parameters() if p.requires_grad and p.ndim < 4]
+    (muon_group,) = [group for group in optimizer.param_groups if group.get("muon")]
+    assert len(muon_group["params"]) == len(filters) == 6 and muon_group["lr"] == 0.2
+    # the rest (the head, the BatchNorm shifts) step exactly as torch's SGD steps a copy of them
+    copies = [p.detach().clone().requires_grad_() for p in others]
+    sgd_groups = [g for g in optimizer.param_groups if not g.get("muon")]
+    where = {id(p): i for i, p in enumerate(others)}
+    reference = torch.optim.SGD(
+        [{"params": [copies[where[id(p)]] for p in g["params"]], "lr": g["lr"],
+          "weight_decay": g["weight_decay"]} for g in sgd_groups],
+        lr=params.lr, momentum=params.momentum, nesterov=params.nesterov,
+    )  # fmt: skip
+    images, labels = synthetic_set(20, 0)
+    model.init_whitening(images)
+    before = [f.detach().clone() for f in filters]
+    momentum = [torch.zeros_like(f) for f in filters]
+    for step in range(2):
+        optimizer.zero_grad()
+        F.cross_entropy(model(images), labels).backward()
+        grads = [f.grad.clone() for f in filters]
+        for copy, p in zip(copies, others, strict=True):
+            copy.grad = p.grad.clone()
+        optimizer.step()
+        reference.step()
+        for index, (filter_before, grad) in enumerate(zip(before, grads, strict=True)):
+            momentum[index] = 0.6 * momentum[index] + grad
+            nesterov = grad + 0.6 * momentum[index]
+            rescaled = filter_before * filter_before.shape[0] ** 0.5 / filter_before.norm()
+            update = _newton_schulz_reference(nesterov.reshape(len(grad), -1), optim.MUON_NS_STEPS)
+            expected = rescaled - 0.2 * update.view_as(grad)
+            assert torch.allclose(filters[index], expected, atol=1e-5), (step, index)
+            before[index] = filters[index].detach().clone()
+        for copy, p in zip(copies, others, strict=True):
+            assert torch.allclose(copy, p, atol=1e-6)
+
+
+def test_muon_keys_are_checked_and_read_by_muon_only() -> None:
+    from pipeline.config.load import recipe
+    from pipeline.errors import PipelineError
+
+    with pytest.raises(PipelineError, match="train.muon_lr, train.muon_momentum are missing"):
+        recipe("cpu", {"train": {"optimizer": "muon"}})
+    with pytest.raises(PipelineError, match="train.muon_lr is not read by train.optimizer 'sgd'"):
+        recipe("cpu", {"train": {"muon_lr": 0.2}})
+    with pytest.raises(PipelineError, match="train.muon_momentum must be in"):
+        recipe("cpu", {"train": {"optimizer": "muon", "muon_lr": 0.2, "muon_momentum": 1.0}})
+    # switching back to sgd by an override drops the muon keys with it
+    values = {"train": {"optimizer": "muon", "muon_lr": 0.2, "muon_momentum": 0.6}}
+    from pipeline.config.load import profile_values, with_overrides
+
+    muon = with_overrides(profile_values("cpu"), values)
+    sgd = with_overrides(muon, {"train": {"optimizer": "sgd"}})
+    assert "muon_lr" not in sgd["train"] and recipe("cpu").train == recipe("cpu", sgd).train
+
+
+def test_a_muon_run_trains_and_resumes_exactly() -> None:
+    params = dataclasses.replace(
+        load_profile("fast").train, device="cpu", epochs=3, batch_size=50, lr=0.15,
+        optimizer="muon", muon_lr=0.2, muon_momentum=0.6,
+    )  # fmt: skip
+    train_set, val_set = synthetic_set(200, 0), synthetic_set(50, 1)
+    saved: dict[int, dict] = {}
+
+    def run(resume_state: dict | None) -> tuple[torch.nn.Module, list[EpochStats]]:
+        torch.manual_seed(0)
+        model = build_model(SMALL_MODELS["airnet"])
+        model.init_whitening(train_set[0])
+        history: list[EpochStats] = []
+        keep = lambda epoch, state: saved.__setitem__(
+            epoch, torch.load(_round_trip(state()), weights_only=True)
+        )  # noqa: E731
+        fit(model, params, train_set, val_set, (MEAN, STD), lambda s, _: history.append(s),
+            resume_state=resume_state, save_state=keep if resume_state is None else None)  # fmt: skip
+        return model, history
+
+    straight, history = run(None)
+    assert history[-1].train_loss < history[0].train_loss
+    assert history[-1].val_accuracy > 0.2
+    resumed, _ = run(saved[1])
+    for name, weights in straight.state_dict().items():
+        assert torch.equal(weights, resumed.state_dict()[name]), name
+
+
+def test_whitening_bias_learns_for_its_epochs_only_and_a_model_without_one_has_none() -> None:
+    assert "whiten.bias" not in build_model(SMALL_MODELS["airnet"]).state_dict()
+    with_bias = dataclasses.replace(SMALL_MODELS["airnet"], whiten_bias_epochs=1)
+    torch.manual_seed(0)
+    model = build_model(with_bias)
+    assert (
+        count_trainable_params(model)
+        == count_trainable_params(build_model(SMALL_MODELS["airnet"])) + 24
+    )  # 2 × 2·2·3 whitening channels
+    params = dataclasses.replace(  # without Lookahead, whose pulls move every weight
+        load_profile("fast").train, device="cpu", epochs=3, batch_size=50, lr=0.15, lookahead=False
+    )
+    biases: list[torch.Tensor] = []
+    train_set, val_set = synthetic_set(200, 0), synthetic_set(50, 1)
+    model.init_whitening(train_set[0])
+    fit(model, params, train_set, val_set, (MEAN, STD),
+        lambda s, _: biases.append(model.whiten.bias.detach().clone()))  # fmt: skip
+    assert biases[0].abs().sum() > 0  # it learned in epoch 1
+    assert torch.equal(biases[0], biases[1]) and torch.equal(biases[1], biases[2])  # then froze
+    assert not model.whiten_bias_learns
+
+
+def test_the_whitening_bias_lr_falls_to_zero_at_the_end_of_its_steps() -> None:
+    params = dataclasses.replace(load_profile("fast").train, schedule="constant",
+                                 warmup_fraction=None, lr_start_factor=None, lr_end_factor=None)  # fmt: skip
+    factors = [
+        schedule.whiten_bias_factor(step, 10, params, learning_steps=20) for step in range(30)
+    ]
+    assert factors[0] == 1.0 and factors[10] == pytest.approx(0.5) and factors[19] > 0
+    assert all(factor == 0.0 for factor in factors[20:])
+
+
+def test_fp16_loss_scaling_is_exact_and_skips_a_step_whose_gradients_overflowed() -> None:
+    recipe = dataclasses.replace(
+        load_profile("fast").train, device="cpu", epochs=2, batch_size=50, lr=0.15
+    )
+    trained = []
+    for dtype in ("bfloat16", "float16"):  # on the CPU autocast is off: only the scaler differs
+        torch.manual_seed(0)
+        model = build_model(SMALL_MODELS["airnet"])
+        train_a_little(model, dataclasses.replace(recipe, autocast_dtype=dtype))
+        trained.append(model.state_dict())
+    for name, weights in trained[0].items():  # scaled by 2¹⁶ and back: bit for bit the same
+        assert torch.equal(weights, trained[1][name]), name
+    assert optim.make_scaler(recipe, torch.device("cpu")) is None  # bf16 needs none
+    fp16 = dataclasses.replace(recipe, autocast_dtype="float16")
+    scaler = optim.make_scaler(fp16, torch.device("cpu"))
+    model = build_model(SMALL_MODELS["airnet"])
+    optimizer = make_optimizer(model, fp16)
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    images, labels = synthetic_set(20, 0)
+    overflow = lambda logits, _targets: logits.float().sum() * 1e38 * 1e38  # noqa: E731 - inf
+    optim.optimizer_step(model, optimizer, images, labels, fp16, overflow, scaler)
+    assert all(torch.equal(before[k], p) for k, p in model.named_parameters())  # skipped
+    assert scaler.get_scale() == 2.0**15  # the default 2¹⁶, halved

@@ -65,7 +65,7 @@ def test_a_damaged_member_entry_names_the_file(tmp_path: Path) -> None:
 
 def test_an_older_checkpoint_with_keys_its_model_ignores_still_loads() -> None:
     # written before such keys were refused: an airnet config carrying seed_resnet's keys
-    airnet = seed_model(name="airnet", widths=[8, 16, 16], residual=False)
+    airnet = seed_model(name="airnet", widths=[8, 16, 16], residual=False, whiten_bias_epochs=0)
     config = model_config(airnet) | {"base_width": 32, "blocks": [4, 4, 3], "dropout": 0.0}
     record = _training_record() | {
         "model_config": config,

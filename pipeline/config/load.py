@@ -1,11 +1,11 @@
 """Reading params: YAML (params.yaml, a profile, overrides) → `Params`, types and keys checked.
 
 An unknown key or a value of the wrong type is a `PipelineError` naming the key; ranges and the
-model- and schedule-specific keys are checked by the dataclasses (params.py). The `model` and
-`train` keys a params file leaves out are taken from the `default` profile (profiles/default.yaml,
-which params.yaml ships), and only those that the file's model and schedule read. A profile
-itself must be complete. `with_overrides` is the one way tests, benchmarks and commands change
-some keys of a params mapping.
+model-, schedule- and optimizer-specific keys are checked by the dataclasses (params.py). The
+`model` and `train` keys a params file leaves out are taken from the `default` profile
+(profiles/default.yaml, which params.yaml ships), and only those that the file's model, schedule
+and optimizer read. A profile itself must be complete. `with_overrides` is the one way tests,
+benchmarks and commands change some keys of a params mapping.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import yaml
 
 from pipeline.config.params import (
     MODEL_KEYS,
+    OPTIMIZER_KEYS,
     SCHEDULE_KEYS,
     ModelParams,
     Params,
@@ -36,10 +37,11 @@ DEFAULT_PARAMS_PATH = Path("params.yaml")
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
 DEFAULT_PROFILE = "default"  # what params.yaml ships, and where missing recipe keys come from
 PROFILE_SECTIONS = ("model", "train")
-# the recipe sections: their key that picks the variant, and the keys each variant reads
-RECIPES: dict[str, tuple[type, str, dict[str, tuple[str, ...]]]] = {
-    "model": (ModelParams, "name", MODEL_KEYS),
-    "train": (TrainParams, "schedule", SCHEDULE_KEYS),
+# the recipe sections: each key that picks a variant, and the keys each variant reads
+Choosers = tuple[tuple[str, dict[str, tuple[str, ...]]], ...]
+RECIPES: dict[str, tuple[type, Choosers]] = {
+    "model": (ModelParams, (("name", MODEL_KEYS),)),
+    "train": (TrainParams, (("schedule", SCHEDULE_KEYS), ("optimizer", OPTIMIZER_KEYS))),
 }
 
 
@@ -102,12 +104,14 @@ def _convert(value: Any, annotation: Any, key: str, defaults: dict | None) -> An
 
 def _with_recipe_defaults(section: str, values: dict, defaults: dict | None) -> dict:
     """A recipe section's `values` completed from `defaults` (the default profile's section):
-    only with keys that the section's model or schedule reads. A key neither gives stays
-    missing, and `_build` names it."""
-    cls, chooser, table = RECIPES[section]
+    only with keys that the section's model, schedule and optimizer read. A key neither gives
+    stays missing, and `_build` names it."""
+    cls, choosers = RECIPES[section]
     default_values = (defaults or {}).get(section, {})
-    chosen = values.get(chooser, default_values.get(chooser))
-    skipped = conditional_keys(table) - set(table.get(chosen, ()))  # not read: they stay None
+    skipped: set[str] = set()  # keys the chosen variants do not read: they stay None
+    for chooser, table in choosers:
+        chosen = values.get(chooser, default_values.get(chooser))
+        skipped |= conditional_keys(table) - set(table.get(chosen, ()))
     completed = dict(values)
     for item in dataclasses.fields(cls):
         if item.name not in completed and item.name not in skipped and item.name in default_values:
@@ -284,8 +288,8 @@ def with_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[st
     """`values` (params as plain data) with `overrides` ({section: {key: value}}, nested like
     params.yaml) set on top; neither is changed.
 
-    When an override switches a recipe's model or schedule, the keys of `values` that the new
-    one does not read are dropped with it (as `python -m pipeline profile` replaces a whole
+    When an override switches a recipe's model, schedule or optimizer, the keys of `values` that
+    the new one does not read are dropped with it (as `python -m pipeline profile` replaces a whole
     section); a key the override itself sets is always kept, so a wrong one is refused.
     """
     merged = copy.deepcopy(values)
@@ -299,8 +303,7 @@ def with_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[st
                 target[key] = with_overrides(target[key], value)
             else:
                 target[key] = copy.deepcopy(value)
-        if section in RECIPES:
-            _, chooser, table = RECIPES[section]
+        for chooser, table in RECIPES[section][1] if section in RECIPES else ():
             if chooser in section_overrides:
                 reads = set(table.get(target[chooser], ()))
                 for key in conditional_keys(table) - reads - set(section_overrides):

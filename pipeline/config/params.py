@@ -6,7 +6,8 @@ range is a `PipelineError` naming the key (load.py checks the types and unknown 
 `model` and `train` hold a recipe: their fields have no defaults here. A recipe comes whole
 from a profile (profiles/NAME.yaml); keys a params file leaves out are the `default` profile's
 (load.py), so "what is lr?" has one answer: params.yaml, and failing that profiles/default.yaml.
-Some keys are read by one model or one schedule only (`MODEL_KEYS`, `SCHEDULE_KEYS`): they must be
+Some keys are read by one model, schedule or optimizer only (`MODEL_KEYS`, `SCHEDULE_KEYS`,
+`OPTIMIZER_KEYS`): they must be
 set for it, and are refused for the others. A key that does nothing would still change dvc.lock
 and the resume key, and so retrain from scratch for nothing.
 """
@@ -41,7 +42,7 @@ MAX_PROCESSES = 1024  # train.nproc
 # The keys each model reads besides name and max_params (engine/models.py builds them).
 MODEL_KEYS: dict[str, tuple[str, ...]] = {
     "seed_resnet": ("base_width", "blocks", "dropout"),
-    "airnet": ("widths", "residual"),
+    "airnet": ("widths", "residual", "whiten_bias_epochs"),
     "resnet_wide": ("widths", "blocks", "dropout"),
 }
 # The keys each learning-rate schedule reads (engine/schedule.py).
@@ -50,6 +51,11 @@ SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {
     "cosine": (),
     "onecycle": ("warmup_fraction", "lr_start_factor", "lr_end_factor"),
     "constant": (),
+}
+# The keys each optimizer reads besides lr, momentum, nesterov, weight_decay (engine/optim.py).
+OPTIMIZER_KEYS: dict[str, tuple[str, ...]] = {
+    "sgd": (),
+    "muon": ("muon_lr", "muon_momentum"),
 }
 
 
@@ -171,6 +177,9 @@ class ModelParams:
     dropout: float | None = None  # seed_resnet, resnet_wide: inside each residual block
     widths: list[int] | None = None  # airnet, resnet_wide: channels per stage
     residual: bool | None = None  # airnet: a third conv per group, added to the group's output
+    # airnet: epochs the whitening conv's bias learns (then it is frozen); 0: the conv has none.
+    # A model key, as it decides whether the model has that bias at all.
+    whiten_bias_epochs: int | None = None
 
     def __post_init__(self) -> None:
         _require_range(self.max_params, "model.max_params", 1, MAX_MODEL_PARAMS)
@@ -188,6 +197,8 @@ class ModelParams:
                 len(self.widths) == 3 and all(1 <= w <= MAX_CHANNELS for w in self.widths),
                 "model.widths", f"three channel counts, each in [1, {MAX_CHANNELS}]", self.widths,
             )  # fmt: skip
+        if self.whiten_bias_epochs is not None:
+            _require_range(self.whiten_bias_epochs, "model.whiten_bias_epochs", 0, MAX_EPOCHS)
         if self.name == "resnet_wide" and self.blocks is not None and self.widths is not None:
             _require(
                 len(self.blocks) == len(self.widths), "model.blocks",
@@ -199,7 +210,8 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    """A training recipe; the schedule's own keys (SCHEDULE_KEYS) are None for other schedules."""
+    """A training recipe; the schedule's and optimizer's own keys (SCHEDULE_KEYS,
+    OPTIMIZER_KEYS) are None for the others."""
 
     device: DeviceName
     seed: int
@@ -207,6 +219,8 @@ class TrainParams:
     max_steps: int  # stop after this many optimizer steps (mid-epoch too); 0: all epochs
     batch_size: int  # images per optimizer step
     drop_last: bool  # skip each epoch's last partial batch (one shape: no recompiles)
+    # sgd: Nesterov SGD for every param; muon: Muon for conv filters, SGD for the rest
+    optimizer: Literal["sgd", "muon"]
     lr: float  # peak learning rate, for the mean loss over batch_size images
     momentum: float
     nesterov: bool
@@ -225,6 +239,8 @@ class TrainParams:
     ema_decay: float  # timm ModelEmaV3 of the weights, updated every step; 0 disables
     lookahead: bool  # airbench's Lookahead: every 5 steps the weights move toward their average
     mixed_precision: bool  # bf16 autocast on CUDA (BatchNorm params and stats stay fp32)
+    # mixed_precision's dtype; float16 adds a loss scaler (torch.amp.GradScaler) against underflow
+    autocast_dtype: Literal["bfloat16", "float16"]
     deterministic: bool  # CUDA: deterministic algorithms only (slower); CPU always is
     nproc: int  # processes (one per GPU) under torchrun; batch_size stays the global batch
     sync_batchnorm: bool  # nproc > 1 on CUDA: BatchNorm statistics over the global batch
@@ -237,6 +253,8 @@ class TrainParams:
     warmup_fraction: float | None = None  # onecycle: share of the steps rising to the peak lr
     lr_start_factor: float | None = None  # onecycle: lr factor at the first step
     lr_end_factor: float | None = None  # onecycle: lr factor at the last step
+    muon_lr: float | None = None  # muon: peak step of a conv filter (of norm sqrt(out channels))
+    muon_momentum: float | None = None  # muon: the filters' own Nesterov momentum
 
     def __post_init__(self) -> None:
         _require_seed(self.seed, "train.seed")
@@ -281,7 +299,14 @@ class TrainParams:
         problem = equal_share_problem(self.batch_size, self.drop_last, self.nproc)
         if problem:
             raise PipelineError(f"params: {problem}")
+        if self.muon_lr is not None:
+            _require(self.muon_lr > 0, "train.muon_lr", "positive", self.muon_lr)
+        if self.muon_momentum is not None:
+            _require(
+                0 <= self.muon_momentum < 1, "train.muon_momentum", "in [0, 1)", self.muon_momentum
+            )
         check_conditional_keys(self, "train", "schedule", SCHEDULE_KEYS)
+        check_conditional_keys(self, "train", "optimizer", OPTIMIZER_KEYS)
 
 
 @dataclass(frozen=True)
@@ -296,9 +321,13 @@ class SelectParams:
     ensemble: Literal["auto", "always", "never"] = "auto"
     device: DeviceName = "auto"  # where the candidates are scored
     mixed_precision: bool = True  # bf16 autocast on CUDA
+    # the share of images (the least confident under one view) a policy's views are given;
+    # the others keep the plain view (engine/tta.py). 1: every image
+    tta_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         _require_range(self.batch_size, "select.batch_size", 1, MAX_BATCH_SIZE)
+        _require(0 < self.tta_fraction <= 1, "select.tta_fraction", "in (0, 1]", self.tta_fraction)
         _require(
             len(self.tta_policies) >= 1,
             "select.tta_policies", "a non-empty list", self.tta_policies,
@@ -367,9 +396,11 @@ class PredictParams:
     batch_size: int = 1000
     device: DeviceName = "auto"  # where the custom test set is labelled
     mixed_precision: bool = True  # bf16 autocast on CUDA
+    tta_fraction: float = 1.0  # as select.tta_fraction, for the custom test set
 
     def __post_init__(self) -> None:
         _require_range(self.batch_size, "predict.batch_size", 1, MAX_BATCH_SIZE)
+        _require(0 < self.tta_fraction <= 1, "predict.tta_fraction", "in (0, 1]", self.tta_fraction)
 
 
 def _default_model() -> ModelParams:

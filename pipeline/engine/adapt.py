@@ -104,12 +104,12 @@ def balanced_assignment(probabilities: torch.Tensor, prior: list[float]) -> np.n
 
 def adapted_logits(
     model: nn.Module, images: torch.Tensor, tta: str, batchnorm: bool, batch_size: int,
-    mixed_precision: bool = True,
+    mixed_precision: bool = True, tta_fraction: float = 1.0,
 ) -> torch.Tensor:  # fmt: skip
     """The TTA-averaged logits of a whole unlabelled set, after AdaBN on it when `batchnorm`."""
     if batchnorm:
         model = recalibrate_batchnorm(model, images, batch_size, mixed_precision)
-    return predict_logits(model, images, tta, batch_size, mixed_precision)
+    return predict_logits(model, images, tta, batch_size, mixed_precision, tta_fraction)
 
 
 def assign_labels(logits: torch.Tensor, balance: str, prior: list[float]) -> np.ndarray:

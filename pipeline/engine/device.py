@@ -18,8 +18,14 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (BatchNorm stays in fp32 under autocast); a no-op on CPU."""
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def autocast(
+    device: torch.device, enabled: bool = True, dtype: str = "bfloat16"
+) -> contextlib.AbstractContextManager:
+    """bf16 (or fp16) autocast on CUDA (BatchNorm stays in fp32 under autocast); a no-op on the
+    CPU, which has no fast half precision on this project's machines (AVX2 only)."""
     if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=AUTOCAST_DTYPES[dtype])
     return contextlib.nullcontext()

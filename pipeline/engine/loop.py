@@ -29,8 +29,14 @@ from pipeline.classes import NUM_CLASSES
 from pipeline.config.params import TrainParams, equal_share_problem
 from pipeline.engine.augment import AugmentState, augment_batch, augment_state, mix_batch
 from pipeline.engine.distributed import RANK_SEED_STRIDE, World, current_world
-from pipeline.engine.optim import Lookahead, compiled, make_optimizer, optimizer_step
-from pipeline.engine.schedule import lr_factor, run_epochs, steps_per_epoch, total_steps
+from pipeline.engine.optim import Lookahead, compiled, make_optimizer, make_scaler, optimizer_step
+from pipeline.engine.schedule import (
+    lr_factor,
+    run_epochs,
+    steps_per_epoch,
+    total_steps,
+    whiten_bias_factor,
+)
 from pipeline.engine.tta import evaluate
 from pipeline.errors import PipelineError
 from pipeline.reporting import console
@@ -136,6 +142,8 @@ class Trainer:
     augment: AugmentState
     batches_per_epoch: int
     run_steps: int
+    whiten_bias_steps: int  # the first steps in which an airnet's whitening bias learns
+    scaler: torch.amp.GradScaler | None  # fp16's loss scaler
     distill: DistillTargets | None = None  # a student's soft labels (distill stage)
     step: int = 0  # optimizer steps done
     first_epoch: int = 1
@@ -147,6 +155,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "lookahead": self.lookahead.average if self.lookahead is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "order_generator": self.order_generator.get_state(),
             "augment_generator": self.augment.generator.get_state(),
             "random": random_states(), "step": self.step, "epoch": epoch,
@@ -163,6 +172,8 @@ class Trainer:
                 self.ema.module.load_state_dict(state["ema"])
             if self.lookahead is not None:
                 self.lookahead.average = {k: v.to(device) for k, v in state["lookahead"].items()}
+            if self.scaler is not None:
+                self.scaler.load_state_dict(state["scaler"])
             self.order_generator.set_state(state["order_generator"])
             self.augment.generator.set_state(state["augment_generator"])
             restore_random_states(state["random"])
@@ -195,8 +206,16 @@ def build_trainer(
     batches_per_epoch = steps_per_epoch(image_count, params)
     run_steps = total_steps(batches_per_epoch, params)
     optimizer = make_optimizer(model, params)
+    whiten_bias_steps = min(run_steps, getattr(model, "whiten_bias_epochs", 0) * batches_per_epoch)
+    schedule = {"steps_per_epoch": batches_per_epoch, "params": params}
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, batches_per_epoch, params)
+        optimizer,
+        [  # one multiplier per param group: the whitening bias's ends with its learning steps
+            functools.partial(whiten_bias_factor, learning_steps=whiten_bias_steps, **schedule)
+            if group.get("whiten_bias")
+            else functools.partial(lr_factor, **schedule)
+            for group in optimizer.param_groups
+        ],
     )
     ema = None
     if params.ema_decay:
@@ -208,11 +227,17 @@ def build_trainer(
     stepped = evaluated
     if world.size > 1:  # DDP averages the gradients over the ranks; evaluation stays plain
         ids = [device.index] if device.type == "cuda" else None
-        stepped = compiled(DistributedDataParallel(model, device_ids=ids), params, device)
+        # a whitening bias stops getting gradients after its epochs: DDP must expect that
+        unused = bool(whiten_bias_steps)
+        stepped = compiled(
+            DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused),
+            params, device,
+        )  # fmt: skip
         evaluated = model
     evaluated_ema = compiled(ema.module, params, device) if ema is not None else None
     return Trainer(model, params, world, optimizer, scheduler, ema, lookahead, stepped, evaluated,
-                   evaluated_ema, order_generator, augment, batches_per_epoch, run_steps)  # fmt: skip
+                   evaluated_ema, order_generator, augment, batches_per_epoch, run_steps,
+                   whiten_bias_steps, make_scaler(params, device))  # fmt: skip
 
 
 def fit(
@@ -320,9 +345,12 @@ def train_epoch(
             loss_function = functools.partial(
                 distillation_loss, temperature=temperature, weight=weight
             )
+        if trainer.whiten_bias_steps:  # detached from its last learning step on: one recompile
+            trainer.model.whiten_bias_learns = trainer.step < trainer.whiten_bias_steps
         loss, logits = optimizer_step(
-            trainer.stepped, trainer.optimizer, images, targets, params, loss_function
-        )
+            trainer.stepped, trainer.optimizer, images, targets, params, loss_function,
+            trainer.scaler,
+        )  # fmt: skip
         step_lr = trainer.optimizer.param_groups[0]["lr"]  # the lr this step used, before the next
         trainer.scheduler.step()
         trainer.step += 1

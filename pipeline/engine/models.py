@@ -5,7 +5,8 @@
 - `airnet`: the airbench family (Keller Jordan's CIFAR-10 speed records): a frozen 2×2
   patch-whitening conv, then three conv groups (conv → max-pool → BN → GELU → conv → BN → GELU),
   identity-initialised convs. widths [64, 256, 256]: 1,971,328 trainable parameters (airbench94's
-  net without its whitening bias); with `residual: true` each group gets a third conv added to
+  net without its whitening bias; `whiten_bias_epochs` > 0 adds that bias, 24 params, which
+  learns for those first epochs); with `residual: true` each group gets a third conv added to
   its output (a modified ResNet).
 - `resnet_wide`: a pre-activation wide ResNet (WRN) sized by `widths` and `blocks`;
   widths [64, 128, 256], blocks [2, 2, 2] is WRN-16-4: 2,776,906 trainable parameters. Residual.
@@ -17,6 +18,7 @@ import dataclasses
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pipeline.classes import NUM_CLASSES
@@ -126,15 +128,26 @@ WHITENING_EPS = 5e-4  # added to each eigenvalue so near-constant directions are
 
 
 class AirNet(nn.Module):
-    """Whitening conv (frozen) → GELU → 3 conv groups → 3×3 max-pool → linear (no bias) × 1/9."""
+    """Whitening conv (frozen) → GELU → 3 conv groups → 3×3 max-pool → linear (no bias) × 1/9.
 
-    def __init__(self, widths: list[int], residual: bool) -> None:
+    With `whiten_bias_epochs` > 0 the whitening conv has a bias (zero at first), trained for
+    those epochs only (airbench94 trains it for 3): while `whiten_bias_learns` is true. Then it
+    is used detached, so again nothing before the first conv group needs a gradient (that
+    skips the group's input-gradient conv: ~10% of a step). The trainer sets the flag.
+    """
+
+    def __init__(self, widths: list[int], residual: bool, whiten_bias_epochs: int = 0) -> None:
         super().__init__()
         patch_values = 3 * WHITENING_PATCH**2
-        # Frozen, set from the data by init_whitening; no bias, so nothing before the first
-        # conv group needs a gradient (that skips the group's input-gradient conv: ~10% of a step).
-        self.whiten = nn.Conv2d(3, 2 * patch_values, WHITENING_PATCH, padding=0, bias=False)
+        # Weights frozen, set from the data by init_whitening.
+        self.whiten = nn.Conv2d(
+            3, 2 * patch_values, WHITENING_PATCH, padding=0, bias=whiten_bias_epochs > 0
+        )
         self.whiten.weight.requires_grad = False
+        if self.whiten.bias is not None:
+            nn.init.zeros_(self.whiten.bias)
+        self.whiten_bias_epochs = whiten_bias_epochs
+        self.whiten_bias_learns = whiten_bias_epochs > 0
         in_channels, groups = 2 * patch_values, []
         for width in widths:
             groups.append(AirConvGroup(in_channels, width, residual))
@@ -160,7 +173,10 @@ class AirNet(nn.Module):
         self.whiten.weight.copy_(torch.cat([filters, -filters]).to(self.whiten.weight.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = torch.flatten(self.body(self.whiten(x)), 1)
+        bias = self.whiten.bias
+        if bias is not None and not self.whiten_bias_learns:
+            bias = bias.detach()
+        features = torch.flatten(self.body(F.conv2d(x, self.whiten.weight, bias)), 1)
         return self.classifier(features) * self.logit_scale
 
 
@@ -214,7 +230,7 @@ class WideResNet(nn.Module):
 
 MODEL_BUILDERS: dict[str, Callable[[ModelParams], nn.Module]] = {
     "seed_resnet": lambda p: SeedResNet(p.base_width, list(p.blocks), p.dropout),
-    "airnet": lambda p: AirNet(list(p.widths), p.residual),
+    "airnet": lambda p: AirNet(list(p.widths), p.residual, p.whiten_bias_epochs),
     "resnet_wide": lambda p: WideResNet(list(p.widths), list(p.blocks), p.dropout),
 }
 RESIDUAL_MODELS = ("seed_resnet", "resnet_wide")  # plus airnet with residual: true

@@ -1,5 +1,5 @@
-"""One optimizer step and what shapes it: SGD with a BatchNorm/bias lr scale, Lookahead,
-bf16 autocast, torch.compile."""
+"""One optimizer step and what shapes it: SGD with a BatchNorm/bias lr scale, Muon for conv
+filters, Lookahead, bf16 autocast, torch.compile."""
 
 from __future__ import annotations
 
@@ -12,8 +12,51 @@ from torch import nn
 from pipeline.config.params import TrainParams
 from pipeline.engine.device import autocast
 
+# Muon as airbench94_muon runs it: 3 Newton–Schulz iterations of Keller Jordan's quintic (the
+# update comes out only roughly orthogonal, singular values in about 0.5–1.5, which trains as well)
+MUON_NS_STEPS = 3
+MUON_NS_COEFFICIENTS = [(3.4445, -4.7750, 2.0315)]
 LOOKAHEAD_EVERY = 5  # steps between Lookahead pulls
 LOOKAHEAD_DECAY = 0.95**LOOKAHEAD_EVERY  # the average's decay at the end of the run
+
+
+class MuonSGD(torch.optim.SGD):
+    """torch's SGD, where groups marked `muon` (conv filters) take Muon steps instead.
+
+    A filter's step: the Nesterov momentum of its gradient (momentum `muon_momentum`),
+    flattened to (out, in × k × k) and orthogonalised by Newton–Schulz (timm's
+    `zeropower_via_newtonschulz`; bf16 on CUDA, float32 on the CPU, which has no fast bf16
+    here), after the filter is rescaled to norm sqrt(out). Every conv here feeds a BatchNorm, so
+    a filter's scale changes nothing but its effective step size; fixing it makes `lr` mean the
+    same all run (airbench94_muon). SGD then applies the update at the group's (scheduled) lr,
+    with no momentum or weight decay of its own. The momentum lives in the optimizer's state,
+    so `state_dict` carries it and a resumed run continues exactly.
+    """
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        for group in self.param_groups:
+            if not group.get("muon"):
+                continue
+            from timm.optim.muon import zeropower_via_newtonschulz  # Muon runs only import timm
+
+            momentum = group["muon_momentum"]
+            for filters in group["params"]:
+                if filters.grad is None:
+                    continue
+                state = self.state[filters]
+                if "muon_momentum_buffer" not in state:
+                    state["muon_momentum_buffer"] = torch.zeros_like(filters.grad)
+                buffer = state["muon_momentum_buffer"].mul_(momentum).add_(filters.grad)
+                update = filters.grad.add(buffer, alpha=momentum)  # Nesterov
+                filters.mul_(filters.shape[0] ** 0.5 / filters.norm())
+                dtype = torch.bfloat16 if filters.is_cuda else torch.float32
+                orthogonal = zeropower_via_newtonschulz(
+                    update.reshape(len(update), -1), MUON_NS_STEPS, MUON_NS_COEFFICIENTS,
+                    dtype=dtype,
+                )  # fmt: skip
+                filters.grad.copy_(orthogonal.view_as(filters))
+        return super().step(closure)
 
 
 def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.SGD:
@@ -21,16 +64,30 @@ def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.SGD:
 
     Their weight decay coefficient is divided by the same scale, so every param still shrinks by
     lr × weight_decay per step (airbench's bias scaler: the scale speeds up learning only).
+    With `train.optimizer: muon`, conv filters (4-d) take Muon steps of `muon_lr` instead
+    (`MuonSGD`); the head and the 1-d params keep the SGD above. An airnet's learning whitening
+    bias is a group of its own (`whiten_bias`: the trainer gives it a schedule that ends).
     """
     trainable = [p for p in model.parameters() if p.requires_grad]
-    matrices = [p for p in trainable if p.ndim > 1]
-    vectors = [p for p in trainable if p.ndim <= 1]
+    whiten_bias = [model.whiten.bias] if getattr(model, "whiten_bias_epochs", 0) else []
+    muon = params.optimizer == "muon"
+    filters = [p for p in trainable if p.ndim == 4] if muon else []
+    matrices = [p for p in trainable if p.ndim > 1 and not any(p is f for f in filters)]
+    vectors = [p for p in trainable if p.ndim <= 1 and not any(p is b for b in whiten_bias)]
     scale = params.bias_lr_scale
     groups = [
         {"params": matrices, "lr": params.lr, "weight_decay": params.weight_decay},
         {"params": vectors, "lr": params.lr * scale, "weight_decay": params.weight_decay / scale},
-    ]
-    return torch.optim.SGD(
+        {
+            "params": whiten_bias, "lr": params.lr * scale,
+            "weight_decay": params.weight_decay / scale, "whiten_bias": True,
+        },
+        {
+            "params": filters, "lr": params.muon_lr, "weight_decay": 0.0, "momentum": 0.0,
+            "nesterov": False, "muon": True, "muon_momentum": params.muon_momentum,
+        },
+    ]  # fmt: skip
+    return MuonSGD(
         [group for group in groups if group["params"]],
         lr=params.lr,
         momentum=params.momentum,
@@ -58,23 +115,40 @@ def optimizer_step(
     targets: torch.Tensor,
     params: TrainParams,
     loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward (bf16 autocast on CUDA), the loss, backward, one SGD step.
+    """Forward (bf16 or fp16 autocast on CUDA), the loss, backward, one optimizer step.
 
     `targets` are class indices or (mixup/cutmix) class probabilities; the loss is their
     label-smoothed cross-entropy unless `loss_function(logits, targets)` is given (a student's
-    distillation loss). Returns (loss, logits).
+    distillation loss). With a `scaler` (fp16) the loss is scaled for the backward pass, the
+    gradients unscaled before the step, and a step whose gradients overflowed is skipped (the
+    scale then halves). Returns (loss, logits).
     """
-    with autocast(images.device, params.mixed_precision):
+    with autocast(images.device, params.mixed_precision, params.autocast_dtype):
         logits = network(images)
     if loss_function is not None:
         loss = loss_function(logits, targets)
     else:
         loss = F.cross_entropy(logits.float(), targets, label_smoothing=params.label_smoothing)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     return loss, logits
+
+
+def make_scaler(params: TrainParams, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16 training's loss scaler (`train.autocast_dtype: float16` with mixed precision), else
+    None. On the CPU, where autocast is off, it still scales and unscales (by powers of two,
+    exactly): the tests check it there."""
+    if params.mixed_precision and params.autocast_dtype == "float16":
+        return torch.amp.GradScaler(device.type)
+    return None
 
 
 class Lookahead:

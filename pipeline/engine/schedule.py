@@ -55,3 +55,13 @@ def lr_factor(step: int, steps_per_epoch: int, params: TrainParams) -> float:
         fraction = (step - warmup_steps) / max(1, run_steps - 1 - warmup_steps)
         return 1 + (params.lr_end_factor - 1) * fraction
     return 1.0
+
+
+def whiten_bias_factor(
+    step: int, steps_per_epoch: int, params: TrainParams, learning_steps: int
+) -> float:
+    """Multiplier of an airnet whitening bias's lr: the schedule's × a linear fall from 1 at the
+    first step to 0 at `learning_steps` (airbench94's), so its learning ends smoothly; 0 after."""
+    if step >= learning_steps:
+        return 0.0
+    return lr_factor(step, steps_per_epoch, params) * (1 - step / learning_steps)

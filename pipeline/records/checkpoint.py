@@ -180,6 +180,8 @@ def model_params_from_config(where: object, config: dict) -> ModelParams:
     """A checkpoint's model_config as ModelParams. Keys its model does not read are dropped:
     checkpoints written before such keys were refused still carry them."""
     ignored = conditional_keys(MODEL_KEYS) - set(MODEL_KEYS.get(config.get("name"), ()))
+    if config.get("name") == "airnet":  # written before the key: airnet had no whitening bias
+        config = {"whiten_bias_epochs": 0} | config
     try:
         return ModelParams(**{key: value for key, value in config.items() if key not in ignored})
     except (TypeError, PipelineError) as error:

@@ -77,7 +77,7 @@ def teacher_labels(
     normalised = to_device_tensor(images, norm["mean"], norm["std"], device)
     logits = adapted_logits(
         model, normalised, checkpoint.tta or "none", adapt.batchnorm_on, select.batch_size,
-        select.mixed_precision,
+        select.mixed_precision, select.tta_fraction,
     ).float()  # fmt: skip
     confidence = logits.softmax(1).max(1).values
     probabilities = (logits / distill.temperature).softmax(1)

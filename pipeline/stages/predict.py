@@ -53,7 +53,9 @@ from pipeline.reporting import console
 def predicted_classes(
     model: nn.Module, images: torch.Tensor, tta: str, params: PredictParams
 ) -> np.ndarray:
-    logits = predict_logits(model, images, tta, params.batch_size, params.mixed_precision)
+    logits = predict_logits(
+        model, images, tta, params.batch_size, params.mixed_precision, params.tta_fraction
+    )
     return logits.argmax(1).cpu().numpy()
 
 
@@ -72,8 +74,9 @@ def label_custom_test(
     """The custom test set's labels (after AdaBN and balancing where `adapt` asks for them) and
     the counts per class the model's own argmax gave (before balancing)."""
     logits = adapted_logits(
-        model, images, tta, adapt.batchnorm_on, params.batch_size, params.mixed_precision
-    )
+        model, images, tta, adapt.batchnorm_on, params.batch_size, params.mixed_precision,
+        params.tta_fraction,
+    )  # fmt: skip
     if not torch.isfinite(logits).all():  # diverged weights: argmax would say class 0 for all
         raise PipelineError(
             "predict: the model's outputs on the custom test set are not finite (NaN or inf): "

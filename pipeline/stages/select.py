@@ -89,8 +89,9 @@ def score_checkpoints(
             model.load_state_dict(state)
             for policy in params.tta_policies:
                 accuracy, loss = evaluate(
-                    model, *eval_set, policy, params.batch_size, params.mixed_precision
-                )
+                    model, *eval_set, policy, params.batch_size, params.mixed_precision,
+                    params.tta_fraction,
+                )  # fmt: skip
                 candidates.append({
                     "checkpoint": path.name, "epoch": int(checkpoint.epoch), "weights": weights,
                     "tta": policy, "val_accuracy": accuracy, "val_loss": loss,
@@ -124,10 +125,18 @@ def score_ensemble(
     scored = []
     for policy in params.tta_policies:
         accuracy, loss = evaluate(
-            Ensemble(models), *eval_set, policy, params.batch_size, params.mixed_precision
-        )
+            Ensemble(models), *eval_set, policy, params.batch_size, params.mixed_precision,
+            params.tta_fraction,
+        )  # fmt: skip
         member_accuracies = [
-            evaluate(model, *eval_set, policy, params.batch_size, params.mixed_precision)[0]
+            evaluate(
+                model,
+                *eval_set,
+                policy,
+                params.batch_size,
+                params.mixed_precision,
+                params.tta_fraction,
+            )[0]  # fmt: skip
             for model in models
         ]
         console.print(
@@ -176,8 +185,9 @@ def adaptation_report(
         return None
     images, labels = eval_set
     logits = adapted_logits(
-        model, images, tta, adapt.batchnorm_on, params.batch_size, params.mixed_precision
-    )
+        model, images, tta, adapt.batchnorm_on, params.batch_size, params.mixed_precision,
+        params.tta_fraction,
+    )  # fmt: skip
     truth = labels.cpu().numpy()
     accuracy = {"without": accuracy_without}
     if adapt.batchnorm_on:
