@@ -11,6 +11,7 @@ import argparse
 import copy
 import dataclasses
 import datetime
+import hashlib
 import math
 import platform
 import statistics
@@ -138,6 +139,16 @@ def fit_to_budget(params: TrainParams, steps_per_epoch: int, steps: int) -> Trai
     )
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of the model's state (names, dtypes, shapes and bytes, in order): equal digests
+    are bit-identical weights, as two deterministic runs should give."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def train_budgeted(
     prepared_dir: Path,
     model_params: ModelParams,
@@ -195,6 +206,7 @@ def train_budgeted(
             "median_epoch_seconds": statistics.median(e.seconds for e in epochs),
             "train_images_per_second": statistics.median(e.images_per_second for e in epochs),
             "train_params": dataclasses.asdict(params),
+            "weights_sha256": weights_digest(model),
             "per_epoch": [dataclasses.asdict(e) for e in epochs],
         },
     )
@@ -205,18 +217,24 @@ def logits_per_policy(
     test_set: tuple[torch.Tensor, torch.Tensor],
     params: TrainParams,
     policies: tuple[str, ...] = TTA_POLICIES,
+    tta_fractions: tuple[float, ...] = (),
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """The model's test-set logits under each TTA policy, and the seconds each pass took."""
+    """The model's test-set logits under each TTA policy, and the seconds each pass took; then
+    flip_translate given only to each `tta_fractions` share of the least-confident images
+    (keys like `flip_translate@0.25`)."""
+    passes = [(policy, policy, 1.0) for policy in policies] + [
+        (f"flip_translate@{fraction:g}", "flip_translate", fraction) for fraction in tta_fractions
+    ]
     logits, seconds = {}, {}
-    for policy in policies:
+    for key, policy, fraction in passes:
         if test_set[0].device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        logits[policy] = predict_logits(
-            model, test_set[0], policy, params.eval_batch_size, params.mixed_precision
+        logits[key] = predict_logits(
+            model, test_set[0], policy, params.eval_batch_size, params.mixed_precision, fraction
         )
-        logits[policy].argmax(1).cpu()  # waits for the device
-        seconds[policy] = time.perf_counter() - started
+        logits[key].argmax(1).cpu()  # waits for the device
+        seconds[key] = time.perf_counter() - started
     return logits, seconds
 
 
@@ -230,15 +248,18 @@ def train_and_score(
     params: TrainParams,
     budget_seconds: float | None = None,
     log=print,
+    policies: tuple[str, ...] = TTA_POLICIES,
+    tta_fractions: tuple[float, ...] = (),
 ) -> dict:
-    """One training run → its figures (`train_budgeted`'s) plus test accuracy under every TTA
-    policy (raw and EMA weights) and the time of each policy's pass (raw weights)."""
+    """One training run → its figures (`train_budgeted`'s) plus test accuracy under each TTA
+    policy (raw and EMA weights; `tta_fractions` as in `logits_per_policy`) and the time of
+    each pass (raw weights)."""
     trained, test_set, figures = train_budgeted(
         prepared_dir, model_params, params, budget_seconds, log
     )
     accuracy, tta_seconds = {}, {}
     for weights, net in trained.items():
-        logits, seconds = logits_per_policy(net, test_set, params)
+        logits, seconds = logits_per_policy(net, test_set, params, policies, tta_fractions)
         for policy, policy_logits in logits.items():
             accuracy[f"{weights}_{policy}"] = accuracy_of(policy_logits, test_set[1])
         if weights == "raw":

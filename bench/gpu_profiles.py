@@ -47,6 +47,7 @@ def summary(runs: list[dict]) -> dict:
         "min": {key: min(r["test_accuracy"][key] for r in runs) for key in policy_keys},
         "median_training_seconds": statistics.median(r["training_seconds"] for r in runs),
         "median_epoch_seconds": statistics.median(r["median_epoch_seconds"] for r in runs),
+        "distinct_weights": len({r["weights_sha256"] for r in runs}),
     }
 
 
@@ -74,6 +75,7 @@ def markdown_section(profile: str, overrides: list[str], runs: list[dict], sourc
                   f"{', residual' if first['residual'] else ', not residual'}"),
         ("epochs", epochs),
         ("runs (seeds)", f"{len(runs)} (seeds {', '.join(str(r['train_params']['seed']) for r in runs)})"),
+        ("distinct final weights (sha256)", f"{totals['distinct_weights']} of {len(runs)} runs"),
         ("median training time", f"{totals['median_training_seconds']:.2f} s "
                                  f"(median epoch {totals['median_epoch_seconds']:.3f} s)"),
         *accuracy_rows,
@@ -88,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="fast", help="fast | default | seed | cpu")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--runs", type=int, default=1, help="seeds seed, seed+1, ...")
+    parser.add_argument(
+        "--same-seed", action="store_true",
+        help="every run with the profile's seed: with train.deterministic, their weights' digests "
+        "must match (the reproduce story)",
+    )  # fmt: skip
     parser.add_argument(
         "--warmup-runs", type=int, default=0, help="untimed runs first (torch.compile, autotuning)"
     )
@@ -107,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
             train_and_score(prepared_dir, model_params, params, args.budget_seconds, console.print)
         runs = []
         for index in range(args.runs):
-            run_params = dataclasses.replace(params, seed=params.seed + index)
+            run_params = dataclasses.replace(
+                params, seed=params.seed + (0 if args.same_seed else index)
+            )
             result = train_and_score(
                 prepared_dir, model_params, run_params, args.budget_seconds, console.print
             )

@@ -115,3 +115,53 @@ def test_shift_dry_run_measures_a_baseline_and_a_variant_that_reuses_its_model(
     assert sum(combined["predicted_per_class"]) == sum(combined["actual_per_class"]) == 40
     assert combined["predicted_per_class"] == [4] * 10  # balanced to the uniform prior
     assert "| adabn_balance+distill" in text and combined["cifar10_test_accuracy"] is not None
+
+
+@pytest.mark.slow
+def test_the_gpu_session_script_runs_every_step_in_its_dry_mode(tmp_path: Path) -> None:
+    """bench/gpu_session.sh on the CPU: benchmark 6 (ours only), a default run, and two pairs
+    of same-seed runs whose weights must match (CPU training is deterministic either way)."""
+    out = tmp_path / "out"
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "bench" / "gpu_session.sh"), "--dry-run", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    airbench = json.loads((out / "vs_airbench.json").read_text())
+    assert airbench["summary"]["ours"]["runs"] == len(airbench["ours"]) == 2  # warm-up dropped
+    assert airbench["airbench94"] == [] and "airbench94 needs CUDA" in airbench["skipped"]
+    assert {run["train_params"]["seed"] for run in airbench["ours"]} == {1, 2}
+    for deterministic in ("true", "false"):
+        pair = json.loads((out / f"reproduce_deterministic_{deterministic}.json").read_text())
+        assert [run["train_params"]["seed"] for run in pair["runs"]] == [0, 0]
+        assert pair["summary"]["distinct_weights"] == 1  # bit-identical weights
+    assert json.loads((out / "default.json").read_text())["runs"][0]["model"] == "airnet"
+    text = (out / "BENCHMARKS.md").read_text()
+    assert "### `fast` against airbench94" in text and "| airbench94 | not run" in text
+    assert "| distinct final weights (sha256) | 1 of 2 runs |" in text
+
+
+def test_the_gpu_session_script_refuses_an_archive_that_is_not_cifar10(tmp_path: Path) -> None:
+    fake = tmp_path / "cifar-10-python.tar.gz"
+    fake.write_bytes(b"not the archive")
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "bench" / "gpu_session.sh"), str(fake), "sdist", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2 and "is not the real CIFAR-10's" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_vs_airbench_compares_medians_as_a_ratio(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "bench"))
+    from vs_airbench import comparison
+
+    ours = [{"training_seconds": s, "test_accuracy": {"raw_flip_translate": a}}
+            for s, a in [(1.0, 0.94), (3.0, 0.95), (2.0, 0.93)]]  # fmt: skip
+    theirs = [{"training_seconds": s, "test_accuracy": {"flip_translate": 0.94}} for s in (4, 5, 3)]
+    totals = comparison(ours, theirs)
+    assert totals["ours"]["median_training_seconds"] == 2.0
+    assert totals["airbench94"]["median_training_seconds"] == 4.0
+    assert totals["time_ratio"] == 0.5
+    assert totals["ours"]["mean_accuracy"] == pytest.approx(0.94)
+    assert totals["ours"]["min_accuracy"] == 0.93

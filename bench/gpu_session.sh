@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Issue 14's GPU measurements as one prepared sequence, for a session that is lent a GPU.
+#
+#   bash bench/gpu_session.sh ARCHIVE AIRBENCH_SDIST OUT [PART]   # on the GPU machine
+#   bash bench/gpu_session.sh --dry-run OUT [PART]                # the same steps on the CPU, tiny data
+#
+# PART (default all) splits it into calls under the device's 10-minute limit per command:
+#   airbench   benchmark 6: `fast` against airbench94, 10 timed runs each after a warm-up (~3 min)
+#   default    one `default` run scored on test_batch (the ≤ 6-minute target; ~5 min)
+#   reproduce  two `fast` runs with the same seed and train.deterministic on (their weights'
+#              sha256 must match), then two with it off: the cost of determinism (~2 min)
+# A session has 15 minutes of device time in all, start-up and the three calls that carry the
+# 170 MB archive in 60 MB parts included: run `airbench` and `reproduce` in one call, `default`
+# in the next. Every step appends to OUT/BENCHMARKS.md and writes OUT/NAME.json; a failed step
+# is reported and the others still run; the exit status counts the failed steps.
+#
+# The GPU machine reaches no registry: the pipeline runs from this checkout (PYTHONPATH), with
+# the machine's own torch, torchvision, timm, rich and yaml; airbench comes from its sdist.
+set -uo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+export PYTHONPATH="$(dirname "$here")${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+ARCHIVE_SHA256=f6b4ff1baa68337fc389abbcfa4b03c82689d43e855a5f8d84ed309d0e657b27  # the real CIFAR-10
+
+if [[ "${1:-}" == "--dry-run" ]]; then
+    dry=1 out=${2:?usage: gpu_session.sh --dry-run OUT [PART]} part=${3:-all}
+    data=(--dry-run) sdist=()
+else
+    dry=0 archive=${1:?usage: gpu_session.sh ARCHIVE AIRBENCH_SDIST OUT [PART]}
+    sdist=(--airbench-sdist "${2:?the airbench-0.1.8 sdist}") out=${3:?OUT} part=${4:-all}
+    data=("$archive")
+    found=$(sha256sum "$archive" | cut -d' ' -f1)
+    if [[ "$found" != "$ARCHIVE_SHA256" ]]; then
+        echo "gpu_session: $archive: sha256 $found is not the real CIFAR-10's ($ARCHIVE_SHA256)" >&2
+        exit 2
+    fi
+fi
+mkdir -p "$out"
+work="$out/work"  # prepared data, shared by every step
+runs=10 default_runs=1
+(( dry )) && runs=2
+
+failed=0
+step() {  # step NAME SCRIPT ARGS...: one benchmark, its figures in OUT/NAME.json
+    local name=$1 script=$2
+    shift 2
+    echo "== $name: $script $*"
+    if ! python3 "$here/$script" "${data[@]}" --workdir "$work" --record "$out/BENCHMARKS.md" \
+        --json "$out/$name.json" "$@"; then
+        echo "== $name: FAILED" >&2
+        failed=$((failed + 1))
+    fi
+}
+
+if [[ "$part" == all || "$part" == airbench ]]; then
+    step vs_airbench vs_airbench.py "${sdist[@]}" --profile fast --runs "$runs" --warmup-runs 1
+fi
+if [[ "$part" == all || "$part" == default ]]; then
+    step default gpu_profiles.py --profile default --runs "$default_runs"
+fi
+if [[ "$part" == all || "$part" == reproduce ]]; then
+    for deterministic in true false; do
+        step "reproduce_deterministic_$deterministic" gpu_profiles.py --profile fast --runs 2 \
+            --same-seed --warmup-runs 1 --set "train.deterministic=$deterministic"
+    done
+fi
+echo "gpu_session: $failed step(s) failed; figures in $out"
+exit "$failed"
