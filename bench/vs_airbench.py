@@ -11,9 +11,12 @@ dropped) the runs alternate, ours then airbench's, so a drift of the GPU's clock
 
 Training seconds:
 - ours: the sum of `fit`'s epoch loops (validation passes excluded), as benchmark 3;
-- airbench's: the synchronised wall time of `train94(train_loader, verbose=False)`: its whitening
-  init and epochs, plus its loading of the test set to the GPU (a few ms); no evaluation (with
-  verbose off it runs none). Its train loader is built before the clock starts, as ours is.
+- airbench's: the synchronised wall time of `train94(train_loader, verbose=False)`: its epochs,
+  and also building its network, its whitening init and loading its cached test set to the GPU
+  (airbench's own printed figure counts the whitening init too). Those extras are on its side
+  only, tens of milliseconds against seconds: the ratio leans that much in our favour, and the
+  record says so. No evaluation (with verbose off it runs none). Its train loader, and the
+  test.pt cache its test loader reads, are made before any clock starts.
 The speed ratio is our median over airbench's median, from the same run on the same GPU.
 
 airbench is a bench-only extra (`pip install .[bench]`), never a dependency of the pipeline.
@@ -168,7 +171,8 @@ def markdown_section(profile: str, overrides: list[str], ours: list[dict], total
              f"mean {theirs['mean_accuracy']:.2%}, min {theirs['min_accuracy']:.2%} over "
              f"{theirs['runs']} runs"),
             ("airbench94: median training time", f"{theirs['median_training_seconds']:.3f} s"),
-            ("time ratio, ours / airbench94 (medians)", f"**{totals['time_ratio']:.2f}**"),
+            ("time ratio, ours / airbench94 (medians)", f"**{totals['time_ratio']:.2f}** "
+             "(airbench's time also holds its net's build, whitening init and test-set load)"),
         ]  # fmt: skip
     title = f"### `{profile}` against airbench94 — {first['machine'].split(' (')[0]}"
     return f"{title}\n\n{markdown_table(rows)}"
@@ -197,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         if skipped is None:
             airbench = import_airbench(args.airbench_sdist, Path(scratch))
             link_cifar_batches(prepared_dir, workdir)
+            with working_directory(workdir):  # torchvision parses test_batch into test.pt once
+                airbench.CifarLoader("cifar10", train=False)
             test = load_split(prepared_dir, "val")  # test_batch: prepare.val is test_batch
         ours: list[dict] = []
         theirs: list[dict] = []

@@ -342,7 +342,7 @@ def test_distill_params_are_checked() -> None:
         params_from_dict({"train": {"cutmix_alpha": 1.0}, "distill": {"rounds": 1}})
     with pytest.raises(PipelineError, match="distill.student.max_params is missing"):
         params_from_dict({"distill": {"student": {"name": "airnet", "widths": [8, 16, 16],
-                                                  "residual": False, "whiten_bias_epochs": 0}}})  # fmt: skip
+                                                  "residual": False}}})  # fmt: skip
     with pytest.raises(PipelineError, match="distill.student.max_params"):
         params_from_dict(
             {
@@ -352,7 +352,6 @@ def test_distill_params_are_checked() -> None:
                         "max_params": 6_000_000,
                         "widths": [8, 16, 16],
                         "residual": False,
-                        "whiten_bias_epochs": 0,
                     }
                 }
             }
@@ -365,12 +364,13 @@ def test_distill_params_are_checked() -> None:
                     "max_params": 5_000_000,
                     "widths": [8, 16, 16],
                     "residual": False,
-                    "whiten_bias_epochs": 0,
                 }
             }
         }
     )
     assert student.distill.student.widths == [8, 16, 16]  # fmt: skip
+    # written before airnet had model.whiten_bias_epochs: read as before, no whitening bias
+    assert student.distill.student.whiten_bias_epochs == 0
 
 
 # --- all labelled data, augmentation ------------------------------------------------------------

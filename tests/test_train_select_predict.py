@@ -433,3 +433,21 @@ def test_a_model_with_diverged_weights_writes_no_csv(
         predict.run(PredictParams(device="cpu"), trained_project / "data/prepared",
                     tmp_path / "diverged.pt", tmp_path / "latest.csv")  # fmt: skip
     assert not (tmp_path / "latest.csv").exists()
+
+
+def test_the_train_stage_keeps_uint8_images_on_the_device_and_trains_the_same_weights(
+    trained_project: Path, tmp_path: Path
+) -> None:
+    """images_on_device: uint8 through the stage (the whitening filters from normalised pixels,
+    each batch normalised as drawn): the checkpoint is the float32 run's, bit for bit."""
+    airnet = seed_model(name="airnet", widths=[8, 16, 16], residual=False, whiten_bias_epochs=0)
+    states = []
+    for images_on_device in ("float32", "uint8"):
+        params = seed_train(device="cpu", epochs=1, batch_size=64, checkpoint_every=1,
+                            images_on_device=images_on_device)  # fmt: skip
+        checkpoints = tmp_path / images_on_device
+        train.run(airnet, params, trained_project / "data/prepared", checkpoints,
+                  tmp_path / f"live-{images_on_device}")  # fmt: skip
+        states.append(load_checkpoint(checkpoints / "epoch_0001.pt")["model_state"])
+    for name, weights in states[0].items():
+        assert torch.equal(weights, states[1][name]), name

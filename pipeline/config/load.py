@@ -29,6 +29,7 @@ from pipeline.config.params import (
     Params,
     TrainParams,
     conditional_keys,
+    with_later_model_keys,
 )
 from pipeline.errors import PipelineError
 from pipeline.files import write_text_atomic
@@ -64,6 +65,8 @@ def _convert(value: Any, annotation: Any, key: str, defaults: dict | None) -> An
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
             raise PipelineError(f"params: {key} must be a mapping, found {_describe(value)}")
+        if annotation is ModelParams:  # a distill.student written before a key was added
+            value = with_later_model_keys(value)
         return _build(annotation, value, key + ".", defaults)
     if origin is Literal:
         choices = typing.get_args(annotation)

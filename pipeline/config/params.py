@@ -45,6 +45,17 @@ MODEL_KEYS: dict[str, tuple[str, ...]] = {
     "airnet": ("widths", "residual", "whiten_bias_epochs"),
     "resnet_wide": ("widths", "blocks", "dropout"),
 }
+# Model keys added after models were saved and sections written without them: the value that
+# means "as before" (airnet had no whitening bias). Old checkpoints and distill.student sections
+# that lack one read it so.
+LATER_MODEL_KEYS: dict[str, dict[str, object]] = {"airnet": {"whiten_bias_epochs": 0}}
+
+
+def with_later_model_keys(config: dict) -> dict:
+    """A model section or checkpoint config with the keys its model gained later, as before."""
+    return LATER_MODEL_KEYS.get(config.get("name"), {}) | config
+
+
 # The keys each learning-rate schedule reads (engine/schedule.py).
 SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {
     "multistep": ("milestones", "gamma"),
@@ -52,6 +63,8 @@ SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {
     "onecycle": ("warmup_fraction", "lr_start_factor", "lr_end_factor"),
     "constant": (),
 }
+# Models whose convs do not all feed a BatchNorm: Muon's fixed filter norms would change them.
+MUON_REFUSED_MODELS = ("resnet_wide",)
 # The keys each optimizer reads besides lr, momentum, nesterov, weight_decay (engine/optim.py).
 OPTIMIZER_KEYS: dict[str, tuple[str, ...]] = {
     "sgd": (),
@@ -239,6 +252,9 @@ class TrainParams:
     ema_decay: float  # timm ModelEmaV3 of the weights, updated every step; 0 disables
     lookahead: bool  # airbench's Lookahead: every 5 steps the weights move toward their average
     mixed_precision: bool  # bf16 autocast on CUDA (BatchNorm params and stats stay fp32)
+    # the training set on the device: float32 normalised once, or uint8 (a quarter of the
+    # memory) normalised batch by batch, to the same values
+    images_on_device: Literal["float32", "uint8"]
     # mixed_precision's dtype; float16 adds a loss scaler (torch.amp.GradScaler) against underflow
     autocast_dtype: Literal["bfloat16", "float16"]
     deterministic: bool  # CUDA: deterministic algorithms only (slower); CPU always is
@@ -307,6 +323,11 @@ class TrainParams:
             )
         check_conditional_keys(self, "train", "schedule", SCHEDULE_KEYS)
         check_conditional_keys(self, "train", "optimizer", OPTIMIZER_KEYS)
+        if self.autocast_dtype == "float16" and not self.mixed_precision:
+            raise PipelineError(
+                "params: train.autocast_dtype float16 does nothing with train.mixed_precision "
+                "false (it would still retrain); set mixed_precision true or the dtype bfloat16"
+            )
 
 
 @dataclass(frozen=True)
@@ -449,6 +470,15 @@ class Params:
                 "(distill.rounds > 0): a labelled image mixed with a custom-test image has no "
                 "single temperature and weight; set them to 0 or distill.rounds to 0"
             )
+        if self.train.optimizer == "muon":
+            for where, model in (("model", self.model), ("distill.student", student)):
+                if model is not None and model.name in MUON_REFUSED_MODELS:
+                    raise PipelineError(
+                        f"params: train.optimizer muon fixes each conv filter's norm, which only "
+                        f"a BatchNorm after the conv makes harmless; {where}.name "
+                        f"'{model.name}' adds conv outputs unnormalised (pre-activation blocks): "
+                        "use train.optimizer sgd or another model"
+                    )
         if student is not None and student.max_params > self.model.max_params:
             raise PipelineError(
                 f"params: distill.student.max_params {student.max_params:,} is over "

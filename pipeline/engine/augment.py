@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config.params import TrainParams
-from pipeline.engine.normalise import pixel_statistics
+from pipeline.engine.normalise import normalised, pixel_statistics
 
 
 def random_crop(
@@ -186,7 +186,10 @@ def augment_batch(
     state: AugmentState,
 ) -> torch.Tensor:
     """The training augmentation of one batch (`indices` into the training set, `epoch` 1-based):
-    the augment policy, crop, flip, cutout, in that order; channels_last for the convolutions."""
+    the augment policy, crop, flip, cutout, in that order; channels_last for the convolutions.
+    uint8 `images` (`train.images_on_device: uint8`) are normalised first."""
+    if images.dtype == torch.uint8:
+        images = normalised(images, state.pixel_mean, state.pixel_std)
     if params.augment_policy != "none":
         images = policy_augment(
             images, params.augment_policy, state.pixel_mean, state.pixel_std, state.generator

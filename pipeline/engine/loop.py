@@ -227,8 +227,9 @@ def build_trainer(
     stepped = evaluated
     if world.size > 1:  # DDP averages the gradients over the ranks; evaluation stays plain
         ids = [device.index] if device.type == "cuda" else None
-        # a whitening bias stops getting gradients after its epochs: DDP must expect that
-        unused = bool(whiten_bias_steps)
+        # a whitening bias that stops getting gradients inside the run: DDP must expect that
+        # (it costs a graph traversal per step, so only then)
+        unused = 0 < whiten_bias_steps < run_steps
         stepped = compiled(
             DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused),
             params, device,

@@ -33,13 +33,18 @@ class MuonSGD(torch.optim.SGD):
     so `state_dict` carries it and a resumed run continues exactly.
     """
 
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        if any(group.get("muon") for group in self.param_groups):  # an old timm fails here, early
+            from timm.optim.muon import zeropower_via_newtonschulz  # Muon runs only import timm
+
+            self.orthogonalise = zeropower_via_newtonschulz
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         for group in self.param_groups:
             if not group.get("muon"):
                 continue
-            from timm.optim.muon import zeropower_via_newtonschulz  # Muon runs only import timm
-
             momentum = group["muon_momentum"]
             for filters in group["params"]:
                 if filters.grad is None:
@@ -51,7 +56,7 @@ class MuonSGD(torch.optim.SGD):
                 update = filters.grad.add(buffer, alpha=momentum)  # Nesterov
                 filters.mul_(filters.shape[0] ** 0.5 / filters.norm())
                 dtype = torch.bfloat16 if filters.is_cuda else torch.float32
-                orthogonal = zeropower_via_newtonschulz(
+                orthogonal = self.orthogonalise(
                     update.reshape(len(update), -1), MUON_NS_STEPS, MUON_NS_COEFFICIENTS,
                     dtype=dtype,
                 )  # fmt: skip

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.config.params import MODEL_KEYS, ModelParams, conditional_keys
+from pipeline.config.params import MODEL_KEYS, ModelParams, conditional_keys, with_later_model_keys
 from pipeline.engine.models import (
     Ensemble,
     build_model,
@@ -180,8 +180,7 @@ def model_params_from_config(where: object, config: dict) -> ModelParams:
     """A checkpoint's model_config as ModelParams. Keys its model does not read are dropped:
     checkpoints written before such keys were refused still carry them."""
     ignored = conditional_keys(MODEL_KEYS) - set(MODEL_KEYS.get(config.get("name"), ()))
-    if config.get("name") == "airnet":  # written before the key: airnet had no whitening bias
-        config = {"whiten_bias_epochs": 0} | config
+    config = with_later_model_keys(config)
     try:
         return ModelParams(**{key: value for key, value in config.items() if key not in ignored})
     except (TypeError, PipelineError) as error:

@@ -38,7 +38,7 @@ from pipeline.engine.device import resolve_device
 from pipeline.engine.distributed import RANK_SEED_STRIDE, current_world
 from pipeline.engine.loop import DistillTargets, EpochStats, StateMismatch, fit
 from pipeline.engine.models import build_model, count_trainable_params, model_config
-from pipeline.engine.normalise import to_device_set
+from pipeline.engine.normalise import normalised, pixel_statistics, to_device_set
 from pipeline.engine.schedule import (
     is_checkpoint_epoch,
     lr_factor,
@@ -111,10 +111,14 @@ def setup_training(
     if extra_images is not None:
         images = np.concatenate([images, extra_images[0]])
         labels = np.concatenate([labels, extra_images[1].astype(labels.dtype)])
-    train_set = to_device_set(images, labels, info["mean"], info["std"], device)
+    as_pixels = params.images_on_device == "uint8"
+    train_set = to_device_set(images, labels, info["mean"], info["std"], device, as_pixels)
     model = model.to(device, memory_format=torch.channels_last)
     if hasattr(model, "init_whitening"):  # airnet: filters from the training set's patches
-        model.init_whitening(train_set[0][:WHITENING_IMAGES])
+        whitening = train_set[0][:WHITENING_IMAGES]
+        if as_pixels:
+            whitening = normalised(whitening, *pixel_statistics(info["mean"], info["std"], device))
+        model.init_whitening(whitening)
     rank = current_world().rank
     if rank > 0:  # its own dropout draws (the initial weights come from rank 0 anyway)
         torch.manual_seed(params.seed + rank * RANK_SEED_STRIDE)
