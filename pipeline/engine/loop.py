@@ -207,13 +207,12 @@ def build_trainer(
     run_steps = total_steps(batches_per_epoch, params)
     optimizer = make_optimizer(model, params)
     whiten_bias_steps = min(run_steps, getattr(model, "whiten_bias_epochs", 0) * batches_per_epoch)
-    schedule = {"steps_per_epoch": batches_per_epoch, "params": params}
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         [  # one multiplier per param group: the whitening bias's ends with its learning steps
-            functools.partial(whiten_bias_factor, learning_steps=whiten_bias_steps, **schedule)
+            functools.partial(whiten_bias_factor, learning_steps=whiten_bias_steps)
             if group.get("whiten_bias")
-            else functools.partial(lr_factor, **schedule)
+            else functools.partial(lr_factor, steps_per_epoch=batches_per_epoch, params=params)
             for group in optimizer.param_groups
         ],
     )

@@ -57,11 +57,8 @@ def lr_factor(step: int, steps_per_epoch: int, params: TrainParams) -> float:
     return 1.0
 
 
-def whiten_bias_factor(
-    step: int, steps_per_epoch: int, params: TrainParams, learning_steps: int
-) -> float:
+def whiten_bias_factor(step: int, learning_steps: int) -> float:
     """Multiplier of an airnet whitening bias's lr: a linear fall from 1 at the first step to 0
     at `learning_steps`, in place of the run's schedule (airbench94_muon's), so its learning
-    ends smoothly; 0 after. `steps_per_epoch` and `params`: `lr_factor`'s, unused here."""
-    del steps_per_epoch, params  # the same call as lr_factor's, so the trainer treats both alike
+    ends smoothly; 0 after."""
     return max(0.0, 1 - step / learning_steps) if learning_steps else 0.0
