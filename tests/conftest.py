@@ -174,7 +174,11 @@ def usable_cpus() -> int:
 def pytest_configure(config: pytest.Config) -> None:
     """pytest-xdist's workers (README: one per usable CPU) share the CPUs: each worker, and the
     stages it starts, gets its share of threads; more would oversubscribe them (OpenMP threads
-    spin while they wait). Set before the test modules first import torch, which reads it then."""
+    spin while they wait). Set before the test modules first import torch, which reads it then.
+    dvc's analytics are off for the tests."""
+    # every dvc command the tests run would start dvc's analytics daemon, which leaves a
+    # report file in /tmp each time and tries the network; a user's own dvc is left as it is
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus() // workers)))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import warnings
 
 import numpy as np
 import pytest
@@ -446,3 +448,40 @@ def test_uint8_images_on_the_device_train_exactly_as_normalised_float_images() -
         trained.append(model.state_dict())
     for name, weights in trained[0].items():
         assert torch.equal(weights, trained[1][name]), name
+
+
+def test_an_fp16_first_step_skipped_by_the_scaler_raises_no_call_order_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first backward overflows (as fp16 does at too high a scale): the scaler skips that
+    step and halves its scale, training goes on, and torch's warning that the schedule stepped
+    before the optimizer (it did: the scaler skipped it) is not shown."""
+    from pipeline.engine import loop
+
+    scalers: list[torch.amp.GradScaler] = []
+
+    def kept_scaler(*args: object) -> torch.amp.GradScaler | None:
+        scalers.append(optim.make_scaler(*args))
+        return scalers[-1]
+
+    monkeypatch.setattr(loop, "make_scaler", kept_scaler)
+    recipe = dataclasses.replace(
+        load_profile("fast").train, device="cpu", epochs=1, batch_size=50,
+        autocast_dtype="float16", lookahead=False,  # lookahead's average would undo the steps
+    )  # fmt: skip
+    model = build_model(SMALL_MODELS["airnet"])
+    backwards = []
+
+    def first_overflows(grad: torch.Tensor) -> torch.Tensor:
+        backwards.append(1)
+        return grad * math.inf if len(backwards) == 1 else grad
+
+    model.classifier.weight.register_hook(first_overflows)
+    before = {k: v.clone() for k, v in model.named_parameters() if v.requires_grad}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train_a_little(model, recipe)
+    assert scalers[0].get_scale() == 2.0**15  # the default 2¹⁶, halved once: one step skipped
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
+    trained = dict(model.named_parameters())
+    assert all(not torch.equal(before[k], trained[k]) for k in before)  # the later steps ran

@@ -356,6 +356,16 @@ def test_distill_params_are_checked() -> None:
                 }
             }
         )
+    # the student's own range and model-key errors name its keys, not the submitted model's
+    airnet = {"name": "airnet", "max_params": 5_000_000, "residual": False}
+    for student_values, expected in (
+        ({"widths": [0, 16, 16]}, r"^params: distill\.student\.widths must be three"),
+        ({"widths": [8, 16, 16], "blocks": [1]},
+         r"^params: distill\.student\.blocks is not read by distill\.student\.name 'airnet'"),
+    ):  # fmt: skip
+        with pytest.raises(PipelineError, match=expected) as refused:
+            params_from_dict({"distill": {"student": airnet | student_values}})
+        assert "model." not in str(refused.value)
     student = params_from_dict(
         {
             "distill": {

@@ -161,7 +161,12 @@ def _build(cls: type, values: dict[str, Any], prefix: str, defaults: dict | None
         raise PipelineError(
             f"params: {prefix}{missing[0]} is missing (the section is written whole)"
         )
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except PipelineError as error:  # ModelParams names its keys model.*: a student's are its own
+        if cls is ModelParams and prefix != "model.":
+            raise PipelineError(str(error).replace("model.", prefix)) from None
+        raise
 
 
 def params_from_dict(values: dict[str, Any]) -> Params:

@@ -13,6 +13,7 @@ import functools
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,10 @@ from pipeline.reporting import console
 
 ETA_PROBE_BATCHES = 3  # batches timed (after one warm-up) for the CPU time estimate
 CPU_PROFILE_HINT_MINUTES = 60  # a longer CPU estimate also names the cpu profile
+# torch's warning when the run's first scheduler step comes before any optimizer step took effect
+SKIPPED_FIRST_STEP_WARNING = (
+    r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`"
+)
 LabelledSet = tuple[torch.Tensor, torch.Tensor]  # normalised images, labels on the device
 
 
@@ -352,7 +357,13 @@ def train_epoch(
             trainer.scaler,
         )  # fmt: skip
         step_lr = trainer.optimizer.param_groups[0]["lr"]  # the lr this step used, before the next
-        trainer.scheduler.step()
+        if trainer.scaler is not None and trainer.step == 0:
+            with warnings.catch_warnings():  # fp16's scaler skipped an overflowing first step:
+                # the schedule moves on regardless, as torch's AMP recipe does; not a misuse
+                warnings.filterwarnings("ignore", SKIPPED_FIRST_STEP_WARNING, UserWarning)
+                trainer.scheduler.step()
+        else:
+            trainer.scheduler.step()
         trainer.step += 1
         if trainer.lookahead is not None:
             trainer.lookahead.after_step(trainer.step)
