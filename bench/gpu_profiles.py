@@ -143,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         source = "synthetic (dry run)" if args.dry_run else args.archive.name
         with args.record.open("a") as handle:
             handle.write("\n" + markdown_section(args.profile, args.set, runs, source))
+    if args.same_seed and params.deterministic and totals["distinct_weights"] > 1:
+        console.print(
+            f"[red]not reproducible: {totals['distinct_weights']} distinct final weights from "
+            f"{len(runs)} runs with one seed and train.deterministic on"
+        )
+        return 1
     return 0
 
 

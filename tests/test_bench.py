@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, prepare_synthetic
 
 
 def _bench(tmp_path: Path, script: str, *args: str) -> tuple[dict, str]:
@@ -122,9 +123,11 @@ def test_the_gpu_session_script_runs_every_step_in_its_dry_mode(tmp_path: Path) 
     """bench/gpu_session.sh on the CPU: benchmark 6 (ours only), a default run, and two pairs
     of same-seed runs whose weights must match (CPU training is deterministic either way)."""
     out = tmp_path / "out"
+    work = tmp_path / "work"  # the prepared data: not under OUT, which the device empties
     result = subprocess.run(
         ["bash", str(REPO_ROOT / "bench" / "gpu_session.sh"), "--dry-run", str(out)],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env=os.environ | {"GPU_SESSION_WORK": str(work)},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     airbench = json.loads((out / "vs_airbench.json").read_text())
@@ -139,6 +142,7 @@ def test_the_gpu_session_script_runs_every_step_in_its_dry_mode(tmp_path: Path) 
     text = (out / "BENCHMARKS.md").read_text()
     assert "### `fast` against airbench94" in text and "| airbench94 | not run" in text
     assert "| distinct final weights (sha256) | 1 of 2 runs |" in text
+    assert (work / "data" / "prepared" / "train.npz").exists() and not (out / "work").exists()
 
 
 def test_the_gpu_session_script_refuses_an_archive_that_is_not_cifar10(tmp_path: Path) -> None:
@@ -148,7 +152,7 @@ def test_the_gpu_session_script_refuses_an_archive_that_is_not_cifar10(tmp_path:
         ["bash", str(REPO_ROOT / "bench" / "gpu_session.sh"), str(fake), "sdist", str(tmp_path / "o")],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert result.returncode == 2 and "is not the real CIFAR-10's" in result.stderr
+    assert result.returncode == 2 and "neither the official CIFAR-10 archive" in result.stderr
     assert not (tmp_path / "o").exists()
 
 
@@ -165,3 +169,74 @@ def test_vs_airbench_compares_medians_as_a_ratio(monkeypatch: pytest.MonkeyPatch
     assert totals["time_ratio"] == 0.5
     assert totals["ours"]["mean_accuracy"] == pytest.approx(0.94)
     assert totals["ours"]["min_accuracy"] == 0.93
+
+
+def test_airbench_reads_its_data_from_a_cache_written_from_the_prepared_splits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """airbench's CifarLoader reads cifar10/train.pt and test.pt when they exist; otherwise
+    torchvision checks the batches against the official md5s and downloads (no network on the
+    GPU machine). The cache holds what CifarLoader would write: the same images and labels."""
+    import numpy as np
+    import torch
+
+    from pipeline.classes import CIFAR10_CLASS_NAMES
+    from pipeline.data.prepared import load_split
+
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "bench"))
+    from vs_airbench import write_airbench_cache
+
+    prepared = prepare_synthetic(tmp_path)
+    cache = write_airbench_cache(prepared, tmp_path / "work")
+    assert cache == tmp_path / "work" / "cifar10"
+    for split, name in (("train", "train.pt"), ("val", "test.pt")):
+        data = torch.load(cache / name, weights_only=True)
+        arrays = load_split(prepared, split)
+        assert data["images"].dtype == torch.uint8 and data["images"].shape[1:] == (32, 32, 3)
+        assert np.array_equal(data["images"].numpy(), arrays["images"])
+        assert data["labels"].dtype == torch.int64
+        assert np.array_equal(data["labels"].numpy(), arrays["labels"])
+        assert data["classes"] == list(CIFAR10_CLASS_NAMES)
+
+
+def test_an_airbench_sdist_that_is_not_pypis_is_refused_before_unpacking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "bench"))
+    from vs_airbench import AIRBENCH_SDIST_SHA256, import_airbench
+
+    fake = tmp_path / "airbench-0.1.8.tar.gz"
+    fake.write_bytes(b"not the sdist")
+    with pytest.raises(
+        SystemExit, match=f"is not PyPI's airbench 0.1.8 sdist \\({AIRBENCH_SDIST_SHA256}\\)"
+    ):
+        import_airbench(fake, tmp_path / "scratch")
+    assert not (tmp_path / "scratch").exists()
+
+
+def test_same_seed_deterministic_runs_with_different_weights_fail_the_benchmark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reproduce check: with train.deterministic on, two same-seed runs must end in the same
+    weights; different digests are a failure (exit 1), not just a figure in the record."""
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "bench"))
+    import gpu_profiles
+
+    digests = iter(["a" * 64, "b" * 64, "c" * 64, "c" * 64])
+
+    def fake_run(_prepared, _model, params, _budget, _log) -> dict:
+        return {
+            "machine": "test machine", "torch": "x", "date": "today", "train_images": 1,
+            "test_images": 1, "model": "airnet", "model_params": 1, "residual": False,
+            "epochs_run": 1, "training_seconds": 1.0, "median_epoch_seconds": 1.0,
+            "train_params": {"seed": params.seed}, "weights_sha256": next(digests),
+            "test_accuracy": {"raw_none": 0.5}, "tta_seconds": {"flip_translate": 0.1},
+        }  # fmt: skip
+
+    monkeypatch.setattr(gpu_profiles, "train_and_score", fake_run)
+    monkeypatch.setattr(gpu_profiles, "prepare_data", lambda workdir, archive: workdir)
+    arguments = ["--dry-run", "--runs", "2", "--same-seed", "--workdir", str(tmp_path)]
+    assert gpu_profiles.main([*arguments, "--set", "train.deterministic=true"]) == 1
+    assert gpu_profiles.main([*arguments, "--set", "train.deterministic=true"]) == 0  # c, c
+    digests = iter(["d" * 64, "e" * 64])
+    assert gpu_profiles.main([*arguments, "--set", "train.deterministic=false"]) == 0
