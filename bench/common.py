@@ -31,7 +31,7 @@ from pipeline.config.params import (
     TrainParams,
 )
 from pipeline.data.formats import write_custom_test
-from pipeline.engine.augment import augment_batch, augment_state
+from pipeline.engine.augment import augment_batch, augment_state, downscaled
 from pipeline.engine.loop import EpochStats, fit
 from pipeline.engine.models import count_trainable_params, is_residual
 from pipeline.engine.optim import compiled, make_optimizer, optimizer_step
@@ -94,8 +94,10 @@ def seconds_per_step(
     params: TrainParams,
     train_set: tuple[torch.Tensor, torch.Tensor],
     normalization: tuple[list[float], list[float]],
+    pixels: int = 0,
 ) -> float:
-    """Median time of training steps (augmentation, forward, backward, SGD) of a throwaway copy of `model`.
+    """Median time of training steps (augmentation, forward, backward, SGD) of a throwaway copy of `model`,
+    on batches downscaled to `pixels` (0: at 32).
 
     Not timed: the EMA update, Lookahead pulls, mixup/cutmix and the scheduler, so a budgeted run
     with those on runs a little over its budget (its measured training time is what is reported).
@@ -115,12 +117,34 @@ def seconds_per_step(
         started = time.perf_counter()
         indices = torch.randint(0, train_set[1].shape[0], (batch,), device=device)
         images = augment_batch(train_set[0][indices], indices, 1, params, state)
+        if pixels:
+            images = downscaled(images, pixels)
         optimizer_step(network, optimizer, images, train_set[1][indices], params)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if step >= UNTIMED_STEPS:
             timings.append(time.perf_counter() - started)
     return statistics.median(timings)
+
+
+def planned_seconds_per_step(
+    model: torch.nn.Module,
+    params: TrainParams,
+    train_set: tuple[torch.Tensor, torch.Tensor],
+    normalization: tuple[list[float], list[float]],
+    probe=seconds_per_step,
+) -> tuple[float, dict[int, float]]:
+    """The mean step time of the recipe, and each side's (pixels → seconds per step): with
+    train.low_res_pixels, its share of steps at that side and the rest at 32 pixels, each side
+    probed (`probe`: `seconds_per_step`)."""
+    sides = {32: probe(model, params, train_set, normalization)}
+    if not params.low_res_pixels:
+        return sides[32], sides
+    sides[params.low_res_pixels] = probe(
+        model, params, train_set, normalization, params.low_res_pixels
+    )
+    share = params.low_res_fraction
+    return share * sides[params.low_res_pixels] + (1 - share) * sides[32], sides
 
 
 def fit_to_budget(params: TrainParams, steps_per_epoch: int, steps: int) -> TrainParams:
@@ -164,13 +188,14 @@ def train_budgeted(
     setup = setup_training(model_params, params, prepared_dir, configure_device(params))
     model, device, train_set, val_set = setup.model, setup.device, setup.train_set, setup.val_set
     normalization = (setup.info["mean"], setup.info["std"])
-    planned_epochs, step_seconds = params.epochs, None
+    planned_epochs, step_seconds, sides = params.epochs, None, None
     epoch_steps = steps_per_epoch(train_set[1].shape[0], params)
     if budget_seconds is not None:
-        step_seconds = seconds_per_step(model, params, train_set, normalization)
+        step_seconds, sides = planned_seconds_per_step(model, params, train_set, normalization)
         params = fit_to_budget(params, epoch_steps, max(1, int(budget_seconds / step_seconds)))
+        per_side = ", ".join(f"{side} px {seconds:.3f} s" for side, seconds in sides.items())
         log(
-            f"budget {budget_seconds:.0f} s: {step_seconds:.3f} s/step → "
+            f"budget {budget_seconds:.0f} s: {step_seconds:.3f} s/step ({per_side}) → "
             f"{total_steps(epoch_steps, params)} steps ({params.epochs} epochs, the profile has "
             f"{planned_epochs})"
         )
@@ -203,6 +228,7 @@ def train_budgeted(
             "epochs_run": round(total_steps(epoch_steps, params) / epoch_steps, 2),
             "budget_seconds": budget_seconds,
             "calibrated_seconds_per_step": step_seconds,
+            "calibrated_seconds_per_step_by_side": sides,
             "training_seconds": sum(e.seconds for e in epochs),
             "wall_seconds_with_validation": wall_seconds,
             "median_epoch_seconds": statistics.median(e.seconds for e in epochs),

@@ -240,3 +240,25 @@ def test_same_seed_deterministic_runs_with_different_weights_fail_the_benchmark(
     assert gpu_profiles.main([*arguments, "--set", "train.deterministic=true"]) == 0  # c, c
     digests = iter(["d" * 64, "e" * 64])
     assert gpu_profiles.main([*arguments, "--set", "train.deterministic=false"]) == 0
+
+
+def test_a_low_res_recipes_budget_probe_weighs_both_sides_by_their_share_of_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "bench"))
+    import dataclasses
+
+    from common import planned_seconds_per_step
+
+    from pipeline.config.load import load_profile
+
+    def probe(_model, _params, _train, _normalization, pixels: int = 0) -> float:
+        return {0: 4.0, 24: 2.0}[pixels]  # seconds per step at 32 and at 24 pixels
+
+    recipe = load_profile("cpu").train
+    assert planned_seconds_per_step(None, recipe, None, None, probe) == (4.0, {32: 4.0})
+    low_res = dataclasses.replace(recipe, low_res_pixels=24, low_res_fraction=0.75)
+    assert planned_seconds_per_step(None, low_res, None, None, probe) == (
+        0.75 * 2.0 + 0.25 * 4.0,
+        {32: 4.0, 24: 2.0},
+    )

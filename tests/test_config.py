@@ -109,6 +109,26 @@ def test_params_are_frozen() -> None:
         ),
         ({"model": {"blocks": []}}, "model.blocks must be 1 to 8 block counts"),
         ({"train": []}, "train must be a mapping"),
+        (
+            {"train": {"low_res_pixels": 12, "low_res_fraction": 0.5}},
+            r"train.low_res_pixels must be 0 or in \[16, 31\], found 12",
+        ),
+        (
+            {"train": {"low_res_pixels": 32, "low_res_fraction": 0.5}},
+            r"train.low_res_pixels must be 0 or in \[16, 31\], found 32",
+        ),
+        (
+            {"train": {"low_res_pixels": 24, "low_res_fraction": 1.0}},
+            r"train.low_res_fraction must be in \[0, 1\)",
+        ),
+        (
+            {"train": {"low_res_pixels": 24}},
+            "train.low_res_pixels 24 with train.low_res_fraction 0.0",
+        ),
+        (
+            {"train": {"low_res_fraction": 0.5}},
+            "train.low_res_pixels 0 with train.low_res_fraction 0.5",
+        ),
     ],
 )
 def test_bad_params_are_refused_naming_the_key(values: dict, expected: str) -> None:

@@ -219,12 +219,13 @@ def test_logged_learning_rate_is_the_one_each_epochs_last_step_used() -> None:
 
 def test_a_run_resumed_from_a_saved_state_matches_the_uninterrupted_run() -> None:
     """Every piece of state a recipe uses survives: EMA, Lookahead, TrivialAugment, cutmix,
-    dropout (the global generator), alternating flip, the schedule, the data order and fp16's
-    loss scale."""
+    dropout (the global generator), alternating flip, the schedule, the data order, fp16's
+    loss scale and where the low-resolution steps end."""
     params = dataclasses.replace(
         load_profile("fast").train, device="cpu", epochs=4, batch_size=50, lr=0.15,
         ema_decay=0.9, lookahead=True, augment_policy="trivial", cutmix_alpha=1.0,
         autocast_dtype="float16",  # its loss scaler's state too
+        low_res_pixels=24, low_res_fraction=0.4,  # 6 of 16 steps: the switch inside epoch 2
     )  # fmt: skip
     model_params = seed_model(base_width=8, blocks=[1, 1, 1], dropout=0.2)
     train_set, val_set = synthetic_set(200, 0), synthetic_set(50, 1)
@@ -485,3 +486,47 @@ def test_an_fp16_first_step_skipped_by_the_scaler_raises_no_call_order_warning(
     assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
     trained = dict(model.named_parameters())
     assert all(not torch.equal(before[k], trained[k]) for k in before)  # the later steps ran
+
+
+def test_low_res_steps_train_on_downscaled_batches_then_every_step_at_32_pixels() -> None:
+    """train.low_res_pixels 24 for half of 12 steps: the first 6 training forwards see 24×24
+    batches, the rest 32×32; validation is always at 32."""
+    recipe = dataclasses.replace(
+        load_profile("fast").train, device="cpu", epochs=3, batch_size=50,
+        low_res_pixels=24, low_res_fraction=0.5,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(SMALL_MODELS["airnet"])
+    seen: list[tuple[bool, int]] = []  # (training, side) of every forward
+    model.register_forward_pre_hook(lambda m, args: seen.append((m.training, args[0].shape[-1])))
+    history, _ = train_a_little(model, recipe)  # 200 images: 4 steps per epoch, 12 in all
+    assert [side for training, side in seen if training] == [24] * 6 + [32] * 6
+    assert {side for training, side in seen if not training} == {32}
+    assert history[-1].train_loss < history[0].train_loss
+
+
+def test_downscaling_averages_pixels_and_keeps_a_flat_image_flat() -> None:
+    from pipeline.engine.augment import downscaled
+
+    flat = torch.full((2, 3, 32, 32), 0.7)
+    small = downscaled(flat, 16)
+    assert small.shape == (2, 3, 16, 16) and small.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(small, torch.full_like(small, 0.7))
+    stripes = torch.zeros(1, 3, 32, 32)
+    stripes[..., ::2] = 1.0  # alternate columns: a 2× downscale averages them to 0.5 (its
+    # triangle filter spans 4 input columns; at the borders it is cut and renormalised)
+    inner = downscaled(stripes, 16)[..., 1:-1]
+    assert torch.allclose(inner, torch.full_like(inner, 0.5), atol=1e-6)
+
+
+def test_airnets_global_pool_is_airbenchs_3x3_pool_at_32_pixels_and_takes_smaller_images() -> None:
+    torch.manual_seed(0)
+    model = build_model(SMALL_MODELS["airnet"]).eval()
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        global_max = model(images)
+        model.body[-1] = torch.nn.MaxPool2d(3)  # airbench's layer: the last map is 3×3
+        assert torch.equal(model(images), global_max)
+        model.body[-1] = torch.nn.AdaptiveMaxPool2d(1)
+        for side in range(16, 32):  # every train.low_res_pixels
+            assert model(torch.randn(2, 3, side, side)).shape == (2, 10)

@@ -36,6 +36,8 @@ MAX_BATCH_SIZE = 65_536  # images per batch; more than CIFAR-10's 60,000 images
 MAX_IMAGES = 1_000_000  # synthetic or held-out image counts (3 GB of uint8 at 32×32×3)
 MAX_MODEL_PARAMS = 100_000_000  # any budget, a teacher's too: 400 MB of float32 weights
 MAX_CHANNELS = 4096  # model.widths and model.base_width
+# train.low_res_pixels: an airnet's feature map after its last group is then still 1×1 or more
+MIN_LOW_RES_PIXELS = 16
 MAX_BLOCKS = 256  # residual blocks per stage
 MAX_PROCESSES = 1024  # train.nproc
 
@@ -244,6 +246,10 @@ class TrainParams:
     pad_mode: Literal["zeros", "reflect"]  # the seed used torchvision's zero fill
     flip: Literal["none", "random", "alternating"]  # alternating: each image every other epoch
     cutout: int  # side in pixels of a square zeroed at a random place; 0 disables
+    # the run's first steps train on batches downscaled (antialiased bilinear) to this side in
+    # pixels, the rest at 32: cheaper early steps; 0: every step at 32
+    low_res_pixels: int
+    low_res_fraction: float  # the share of the run's steps at low_res_pixels, from the first
     mixup_alpha: float  # Beta(α, α) mixing of image pairs; 0 disables
     cutmix_alpha: float  # Beta(α, α) box pasting between image pairs; 0 disables
     # torchvision's TrivialAugmentWide, AutoAugment (CIFAR-10 policy) or RandAugment, per group
@@ -301,6 +307,20 @@ class TrainParams:
             0 <= self.crop_padding <= 16, "train.crop_padding", "in [0, 16]", self.crop_padding
         )
         _require(0 <= self.cutout <= 32, "train.cutout", "in [0, 32]", self.cutout)
+        _require(
+            self.low_res_pixels == 0 or MIN_LOW_RES_PIXELS <= self.low_res_pixels < 32,
+            "train.low_res_pixels", f"0 or in [{MIN_LOW_RES_PIXELS}, 31]", self.low_res_pixels,
+        )  # fmt: skip
+        _require(
+            0 <= self.low_res_fraction < 1,
+            "train.low_res_fraction", "in [0, 1)", self.low_res_fraction,
+        )  # fmt: skip
+        if (self.low_res_pixels == 0) != (self.low_res_fraction == 0):
+            raise PipelineError(
+                f"params: train.low_res_pixels {self.low_res_pixels} with train.low_res_fraction "
+                f"{self.low_res_fraction} trains every step at 32 pixels (one of them would still "
+                "retrain); set both, or both to 0"
+            )
         for name in ("mixup_alpha", "cutmix_alpha"):
             value = getattr(self, name)
             _require(value >= 0, f"train.{name}", "non-negative", value)

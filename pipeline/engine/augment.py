@@ -202,3 +202,12 @@ def augment_batch(
     if params.cutout:
         images = cutout(images, params.cutout, state.generator)
     return images.contiguous(memory_format=torch.channels_last)
+
+
+def downscaled(images: torch.Tensor, pixels: int) -> torch.Tensor:
+    """A (N, 3, 32, 32) batch at `pixels`×`pixels` (train.low_res_pixels): antialiased bilinear,
+    each output pixel a weighted mean of the input pixels it covers; channels_last."""
+    small = F.interpolate(
+        images, size=(pixels, pixels), mode="bilinear", antialias=True, align_corners=False
+    )
+    return small.contiguous(memory_format=torch.channels_last)

@@ -28,7 +28,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.classes import NUM_CLASSES
 from pipeline.config.params import TrainParams, equal_share_problem
-from pipeline.engine.augment import AugmentState, augment_batch, augment_state, mix_batch
+from pipeline.engine.augment import (
+    AugmentState,
+    augment_batch,
+    augment_state,
+    downscaled,
+    mix_batch,
+)
 from pipeline.engine.distributed import RANK_SEED_STRIDE, World, current_world
 from pipeline.engine.optim import Lookahead, compiled, make_optimizer, make_scaler, optimizer_step
 from pipeline.engine.schedule import (
@@ -148,6 +154,7 @@ class Trainer:
     batches_per_epoch: int
     run_steps: int
     whiten_bias_steps: int  # the first steps in which an airnet's whitening bias learns
+    low_res_steps: int  # the first steps on batches downscaled to train.low_res_pixels
     scaler: torch.amp.GradScaler | None  # fp16's loss scaler
     distill: DistillTargets | None = None  # a student's soft labels (distill stage)
     step: int = 0  # optimizer steps done
@@ -212,6 +219,7 @@ def build_trainer(
     run_steps = total_steps(batches_per_epoch, params)
     optimizer = make_optimizer(model, params)
     whiten_bias_steps = min(run_steps, getattr(model, "whiten_bias_epochs", 0) * batches_per_epoch)
+    low_res_steps = round(params.low_res_fraction * run_steps)  # 0 when low_res_pixels is
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         [  # one multiplier per param group: the whitening bias's ends with its learning steps
@@ -242,7 +250,7 @@ def build_trainer(
     evaluated_ema = compiled(ema.module, params, device) if ema is not None else None
     return Trainer(model, params, world, optimizer, scheduler, ema, lookahead, stepped, evaluated,
                    evaluated_ema, order_generator, augment, batches_per_epoch, run_steps,
-                   whiten_bias_steps, make_scaler(params, device))  # fmt: skip
+                   whiten_bias_steps, low_res_steps, make_scaler(params, device))  # fmt: skip
 
 
 def fit(
@@ -334,6 +342,8 @@ def train_epoch(
         indices = order[batch_index * params.batch_size : (batch_index + 1) * params.batch_size]
         indices = world.local_slice(indices) if world.size > 1 else indices
         images = augment_batch(train_images[indices], indices, epoch, params, trainer.augment)
+        if trainer.step < trainer.low_res_steps:  # a new shape: compiled models recompile once
+            images = downscaled(images, params.low_res_pixels)
         labels = train_labels[indices]
         loss_function = None
         if trainer.distill is not None:

@@ -128,7 +128,7 @@ WHITENING_EPS = 5e-4  # added to each eigenvalue so near-constant directions are
 
 
 class AirNet(nn.Module):
-    """Whitening conv (frozen) → GELU → 3 conv groups → 3×3 max-pool → linear (no bias) × 1/9.
+    """Whitening conv (frozen) → GELU → 3 conv groups → global max-pool → linear (no bias) × 1/9.
 
     With `whiten_bias_epochs` > 0 the whitening conv has a bias (zero at first), trained for
     those epochs only (airbench94 trains it for 3): while `whiten_bias_learns` is true. Then it
@@ -152,7 +152,9 @@ class AirNet(nn.Module):
         for width in widths:
             groups.append(AirConvGroup(in_channels, width, residual))
             in_channels = width
-        self.body = nn.Sequential(nn.GELU(), *groups, nn.MaxPool2d(3))
+        # global max: at 32 pixels the last map is 3×3 (airbench's MaxPool2d(3)); at
+        # train.low_res_pixels it is smaller, and the same layer takes it
+        self.body = nn.Sequential(nn.GELU(), *groups, nn.AdaptiveMaxPool2d(1))
         self.classifier = nn.Linear(in_channels, NUM_CLASSES, bias=False)
         self.logit_scale = 1 / 9  # airbench's output scaling: keeps early logits small
 
