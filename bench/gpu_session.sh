@@ -10,6 +10,11 @@
 #   reproduce  two `fast` runs with the same seed and train.deterministic on (their weights'
 #              sha256 must match, or the step fails), then two with it off: the cost of
 #              determinism (~2 min)
+#   pipeline   benchmark 7: `dvc repro` of `fast` end to end on the real archive, a SIGKILL in
+#              training's third epoch and the resumed `dvc repro`, compared byte for byte
+#              (~4 min). The machine has no dvc: the wheels of bench/gpu_wheels.sh (32 MB, one
+#              call of their own; GPU_SESSION_WHEELS, default vendor/wheels) are installed
+#              first. Not in a dry run's `all`: tests/test_resume.py runs its CPU scenario.
 # A session has 15 minutes of device time in all, start-up and the three calls that carry the
 # 170 MB archive in 60 MB parts included: run `airbench` and `reproduce` in one call, `default`
 # in the next. Every step appends to OUT/BENCHMARKS.md and writes OUT/NAME.json; a failed step
@@ -60,6 +65,16 @@ step() {  # step NAME SCRIPT ARGS...: one benchmark, its figures in OUT/NAME.jso
     fi
 }
 
+install_wheels() {  # dvc and its needs where the machine has none, after its own packages
+    python3 -c "import dvc" 2>/dev/null && return 0
+    local wheels=${GPU_SESSION_WHEELS:-$(dirname "$here")/vendor/wheels} site=/tmp/gpu_session_site
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$site" "$wheels"/*.whl || return 1
+    # a .pth line is appended to sys.path: the machine's torch, numpy, rich... stay first
+    echo "$site" >"$(python3 -c 'import site; print(site.getsitepackages()[0])')/gpu_session_wheels.pth"
+    export PATH="$site/bin:$PATH"  # the dvc command
+}
+
 if [[ "$part" == all || "$part" == airbench ]]; then
     step vs_airbench vs_airbench.py "${sdist[@]}" --profile fast --runs "$runs" --warmup-runs 1
 fi
@@ -71,6 +86,14 @@ if [[ "$part" == all || "$part" == reproduce ]]; then
         step "reproduce_deterministic_$deterministic" gpu_profiles.py --profile fast --runs 2 \
             --same-seed --warmup-runs "$reproduce_warmups" --set "train.deterministic=$deterministic"
     done
+fi
+if [[ "$part" == pipeline || ( "$part" == all && $dry == 0 ) ]]; then
+    if install_wheels; then
+        step pipeline gpu_pipeline.py --profile fast
+    else
+        echo "== pipeline: FAILED (the dvc wheels did not install)" >&2
+        failed=$((failed + 1))
+    fi
 fi
 echo "gpu_session: $failed step(s) failed; figures in $out"
 exit "$failed"

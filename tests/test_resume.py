@@ -2,48 +2,35 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
-from projects import (
-    TINY_PARAMS,
-    copy_project,
-    kill_repro_in_third_epoch,
-    new_project,
-    resume_states,
-    sh,
-)
-from torchvision.datasets.utils import calculate_md5
+from conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
-# seed_resnet with dropout (the global generator matters) and EMA; a checkpoint every epoch
-KILL_PARAMS = TINY_PARAMS | {
-    "model": {**TINY_PARAMS["model"], "dropout": 0.1},
-    "train": {**TINY_PARAMS["train"], "epochs": 6, "checkpoint_every": 1, "ema_decay": 0.9},
-}
 
 
 def test_training_killed_at_a_random_step_resumes_to_identical_weights_and_csv(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    base = new_project(tmp_path, "seed", KILL_PARAMS)
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
-    copy_project(base, reference)
-    copy_project(base, killed)
-    sh(reference, "dvc", "repro")
-    assert not resume_states(reference)  # cleaned on success
+    """bench/gpu_pipeline.py's dry run, the scenario it measures on a GPU: a reference
+    `dvc repro`, and a copy SIGKILLed at a random step of training's third epoch (of 6), then
+    `dvc repro` again: it resumes, and its checkpoints and CSV are the reference's bytes."""
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "bench"))
+    import gpu_pipeline
 
-    delay = kill_repro_in_third_epoch(killed)  # of 6
-    assert not (killed / "models/checkpoints/epoch_0006.pt").exists()  # killed mid-training
-
-    resumed = sh(killed, "dvc", "repro")
-    assert "train: resuming after epoch" in resumed.stderr + resumed.stdout, f"delay {delay:.2f} s"
-    last = "models/checkpoints/epoch_0006.pt"
-    assert (killed / last).read_bytes() == (reference / last).read_bytes(), f"delay {delay:.2f} s"
-    assert calculate_md5(killed / "submissions/latest.csv") == calculate_md5(
-        reference / "submissions/latest.csv"
+    figures_path = tmp_path / "figures.json"
+    status = gpu_pipeline.main(
+        ["--dry-run", "--workdir", str(tmp_path), "--json", str(figures_path)]
     )
-    assert sorted(p.name for p in (killed / "models/checkpoints").iterdir()) == sorted(
-        p.name for p in (reference / "models/checkpoints").iterdir()
-    )  # the checkpoints written before the kill came back for select
-    assert not resume_states(killed)  # cleaned after success
+    figures = json.loads(figures_path.read_text())
+    delay = f"killed {figures['killed_after_seconds_into_epoch_3']:.2f} s into epoch 3"
+    assert figures["killed_mid_training"], delay  # the last checkpoint was not written yet
+    assert figures["resumed"], delay  # "train: resuming after epoch" on the second repro
+    assert figures["last_checkpoint"] == "models/checkpoints/epoch_0006.pt"
+    assert figures["last_checkpoint_identical"], delay
+    assert figures["csv_md5_resumed"] == figures["csv_md5_reference"], delay
+    assert figures["same_checkpoints"], delay  # those written before the kill came back
+    assert not figures["resume_state_left"]  # cleaned after success, in both projects
+    assert status == 0 and figures["identical"]
