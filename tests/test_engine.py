@@ -327,18 +327,21 @@ def test_muon_keys_are_checked_and_read_by_muon_only() -> None:
         recipe("fast", {"train": {"muon_lr": 0.2}})
     with pytest.raises(PipelineError, match="train.muon_momentum must be in"):
         recipe("fast", {"train": {"optimizer": "muon", "muon_lr": 0.2, "muon_momentum": 1.0}})
-    # switching the cpu profile (muon) to sgd by an override drops the muon keys with it
-    from pipeline.config.load import profile_values, with_overrides
+    # switching a muon recipe to sgd by an override drops the muon keys with it
+    from pipeline.config.load import params_from_dict, profile_values, with_overrides
 
-    sgd = with_overrides(profile_values("cpu"), {"train": {"optimizer": "sgd"}})
-    assert "muon_lr" not in sgd["train"] and recipe("cpu", sgd).train.muon_lr is None
-    assert recipe("cpu").train.optimizer == "muon"
+    muon = {"train": {"optimizer": "muon", "muon_lr": 0.24, "muon_momentum": 0.6}}
+    assert recipe("cpu", muon).train.optimizer == "muon"
+    sgd = with_overrides(
+        with_overrides(profile_values("cpu"), muon), {"train": {"optimizer": "sgd"}}
+    )
+    assert "muon_lr" not in sgd["train"] and params_from_dict(sgd).train.muon_lr is None
     # muon keeps filter norms fixed: refused for a model whose convs do not all feed a BatchNorm
     wide = {"name": "resnet_wide", "widths": [8, 16, 32], "blocks": [1, 1, 1], "dropout": 0.0}
     with pytest.raises(PipelineError, match="resnet_wide' adds conv outputs unnormalised"):
-        recipe("cpu", {"model": wide})
+        recipe("cpu", {"model": wide} | muon)
     with pytest.raises(PipelineError, match="distill.student.name 'resnet_wide'"):
-        recipe("cpu", {"distill": {"student": wide | {"max_params": 5_000_000}}})
+        recipe("cpu", {"distill": {"student": wide | {"max_params": 5_000_000}}} | muon)
 
 
 def test_a_muon_run_trains_and_resumes_exactly() -> None:
