@@ -27,6 +27,7 @@ set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 export PYTHONPATH="$(dirname "$here")${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export DVC_NO_ANALYTICS=1  # benchmark 7's dvc calls: no analytics daemon on an offline machine
 # the real CIFAR-10: the official archive (md5 as published) or the rebuilt copy this project
 # benchmarks with (shared/data: same images, another order, so another checksum); checked here
 # because the archive crosses to the GPU machine in parts, and a bad join must not cost its time
@@ -67,8 +68,9 @@ step() {  # step NAME SCRIPT ARGS...: one benchmark, its figures in OUT/NAME.jso
 }
 
 install_wheels() {  # dvc and its needs where the machine has none, after its own packages
-    python3 -c "import dvc" 2>/dev/null && return 0
     local wheels=${GPU_SESSION_WHEELS:-$(dirname "$here")/vendor/wheels} site=/tmp/gpu_session_site
+    [[ -x "$site/bin/dvc" ]] && export PATH="$site/bin:$PATH"  # installed by an earlier call
+    command -v dvc >/dev/null && python3 -c "import dvc" 2>/dev/null && return 0
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target "$site" "$wheels"/*.whl || return 1
     # a .pth line is appended to sys.path: the machine's torch, numpy, rich... stay first
@@ -89,7 +91,11 @@ if [[ "$part" == all || "$part" == reproduce ]]; then
     done
 fi
 if [[ "$part" == pipeline || ( "$part" == all && $dry == 0 ) ]]; then
-    if install_wheels; then
+    if ! command -v git >/dev/null || ! git -C "$(dirname "$here")" rev-parse 2>/dev/null; then
+        # its projects are git + DVC ones made from this checkout's tracked files
+        echo "== pipeline: FAILED (needs git and a git checkout: carry .git, or run it in a clone)" >&2
+        failed=$((failed + 1))
+    elif install_wheels; then
         step pipeline gpu_pipeline.py --profile fast
     else
         echo "== pipeline: FAILED (the dvc wheels did not install)" >&2

@@ -17,7 +17,13 @@ from pipeline.config.params import TrainParams
 from pipeline.data.synthetic import make_images
 from pipeline.engine import optim, schedule
 from pipeline.engine.loop import EpochStats, fit
-from pipeline.engine.models import AirNet, build_model, count_trainable_params, is_residual
+from pipeline.engine.models import (
+    AirNet,
+    GlobalMaxPool,
+    build_model,
+    count_trainable_params,
+    is_residual,
+)
 from pipeline.engine.normalise import to_device_set
 from pipeline.engine.optim import make_optimizer, uses_compile
 
@@ -225,7 +231,7 @@ def test_a_run_resumed_from_a_saved_state_matches_the_uninterrupted_run() -> Non
         load_profile("fast").train, device="cpu", epochs=4, batch_size=50, lr=0.15,
         ema_decay=0.9, lookahead=True, augment_policy="trivial", cutmix_alpha=1.0,
         autocast_dtype="float16",  # its loss scaler's state too
-        low_res_pixels=24, low_res_fraction=0.4,  # 6 of 16 steps: the switch inside epoch 2
+        low_res_pixels=24, low_res_fraction=0.75,  # 12 of 16: the resumed run switches
     )  # fmt: skip
     model_params = seed_model(base_width=8, blocks=[1, 1, 1], dropout=0.2)
     train_set, val_set = synthetic_set(200, 0), synthetic_set(50, 1)
@@ -506,6 +512,10 @@ def test_low_res_steps_train_on_downscaled_batches_then_every_step_at_32_pixels(
     assert [side for training, side in seen if training] == [24] * 6 + [32] * 6
     assert {side for training, side in seen if not training} == {32}
     assert history[-1].train_loss < history[0].train_loss
+    # a share that rounds to every step still leaves the last at 32 (BatchNorm's statistics)
+    seen.clear()
+    train_a_little(model, dataclasses.replace(recipe, epochs=1, low_res_fraction=0.9))
+    assert [side for training, side in seen if training] == [24] * 3 + [32]
 
 
 def test_downscaling_averages_pixels_and_keeps_a_flat_image_flat() -> None:
@@ -530,6 +540,6 @@ def test_airnets_global_pool_is_airbenchs_3x3_pool_at_32_pixels_and_takes_smalle
         global_max = model(images)
         model.body[-1] = torch.nn.MaxPool2d(3)  # airbench's layer: the last map is 3×3
         assert torch.equal(model(images), global_max)
-        model.body[-1] = torch.nn.AdaptiveMaxPool2d(1)
+        model.body[-1] = GlobalMaxPool()
         for side in range(16, 32):  # every train.low_res_pixels
             assert model(torch.randn(2, 3, side, side)).shape == (2, 10)

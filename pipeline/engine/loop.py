@@ -219,7 +219,8 @@ def build_trainer(
     run_steps = total_steps(batches_per_epoch, params)
     optimizer = make_optimizer(model, params)
     whiten_bias_steps = min(run_steps, getattr(model, "whiten_bias_epochs", 0) * batches_per_epoch)
-    low_res_steps = round(params.low_res_fraction * run_steps)  # 0 when low_res_pixels is
+    # 0 when low_res_pixels is; the last step always at 32 (BatchNorm's statistics with it)
+    low_res_steps = min(round(params.low_res_fraction * run_steps), run_steps - 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         [  # one multiplier per param group: the whitening bias's ends with its learning steps

@@ -123,6 +123,16 @@ class AirConvGroup(nn.Module):
         return x + self.extra(x) if self.extra is not None else x
 
 
+class GlobalMaxPool(nn.Module):
+    """The max over each channel's whole map, as a max-pool whose window is the map: at 32
+    pixels airnet's last map is 3×3, so this is airbench's MaxPool2d(3); at train.low_res_pixels
+    the map is smaller and the same layer takes it. Not AdaptiveMaxPool2d: its CUDA backward
+    has no deterministic implementation (train.deterministic would refuse it)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(x, kernel_size=x.shape[-2:])
+
+
 WHITENING_PATCH = 2  # pixels: the whitening conv sees 2×2×3 = 12 values per position
 WHITENING_EPS = 5e-4  # added to each eigenvalue so near-constant directions are not blown up
 
@@ -152,9 +162,7 @@ class AirNet(nn.Module):
         for width in widths:
             groups.append(AirConvGroup(in_channels, width, residual))
             in_channels = width
-        # global max: at 32 pixels the last map is 3×3 (airbench's MaxPool2d(3)); at
-        # train.low_res_pixels it is smaller, and the same layer takes it
-        self.body = nn.Sequential(nn.GELU(), *groups, nn.AdaptiveMaxPool2d(1))
+        self.body = nn.Sequential(nn.GELU(), *groups, GlobalMaxPool())
         self.classifier = nn.Linear(in_channels, NUM_CLASSES, bias=False)
         self.logit_scale = 1 / 9  # airbench's output scaling: keeps early logits small
 
