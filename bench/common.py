@@ -295,6 +295,12 @@ def train_and_score(
     return figures | {"test_accuracy": accuracy, "tta_seconds": tta_seconds}
 
 
+def read_csv_labels(path: Path) -> np.ndarray:
+    """A submission CSV's labels, in its row order (the custom test's id order)."""
+    rows = path.read_text().strip().splitlines()[1:]
+    return np.array([int(row.split(",")[1]) for row in rows])
+
+
 def markdown_table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(["| | |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows)]) + "\n"
 

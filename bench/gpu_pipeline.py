@@ -30,7 +30,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import bench_arguments, markdown_table, parse_bench_arguments, run_facts
+from common import (
+    bench_arguments,
+    markdown_table,
+    parse_bench_arguments,
+    read_csv_labels,
+    run_facts,
+)
 from torchvision.datasets.utils import calculate_md5
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -72,12 +78,6 @@ def test_batch_as_custom_test(archive: Path, destination: Path) -> np.ndarray:
         images, labels = load_cifar_batch(Path(scratch) / CIFAR_FOLDER / VAL_BATCH_NAME)
     write_custom_test(destination, images, np.arange(len(labels)))
     return labels
-
-
-def csv_accuracy(csv_path: Path, labels: np.ndarray) -> float:
-    rows = csv_path.read_text().splitlines()[1:]
-    predicted = {int(row.split(",")[0]): int(row.split(",")[1]) for row in rows}
-    return float(np.mean([predicted[i] == label for i, label in enumerate(labels)]))
 
 
 def timed_repro(project: Path) -> tuple[float, str]:
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "csv_md5_resumed": calculate_md5(killed / csv),
         "csv_accuracy_on_test_batch": None
         if labels is None
-        else csv_accuracy(reference / csv, labels),
+        else float(np.mean(read_csv_labels(reference / csv) == labels)),
     }
     figures["identical"] = (
         figures["killed_mid_training"] and figures["resumed"] and figures["same_checkpoints"]

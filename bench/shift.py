@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from common import bench_arguments, markdown_table, run_facts
+from common import bench_arguments, markdown_table, read_csv_labels, run_facts
 
 from pipeline.config.load import (
     DEFAULT_PARAMS_PATH,
@@ -154,11 +154,6 @@ def link_tree(source: Path, target: Path) -> None:
     elif source.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         os.link(source, target)
-
-
-def read_csv_labels(path: Path) -> np.ndarray:
-    rows = path.read_text().strip().splitlines()[1:]
-    return np.array([int(row.split(",")[1]) for row in rows])
 
 
 def cifar_test_view(folder: Path, env: dict, log) -> tuple[float, float]:
