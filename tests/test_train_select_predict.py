@@ -417,6 +417,29 @@ def test_a_cpu_estimate_over_an_hour_names_the_cpu_profile() -> None:
     assert "`python -m pipeline profile cpu`" in cpu_estimate_warning(61.0, 100_000)
 
 
+def test_the_cpu_estimate_counts_low_resolution_steps_at_their_pixels_share() -> None:
+    """A run that starts at 16 pixels is timed on steps a quarter the cost of its later ones:
+    scaling that pace by the step count would promise about a third of the real time."""
+    from types import SimpleNamespace
+
+    from pipeline.engine.loop import ETA_PROBE_BATCHES, estimated_run_seconds
+
+    probe_seconds = 1.0 * (ETA_PROBE_BATCHES + 1)  # each probed step took 1 s
+    full = SimpleNamespace(params=SimpleNamespace(low_res_pixels=0), low_res_steps=0, run_steps=100)
+    assert estimated_run_seconds(probe_seconds, full) == pytest.approx(100.0)
+    half = SimpleNamespace(
+        params=SimpleNamespace(low_res_pixels=16), low_res_steps=50, run_steps=100
+    )
+    # 50 steps at 1 s, then 50 at 4 s (a 32-pixel step has four times the pixels)
+    assert estimated_run_seconds(probe_seconds, half) == pytest.approx(250.0)
+    # a low-resolution phase shorter than the probe: its steps were timed at both sides
+    brief = SimpleNamespace(
+        params=SimpleNamespace(low_res_pixels=16), low_res_steps=2, run_steps=100
+    )
+    probe_mixed = 2 * 0.25 + (ETA_PROBE_BATCHES + 1 - 2) * 1.0  # seconds, at 1 s per 32-px step
+    assert estimated_run_seconds(probe_mixed, brief) == pytest.approx(2 * 0.25 + 98)
+
+
 def test_a_model_with_diverged_weights_writes_no_csv(
     trained_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -48,6 +48,7 @@ from pipeline.engine.tta import evaluate
 from pipeline.errors import PipelineError
 from pipeline.reporting import console
 
+IMAGE_SIDE = 32  # pixels: CIFAR-10's, every step after the low-resolution ones
 ETA_PROBE_BATCHES = 3  # batches timed (after one warm-up) for the CPU time estimate
 CPU_PROFILE_HINT_MINUTES = 60  # a longer CPU estimate also names the cpu profile
 # torch's warning when the run's first scheduler step comes before any optimizer step took effect
@@ -306,6 +307,23 @@ def fit(
     return ema_model
 
 
+def estimated_run_seconds(probe_seconds: float, trainer: Trainer) -> float:
+    """The whole run's training time from the seconds its first ETA_PROBE_BATCHES + 1 steps
+    took. A step at train.low_res_pixels is counted as its share of a 32-pixel step's pixels
+    (24 px: 0.56; benchmark 1's probe measured 0.51), so a run that starts at low resolution
+    is not estimated at its cheap first steps' pace."""
+    probed = ETA_PROBE_BATCHES + 1
+    low_res_cost = (
+        (trainer.params.low_res_pixels / IMAGE_SIDE) ** 2 if trainer.low_res_steps else 1.0
+    )
+
+    def cost(steps: int) -> float:  # the first `steps` steps, in 32-pixel steps
+        low = min(steps, trainer.low_res_steps)
+        return low * low_res_cost + (steps - low)
+
+    return probe_seconds / cost(probed) * cost(trainer.run_steps)
+
+
 def cpu_estimate_warning(minutes: float, steps: int) -> str:
     """The warning for a run on the CPU; over an hour, it names the CPU profile as the way out."""
     text = (
@@ -385,8 +403,7 @@ def train_epoch(
         if progress is not None:
             progress.update(batch_task, advance=1)
         if epoch == 1 and batch_index == ETA_PROBE_BATCHES and device.type == "cpu":
-            seconds_per_batch = (time.perf_counter() - epoch_started) / (ETA_PROBE_BATCHES + 1)
-            minutes = seconds_per_batch * trainer.run_steps / 60
+            minutes = estimated_run_seconds(time.perf_counter() - epoch_started, trainer) / 60
             console.print(cpu_estimate_warning(minutes, trainer.run_steps))
     if device.type == "cuda":
         torch.cuda.synchronize()
