@@ -7,6 +7,9 @@
 # PART (default all) splits it into calls under the device's 10-minute limit per command:
 #   airbench   benchmark 6: `fast` against airbench94, 10 timed runs each after a warm-up (~3 min)
 #   default    one `default` run scored on test_batch (the ≤ 6-minute target; ~5 min)
+#   deeper     the same run with the deeper residual airnet (model.residual_convs 2, widths
+#              128/256/256, 4,898,816 params), fitted into 6 minutes of training: issue 14's
+#              second `default` setting (~7 min; a session of its own, or in place of `default`)
 #   reproduce  two `fast` runs with the same seed and train.deterministic on (their weights'
 #              sha256 must match, or the step fails), then two with it off: the cost of
 #              determinism (~2 min)
@@ -83,6 +86,11 @@ if [[ "$part" == all || "$part" == airbench ]]; then
 fi
 if [[ "$part" == all || "$part" == default ]]; then
     step default gpu_profiles.py --profile default --runs "$default_runs"
+fi
+# not in a real `all`: beside `default` it is over a session's device time (a dry run has both)
+if [[ "$part" == deeper || ( "$part" == all && $dry == 1 ) ]]; then
+    step deeper gpu_profiles.py --profile default --runs "$default_runs" --budget-seconds 360 \
+        --set 'model.widths=[128,256,256]' --set model.residual_convs=2
 fi
 if [[ "$part" == all || "$part" == reproduce ]]; then
     for deterministic in true false; do

@@ -120,8 +120,9 @@ def test_shift_dry_run_measures_a_baseline_and_a_variant_that_reuses_its_model(
 
 @pytest.mark.slow
 def test_the_gpu_session_script_runs_every_step_in_its_dry_mode(tmp_path: Path) -> None:
-    """bench/gpu_session.sh on the CPU: benchmark 6 (ours only), a default run, and two pairs
-    of same-seed runs whose weights must match (CPU training is deterministic either way)."""
+    """bench/gpu_session.sh on the CPU: benchmark 6 (ours only), a default run and its deeper
+    setting, and two pairs of same-seed runs whose weights must match (CPU training is
+    deterministic either way)."""
     out = tmp_path / "out"
     work = tmp_path / "work"  # the prepared data: not under OUT, which the device empties
     result = subprocess.run(
@@ -139,6 +140,9 @@ def test_the_gpu_session_script_runs_every_step_in_its_dry_mode(tmp_path: Path) 
         assert [run["train_params"]["seed"] for run in pair["runs"]] == [0, 0]
         assert pair["summary"]["distinct_weights"] == 1  # bit-identical weights
     assert json.loads((out / "default.json").read_text())["runs"][0]["model"] == "airnet"
+    deeper = json.loads((out / "deeper.json").read_text())["runs"][0]
+    assert deeper["model_config"]["residual_convs"] == 2 and deeper["residual"]
+    assert deeper["budget_seconds"] == 360
     text = (out / "BENCHMARKS.md").read_text()
     assert "### `fast` against airbench94" in text and "| airbench94 | not run" in text
     assert "| distinct final weights (sha256) | 1 of 2 runs |" in text

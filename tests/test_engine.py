@@ -26,6 +26,7 @@ from pipeline.engine.models import (
 )
 from pipeline.engine.normalise import to_device_set
 from pipeline.engine.optim import make_optimizer, uses_compile
+from pipeline.errors import PipelineError
 
 MEAN, STD = [0.45, 0.45, 0.45], [0.25, 0.25, 0.25]
 SMALL_MODELS = {
@@ -33,6 +34,9 @@ SMALL_MODELS = {
     "airnet": seed_model(name="airnet", widths=[8, 16, 16], residual=False, whiten_bias_epochs=0),
     "airnet residual": seed_model(
         name="airnet", widths=[8, 16, 16], residual=True, whiten_bias_epochs=0
+    ),
+    "airnet deeper": seed_model(
+        name="airnet", widths=[8, 16, 16], residual=True, whiten_bias_epochs=0, residual_convs=2
     ),
     "resnet_wide": seed_model(name="resnet_wide", widths=[8, 16, 32], blocks=[1, 1, 1]),
 }
@@ -73,6 +77,39 @@ def test_default_and_fast_profiles_have_the_documented_models() -> None:
     assert all(count <= 5_000_000 for count in counts.values())
     assert is_residual(load_profile("default").model) and is_residual(load_profile("seed").model)
     assert not is_residual(load_profile("fast").model)
+
+
+def test_residual_convs_add_one_identity_initialised_residual_conv_per_group_each() -> None:
+    """model.residual_convs: each extra unit adds a w×w conv and a BN shift per group, is added
+    to the group's output in turn, and keeps the one-unit net's state-dict names (checkpoints
+    of the residual airnet saved before the key existed load into residual_convs: 1)."""
+    counts = [
+        count_trainable_params(
+            AirNet([8, 16, 16], residual=convs > 0, residual_convs=max(convs, 1))
+        )
+        for convs in (0, 1, 2, 3)
+    ]
+    unit = sum(9 * width * width + width for width in (8, 16, 16))  # conv weights + BN shift
+    assert [b - a for a, b in zip(counts, counts[1:], strict=False)] == [unit] * 3
+    one = AirNet([8, 16, 16], residual=True).state_dict()
+    assert any(".extra." in key for key in one) and not any("deeper" in key for key in one)
+    deeper = AirNet([8, 16, 16], residual=True, residual_convs=3)
+    assert set(one) < set(deeper.state_dict())  # the first unit under the same names
+    group = deeper.body[1]
+    x = torch.randn(2, 24, 16, 16)
+    with torch.no_grad():
+        expected = group.body(x)
+        for unit_module in [group.extra, *group.deeper]:
+            expected = expected + unit_module(expected)
+        assert torch.equal(group(x), expected)
+    assert deeper(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    # a default-sized deeper net fits the budget: four convs per group at widths 128/256/256
+    wide = seed_model(name="airnet", widths=[128, 256, 256], residual=True, residual_convs=2)
+    assert count_trainable_params(build_model(wide)) == 4_898_816
+    with pytest.raises(PipelineError, match=r"model\.residual_convs.*unless model\.residual"):
+        seed_model(name="airnet", widths=[8, 16, 16], residual=False, residual_convs=2)
+    with pytest.raises(PipelineError, match=r"model\.residual_convs.*in \[1, 16\]"):
+        seed_model(name="airnet", widths=[8, 16, 16], residual=True, residual_convs=0)
 
 
 def test_resnet_wide_is_wrn_16_4_at_its_documented_size() -> None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import seed_model
 
 from pipeline.engine.models import build_model, model_config
@@ -73,6 +74,20 @@ def test_an_older_checkpoint_with_keys_its_model_ignores_still_loads() -> None:
     }
     model = Checkpoint.from_dict(record, "old.pt").model("old.pt")
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_a_residual_airnet_checkpoint_from_before_residual_convs_loads_as_one_conv() -> None:
+    """Its config lacks model.residual_convs and its state names one residual unit per group:
+    it rebuilds with residual_convs 1 and loads strictly (the unit's names did not change)."""
+    airnet = seed_model(name="airnet", widths=[8, 16, 16], residual=True, whiten_bias_epochs=0)
+    config = model_config(airnet)
+    del config["residual_convs"]
+    state = build_model(airnet).state_dict()
+    record = _training_record() | {"model_config": config, "model_state": state}
+    checkpoint = Checkpoint.from_dict(record, "old.pt")
+    model = checkpoint.model("old.pt")
+    assert model.body[1].extra is not None and model.body[1].deeper is None
+    assert all(torch.equal(value, state[key]) for key, value in model.state_dict().items())
 
 
 def test_run_files_and_manifests_are_read_in_one_place(tmp_path: Path) -> None:

@@ -379,8 +379,10 @@ def test_distill_params_are_checked() -> None:
         }
     )
     assert student.distill.student.widths == [8, 16, 16]  # fmt: skip
-    # written before airnet had model.whiten_bias_epochs: read as before, no whitening bias
+    # written before airnet had model.whiten_bias_epochs and model.residual_convs: read as
+    # before, no whitening bias and (if residual) one residual conv per group
     assert student.distill.student.whiten_bias_epochs == 0
+    assert student.distill.student.residual_convs == 1
 
 
 # --- all labelled data, augmentation ------------------------------------------------------------

@@ -39,18 +39,21 @@ MAX_CHANNELS = 4096  # model.widths and model.base_width
 # train.low_res_pixels: an airnet's feature map after its last group is then still 1×1 or more
 MIN_LOW_RES_PIXELS = 16
 MAX_BLOCKS = 256  # residual blocks per stage
+MAX_RESIDUAL_CONVS = 16  # airnet: residual convs per group
 MAX_PROCESSES = 1024  # train.nproc
 
 # The keys each model reads besides name and max_params (engine/models.py builds them).
 MODEL_KEYS: dict[str, tuple[str, ...]] = {
     "seed_resnet": ("base_width", "blocks", "dropout"),
-    "airnet": ("widths", "residual", "whiten_bias_epochs"),
+    "airnet": ("widths", "residual", "whiten_bias_epochs", "residual_convs"),
     "resnet_wide": ("widths", "blocks", "dropout"),
 }
 # Model keys added after models were saved and sections written without them: the value that
 # means "as before" (airnet had no whitening bias). Old checkpoints and distill.student sections
 # that lack one read it so.
-LATER_MODEL_KEYS: dict[str, dict[str, object]] = {"airnet": {"whiten_bias_epochs": 0}}
+LATER_MODEL_KEYS: dict[str, dict[str, object]] = {
+    "airnet": {"whiten_bias_epochs": 0, "residual_convs": 1}
+}
 
 
 def with_later_model_keys(config: dict) -> dict:
@@ -195,6 +198,9 @@ class ModelParams:
     # airnet: epochs the whitening conv's bias learns (then it is frozen); 0: the conv has none.
     # A model key, as it decides whether the model has that bias at all.
     whiten_bias_epochs: int | None = None
+    # airnet with residual: true: convs added to each group's output one after another
+    # (x + GELU(BN(conv(x))) each); 1: the residual airnet's third conv
+    residual_convs: int | None = None
 
     def __post_init__(self) -> None:
         _require_range(self.max_params, "model.max_params", 1, MAX_MODEL_PARAMS)
@@ -214,6 +220,13 @@ class ModelParams:
             )  # fmt: skip
         if self.whiten_bias_epochs is not None:
             _require_range(self.whiten_bias_epochs, "model.whiten_bias_epochs", 0, MAX_EPOCHS)
+        if self.residual_convs is not None:
+            _require_range(self.residual_convs, "model.residual_convs", 1, MAX_RESIDUAL_CONVS)
+            _require(
+                self.residual or self.residual_convs == 1, "model.residual_convs",
+                "1 unless model.residual is true (a plain airnet adds no convs)",
+                self.residual_convs,
+            )  # fmt: skip
         if self.name == "resnet_wide" and self.blocks is not None and self.widths is not None:
             _require(
                 len(self.blocks) == len(self.widths), "model.blocks",

@@ -7,7 +7,8 @@
   identity-initialised convs. widths [64, 256, 256]: 1,971,328 trainable parameters (airbench94's
   net without its whitening bias; `whiten_bias_epochs` > 0 adds that bias, 24 params, which
   learns for those first epochs); with `residual: true` each group gets a third conv added to
-  its output (a modified ResNet).
+  its output (a modified ResNet), and `residual_convs` > 1 adds more such convs one after
+  another (a deeper, narrower net in the same budget: airbench96's direction).
 - `resnet_wide`: a pre-activation wide ResNet (WRN) sized by `widths` and `blocks`;
   widths [64, 128, 256], blocks [2, 2, 2] is WRN-16-4: 2,776,906 trainable parameters. Residual.
 """
@@ -97,9 +98,10 @@ class DiracConv(nn.Conv2d):
 
 
 class AirConvGroup(nn.Module):
-    """conv → 2×2 max-pool → BN → GELU → conv → BN → GELU (+ GELU(BN(conv)) added, if residual)."""
+    """conv → 2×2 max-pool → BN → GELU → conv → BN → GELU, then `residual_convs` times
+    x + GELU(BN(conv(x))) (0: not residual; 1: the residual airnet's third conv)."""
 
-    def __init__(self, in_channels: int, out_channels: int, residual: bool) -> None:
+    def __init__(self, in_channels: int, out_channels: int, residual_convs: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
             DiracConv(in_channels, out_channels),
@@ -110,17 +112,24 @@ class AirConvGroup(nn.Module):
             AirBatchNorm(out_channels),
             nn.GELU(),
         )
-        self.extra = (
+        units = [
             nn.Sequential(
                 DiracConv(out_channels, out_channels), AirBatchNorm(out_channels), nn.GELU()
             )
-            if residual
-            else None
-        )
+            for _ in range(residual_convs)
+        ]
+        # the first unit keeps the name it had when there was only one, so checkpoints load;
+        # `deeper` (model.residual_convs > 1) holds the rest
+        self.extra = units[0] if units else None
+        self.deeper = nn.ModuleList(units[1:]) if len(units) > 1 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.body(x)
-        return x + self.extra(x) if self.extra is not None else x
+        if self.extra is not None:
+            x = x + self.extra(x)
+        for unit in self.deeper if self.deeper is not None else ():
+            x = x + unit(x)
+        return x
 
 
 class GlobalMaxPool(nn.Module):
@@ -146,7 +155,10 @@ class AirNet(nn.Module):
     skips the group's input-gradient conv: ~10% of a step). The trainer sets the flag.
     """
 
-    def __init__(self, widths: list[int], residual: bool, whiten_bias_epochs: int = 0) -> None:
+    def __init__(
+        self, widths: list[int], residual: bool, whiten_bias_epochs: int = 0,
+        residual_convs: int = 1,
+    ) -> None:  # fmt: skip
         super().__init__()
         patch_values = 3 * WHITENING_PATCH**2
         # Weights frozen, set from the data by init_whitening.
@@ -160,7 +172,7 @@ class AirNet(nn.Module):
         self.whiten_bias_learns = whiten_bias_epochs > 0
         in_channels, groups = 2 * patch_values, []
         for width in widths:
-            groups.append(AirConvGroup(in_channels, width, residual))
+            groups.append(AirConvGroup(in_channels, width, residual_convs if residual else 0))
             in_channels = width
         self.body = nn.Sequential(nn.GELU(), *groups, GlobalMaxPool())
         self.classifier = nn.Linear(in_channels, NUM_CLASSES, bias=False)
@@ -240,7 +252,7 @@ class WideResNet(nn.Module):
 
 MODEL_BUILDERS: dict[str, Callable[[ModelParams], nn.Module]] = {
     "seed_resnet": lambda p: SeedResNet(p.base_width, list(p.blocks), p.dropout),
-    "airnet": lambda p: AirNet(list(p.widths), p.residual, p.whiten_bias_epochs),
+    "airnet": lambda p: AirNet(list(p.widths), p.residual, p.whiten_bias_epochs, p.residual_convs),
     "resnet_wide": lambda p: WideResNet(list(p.widths), list(p.blocks), p.dropout),
 }
 RESIDUAL_MODELS = ("seed_resnet", "resnet_wide")  # plus airnet with residual: true
