@@ -81,7 +81,8 @@ def markdown_section(profile: str, overrides: list[str], runs: list[dict], sourc
         *accuracy_rows,
         (f"6-view TTA inference, {first['test_images']:,} images", f"{first['tta_seconds']['flip_translate']:.2f} s"),
     ]  # fmt: skip
-    title = f"### Profile `{profile}` × {len(runs)} — {first['machine'].split(' (')[0]}"
+    changed = f" with {' '.join(overrides)}" if overrides else ""
+    title = f"### Profile `{profile}`{changed} × {len(runs)} — {first['machine'].split(' (')[0]}"
     return f"{title}\n\n{markdown_table(rows)}"
 
 

@@ -21,7 +21,7 @@
 # A session has 15 minutes of device time in all, start-up and the calls that carry the 170 MB
 # archive in 60 MB parts included (`all` is over a command's 10 minutes on a GPU): run `airbench`
 # and `reproduce` in one call, then `default` or `pipeline` (one of them fits; the other is
-# the next lent session's). Every step appends to OUT/BENCHMARKS.md and writes OUT/NAME.json; a failed step
+# the next lent session's; `deeper` after `default` has run in an earlier session). Every step appends to OUT/BENCHMARKS.md and writes OUT/NAME.json; a failed step
 # is reported and the others still run; the exit status counts the failed steps.
 #
 # The GPU machine reaches no registry: the pipeline runs from this checkout (PYTHONPATH), with

@@ -112,6 +112,29 @@ def test_residual_convs_add_one_identity_initialised_residual_conv_per_group_eac
         seed_model(name="airnet", widths=[8, 16, 16], residual=True, residual_convs=0)
 
 
+def test_the_loop_prints_the_estimate_that_counts_low_resolution_steps(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """train_epoch's CPU warning comes from estimated_run_seconds, given the trainer's
+    low-resolution and total steps (not the first steps' pace times the step count)."""
+    from pipeline.engine import loop
+
+    seen = []
+
+    def estimate(probe_seconds: float, trainer: object) -> float:
+        seen.append((trainer.low_res_steps, trainer.run_steps))
+        return 60 * 1234.5  # seconds
+
+    monkeypatch.setattr(loop, "estimated_run_seconds", estimate)
+    params = dataclasses.replace(
+        load_profile("fast").train, device="cpu", epochs=1, batch_size=50, lr=0.15,
+        low_res_pixels=16, low_res_fraction=0.5,
+    )  # fmt: skip
+    train_a_little(build_model(SMALL_MODELS["airnet"]), params)  # 200 images: 4 steps
+    assert seen == [(2, 4)]
+    assert "estimated 1234.5 min for 4 steps" in capsys.readouterr().err  # the console: stderr
+
+
 def test_resnet_wide_is_wrn_16_4_at_its_documented_size() -> None:
     model = build_model(seed_model(name="resnet_wide", widths=[64, 128, 256], blocks=[2, 2, 2]))
     assert count_trainable_params(model) == 2_776_906

@@ -83,11 +83,21 @@ def test_a_residual_airnet_checkpoint_from_before_residual_convs_loads_as_one_co
     config = model_config(airnet)
     del config["residual_convs"]
     state = build_model(airnet).state_dict()
+    # group 1's names as the residual airnet had them before the key (models.py at 145dff7)
+    bn = ("bias", "num_batches_tracked", "running_mean", "running_var", "weight")
+    before = {"body.1.body.0.weight", "body.1.body.4.weight", "body.1.extra.0.weight"} | {
+        f"body.1.{layer}.{name}" for layer in ("body.2", "body.5", "extra.1") for name in bn
+    }
+    assert {key for key in state if key.startswith("body.1.")} == before
     record = _training_record() | {"model_config": config, "model_state": state}
     checkpoint = Checkpoint.from_dict(record, "old.pt")
     model = checkpoint.model("old.pt")
     assert model.body[1].extra is not None and model.body[1].deeper is None
     assert all(torch.equal(value, state[key]) for key, value in model.state_dict().items())
+    two = seed_model(name="airnet", widths=[8, 16, 16], residual=True, residual_convs=2)
+    record |= {"model_state": build_model(two).state_dict()}  # weights of a deeper net
+    with pytest.raises(PipelineError, match=r"old\.pt: weights do not fit.*body\.1\.deeper"):
+        Checkpoint.from_dict(record, "old.pt").model("old.pt")
 
 
 def test_run_files_and_manifests_are_read_in_one_place(tmp_path: Path) -> None:

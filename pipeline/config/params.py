@@ -49,8 +49,8 @@ MODEL_KEYS: dict[str, tuple[str, ...]] = {
     "resnet_wide": ("widths", "blocks", "dropout"),
 }
 # Model keys added after models were saved and sections written without them: the value that
-# means "as before" (airnet had no whitening bias). Old checkpoints and distill.student sections
-# that lack one read it so.
+# means "as before" (airnet had no whitening bias, and one residual conv per group when
+# residual). Old checkpoints and distill.student sections that lack one read it so.
 LATER_MODEL_KEYS: dict[str, dict[str, object]] = {
     "airnet": {"whiten_bias_epochs": 0, "residual_convs": 1}
 }

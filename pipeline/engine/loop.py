@@ -49,7 +49,7 @@ from pipeline.errors import PipelineError
 from pipeline.reporting import console
 
 IMAGE_SIDE = 32  # pixels: CIFAR-10's, every step after the low-resolution ones
-ETA_PROBE_BATCHES = 3  # batches timed (after one warm-up) for the CPU time estimate
+ETA_PROBE_BATCHES = 3  # the CPU time estimate times the first ETA_PROBE_BATCHES + 1 batches
 CPU_PROFILE_HINT_MINUTES = 60  # a longer CPU estimate also names the cpu profile
 # torch's warning when the run's first scheduler step comes before any optimizer step took effect
 SKIPPED_FIRST_STEP_WARNING = (
@@ -310,12 +310,10 @@ def fit(
 def estimated_run_seconds(probe_seconds: float, trainer: Trainer) -> float:
     """The whole run's training time from the seconds its first ETA_PROBE_BATCHES + 1 steps
     took. A step at train.low_res_pixels is counted as its share of a 32-pixel step's pixels
-    (24 px: 0.56; benchmark 1's probe measured 0.51), so a run that starts at low resolution
-    is not estimated at its cheap first steps' pace."""
+    (24 px: 0.56), so a run that starts at low resolution is not estimated at its cheap first
+    steps' pace. Benchmark 1's probe measured 0.51 at 24 px: such a run is estimated ~6% short."""
     probed = ETA_PROBE_BATCHES + 1
-    low_res_cost = (
-        (trainer.params.low_res_pixels / IMAGE_SIDE) ** 2 if trainer.low_res_steps else 1.0
-    )
+    low_res_cost = (trainer.params.low_res_pixels / IMAGE_SIDE) ** 2  # unused without low-res steps
 
     def cost(steps: int) -> float:  # the first `steps` steps, in 32-pixel steps
         low = min(steps, trainer.low_res_steps)

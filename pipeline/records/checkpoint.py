@@ -32,6 +32,7 @@ from pipeline.files import atomic_path
 
 REQUIRED_KEYS = ("model_state", "model_config", "epoch", "val_accuracy", "normalization")
 MEMBER_KEYS = ("name", "source", "md5", "model_config", "model_state", "model_params")
+MAX_ERROR_DETAIL = 200  # characters of torch's load error kept in the one-line message
 
 
 @dataclass(frozen=True)
@@ -197,8 +198,11 @@ def build_from_config(where: object, config: dict, state: dict) -> nn.Module:
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[0]
+        # torch's first line only says "Error(s) in loading state_dict": the next names the keys
+        lines = [line.strip() for line in str(error).strip().splitlines()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        detail = detail if len(detail) <= MAX_ERROR_DETAIL else detail[:MAX_ERROR_DETAIL] + "…"
         raise PipelineError(
-            f"{where}: weights do not fit model '{params.name}' ({first_line})"
+            f"{where}: weights do not fit model '{params.name}' ({detail})"
         ) from None
     return model
