@@ -39,7 +39,7 @@ console = Console()
 MODELS = {  # label: (profile, overrides)
     "seed (seed_resnet)": ("seed", []),
     "fast (airnet 64/256/256)": ("fast", []),
-    "cpu (airnet 48/192/192)": ("cpu", []),
+    "cpu (airnet 32/128/128)": ("cpu", []),
     "default (airnet residual 128/304/304)": ("default", []),
     "resnet_wide WRN-16-4": (
         "default",

@@ -263,7 +263,7 @@ def test_a_low_res_recipes_budget_probe_weighs_both_sides_by_their_share_of_step
     def probe(_model, _params, _train, _normalization, pixels: int = 0) -> float:
         return {0: 4.0, 24: 2.0}[pixels]  # seconds per step at 32 and at 24 pixels
 
-    recipe = load_profile("cpu").train
+    recipe = dataclasses.replace(load_profile("cpu").train, low_res_pixels=0, low_res_fraction=0.0)
     assert planned_seconds_per_step(None, recipe, None, None, probe) == (4.0, {32: 4.0})
     low_res = dataclasses.replace(recipe, low_res_pixels=24, low_res_fraction=0.75)
     assert planned_seconds_per_step(None, low_res, None, None, probe) == (

@@ -64,7 +64,7 @@ SMOKE_DATA = {  # ten images of each class to train on: the real models are slow
     "source": "synthetic",
     "synthetic": {"train_images": 100, "val_images": 50, "custom_test_images": 30},
 }
-PROFILE_MODEL_PARAMS = {"fast": 1_971_328, "default": 4_836_736, "cpu": 1_112_160}
+PROFILE_MODEL_PARAMS = {"fast": 1_971_328, "default": 4_836_736, "cpu": 497_216}
 
 
 @pytest.mark.slow
