@@ -34,6 +34,7 @@ CUSTOM = RAW / CUSTOM_TEST_NAMES[0]
 PREPARED = Path("data/prepared")
 CSV = Path("submissions/latest.csv")
 MARKER = "pwned-by-pickle"  # what the code-execution payload would create
+SECRET = "hunter2-kaggle-key-0123"  # a key in a file linked in by mistake: never printed
 
 
 @dataclass(frozen=True)
@@ -148,12 +149,23 @@ def _history(field: str, value: str) -> Callable[[Path], None]:
     return damage
 
 
-def _csv(text: str) -> Callable[[Path], None]:
+def _csv(text: str | bytes) -> Callable[[Path], None]:
     def damage(project: Path) -> None:
         (project / CSV).parent.mkdir(exist_ok=True)
-        (project / CSV).write_text(text)
+        content = text.encode() if isinstance(text, str) else text
+        (project / CSV).write_bytes(content)
 
     return damage
+
+
+def _csv_links_to_a_key_file(project: Path) -> None:
+    """latest.csv -> a kaggle.json outside the project, as a mistaken `ln -s` would make it."""
+    key_file = project.parent / "home" / ".kaggle" / "kaggle.json"
+    key_file.parent.mkdir(parents=True)
+    key_file.write_text(f'{{"username": "student", "key": "{SECRET}"}}\n')
+    (project / CSV).parent.mkdir(exist_ok=True)
+    (project / CSV).unlink(missing_ok=True)
+    (project / CSV).symlink_to(key_file)
 
 
 IDS = np.arange(SMALL_SYNTHETIC.custom_test_images)
@@ -212,6 +224,30 @@ CASES = {
                                        f"latest.csv: expected {IDS.size} rows", ("submissions/history.csv",)),
     "CSV missing ids": Case(_csv("ID,Labels\n" + GOOD_ROWS.replace("0,0\n", "99,0\n", 1)), ["submit"],
                             "ids differ from the custom test's: missing [0]", ("submissions/history.csv",)),
+    # issue 29, what submit reads (none may print the file's content):
+    "latest.csv links to kaggle.json": Case(_csv_links_to_a_key_file, ["submit"],
+                                            "latest.csv: a symbolic link to a file outside this project's DVC cache",
+                                            ("submissions/history.csv",)),
+    "latest.csv whose first line is a key": Case(_csv(f"{SECRET}\n" + GOOD_ROWS), ["submit"],
+                                                 "latest.csv: header must be ID,Labels; its first line is something else (not shown)",
+                                                 ("submissions/history.csv",)),
+    "latest.csv with a key as a label": Case(_csv("ID,Labels\n" + GOOD_ROWS.replace("0,0\n", f"0,{SECRET}\n", 1)),
+                                             ["submit"], "latest.csv: line 2 must be two integers", ("submissions/history.csv",)),
+    "latest.csv is a folder": Case(lambda p: (p / CSV).mkdir(parents=True), ["submit"], "latest.csv: a folder",
+                                   ("submissions/history.csv",)),
+    "latest.csv with a superscript label": Case(_csv("ID,Labels\n" + GOOD_ROWS.replace("0,0\n", "0,\u00b2\n", 1)),
+                                                ["submit"], "latest.csv: line 2 must be two integers", ("submissions/history.csv",)),
+    "latest.csv with an id --0": Case(_csv("ID,Labels\n" + GOOD_ROWS.replace("0,0\n", "--0,0\n", 1)), ["submit"],
+                                      "latest.csv: line 2 must be two integers", ("submissions/history.csv",)),
+    "latest.csv with a 5,000-digit id": Case(_csv("ID,Labels\n" + GOOD_ROWS.replace("0,0\n", "9" * 5000 + ",0\n", 1)),
+                                             ["submit"], "latest.csv: line 2 must be two integers", ("submissions/history.csv",)),
+    "latest.csv not UTF-8": Case(_csv(b"ID,Labels\n" + GOOD_ROWS.encode().replace(b"0,0\n", b"0,\xff\n", 1)), ["submit"],
+                                 "latest.csv: not UTF-8 text (byte 12)", ("submissions/history.csv",)),
+    "latest.csv with a field over csv's limit": Case(_csv("ID,Labels\n0,\"" + "7" * 140_000 + "\"\n"), ["submit"],
+                                                     "latest.csv: not a valid CSV (field larger than field limit", ("submissions/history.csv",)),
+    "history.csv whose header is a key": Case(lambda p: [(p / "submissions").mkdir(exist_ok=True),
+                                                         (p / "submissions/history.csv").write_text(f"{SECRET}\n")],
+                                              ["reproduce", "abc123def456"], "history.csv: header must be", ()),
     # issue 15, pickles and formats:
     "array with no bytes behind it": Case(_write(BATCH, _batch(data=_Array((300_000, 3072)))), *PREPARE[:1],
                                           "data_batch_1: refused: an array of shape (300000, 3072) uint8 takes 921,600,000 bytes", PREPARE[1]),
@@ -263,9 +299,9 @@ CASES = {
     "checkpoint whose config is gigabytes": Case(_huge_checkpoint, ["predict"],
                                                  "over the budget model.max_params = 5,000,000", (str(CSV),)),
     "history row whose run_id is a path": Case(_history("run_id", "../../../escape"), ["reproduce", "escape"],
-                                               "run_id '../../../escape' is not a valid run_id", ("../escape",)),
+                                               "line 2: run_id is not a valid run_id", ("../escape",)),
     "history row whose commit is an option": Case(_history("commit", "--output=x"), ["reproduce", "abc123def456"],
-                                                  "commit '--output=x' is not a valid commit", ("x",)),
+                                                  "line 2: commit is not a valid commit", ("x",)),
     "profile given as a path": Case(lambda p: (p / "evil.yaml").write_text("model: {}\ntrain: {}\n"),
                                     ["profile", "../../evil"], "no such profile", ()),
 }  # fmt: skip
@@ -310,11 +346,13 @@ def test_bad_input_is_one_line_exit_1_and_no_partial_output(
     capsys.readouterr()
 
     assert main(case.argv) == 1
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert case.expected in lines[0], lines[0]
     assert "Traceback" not in err
+    assert SECRET not in err + captured.out
     for output in case.absent:
         assert not (project / output).exists(), output
     assert not _leftovers(project)

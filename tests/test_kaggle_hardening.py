@@ -166,24 +166,19 @@ def _summary(val_accuracy: float | None) -> RunSummary:
     )  # fmt: skip
 
 
-def _csv(tmp_path: Path, labels: list[int]) -> Path:
-    path = tmp_path / "latest.csv"
-    path.write_text("ID,Labels\n" + "".join(f"{i},{label}\n" for i, label in enumerate(labels)))
-    return path
+CSV = Path("submissions/latest.csv")
 
 
-def test_a_run_at_chance_or_predicting_one_class_is_named_and_a_real_one_is_not(
-    tmp_path: Path,
-) -> None:
-    varied = _csv(tmp_path, [i % 10 for i in range(50)])
-    assert submit.learned_nothing(_summary(0.8123), varied) == {}
-    assert submit.learned_nothing(_summary(None), varied) == {}  # an old manifest: no claim
-    at_chance = submit.learned_nothing(_summary(0.1012), varied)
+def test_a_run_at_chance_or_predicting_one_class_is_named_and_a_real_one_is_not() -> None:
+    varied = [i % 10 for i in range(50)]
+    assert submit.learned_nothing(_summary(0.8123), CSV, varied) == {}
+    assert submit.learned_nothing(_summary(None), CSV, varied) == {}  # an old manifest: no claim
+    at_chance = submit.learned_nothing(_summary(0.1012), CSV, varied)
     assert (
         list(at_chance) == ["chance"]
         and "validation accuracy 0.1012, at chance" in (at_chance["chance"])
     )
-    one_class = submit.learned_nothing(_summary(0.8123), _csv(tmp_path, [3] * 50))
+    one_class = submit.learned_nothing(_summary(0.8123), CSV, [3] * 50)
     assert list(one_class) == ["one-class"] and "is class 3 (cat)" in one_class["one-class"]
 
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.records.submission_csv import validate_submission, write_submission
+from pipeline.records.submission_csv import (
+    MAX_SUBMISSION_BYTES,
+    read_submission,
+    validate_submission,
+    write_submission,
+)
 
 IDS = np.arange(5)
 
@@ -28,10 +34,10 @@ def test_written_submission_is_valid_and_in_id_order(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("", "header must be ID,Labels, found an empty file"),
+        ("", "header must be ID,Labels; the file is empty"),
         (
             "id,label\n0,1\n1,1\n2,1\n3,1\n4,1\n",
-            r"header must be ID,Labels, found \['id', 'label'\]",
+            r"header must be ID,Labels; its first line is something else \(not shown\)",
         ),
         ("ID,Labels\n0,1\n1,1\n", "expected 5 rows"),
         ("ID,Labels\n0,1\n1,1\n2,1\n3,1\n4,1\n5,1\n", "expected 5 rows"),
@@ -56,3 +62,60 @@ def test_a_failing_write_leaves_the_previous_csv_untouched(tmp_path: Path) -> No
         write_submission(path, IDS, np.array([0, 1, 2, 3, 11]))
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["latest.csv"]
+
+
+SECRET = "hunter2-kaggle-key"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"{SECRET}\n0,1\n",
+        f"ID,Labels\n0,{SECRET}\n1,1\n2,1\n3,1\n4,1\n",
+        f"ID,Labels\n{SECRET},1\n1,1\n2,1\n3,1\n4,1\n",
+        f"ID,Labels\n0,1,{SECRET}\n1,1\n2,1\n3,1\n4,1\n",
+        f'ID,Labels\n0,"{SECRET}\x00"\n',
+    ],
+)
+def test_a_refused_csv_never_shows_its_content(tmp_path: Path, text: str) -> None:
+    with pytest.raises(PipelineError) as refused:
+        validate_submission(_write(tmp_path, text), IDS)
+    assert SECRET not in str(refused.value)
+    assert "submission.csv" in str(refused.value)
+
+
+def test_submit_reads_a_regular_file_once(tmp_path: Path) -> None:
+    path = _write(tmp_path, "ID,Labels\n0,1\n")
+    assert read_submission(path) == b"ID,Labels\n0,1\n"
+
+
+def test_a_link_out_of_the_dvc_cache_is_refused_one_into_it_is_read(tmp_path: Path) -> None:
+    secret = tmp_path / "kaggle.json"
+    secret.write_text(f'{{"key": "{SECRET}"}}')
+    cache = tmp_path / "project/.dvc/cache"
+    cached = cache / "files/md5/ab/cdef"
+    cached.parent.mkdir(parents=True)
+    cached.write_text("ID,Labels\n0,1\n")
+    outside, inside = tmp_path / "outside.csv", tmp_path / "inside.csv"
+    outside.symlink_to(secret)
+    inside.symlink_to(cached)  # what DVC's `cache.type: symlink` makes of an output
+    with pytest.raises(PipelineError, match="a symbolic link to a file outside") as refused:
+        read_submission(outside, cache)
+    assert SECRET not in str(refused.value)
+    with pytest.raises(PipelineError, match="a symbolic link to a file outside"):
+        read_submission(inside)  # no cache known: no link is trusted
+    assert read_submission(inside, cache) == b"ID,Labels\n0,1\n"
+
+
+def test_a_fifo_a_folder_and_a_huge_file_are_refused_without_reading_them(tmp_path: Path) -> None:
+    fifo, folder, huge = tmp_path / "fifo.csv", tmp_path / "folder.csv", tmp_path / "huge.csv"
+    os.mkfifo(fifo)  # opening it for reading would block forever without a writer
+    folder.mkdir()
+    with huge.open("wb") as handle:
+        handle.truncate(MAX_SUBMISSION_BYTES + 1)
+    with pytest.raises(PipelineError, match="fifo.csv: not a regular file"):
+        read_submission(fifo)
+    with pytest.raises(PipelineError, match="folder.csv: a folder"):
+        read_submission(folder)
+    with pytest.raises(PipelineError, match="huge.csv: over 16 MiB"):
+        read_submission(huge)

@@ -95,6 +95,27 @@ def test_submit_sends_the_csv_pushes_the_run_and_records_it(
     assert len(written) > 40 and not [p for p in written if key in p.read_bytes()]
 
 
+def test_with_dvcs_symlink_cache_the_linked_csv_is_sent_and_a_link_elsewhere_is_not(
+    project: Path, fake_kaggle, capsys: pytest.CaptureFixture
+) -> None:
+    sh(project, "dvc", "config", "--local", "cache.type", "symlink")
+    sh(project, "dvc", "checkout", "--relink", "submissions/latest.csv")
+    latest = project / "submissions/latest.csv"
+    assert latest.is_symlink()  # into .dvc/cache: what DVC makes of an output with this cache type
+    assert main(["submit", "--no-push", "-m", "linked"]) == 0
+    [sent] = fake_kaggle.submissions
+    assert sent.md5 == calculate_md5(latest)
+
+    # the same bytes behind a link out of the cache are not the file predict wrote
+    elsewhere = project.parent / "copy.csv"
+    elsewhere.write_bytes(latest.read_bytes())
+    latest.unlink()
+    latest.symlink_to(elsewhere)
+    assert main(["submit", "--no-push", "--force", "-m", "elsewhere"]) == 1
+    assert "a symbolic link to a file outside this project's DVC cache" in _error_line(capsys)
+    assert len(fake_kaggle.submissions) == 1
+
+
 def test_rejected_credentials_are_one_clear_line_and_nothing_is_recorded(
     project: Path, fake_kaggle, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

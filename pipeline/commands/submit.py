@@ -26,9 +26,9 @@ In order, and nothing is sent or recorded unless every step passes:
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime
+import hashlib
 import math
 import time
 from pathlib import Path
@@ -37,13 +37,14 @@ from typing import TYPE_CHECKING
 from pipeline.classes import CIFAR10_CLASS_NAMES, NUM_CLASSES
 from pipeline.data.prepared import load_split
 from pipeline.errors import PipelineError
-from pipeline.files import file_md5, read_json, write_json_atomic
+from pipeline.files import read_json, write_json_atomic
 from pipeline.integrations import kaggle_client
 from pipeline.integrations.repository import (
     NO_REMOTE_HELP,
     changed_files,
     default_remote,
     dvc,
+    dvc_cache_dir,
     head_commit,
     last_error_line,
     stale_stages,
@@ -57,7 +58,11 @@ from pipeline.paths import (
 )
 from pipeline.records.history import FIELDS, append_history, check_row, read_history
 from pipeline.records.manifest import RunSummary, last_run_id, read_manifest, run_files
-from pipeline.records.submission_csv import validate_submission
+from pipeline.records.submission_csv import (
+    check_submission_text,
+    decode_submission,
+    read_submission,
+)
 from pipeline.reporting import console
 
 if TYPE_CHECKING:
@@ -122,13 +127,7 @@ def refusals(csv_md5: str, commit: str | None, history: list[dict[str, str]]) ->
     return found
 
 
-def predicted_classes(csv_path: Path) -> list[int]:
-    """The Labels column of a (validated) submission CSV."""
-    with csv_path.open(newline="") as handle:
-        return [int(row[1]) for row in list(csv.reader(handle))[1:]]
-
-
-def learned_nothing(manifest: RunSummary, csv_path: Path) -> dict[str, str]:
+def learned_nothing(manifest: RunSummary, csv_path: Path, labels: list[int]) -> dict[str, str]:
     """Refusals (`--force` overrides them) for a run whose CSV would score at chance."""
     found = {}
     accuracy = manifest.val_accuracy
@@ -138,7 +137,6 @@ def learned_nothing(manifest: RunSummary, csv_path: Path) -> dict[str, str]:
             f"(≤ {CHANCE_ACCURACY_LIMIT} with {NUM_CLASSES} classes): it learned nothing "
             "(a NaN loss, a broken run?)"
         )
-    labels = predicted_classes(csv_path)
     if len(labels) > 1 and len(set(labels)) == 1:
         found["one-class"] = (
             f"every prediction in {csv_path} is class {labels[0]} "
@@ -293,10 +291,13 @@ def run(
     poll_interval = POLL_INTERVAL_SECONDS if poll_interval is None else poll_interval
     daily_limit = DAILY_LIMIT if daily_limit is None else daily_limit
     check_options(poll_interval, wait_limit, daily_limit)
-    if not csv_path.exists():
-        raise PipelineError(f"{csv_path}: missing; run `dvc repro` first")
-    validate_submission(csv_path, load_split(PREPARED_DIR, "custom_test")["ids"])
-    csv_md5 = file_md5(csv_path)
+    # read once: the bytes validated and hashed are the bytes uploaded
+    csv_bytes = read_submission(csv_path, dvc_cache_dir() if csv_path.is_symlink() else None)
+    custom_test_ids = load_split(PREPARED_DIR, "custom_test")["ids"]
+    labels = check_submission_text(
+        csv_path, decode_submission(csv_path, csv_bytes), custom_test_ids
+    )
+    csv_md5 = hashlib.md5(csv_bytes).hexdigest()
     manifest = run_of_latest_csv(csv_path, csv_md5)
     run_id = manifest.run_id
     api = None
@@ -311,7 +312,7 @@ def run(
             return settled
     commit = head_commit()
     history = read_history(history_path)
-    found = learned_nothing(manifest, csv_path) | refusals(csv_md5, commit, history)
+    found = learned_nothing(manifest, csv_path, labels) | refusals(csv_md5, commit, history)
     if found and not force:
         raise PipelineError(
             "submit refused: " + "; ".join(found.values()) + " (--force submits anyway)"
@@ -342,7 +343,7 @@ def run(
                 "competition": competition, "message": full_message, "forced": ";".join(found),
             },
             refs_before=sorted(item.ref for item in submissions),
-        ), csv_path, history_path, pending_path,
+        ), csv_path, csv_bytes, history_path, pending_path,
     )  # fmt: skip
     console.print(
         f"submit: {csv_path} → '{competition}' as Kaggle ref {row['kaggle_ref']} "
@@ -357,16 +358,16 @@ def run(
 
 
 def send(
-    api: KaggleApi, pending: PendingSubmission, csv_path: Path, history_path: Path,
-    pending_path: Path,
+    api: KaggleApi, pending: PendingSubmission, csv_path: Path, csv_bytes: bytes,
+    history_path: Path, pending_path: Path,
 ) -> dict[str, str]:  # fmt: skip
     """Record the attempt, submit, then turn the record into a history row (returned)."""
     row = pending.row
     write_pending(pending, pending_path)  # before sending: a kill from here on is found later
     try:
         ref = kaggle_client.submit_file(
-            api, row["competition"], csv_path, f"{row['run_id']}.csv", row["message"],
-            set(pending.refs_before),
+            api, row["competition"], csv_path, csv_bytes, f"{row['run_id']}.csv",
+            row["message"], set(pending.refs_before),
         )  # fmt: skip
     except KeyboardInterrupt:
         console.print(

@@ -358,10 +358,11 @@ def _as_utc(moment: datetime.datetime) -> datetime.datetime:
 
 
 def submit_file(
-    api: KaggleApi, competition: str, csv_path: Path, upload_name: str, message: str,
-    refs_before: set[int],
+    api: KaggleApi, competition: str, csv_path: Path, csv_bytes: bytes, upload_name: str,
+    message: str, refs_before: set[int],
 ) -> int:  # fmt: skip
-    """Submit `csv_path` (uploaded as `upload_name`) with `message`; return Kaggle's reference.
+    """Submit `csv_bytes` (read from `csv_path`, uploaded as `upload_name`) with `message`;
+    return Kaggle's reference.
 
     After a transient failure it looks for a submission Kaggle stored despite the error (this
     message, a reference not in `refs_before`), so a 5xx after the fact never makes a second one.
@@ -380,7 +381,7 @@ def submit_file(
 
     with tempfile.TemporaryDirectory(prefix="submit-") as folder:
         upload = Path(folder) / upload_name  # Kaggle shows the file name: it carries the run_id
-        upload.write_bytes(csv_path.read_bytes())
+        upload.write_bytes(csv_bytes)  # the bytes submit checked, not a second read
 
         def attempt() -> int:
             # the client prints upload errors itself, upload URL included: keep that off the console

@@ -86,6 +86,13 @@ def stale_stages(cwd: Path = Path(".")) -> list[str]:
     return sorted(json.loads(result.stdout or "{}"))
 
 
+def dvc_cache_dir(cwd: Path = Path(".")) -> Path | None:
+    """The folder of DVC's cache (`dvc cache dir`: .dvc/cache unless configured), or None."""
+    result = dvc("cache", "dir", cwd=cwd)
+    folder = result.stdout.strip() if result.returncode == 0 else ""
+    return Path(cwd, folder) if folder else None
+
+
 def default_remote(cwd: Path = Path("."), project_only: bool = True) -> str | None:
     """DVC's default remote, or None. `project_only`: only .dvc/config's (what a clone of the
     commit gets; one set in .dvc/config.local or the user's global config would not travel with

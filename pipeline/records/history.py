@@ -51,7 +51,8 @@ def check_row(path: Path, line_number: int, row: dict) -> None:
         pattern = FIELD_PATTERNS.get(field)
         if pattern is not None and not pattern.fullmatch(value):
             raise PipelineError(
-                f"{path}: line {line_number}: {field} {value[:40]!r} is not a valid {field}"
+                f"{path}: line {line_number}: {field} is not a valid {field} (not shown: a "
+                "damaged or hand-edited row); restore history.csv from git"
             )
 
 
@@ -64,8 +65,8 @@ def read_history(path: Path = HISTORY_PATH) -> list[dict[str, str]]:
             reader = csv.DictReader(handle)
             if tuple(reader.fieldnames or ()) != FIELDS:
                 raise PipelineError(
-                    f"{path}: header must be {','.join(FIELDS)}, found "
-                    f"{','.join(reader.fieldnames or [])}"
+                    f"{path}: header must be {','.join(FIELDS)}; its first line is something "
+                    "else (not shown); restore history.csv from git"
                 )
             rows = list(reader)
     except UnicodeDecodeError as error:
