@@ -9,6 +9,7 @@ case at a time damages.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pickle
 import shutil
@@ -110,7 +111,7 @@ def _tar_symlink(project: Path) -> None:
     )
 
 
-def _checkpoint(project: Path, state_from: str) -> None:
+def _checkpoint(project: Path, state_from: str, **changes: object) -> None:
     from pipeline.engine.models import build_model, model_config
 
     seed = seed_model(base_width=8, blocks=[1, 1, 1])
@@ -119,7 +120,11 @@ def _checkpoint(project: Path, state_from: str) -> None:
     save_checkpoint(project / "models/final.pt", {
         "model_state": weights, "model_config": model_config(seed), "epoch": 1,
         "val_accuracy": 0.5, "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
-    })  # fmt: skip
+    } | changes)  # fmt: skip
+
+
+SCRIPT = "</script><script>alert(document.cookie)</script>"  # stored XSS in dvc plots' page
+CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship"]
 
 
 def _huge_checkpoint(project: Path) -> None:
@@ -248,6 +253,23 @@ CASES = {
     "history.csv whose header is a key": Case(lambda p: [(p / "submissions").mkdir(exist_ok=True),
                                                          (p / "submissions/history.csv").write_text(f"{SECRET}\n")],
                                               ["reproduce", "abc123def456"], "history.csv: header must be", ()),
+    # issue 29, a checkpoint's fields that reach plots, CSVs and the console:
+    "checkpoint with a script as a class name": Case(lambda p: _checkpoint(p, "seed", class_names=[*CLASS_NAMES, SCRIPT]),
+                                                     ["predict"], "models/final.pt: class_names are not CIFAR-10's 10 names in label order",
+                                                     (str(CSV), "metrics/val_predictions.csv", "metrics/class_shares.csv")),
+    "checkpoint with rich markup as a class name": Case(lambda p: _checkpoint(p, "seed", class_names=[*CLASS_NAMES, "[/x]"]),
+                                                        ["predict"], "models/final.pt: class_names are not", (str(CSV),)),
+    "checkpoint with a script as its TTA": Case(lambda p: _checkpoint(p, "seed", tta=SCRIPT), ["predict"],
+                                                "models/final.pt: tta is not one of", (str(CSV),)),
+    "checkpoint with a text epoch": Case(lambda p: _checkpoint(p, "seed", epoch="1"), ["predict"],
+                                         "models/final.pt: epoch is not a whole number", (str(CSV),)),
+    "checkpoint with a NaN accuracy": Case(lambda p: _checkpoint(p, "seed", val_accuracy=float("nan")), ["predict"],
+                                           "models/final.pt: val_accuracy is not a finite number", (str(CSV),)),
+    "checkpoint with two means": Case(lambda p: _checkpoint(p, "seed", normalization={"mean": [0.5] * 2, "std": [0.25] * 3}),
+                                      ["predict"], "models/final.pt: normalization is not", (str(CSV),)),
+    "dataset.json with a script as a class name": Case(
+        lambda p: (p / PREPARED / "dataset.json").write_text((p / PREPARED / "dataset.json").read_text().replace('"truck"', json.dumps(SCRIPT))),
+        ["train"], "dataset.json: class_names are not CIFAR-10's in label order", ("models/checkpoints",)),
     # issue 15, pickles and formats:
     "array with no bytes behind it": Case(_write(BATCH, _batch(data=_Array((300_000, 3072)))), *PREPARE[:1],
                                           "data_batch_1: refused: an array of shape (300000, 3072) uint8 takes 921,600,000 bytes", PREPARE[1]),
@@ -352,7 +374,7 @@ def test_bad_input_is_one_line_exit_1_and_no_partial_output(
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert case.expected in lines[0], lines[0]
     assert "Traceback" not in err
-    assert SECRET not in err + captured.out
+    assert SECRET not in err + captured.out and SCRIPT not in err + captured.out
     for output in case.absent:
         assert not (project / output).exists(), output
     assert not _leftovers(project)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,12 @@ import pytest
 import torch
 from conftest import seed_model
 
+from pipeline.classes import CIFAR10_CLASS_NAMES
 from pipeline.engine.models import build_model, model_config
 from pipeline.errors import PipelineError
 from pipeline.records.checkpoint import Checkpoint, Member, load_checkpoint, save_checkpoint
 from pipeline.records.manifest import load_manifest, read_manifest, run_files
+from pipeline.records.plot_csv import write_plot_csv
 
 TINY = seed_model(base_width=8, blocks=[1, 1, 1], dropout=0.0)
 
@@ -24,7 +27,7 @@ def _training_record() -> dict:
     return {
         "model_state": build_model(TINY).state_dict(), "ema_state": None, "val_accuracy_ema": None,
         "model_config": model_config(TINY), "epoch": 2, "val_accuracy": 0.5, "model_params": 1,
-        "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}, "class_names": ["a"] * 10,
+        "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}, "class_names": list(CIFAR10_CLASS_NAMES),
         "training": {"device": "cpu", "deterministic": True},
     }  # fmt: skip
 
@@ -36,7 +39,7 @@ def test_a_training_checkpoint_round_trips_with_exactly_its_keys(tmp_path: Path)
     assert set(checkpoint.to_dict()) == set(record)  # no select or ensemble keys appear
     checkpoint.save(tmp_path / "a.pt")
     again = Checkpoint.load(tmp_path / "a.pt")
-    assert again.epoch == 2 and again.class_names == ["a"] * 10
+    assert again.epoch == 2 and again.class_names == CIFAR10_CLASS_NAMES
     again.save(tmp_path / "b.pt")
     save_checkpoint(tmp_path / "c.pt", again.to_dict())  # the same content, the same bytes
     assert (tmp_path / "b.pt").read_bytes() == (tmp_path / "c.pt").read_bytes()
@@ -128,9 +131,9 @@ GOOD_HISTORY_ROW = {
 @pytest.mark.parametrize(
     ("damage", "expected"),
     [
-        ({"run_id": "../../../../tmp/x"}, r"line 2: run_id '../../../../tmp/x' is not a valid"),
-        ({"commit": "--output=/tmp/x"}, "line 2: commit '--output=/tmp/x' is not a valid"),
-        ({"kaggle_ref": "-1"}, "line 2: kaggle_ref '-1' is not a valid"),
+        ({"run_id": "../../../../tmp/x"}, r"line 2: run_id is not a valid run_id \(not shown"),
+        ({"commit": "--output=/tmp/x"}, r"line 2: commit is not a valid commit \(not shown"),
+        ({"kaggle_ref": "-1"}, r"line 2: kaggle_ref is not a valid kaggle_ref \(not shown"),
         ({"message": "x" * 5000}, "line 2: message is 5,000 characters long"),
         ({"message": "y" * 200_000}, "not a valid CSV .*field larger than field limit"),
         ("not utf-8", r"history.csv: not UTF-8 text \(byte"),
@@ -187,3 +190,35 @@ def test_a_checkpoint_whose_config_is_huge_is_refused_before_anything_is_allocat
     save_checkpoint(tmp_path / "member.pt", member)
     with pytest.raises(PipelineError, match=r"model_config is not valid .*model.max_params"):
         Checkpoint.load(tmp_path / "member.pt").model(tmp_path / "member.pt")
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("</script><script>alert(1)</script>", "not a plain label"),
+        ("[/x]", "not a plain label"),
+        ("x" * 65, "not a plain label"),
+        ("", "not a plain label"),
+        (float("nan"), "not a finite number"),
+        (True, "a bool, not a label or a number"),
+    ],
+)
+def test_a_plot_csv_field_that_is_not_plain_is_refused_and_the_old_file_kept(
+    tmp_path: Path, value: object, problem: str
+) -> None:
+    path = tmp_path / "val_per_class.csv"
+    write_plot_csv(path, ["class", "accuracy"], [["cat", 0.5], ["dog (1)", "0.2500"]])
+    before = path.read_text()
+    assert before == "class,accuracy\ncat,0.5\ndog (1),0.2500\n"
+    with pytest.raises(
+        PipelineError, match=f"row 3, column class: {re.escape(problem)}"
+    ) as refused:
+        write_plot_csv(path, ["class", "accuracy"], [["cat", 0.5], [value, 0.25]])
+    assert "script" not in str(refused.value) and "[/x]" not in str(refused.value)
+    assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_a_checkpoint_of_before_class_names_were_kept_still_loads() -> None:
+    record = _training_record()
+    del record["class_names"]
+    assert Checkpoint.from_dict(record, "old.pt").class_names == []

@@ -13,6 +13,8 @@ and tensors (the keys below, `members` stored as `ensemble`), which `load_checkp
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.config.params import MODEL_KEYS, ModelParams, conditional_keys, with_later_model_keys
+from pipeline.classes import CIFAR10_CLASS_NAMES
+from pipeline.config.params import (
+    MODEL_KEYS,
+    ModelParams,
+    TtaPolicy,
+    conditional_keys,
+    with_later_model_keys,
+)
 from pipeline.engine.models import (
     Ensemble,
     build_model,
@@ -33,6 +42,52 @@ from pipeline.files import atomic_path
 REQUIRED_KEYS = ("model_state", "model_config", "epoch", "val_accuracy", "normalization")
 MEMBER_KEYS = ("name", "source", "md5", "model_config", "model_state", "model_params")
 MAX_ERROR_DETAIL = 200  # characters of torch's load error kept in the one-line message
+WEIGHTS = ("raw", "ema")  # select's names for model_state's origin
+
+
+def check_record(record: dict[str, Any], where: object) -> None:
+    """The fields that reach CSVs, plots, manifests and the console: of their kind, or one error.
+
+    A checkpoint can come from anyone (`dvc pull` from a shared remote, `ensemble add` of a file
+    sent by a friend): class names are CIFAR-10's, in order, as prepare demands of batches.meta
+    (none, in checkpoints of before they were kept); a name like `</script>` would otherwise
+    reach `dvc plots show`'s page. Values are not shown: they are what is wrong."""
+    fix = "retrain, or pull the file again from where it came"
+
+    def refuse(problem: str) -> typing.NoReturn:
+        raise PipelineError(f"{where}: {problem}; {fix}")
+
+    names = record.get("class_names", [])
+    if names not in ([], CIFAR10_CLASS_NAMES):
+        refuse(f"class_names are not CIFAR-10's {len(CIFAR10_CLASS_NAMES)} names in label order")
+    epoch = record["epoch"]
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        refuse("epoch is not a whole number of epochs")
+    for key in ("val_accuracy", "val_accuracy_ema"):
+        value = record.get(key)
+        if value is None and key == "val_accuracy_ema":
+            continue
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+        ):
+            refuse(f"{key} is not a finite number")
+    normalization = record["normalization"]
+    if not (
+        isinstance(normalization, dict)
+        and all(
+            isinstance(normalization.get(key), list)
+            and len(normalization[key]) == 3
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in normalization[key])
+            for key in ("mean", "std")
+        )
+    ):
+        refuse("normalization is not {mean, std} of 3 finite numbers each")
+    if record.get("weights") not in (None, *WEIGHTS):
+        refuse(f"weights is not one of {list(WEIGHTS)}")
+    if record.get("tta") not in (None, *typing.get_args(TtaPolicy)):
+        refuse(f"tta is not one of {list(typing.get_args(TtaPolicy))}")
 
 
 @dataclass(frozen=True)
@@ -81,6 +136,7 @@ class Checkpoint:
     @classmethod
     def from_dict(cls, record: dict[str, Any], where: object) -> Checkpoint:
         """The checkpoint a file's dict describes; a damaged member entry names the file."""
+        check_record(record, where)
         members = []
         for number, entry in enumerate(record.get("ensemble") or [], start=1):
             if (

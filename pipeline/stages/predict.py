@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.classes import CIFAR10_CLASS_NAMES
 from pipeline.config.params import AdaptParams, PredictParams
 from pipeline.data.prepared import load_split
 from pipeline.engine.adapt import adapted_logits, assign_labels, prior_counts
@@ -33,7 +34,7 @@ from pipeline.engine.models import count_trainable_params
 from pipeline.engine.normalise import to_device_set, to_device_tensor
 from pipeline.engine.tta import evaluate, predict_logits
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_path, write_json_atomic, write_text_atomic
+from pipeline.files import atomic_path, write_json_atomic
 from pipeline.paths import (
     CLASS_SHARES_PATH,
     FINAL_PATH,
@@ -46,6 +47,7 @@ from pipeline.paths import (
 )
 from pipeline.records import manifest
 from pipeline.records.checkpoint import Checkpoint
+from pipeline.records.plot_csv import write_plot_csv
 from pipeline.records.submission_csv import write_submission
 from pipeline.reporting import console
 
@@ -97,27 +99,24 @@ def write_class_shares(
         "custom test (model)": np.asarray(argmax_counts),
         "custom test (submitted)": np.asarray(counts),
     }
-    rows = "".join(
-        f"{name},{labels},{count[c] / max(1, count.sum()):.4f}\n"
-        for c, name in enumerate(names)
-        for labels, count in shares.items()
-    )
-    write_text_atomic(CLASS_SHARES_PATH, "class,labels,share\n" + rows)
+    write_plot_csv(
+        CLASS_SHARES_PATH, ["class", "labels", "share"],
+        [[name, labels, f"{count[c] / max(1, count.sum()):.4f}"]
+         for c, name in enumerate(names) for labels, count in shares.items()],
+    )  # fmt: skip
 
 
 def write_validation_plots(names: list[str], actual: np.ndarray, predicted: np.ndarray) -> None:
     """DVC's confusion matrix (actual,predicted per image) and the accuracy per class."""
-    write_text_atomic(
-        VAL_PREDICTIONS_PATH,
-        "actual,predicted\n"
-        + "".join(f"{names[a]},{names[p]}\n" for a, p in zip(actual, predicted, strict=True)),
-    )
-    per_class = [
-        f"{name},{(predicted[actual == c] == c).mean():.4f}\n"
-        for c, name in enumerate(names)
-        if (actual == c).any()
-    ]
-    write_text_atomic(VAL_PER_CLASS_PATH, "class,accuracy\n" + "".join(per_class))
+    write_plot_csv(
+        VAL_PREDICTIONS_PATH, ["actual", "predicted"],
+        [[names[a], names[p]] for a, p in zip(actual, predicted, strict=True)],
+    )  # fmt: skip
+    write_plot_csv(
+        VAL_PER_CLASS_PATH, ["class", "accuracy"],
+        [[name, f"{(predicted[actual == c] == c).mean():.4f}"]
+         for c, name in enumerate(names) if (actual == c).any()],
+    )  # fmt: skip
 
 
 LABELLED_ONLY = AdaptParams(use_test_images=False)  # each custom-test image labelled alone
@@ -136,7 +135,7 @@ def run(
     model = checkpoint.model(model_path).to(device, memory_format=torch.channels_last)
     mean, std = checkpoint.normalization["mean"], checkpoint.normalization["std"]
     tta = (checkpoint.tta or "none") if params.tta == "auto" else params.tta
-    names = checkpoint.class_names or [str(c) for c in range(10)]
+    names = CIFAR10_CLASS_NAMES  # the checkpoint's own, if it has them, are these (checked on load)
 
     val_split = load_split(prepared_dir, "val")
     val_set = to_device_set(val_split["images"], val_split["labels"], mean, std, device)

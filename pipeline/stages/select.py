@@ -25,12 +25,11 @@ one by one, after AdaBN on them, and after balanced assignment too.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 from pathlib import Path
 
 import torch
+from rich.markup import escape
 from torch import nn
 
 from pipeline.config.params import AdaptParams, SelectParams
@@ -41,7 +40,7 @@ from pipeline.engine.models import Ensemble, count_trainable_params
 from pipeline.engine.normalise import to_device_set
 from pipeline.engine.tta import TTA_POLICIES, evaluate
 from pipeline.errors import PipelineError
-from pipeline.files import write_json_atomic, write_text_atomic
+from pipeline.files import write_json_atomic
 from pipeline.paths import (
     BEST_PATH,
     CHECKPOINT_DIR,
@@ -52,6 +51,7 @@ from pipeline.paths import (
 )
 from pipeline.records.checkpoint import Checkpoint
 from pipeline.records.ensemble import MemberFile, check_members, load_members
+from pipeline.records.plot_csv import write_plot_csv
 from pipeline.reporting import console
 
 EvalSet = tuple[torch.Tensor, torch.Tensor]  # normalised validation images, labels on the device
@@ -98,7 +98,7 @@ def score_checkpoints(
                     "model_params": count_trainable_params(model),
                 })  # fmt: skip
                 console.print(
-                    f"select: {path.name} {weights} weights, TTA {policy}: val accuracy {accuracy:.4f}"
+                    f"select: {escape(path.name)} {weights} weights, TTA {policy}: val accuracy {accuracy:.4f}"
                 )
     return candidates
 
@@ -204,11 +204,7 @@ def adaptation_report(
 def write_candidates(candidates: list[dict], path: Path = SELECT_CANDIDATES_PATH) -> None:
     """One row per candidate; `candidate` names its weights and TTA, the plot's series."""
     rows = [{"candidate": f"{row['weights']} + {row['tta']}"} | row for row in candidates]
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(path, table.getvalue())
+    write_plot_csv(path, list(rows[0]), [list(row.values()) for row in rows])
 
 
 def run(
