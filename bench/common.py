@@ -32,6 +32,7 @@ from pipeline.config.params import (
 )
 from pipeline.data.formats import write_custom_test
 from pipeline.engine.augment import augment_batch, augment_state, downscaled
+from pipeline.engine.device import choose_precision
 from pipeline.engine.loop import EpochStats, fit
 from pipeline.engine.models import count_trainable_params, is_residual
 from pipeline.engine.optim import compiled, make_optimizer, optimizer_step
@@ -107,8 +108,9 @@ def seconds_per_step(
     timed steps (each synchronised) ignores a step that hit a one-off recompilation.
     """
     probe = copy.deepcopy(model)
-    optimizer = make_optimizer(probe, params)
     device = train_set[0].device
+    precision = choose_precision(device, params.mixed_precision, params.autocast_dtype)
+    optimizer = make_optimizer(probe, params, precision)
     network = compiled(probe, params, device)
     state = augment_state(train_set[1].shape[0], *normalization, 0, device)
     batch = min(params.batch_size, train_set[1].shape[0])
@@ -119,7 +121,7 @@ def seconds_per_step(
         images = augment_batch(train_set[0][indices], indices, 1, params, state)
         if pixels:
             images = downscaled(images, pixels)
-        optimizer_step(network, optimizer, images, train_set[1][indices], params)
+        optimizer_step(network, optimizer, images, train_set[1][indices], params, precision)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if step >= UNTIMED_STEPS:
@@ -258,8 +260,11 @@ def logits_per_policy(
         if test_set[0].device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
+        precision = choose_precision(
+            test_set[0].device, params.mixed_precision, params.autocast_dtype
+        )
         logits[key] = predict_logits(
-            model, test_set[0], policy, params.eval_batch_size, params.mixed_precision, fraction
+            model, test_set[0], policy, params.eval_batch_size, precision, fraction
         )
         logits[key].argmax(1).cpu()  # waits for the device
         seconds[key] = time.perf_counter() - started

@@ -59,6 +59,7 @@ from rich.console import Console
 
 from pipeline.classes import CIFAR10_CLASS_NAMES
 from pipeline.data.prepared import load_split
+from pipeline.engine.device import FLOAT32
 from pipeline.engine.normalise import to_device_tensor
 from pipeline.engine.tta import predict_logits
 
@@ -127,7 +128,9 @@ def airbench_run(airbench, workdir: Path, test_images, test_labels, run: int) ->
     images = to_device_tensor(test_images, mean, std, torch.device("cuda"))
     labels = torch.from_numpy(test_labels).cuda()
     accuracy = {
-        policy: accuracy_of(predict_logits(HalfInput(network), images, policy, 2000, False), labels)
+        policy: accuracy_of(
+            predict_logits(HalfInput(network), images, policy, 2000, FLOAT32), labels
+        )
         for policy in ("none", SCORED_POLICY)
     }
     return {"training_seconds": seconds, "test_accuracy": accuracy}

@@ -17,7 +17,7 @@ from pathlib import Path
 from pipeline.config.load import DEFAULT_PARAMS_PATH, load_params
 from pipeline.config.params import Params
 from pipeline.config.stage_params import STAGES, StageParams
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, printable
 
 
 def run_stage(stage: str, params: Params, params_path: Path = DEFAULT_PARAMS_PATH) -> None:
@@ -45,7 +45,10 @@ def run_stage(stage: str, params: Params, params_path: Path = DEFAULT_PARAMS_PAT
         teacher_budget = max(
             declared.get("model.max_params"), declared.get("distill.teacher_max_params")
         )
-        select.run(declared.get("select"), teacher_budget, adapt=declared.get("adapt"))
+        select.run(
+            declared.get("select"), teacher_budget, adapt=declared.get("adapt"),
+            autocast_dtype=declared.get("train.autocast_dtype"),
+        )  # fmt: skip
     elif stage == "distill":
         from pipeline.stages import distill
 
@@ -57,7 +60,10 @@ def run_stage(stage: str, params: Params, params_path: Path = DEFAULT_PARAMS_PAT
         from pipeline.stages import predict
 
         predict.run(
-            declared.get("predict"), all_params=declared.as_dict(), adapt=declared.get("adapt")
+            declared.get("predict"),
+            all_params=declared.as_dict(),
+            adapt=declared.get("adapt"),
+            autocast_dtype=declared.get("train").autocast_dtype,
         )
 
 
@@ -195,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as error:
         if args.debug:
             raise
-        # one line, whatever a library put in the message it wraps (file and problem first)
-        print("error: " + " ".join(str(error).split()), file=sys.stderr)
+        # one line, whatever a library put in the message it wraps (file and problem first), and
+        # no control characters: a checkpoint's key names reach some messages
+        print("error: " + printable(" ".join(str(error).split())), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

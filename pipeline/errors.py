@@ -9,3 +9,9 @@ from __future__ import annotations
 
 class PipelineError(Exception):
     """An expected failure, worded for the person running the pipeline: what, where, what to do."""
+
+
+def printable(text: str) -> str:
+    """`text` with control characters written as escapes (`\\x1b`): a message stays one line,
+    and a file's bytes cannot move the cursor, retitle or recolour the terminal."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)

@@ -231,7 +231,7 @@ CASES = {
                             "ids differ from the custom test's: missing [0]", ("submissions/history.csv",)),
     # issue 29, what submit reads (none may print the file's content):
     "latest.csv links to kaggle.json": Case(_csv_links_to_a_key_file, ["submit"],
-                                            "latest.csv: a symbolic link to a file outside this project's DVC cache",
+                                            "latest.csv: a symbolic link to a file that is not an object of this project's DVC cache",
                                             ("submissions/history.csv",)),
     "latest.csv whose first line is a key": Case(_csv(f"{SECRET}\n" + GOOD_ROWS), ["submit"],
                                                  "latest.csv: header must be ID,Labels; its first line is something else (not shown)",
@@ -261,6 +261,9 @@ CASES = {
                                                         ["predict"], "models/final.pt: class_names are not", (str(CSV),)),
     "checkpoint with a script as its TTA": Case(lambda p: _checkpoint(p, "seed", tta=SCRIPT), ["predict"],
                                                 "models/final.pt: tta is not one of", (str(CSV),)),
+    "checkpoint whose weight name retitles the terminal": Case(
+        lambda p: _checkpoint(p, "seed", model_state={"\x1b]0;PWNED\x07\x1b[2K": torch.zeros(1)}),
+        ["predict"], "models/final.pt: weights do not fit model", (str(CSV),)),
     "checkpoint with a text epoch": Case(lambda p: _checkpoint(p, "seed", epoch="1"), ["predict"],
                                          "models/final.pt: epoch is not a whole number", (str(CSV),)),
     "checkpoint with a NaN accuracy": Case(lambda p: _checkpoint(p, "seed", val_accuracy=float("nan")), ["predict"],
@@ -375,6 +378,7 @@ def test_bad_input_is_one_line_exit_1_and_no_partial_output(
     assert case.expected in lines[0], lines[0]
     assert "Traceback" not in err
     assert SECRET not in err + captured.out and SCRIPT not in err + captured.out
+    assert "\x1b" not in err and "\x07" not in err  # no terminal control from a file's bytes
     for output in case.absent:
         assert not (project / output).exists(), output
     assert not _leftovers(project)

@@ -15,7 +15,8 @@ from conftest import seed_model, seed_train
 from pipeline.config.load import load_profile
 from pipeline.config.params import TrainParams
 from pipeline.data.synthetic import make_images
-from pipeline.engine import optim, schedule
+from pipeline.engine import device, optim, schedule
+from pipeline.engine.device import FLOAT32, choose_precision
 from pipeline.engine.loop import EpochStats, fit
 from pipeline.engine.models import (
     AirNet,
@@ -201,11 +202,16 @@ def test_without_ema_fit_returns_none_and_logs_no_ema_accuracy() -> None:
     assert ema is None and history[0].val_accuracy_ema is None
 
 
-def test_compile_is_on_for_cuda_only_unless_forced() -> None:
+def test_compile_is_on_for_a_triton_gpu_only_unless_forced(monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_device import machine_with
+
+    monkeypatch.setattr(device, "this_machine", lambda: machine_with("NVIDIA H100", (9, 0)))
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert not uses_compile(seed_train(compile="auto"), cpu) and uses_compile(seed_train(), cuda)
     assert uses_compile(seed_train(compile="always"), cpu)
     assert not uses_compile(seed_train(compile="never"), cuda)
+    monkeypatch.setattr(device, "this_machine", lambda: machine_with("Tesla P100", (6, 0)))
+    assert not uses_compile(seed_train(), cuda)  # below Triton's 7.0
 
 
 def _inductor_works() -> bool:
@@ -472,29 +478,49 @@ def test_fp16_loss_scaling_is_exact_and_skips_a_step_whose_gradients_overflowed(
     recipe = dataclasses.replace(
         load_profile("fast").train, device="cpu", epochs=2, batch_size=50, lr=0.15
     )
+    cpu = torch.device("cpu")
     trained = []
-    for dtype in ("bfloat16", "float16"):  # on the CPU autocast is off: only the scaler differs
+    for scaler in (None, torch.amp.GradScaler("cpu")):  # float32 steps, scaled or not
         torch.manual_seed(0)
         model = build_model(SMALL_MODELS["airnet"])
-        train_a_little(model, dataclasses.replace(recipe, autocast_dtype=dtype))
+        optimizer = make_optimizer(model, recipe)
+        for seed in range(3):
+            images, labels = synthetic_set(50, seed)
+            optim.optimizer_step(model, optimizer, images, labels, recipe, FLOAT32, None, scaler)
         trained.append(model.state_dict())
     for name, weights in trained[0].items():  # scaled by 2¹⁶ and back: bit for bit the same
         assert torch.equal(weights, trained[1][name]), name
-    assert optim.make_scaler(recipe, torch.device("cpu")) is None  # bf16 needs none
+    assert optim.make_scaler(choose_precision(cpu, True, "bfloat16"), cpu) is None
     from pipeline.errors import PipelineError
 
     with pytest.raises(PipelineError, match="float16 does nothing with train.mixed_precision"):
         dataclasses.replace(recipe, autocast_dtype="float16", mixed_precision=False)
-    fp16 = dataclasses.replace(recipe, autocast_dtype="float16")
-    scaler = optim.make_scaler(fp16, torch.device("cpu"))
+    fp16 = choose_precision(cpu, True, "float16")
+    scaler = optim.make_scaler(fp16, cpu)
     model = build_model(SMALL_MODELS["airnet"])
-    optimizer = make_optimizer(model, fp16)
+    optimizer = make_optimizer(model, recipe, fp16)
     before = {k: v.clone() for k, v in model.named_parameters()}
     images, labels = synthetic_set(20, 0)
     overflow = lambda logits, _targets: logits.float().sum() * 1e38 * 1e38  # noqa: E731 - inf
-    optim.optimizer_step(model, optimizer, images, labels, fp16, overflow, scaler)
+    optim.optimizer_step(model, optimizer, images, labels, recipe, fp16, overflow, scaler)
     assert all(torch.equal(before[k], p) for k, p in model.named_parameters())  # skipped
     assert scaler.get_scale() == 2.0**15  # the default 2¹⁶, halved
+
+
+def test_float16_on_the_cpu_runs_the_t4s_path_for_real_and_learns() -> None:
+    """autocast_dtype: float16 on the CPU autocasts (the forward's convolutions run in float16)
+    and scales the loss, as on a T4; the loss still falls."""
+    recipe = dataclasses.replace(
+        load_profile("fast").train, device="cpu", epochs=3, batch_size=50, lr=0.15,
+        autocast_dtype="float16", optimizer="muon", muon_lr=0.05, muon_momentum=0.6,
+    )  # fmt: skip
+    model = build_model(SMALL_MODELS["airnet"])
+    seen = []
+    model.classifier.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0].dtype))
+    history, _ = train_a_little(model, recipe)
+    assert torch.float16 in seen  # the training forward ran in half precision
+    assert history[-1].train_loss < history[0].train_loss
+    assert all(math.isfinite(stats.val_loss) for stats in history)
 
 
 def test_uint8_images_on_the_device_train_exactly_as_normalised_float_images() -> None:

@@ -30,6 +30,7 @@ from pipeline.data.prepared import load_split
 from pipeline.data.synthetic import write_synthetic_raw
 from pipeline.engine import adapt
 from pipeline.engine.augment import augment_state, policy_augment
+from pipeline.engine.device import FLOAT32
 from pipeline.engine.loop import DistillTargets, distillation_batch, distillation_loss
 from pipeline.errors import PipelineError
 from pipeline.records.checkpoint import Checkpoint, Member, load_checkpoint, save_checkpoint
@@ -319,10 +320,10 @@ def test_an_ensemble_teacher_labels_with_every_member(project: Path, trained: Pa
     ensemble.save(project / "models/best.pt")
     images = load_split(Path("data/prepared"), "custom_test")["images"]
     both = distill_round.teacher_labels(project / "models/best.pt", images, DistillParams(),
-                                  AdaptParams(), SELECT, torch.device("cpu"))  # fmt: skip
+                                  AdaptParams(), SELECT, torch.device("cpu"), FLOAT32)  # fmt: skip
     single.save(project / "models/solo.pt")
     alone = distill_round.teacher_labels(project / "models/solo.pt", images, DistillParams(),
-                                   AdaptParams(), SELECT, torch.device("cpu"))  # fmt: skip
+                                   AdaptParams(), SELECT, torch.device("cpu"), FLOAT32)  # fmt: skip
     assert not np.allclose(both.probabilities, alone.probabilities)
     ensemble.save(project / "models/best.pt")
     report = distill_run(DistillParams(rounds=1), AdaptParams())

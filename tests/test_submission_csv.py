@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -89,22 +90,51 @@ def test_submit_reads_a_regular_file_once(tmp_path: Path) -> None:
     assert read_submission(path) == b"ID,Labels\n0,1\n"
 
 
+def _cache_object(cache: Path, content: bytes) -> Path:
+    digest = hashlib.md5(content).hexdigest()
+    path = cache / "files/md5" / digest[:2] / digest[2:]
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    return path
+
+
 def test_a_link_out_of_the_dvc_cache_is_refused_one_into_it_is_read(tmp_path: Path) -> None:
-    secret = tmp_path / "kaggle.json"
+    secret = tmp_path / "home/.kaggle/kaggle.json"
+    secret.parent.mkdir(parents=True)
     secret.write_text(f'{{"key": "{SECRET}"}}')
     cache = tmp_path / "project/.dvc/cache"
-    cached = cache / "files/md5/ab/cdef"
-    cached.parent.mkdir(parents=True)
-    cached.write_text("ID,Labels\n0,1\n")
+    cached = _cache_object(cache, b"ID,Labels\n0,1\n")
     outside, inside = tmp_path / "outside.csv", tmp_path / "inside.csv"
     outside.symlink_to(secret)
     inside.symlink_to(cached)  # what DVC's `cache.type: symlink` makes of an output
-    with pytest.raises(PipelineError, match="a symbolic link to a file outside") as refused:
+    refused_link = "a symbolic link to a file that is not an object of this project's DVC cache"
+    with pytest.raises(PipelineError, match=refused_link) as refused:
         read_submission(outside, cache)
     assert SECRET not in str(refused.value)
-    with pytest.raises(PipelineError, match="a symbolic link to a file outside"):
+    with pytest.raises(PipelineError, match=refused_link):
         read_submission(inside)  # no cache known: no link is trusted
     assert read_submission(inside, cache) == b"ID,Labels\n0,1\n"
+    # `dvc cache dir` set to the home folder (a config anyone can edit) trusts nothing more
+    with pytest.raises(PipelineError, match=refused_link):
+        read_submission(outside, tmp_path / "home")
+    # nor does a file put under a cache object's name whose content is not that name's md5
+    forged = cache / "files/md5/00" / ("0" * 30)
+    forged.parent.mkdir()
+    forged.write_text(secret.read_text())
+    outside.unlink()
+    outside.symlink_to(forged)
+    with pytest.raises(PipelineError, match="does not match its name") as refused:
+        read_submission(outside, cache)
+    assert SECRET not in str(refused.value)
+
+
+@pytest.mark.parametrize("field", ["1\x1c", "\x1f2", "1\u2028"])
+def test_separator_characters_around_a_number_are_refused_not_a_traceback(
+    tmp_path: Path, field: str
+) -> None:
+    text = f"ID,Labels\n0,{field}\n1,1\n2,1\n3,1\n4,1\n"
+    with pytest.raises(PipelineError, match="line 2 must be two integers"):
+        validate_submission(_write(tmp_path, text), IDS)
 
 
 def test_a_fifo_a_folder_and_a_huge_file_are_refused_without_reading_them(tmp_path: Path) -> None:

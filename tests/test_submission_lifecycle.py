@@ -112,7 +112,10 @@ def test_with_dvcs_symlink_cache_the_linked_csv_is_sent_and_a_link_elsewhere_is_
     latest.unlink()
     latest.symlink_to(elsewhere)
     assert main(["submit", "--no-push", "--force", "-m", "elsewhere"]) == 1
-    assert "a symbolic link to a file outside this project's DVC cache" in _error_line(capsys)
+    assert (
+        "a symbolic link to a file that is not an object of this project's DVC cache"
+        in _error_line(capsys)
+    )
     assert len(fake_kaggle.submissions) == 1
 
 

@@ -22,6 +22,7 @@ from pipeline.engine.normalise import to_device_tensor
 from pipeline.engine.tta import predict_logits
 from pipeline.errors import PipelineError
 from pipeline.records.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.records.submission_csv import validate_submission
 from pipeline.stages import predict, select, train
 
 MAX_PARAMS = 5_000_000  # model.max_params
@@ -316,7 +317,13 @@ def test_predict_leaves_a_run_copy_and_a_manifest_keyed_by_run_id(
     assert manifest["model_params"] == 19_954
     assert 0 <= manifest["val_accuracy_without_tta"] <= 1 and manifest["torch"] == torch.__version__
     assert set(manifest["git"]) == {"commit", "dirty"} and "device" in manifest
-    assert manifest["training"] == {"device": "cpu", "deterministic": True}
+    assert manifest["training"] == {
+        "device": "cpu",
+        "deterministic": True,
+        "precision": "float32",
+        "compiled": False,
+    }
+    assert manifest["inference_precision"] == "float32"
     assert predict_run("flip")["run_id"] == run  # same inputs, same run
     assert predict_run("none")["run_id"] != run  # another TTA, another run
     for output in [*tmp_path.rglob("*.json"), *tmp_path.rglob("*.csv")]:
@@ -474,3 +481,29 @@ def test_the_train_stage_keeps_uint8_images_on_the_device_and_trains_the_same_we
         states.append(load_checkpoint(checkpoints / "epoch_0001.pt")["model_state"])
     for name, weights in states[0].items():
         assert torch.equal(weights, states[1][name]), name
+
+
+def test_the_fp16_path_a_t4_takes_runs_train_select_predict_on_the_cpu_to_a_valid_csv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """autocast_dtype: float16 with mixed precision: the float16 autocast and loss scaler of a
+    T4, run for real on the CPU through every stage, and recorded where a run is traced."""
+    prepare_synthetic(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    fp16 = seed_train(device="cpu", epochs=2, batch_size=32, lr=0.05, autocast_dtype="float16")
+    train.run(TINY_MODEL, fp16, Path("data/prepared"), Path("models/checkpoints"),
+              Path("metrics/train"))  # fmt: skip
+    losses = _metric_series(tmp_path, "train_loss")
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    select.run(SelectParams(device="cpu"), MAX_PARAMS, Path("data/prepared"),
+               Path("models/checkpoints"), Path("models/best.pt"), tmp_path / "no-ensemble",
+               autocast_dtype="float16")  # fmt: skip
+    predict.run(PredictParams(device="cpu"), Path("data/prepared"), Path("models/best.pt"),
+                Path("submissions/latest.csv"), autocast_dtype="float16")  # fmt: skip
+    validate_submission(
+        Path("submissions/latest.csv"), np.arange(SMALL_SYNTHETIC.custom_test_images)
+    )
+    run_id = json.loads(Path("metrics/predict.json").read_text())["run_id"]
+    manifest = json.loads(Path(f"submissions/{run_id}.json").read_text())
+    assert manifest["training"]["precision"] == "float16"
+    assert manifest["inference_precision"] == "float16"

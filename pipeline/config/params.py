@@ -270,12 +270,14 @@ class TrainParams:
     label_smoothing: float
     ema_decay: float  # timm ModelEmaV3 of the weights, updated every step; 0 disables
     lookahead: bool  # airbench's Lookahead: every 5 steps the weights move toward their average
-    mixed_precision: bool  # bf16 autocast on CUDA (BatchNorm params and stats stay fp32)
+    mixed_precision: bool  # autocast in autocast_dtype (BatchNorm params and stats stay fp32)
     # the training set on the device: float32 normalised once, or uint8 (a quarter of the
     # memory) normalised batch by batch, to the same values
     images_on_device: Literal["float32", "uint8"]
-    # mixed_precision's dtype; float16 adds a loss scaler (torch.amp.GradScaler) against underflow
-    autocast_dtype: Literal["bfloat16", "float16"]
+    # mixed_precision's dtype for every stage that runs the model; auto: bfloat16 on GPUs of
+    # compute capability 8.0 and up, float16 below (a T4, a V100), float32 on the CPU; float16
+    # adds a loss scaler (torch.amp.GradScaler) against underflow (engine/device.py)
+    autocast_dtype: Literal["auto", "bfloat16", "float16"]
     deterministic: bool  # CUDA: deterministic algorithms only (slower); CPU always is
     nproc: int  # processes (one per GPU) under torchrun; batch_size stays the global batch
     sync_batchnorm: bool  # nproc > 1 on CUDA: BatchNorm statistics over the global batch
@@ -374,7 +376,7 @@ class SelectParams:
     # higher on validation; always does it regardless; never ignores them
     ensemble: Literal["auto", "always", "never"] = "auto"
     device: DeviceName = "auto"  # where the candidates are scored
-    mixed_precision: bool = True  # bf16 autocast on CUDA
+    mixed_precision: bool = True  # autocast in train.autocast_dtype (auto: per GPU)
     # the share of images (the least confident under one view) a policy's views are given;
     # the others keep the plain view (engine/tta.py). 1: every image
     tta_fraction: float = 1.0
@@ -449,7 +451,7 @@ class PredictParams:
     tta: Literal["auto", TtaPolicy] = "auto"  # auto: select's choice; else one of TtaPolicy
     batch_size: int = 1000
     device: DeviceName = "auto"  # where the custom test set is labelled
-    mixed_precision: bool = True  # bf16 autocast on CUDA
+    mixed_precision: bool = True  # autocast in train.autocast_dtype (auto: per GPU)
     tta_fraction: float = 1.0  # as select.tta_fraction, for the custom test set
 
     def __post_init__(self) -> None:

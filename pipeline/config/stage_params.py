@@ -19,8 +19,14 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "prepare": ("prepare",),
     # a teacher that distill shrinks may be larger than model.max_params (teacher_max_params)
     "train": ("model", "train", "distill.teacher_max_params"),
-    # the budget covers the whole seed ensemble
-    "select": ("select", "model.max_params", "distill.teacher_max_params", "adapt"),
+    # the budget covers the whole seed ensemble; inference runs in training's precision
+    "select": (
+        "select",
+        "model.max_params",
+        "distill.teacher_max_params",
+        "adapt",
+        "train.autocast_dtype",
+    ),
     "distill": ("distill", "adapt", "model", "train", "select"),
     "predict": SECTIONS,  # the run manifest records every param, so predict depends on them all
 }

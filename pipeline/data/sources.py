@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, printable
 from pipeline.files import DISK_WRITE_ERRNOS, atomic_path
 from pipeline.reporting import console, download_progress
 
@@ -95,11 +95,6 @@ def _split_url(url: str) -> _SplitURL:
     return standard  # no host anywhere: `_opener_for` says it is not a valid URL
 
 
-def _printable(text: str) -> str:
-    """`text` with control characters written as escapes: a message stays one line."""
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
-
-
 def redact_url(url: str) -> str:
     """`url` fit to print: the whole user info (`user:password@`, a lone `token@`) and every
     query value (and fragment) become ***.
@@ -120,7 +115,7 @@ def redact_url(url: str) -> str:
         if piece
     )
     fragment = REDACTED if parts.fragment else ""
-    return _printable(urllib.parse.urlunsplit(parts._replace(query=query, fragment=fragment)))
+    return printable(urllib.parse.urlunsplit(parts._replace(query=query, fragment=fragment)))
 
 
 def url_has_secrets(url: str) -> bool:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.engine.device import autocast
+from pipeline.engine.device import FLOAT32, Precision
 from pipeline.engine.tta import predict_logits
 
 SINKHORN_ITERATIONS = 100  # column/row rescalings; the column sums agree to <1e-6 well before
@@ -35,7 +35,7 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 @torch.no_grad()
 def recalibrate_batchnorm(
-    model: nn.Module, images: torch.Tensor, batch_size: int, mixed_precision: bool = True
+    model: nn.Module, images: torch.Tensor, batch_size: int, precision: Precision = FLOAT32
 ) -> nn.Module:
     """A copy of `model` whose BatchNorm running statistics are those of `images` (normalised,
     on the model's device). Each layer's mean and variance are averaged over the batches with
@@ -54,7 +54,7 @@ def recalibrate_batchnorm(
     batches = math.ceil(images.shape[0] / batch_size)
     for indices in torch.tensor_split(order.to(images.device), batches):
         batch = images[indices].contiguous(memory_format=torch.channels_last)
-        with autocast(batch.device, mixed_precision):
+        with precision.autocast(batch.device):
             adapted(batch)
     for layer, momentum in zip(layers, momenta, strict=True):
         layer.momentum = momentum
@@ -104,12 +104,12 @@ def balanced_assignment(probabilities: torch.Tensor, prior: list[float]) -> np.n
 
 def adapted_logits(
     model: nn.Module, images: torch.Tensor, tta: str, batchnorm: bool, batch_size: int,
-    mixed_precision: bool = True, tta_fraction: float = 1.0,
+    precision: Precision = FLOAT32, tta_fraction: float = 1.0,
 ) -> torch.Tensor:  # fmt: skip
     """The TTA-averaged logits of a whole unlabelled set, after AdaBN on it when `batchnorm`."""
     if batchnorm:
-        model = recalibrate_batchnorm(model, images, batch_size, mixed_precision)
-    return predict_logits(model, images, tta, batch_size, mixed_precision, tta_fraction)
+        model = recalibrate_batchnorm(model, images, batch_size, precision)
+    return predict_logits(model, images, tta, batch_size, precision, tta_fraction)
 
 
 def assign_labels(logits: torch.Tensor, balance: str, prior: list[float]) -> np.ndarray:

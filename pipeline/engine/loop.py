@@ -35,6 +35,7 @@ from pipeline.engine.augment import (
     downscaled,
     mix_batch,
 )
+from pipeline.engine.device import Precision, choose_precision
 from pipeline.engine.distributed import RANK_SEED_STRIDE, World, current_world
 from pipeline.engine.optim import Lookahead, compiled, make_optimizer, make_scaler, optimizer_step
 from pipeline.engine.schedule import (
@@ -51,6 +52,9 @@ from pipeline.reporting import console
 IMAGE_SIDE = 32  # pixels: CIFAR-10's, every step after the low-resolution ones
 ETA_PROBE_BATCHES = 3  # the CPU time estimate times the first ETA_PROBE_BATCHES + 1 batches
 CPU_PROFILE_HINT_MINUTES = 60  # a longer CPU estimate also names the cpu profile
+# train.device: auto fell back to the CPU and the run would take longer than this: stop, and say
+# how to get a CPU-sized run or insist (train.device: cpu); an explicit cpu only gets the warning
+AUTO_CPU_LIMIT_MINUTES = 120
 # torch's warning when the run's first scheduler step comes before any optimizer step took effect
 SKIPPED_FIRST_STEP_WARNING = (
     r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`"
@@ -156,6 +160,7 @@ class Trainer:
     run_steps: int
     whiten_bias_steps: int  # the first steps in which an airnet's whitening bias learns
     low_res_steps: int  # the first steps on batches downscaled to train.low_res_pixels
+    precision: Precision  # engine/device.py's choice for this GPU (or the CPU)
     scaler: torch.amp.GradScaler | None  # fp16's loss scaler
     distill: DistillTargets | None = None  # a student's soft labels (distill stage)
     step: int = 0  # optimizer steps done
@@ -218,7 +223,8 @@ def build_trainer(
         nn.SyncBatchNorm.convert_sync_batchnorm(model)  # its BatchNorm children, in place
     batches_per_epoch = steps_per_epoch(image_count, params)
     run_steps = total_steps(batches_per_epoch, params)
-    optimizer = make_optimizer(model, params)
+    precision = choose_precision(device, params.mixed_precision, params.autocast_dtype)
+    optimizer = make_optimizer(model, params, precision)
     whiten_bias_steps = min(run_steps, getattr(model, "whiten_bias_epochs", 0) * batches_per_epoch)
     # 0 when low_res_pixels is; the last step always at 32 (BatchNorm's statistics with it)
     low_res_steps = min(round(params.low_res_fraction * run_steps), run_steps - 1)
@@ -252,7 +258,8 @@ def build_trainer(
     evaluated_ema = compiled(ema.module, params, device) if ema is not None else None
     return Trainer(model, params, world, optimizer, scheduler, ema, lookahead, stepped, evaluated,
                    evaluated_ema, order_generator, augment, batches_per_epoch, run_steps,
-                   whiten_bias_steps, low_res_steps, make_scaler(params, device))  # fmt: skip
+                   whiten_bias_steps, low_res_steps, precision,
+                   make_scaler(precision, device))  # fmt: skip
 
 
 def fit(
@@ -287,19 +294,19 @@ def fit(
     batch_task = (
         progress.add_task("batch", total=trainer.batches_per_epoch, status="") if progress else None
     )
-    mixed_precision = params.mixed_precision and device.type == "cuda"
     ema_model = trainer.ema.module if trainer.ema is not None else None
     for epoch in range(trainer.first_epoch, run_epochs(trainer.batches_per_epoch, params) + 1):
         stats = train_epoch(trainer, train_set, epoch, progress, batch_task)
         if not trainer.world.is_main:  # rank 0 evaluates, logs and saves; the others train on
             continue
         stats["val_accuracy"], stats["val_loss"] = evaluate(
-            trainer.evaluated, *val_set, params.eval_tta, params.eval_batch_size, mixed_precision
-        )
+            trainer.evaluated, *val_set, params.eval_tta, params.eval_batch_size,
+            trainer.precision,
+        )  # fmt: skip
         if trainer.evaluated_ema is not None:
             stats["val_accuracy_ema"], _ = evaluate(
                 trainer.evaluated_ema, *val_set, params.eval_tta, params.eval_batch_size,
-                mixed_precision,
+                trainer.precision,
             )  # fmt: skip
         on_epoch(EpochStats(epoch=epoch, **stats), ema_model)
         if save_state is not None:
@@ -334,6 +341,18 @@ def cpu_estimate_warning(minutes: float, steps: int) -> str:
             "pipeline measured in about 15 minutes on 2 cores (BENCHMARKS.md)"
         )
     return text
+
+
+def check_auto_cpu_estimate(minutes: float, steps: int, device_setting: str) -> None:
+    """Stop a CPU run that `train.device: auto` chose (no GPU found) and that would take over
+    AUTO_CPU_LIMIT_MINUTES; `train.device: cpu` is the user's own choice and trains."""
+    if device_setting == "auto" and minutes > AUTO_CPU_LIMIT_MINUTES:
+        raise PipelineError(
+            f"train: no GPU found (train.device: auto), and on this CPU the run's {steps} steps "
+            f"would take about {minutes / 60:.1f} h; `python -m pipeline profile cpu` trains the "
+            "best CPU-sized model this pipeline measured in about 15 minutes (BENCHMARKS.md), or "
+            "set train.device: cpu to train this run on the CPU anyway"
+        )
 
 
 def train_epoch(
@@ -380,8 +399,8 @@ def train_epoch(
         if trainer.whiten_bias_steps:  # detached from its last learning step on: one recompile
             trainer.model.whiten_bias_learns = trainer.step < trainer.whiten_bias_steps
         loss, logits = optimizer_step(
-            trainer.stepped, trainer.optimizer, images, targets, params, loss_function,
-            trainer.scaler,
+            trainer.stepped, trainer.optimizer, images, targets, params, trainer.precision,
+            loss_function, trainer.scaler,
         )  # fmt: skip
         step_lr = trainer.optimizer.param_groups[0]["lr"]  # the lr this step used, before the next
         if trainer.scaler is not None and trainer.step == 0:
@@ -401,7 +420,13 @@ def train_epoch(
         if progress is not None:
             progress.update(batch_task, advance=1)
         if epoch == 1 and batch_index == ETA_PROBE_BATCHES and device.type == "cpu":
-            minutes = estimated_run_seconds(time.perf_counter() - epoch_started, trainer) / 60
+            estimate = torch.tensor(
+                estimated_run_seconds(time.perf_counter() - epoch_started, trainer)
+            )
+            if world.size > 1:  # the slowest rank's: every rank stops, or none does
+                dist.all_reduce(estimate, op=dist.ReduceOp.MAX)
+            minutes = estimate.item() / 60
+            check_auto_cpu_estimate(minutes, trainer.run_steps, params.device)
             console.print(cpu_estimate_warning(minutes, trainer.run_steps))
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -1,5 +1,5 @@
 """One optimizer step and what shapes it: SGD with a BatchNorm/bias lr scale, Muon for conv
-filters, Lookahead, bf16 autocast, torch.compile."""
+filters, Lookahead, autocast (engine/device.py's precision), torch.compile."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config.params import TrainParams
-from pipeline.engine.device import autocast
+from pipeline.engine.device import FLOAT32, Precision, compile_choice
 
 # Muon as airbench94_muon runs it: 3 Newton–Schulz iterations of Keller Jordan's quintic (the
 # update comes out only roughly orthogonal, singular values in about 0.5–1.5, which trains as well)
@@ -25,16 +25,19 @@ class MuonSGD(torch.optim.SGD):
 
     A filter's step: the Nesterov momentum of its gradient (momentum `muon_momentum`),
     flattened to (out, in × k × k) and orthogonalised by Newton–Schulz (timm's
-    `zeropower_via_newtonschulz`; bf16 on CUDA, float32 on the CPU, which has no fast bf16
-    here), after the filter is rescaled to norm sqrt(out). Every conv here feeds a BatchNorm, so
+    `zeropower_via_newtonschulz`, in the run's autocast dtype: `orthogonal_dtype`), after the
+    filter is rescaled to norm sqrt(out). Every conv here feeds a BatchNorm, so
     a filter's scale changes nothing but its effective step size; fixing it makes `lr` mean the
     same all run (airbench94_muon). SGD then applies the update at the group's (scheduled) lr,
     with no momentum or weight decay of its own. The momentum lives in the optimizer's state,
     so `state_dict` carries it and a resumed run continues exactly.
     """
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(
+        self, *args: object, orthogonal_dtype: torch.dtype = torch.float32, **kwargs: object
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.orthogonal_dtype = orthogonal_dtype
         if any(group.get("muon") for group in self.param_groups):  # an old timm fails here, early
             from timm.optim.muon import zeropower_via_newtonschulz  # Muon runs only import timm
 
@@ -55,22 +58,24 @@ class MuonSGD(torch.optim.SGD):
                 buffer = state["muon_momentum_buffer"].mul_(momentum).add_(filters.grad)
                 update = filters.grad.add(buffer, alpha=momentum)  # Nesterov
                 filters.mul_(filters.shape[0] ** 0.5 / filters.norm())
-                dtype = torch.bfloat16 if filters.is_cuda else torch.float32
                 orthogonal = self.orthogonalise(
                     update.reshape(len(update), -1), MUON_NS_STEPS, MUON_NS_COEFFICIENTS,
-                    dtype=dtype,
+                    dtype=self.orthogonal_dtype,
                 )  # fmt: skip
                 filters.grad.copy_(orthogonal.view_as(filters))
         return super().step(closure)
 
 
-def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.SGD:
+def make_optimizer(
+    model: nn.Module, params: TrainParams, precision: Precision = FLOAT32
+) -> torch.optim.SGD:
     """SGD over the trainable params; BatchNorm and bias params (1-d) get `bias_lr_scale`× the lr.
 
     Their weight decay coefficient is divided by the same scale, so every param still shrinks by
     lr × weight_decay per step (airbench's bias scaler: the scale speeds up learning only).
     With `train.optimizer: muon`, conv filters (4-d) take Muon steps of `muon_lr` instead
-    (`MuonSGD`); the head and the 1-d params keep the SGD above. An airnet's learning whitening
+    (`MuonSGD`, orthogonalising in `precision`'s dtype); the head and the 1-d params keep the
+    SGD above. An airnet's learning whitening
     bias is a group of its own (`whiten_bias`: the trainer gives it a schedule that ends).
     """
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -97,15 +102,17 @@ def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.SGD:
         lr=params.lr,
         momentum=params.momentum,
         nesterov=params.nesterov,
+        orthogonal_dtype=precision.matmul_dtype,
     )
 
 
 def uses_compile(params: TrainParams, device: torch.device) -> bool:
-    return params.compile == "always" or (params.compile == "auto" and device.type == "cuda")
+    return compile_choice(params.compile, device)[0]
 
 
 def compiled(model: nn.Module, params: TrainParams, device: torch.device) -> nn.Module:
-    """`torch.compile(model)` when `train.compile` asks for it (auto: CUDA only), else the model.
+    """`torch.compile(model)` when `train.compile` asks for it (auto: a GPU Triton supports,
+    engine/device.py's `compile_choice`), else the model.
 
     The compiled module shares the model's parameters; a platform where compiling is impossible
     fails here, loudly, rather than training something else.
@@ -119,10 +126,11 @@ def optimizer_step(
     images: torch.Tensor,
     targets: torch.Tensor,
     params: TrainParams,
+    precision: Precision,
     loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward (bf16 or fp16 autocast on CUDA), the loss, backward, one optimizer step.
+    """Forward (autocast in `precision`), the loss, backward, one optimizer step.
 
     `targets` are class indices or (mixup/cutmix) class probabilities; the loss is their
     label-smoothed cross-entropy unless `loss_function(logits, targets)` is given (a student's
@@ -130,7 +138,7 @@ def optimizer_step(
     gradients unscaled before the step, and a step whose gradients overflowed is skipped (the
     scale then halves). Returns (loss, logits).
     """
-    with autocast(images.device, params.mixed_precision, params.autocast_dtype):
+    with precision.autocast(images.device):
         logits = network(images)
     if loss_function is not None:
         loss = loss_function(logits, targets)
@@ -147,13 +155,10 @@ def optimizer_step(
     return loss, logits
 
 
-def make_scaler(params: TrainParams, device: torch.device) -> torch.amp.GradScaler | None:
-    """fp16 training's loss scaler (`train.autocast_dtype: float16` with mixed precision), else
-    None. On the CPU, where autocast is off, it still scales and unscales (by powers of two,
-    exactly): the tests check it there."""
-    if params.mixed_precision and params.autocast_dtype == "float16":
-        return torch.amp.GradScaler(device.type)
-    return None
+def make_scaler(precision: Precision, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16 training's loss scaler, else None. The same on the CPU as on a T4 (torch's
+    GradScaler runs on both): the tests check it there."""
+    return torch.amp.GradScaler(device.type) if precision.loss_scaling else None
 
 
 class Lookahead:

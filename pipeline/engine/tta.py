@@ -24,7 +24,7 @@ from torch import nn
 
 from pipeline.classes import NUM_CLASSES
 from pipeline.config.params import TtaPolicy
-from pipeline.engine.device import autocast
+from pipeline.engine.device import FLOAT32, Precision
 
 TTA_POLICIES: tuple[str, ...] = typing.get_args(TtaPolicy)  # cheapest first
 MULTICROP_SHIFT = 2  # pixels, each way along both diagonals
@@ -58,7 +58,7 @@ def tta_views(images: torch.Tensor, policy: str) -> list[tuple[torch.Tensor, flo
 
 
 def _views_logits(
-    model: nn.Module, images: torch.Tensor, policy: str, batch_size: int, mixed_precision: bool,
+    model: nn.Module, images: torch.Tensor, policy: str, batch_size: int, precision: Precision,
     skip_first: bool = False,
 ) -> torch.Tensor:  # fmt: skip
     """Σ weight × logits over the policy's views (the first, the image itself, left out if
@@ -67,7 +67,7 @@ def _views_logits(
     for start in range(0, images.shape[0], batch_size):
         batch = images[start : start + batch_size]
         views = tta_views(batch, policy)[1 if skip_first else 0 :]
-        with autocast(batch.device, mixed_precision):
+        with precision.autocast(batch.device):
             logits = sum(
                 (weight * model(view.contiguous(memory_format=torch.channels_last)).float()
                  for view, weight in views),
@@ -83,7 +83,7 @@ def predict_logits(
     images: torch.Tensor,
     policy: str,
     batch_size: int,
-    mixed_precision: bool = True,
+    precision: Precision = FLOAT32,
     tta_fraction: float = 1.0,
 ) -> torch.Tensor:
     """Mean logits over the policy's views for normalised (N, 3, 32, 32) images → (N, 10) float32.
@@ -93,12 +93,12 @@ def predict_logits(
     """
     model.eval()
     if policy == "none" or tta_fraction >= 1:
-        return _views_logits(model, images, policy, batch_size, mixed_precision)
-    plain = _views_logits(model, images, "none", batch_size, mixed_precision)
+        return _views_logits(model, images, policy, batch_size, precision)
+    plain = _views_logits(model, images, "none", batch_size, precision)
     unsure_count = math.ceil(tta_fraction * images.shape[0])
     unsure = plain.softmax(1).amax(1).argsort()[:unsure_count]  # least confident first
     first_weight = tta_views(images[:1], policy)[0][1]  # the plain view's weight in the policy
-    others = _views_logits(model, images[unsure], policy, batch_size, mixed_precision, True)
+    others = _views_logits(model, images[unsure], policy, batch_size, precision, True)
     logits = plain.clone()
     logits[unsure] = first_weight * plain[unsure] + others
     return logits
@@ -110,11 +110,11 @@ def evaluate(
     labels: torch.Tensor,
     policy: str,
     batch_size: int,
-    mixed_precision: bool = True,
+    precision: Precision = FLOAT32,
     tta_fraction: float = 1.0,
 ) -> tuple[float, float]:
     """(accuracy, mean cross-entropy loss) of `model` on a labelled set under a TTA policy."""
-    logits = predict_logits(model, images, policy, batch_size, mixed_precision, tta_fraction)
+    logits = predict_logits(model, images, policy, batch_size, precision, tta_fraction)
     loss = F.cross_entropy(logits, labels).item()
     accuracy = (logits.argmax(1) == labels).float().mean().item()
     return accuracy, loss

@@ -4,14 +4,13 @@ checked before it is written.
 dvc-render puts a plot's rows as they are into a <script> of `dvc_plots/index.html`, and does not
 escape `</script>` there: a field holding `</script><script>…` would run in the browser of whoever
 opens the page. So a text field here is a plain label (letters, digits, spaces, `_ . + - ( )`),
-and a number is finite; anything else stops the stage before the file changes.
+and a number is a Python number; anything else stops the stage before the file changes.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import math
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -27,10 +26,10 @@ def plain_field(value: Field, path: Path, row_number: int, column: str) -> str:
     """`value` as the text written, or `PipelineError` naming the row and column, not the value."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         problem = f"a {type(value).__name__}, not a label or a number"
-    elif isinstance(value, float) and not math.isfinite(value):
-        problem = "not a finite number"
-    elif PLAIN_LABEL.fullmatch(text := str(value)):
-        return text
+    elif isinstance(value, (int, float)):  # nan and inf too: a diverged run's loss is plotted
+        return str(value)
+    elif PLAIN_LABEL.fullmatch(value):
+        return value
     else:
         problem = "not a plain label (letters, digits, spaces, _ . + - ( ), at most 64)"
     raise PipelineError(

@@ -12,8 +12,10 @@ mistake (`latest.csv -> ~/.kaggle/kaggle.json`) must not print a key to a termin
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -27,17 +29,18 @@ HEADER = ["ID", "Labels"]
 # 10,000 rows of "9999,9" are about 70 KB; a file 200 times that is not a submission
 MAX_SUBMISSION_BYTES = 16 << 20
 MAX_DIGITS = 19  # an id fits int64; int() refuses over 4,300 digits with a traceback
+CACHE_NAME = re.compile(r"[0-9a-f]{32}")  # DVC 3's files/md5/ab/cdef… objects
 ASCII_DIGITS = frozenset("0123456789")  # str.isdigit() also takes '²' and '٣', which int() refuses
 
 
 def _whole_number(field: str, signed: bool) -> int | None:
     """`field` as an int when it is plain ASCII digits (one leading '-' if `signed`), else None."""
-    digits = field.strip()
-    if signed and digits.startswith("-"):
-        digits = digits[1:]
+    digits = field.strip(" \t")  # str.strip() would also take \x1c-\x1f and \u2028
+    negative = signed and digits.startswith("-")
+    digits = digits[1:] if negative else digits
     if not digits or len(digits) > MAX_DIGITS or not set(digits) <= ASCII_DIGITS:
         return None
-    return int(field)
+    return -int(digits) if negative else int(digits)  # what was checked, not `field` itself
 
 
 def check_submission_text(where: object, text: str, expected_ids: np.ndarray) -> list[int]:
@@ -107,11 +110,21 @@ def read_submission(path: Path, link_folder: Path | None = None) -> bytes:
     except FileNotFoundError:
         raise PipelineError(f"{path}: missing; run `dvc repro` first") from None
     opened = Path(path)
+    cache_md5 = None  # a link must point at a DVC cache object: files/md5/<2 hex>/<30 hex>
     if is_link:
         opened = Path(os.path.realpath(path))
-        if link_folder is None or not opened.is_relative_to(os.path.realpath(link_folder)):
+        inside = link_folder is not None and opened.is_relative_to(os.path.realpath(link_folder))
+        parts = opened.relative_to(os.path.realpath(link_folder)).parts if inside else ()
+        if (
+            len(parts) == 4
+            and parts[:2] == ("files", "md5")
+            and CACHE_NAME.fullmatch("".join(parts[2:]))
+        ):
+            cache_md5 = "".join(parts[2:])
+        else:
             raise PipelineError(
-                f"{path}: a symbolic link to a file outside this project's DVC cache; {rerun}"
+                f"{path}: a symbolic link to a file that is not an object of this project's DVC "
+                f"cache; {rerun}"
             )
     # O_NOFOLLOW: a link swapped in after the check is refused; O_NONBLOCK: a FIFO never blocks
     try:
@@ -128,6 +141,11 @@ def read_submission(path: Path, link_folder: Path | None = None) -> bytes:
     if len(data) > MAX_SUBMISSION_BYTES:
         raise PipelineError(
             f"{path}: over {MAX_SUBMISSION_BYTES >> 20} MiB, far larger than a submission; {rerun}"
+        )
+    # a cache object's name is its md5: so it is one, whatever `dvc cache dir` was set to
+    if cache_md5 is not None and hashlib.md5(data).hexdigest() != cache_md5:
+        raise PipelineError(
+            f"{path}: links to a DVC cache object whose content does not match its name; {rerun}"
         )
     return data
 

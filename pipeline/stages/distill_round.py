@@ -26,7 +26,7 @@ from pipeline.config.params import (
 )
 from pipeline.data.prepared import load_split
 from pipeline.engine.adapt import adapted_logits, prior_counts, sinkhorn
-from pipeline.engine.device import resolve_device
+from pipeline.engine.device import Precision, choose_precision, resolve_device
 from pipeline.engine.distributed import current_world
 from pipeline.engine.loop import DistillTargets
 from pipeline.engine.normalise import to_device_set, to_device_tensor
@@ -69,7 +69,7 @@ def student_model(distill: DistillParams, model_params: ModelParams) -> ModelPar
 
 def teacher_labels(
     teacher_path: Path, images: np.ndarray, distill: DistillParams, adapt: AdaptParams,
-    select: SelectParams, device: torch.device,
+    select: SelectParams, device: torch.device, precision: Precision,
 ) -> TeacherLabels:  # fmt: skip
     checkpoint = Checkpoint.load(teacher_path)
     model = checkpoint.model(teacher_path).to(device, memory_format=torch.channels_last)
@@ -77,7 +77,7 @@ def teacher_labels(
     normalised = to_device_tensor(images, norm["mean"], norm["std"], device)
     logits = adapted_logits(
         model, normalised, checkpoint.tta or "none", adapt.batchnorm_on, select.batch_size,
-        select.mixed_precision, select.tta_fraction,
+        precision, select.tta_fraction,
     ).float()  # fmt: skip
     confidence = logits.softmax(1).max(1).values
     probabilities = (logits / distill.temperature).softmax(1)
@@ -143,17 +143,19 @@ def shared_from_main(value: object) -> object:
 
 
 def select_student(
-    round_dir: Path, select: SelectParams, prepared_dir: Path, distillation: dict
-) -> dict:
+    round_dir: Path, select: SelectParams, prepared_dir: Path, distillation: dict,
+    autocast_dtype: str,
+) -> dict:  # fmt: skip
     """Select's scoring over the round's checkpoints → round_dir/best.pt; the winner's row."""
     device = resolve_device(select.device, "select.device")
+    precision = choose_precision(device, select.mixed_precision, autocast_dtype)
     paths = sorted((round_dir / "checkpoints").glob("epoch_*.pt"))
     norm = Checkpoint.load(paths[-1]).normalization
     val_split = load_split(prepared_dir, "val")
     eval_set = to_device_set(
         val_split["images"], val_split["labels"], norm["mean"], norm["std"], device
     )
-    best = choose_best(score_checkpoints(paths, eval_set, select, device))
+    best = choose_best(score_checkpoints(paths, eval_set, select, device, precision))
     winner = winning_checkpoint(round_dir / "checkpoints", best)
     dataclasses.replace(winner, distillation=distillation).save(round_dir / "best.pt")
     return best
@@ -161,11 +163,12 @@ def select_student(
 
 def label_round(
     round_dir: Path, key: str, teacher_path: Path, images: np.ndarray, distill: DistillParams,
-    adapt: AdaptParams, select: SelectParams,
+    adapt: AdaptParams, select: SelectParams, autocast_dtype: str,
 ) -> None:  # fmt: skip
     """Rank 0: the teacher's labels → round_dir/teacher.npz, then round.json says "labelled"."""
     device = resolve_device(select.device, "select.device")
-    labels = teacher_labels(teacher_path, images, distill, adapt, select, device)
+    precision = choose_precision(device, select.mixed_precision, autocast_dtype)
+    labels = teacher_labels(teacher_path, images, distill, adapt, select, device, precision)
     if labels.rows.size == 0:
         raise PipelineError(
             f"params: distill.confidence_threshold {distill.confidence_threshold} leaves none of "
@@ -191,7 +194,7 @@ def run_round(
         state = round_state(round_dir, key)
         if state is None:
             label_round(round_dir, key, teacher_path, custom_test["images"], distill, adapt,
-                        select)  # fmt: skip
+                        select, train.autocast_dtype)  # fmt: skip
             state = "labelled"
     key, state = shared_from_main((key, state))
     if state == "done":
@@ -238,7 +241,7 @@ def run_round(
             "custom_test_labels": "none: the teacher's predictions (unlabelled images)",
             "labelled_train_images": int(first_index),
         }  # fmt: skip
-        best = select_student(round_dir, select, prepared_dir, distillation)
+        best = select_student(round_dir, select, prepared_dir, distillation, train.autocast_dtype)
         record = {
             "key": key, "status": "done", "round": number,
             "teacher": str(teacher_path), "custom_test_images_used": int(labels.rows.size),

@@ -23,13 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.markup import escape
 from torch import nn
 
 from pipeline.classes import CIFAR10_CLASS_NAMES
 from pipeline.config.params import AdaptParams, PredictParams
 from pipeline.data.prepared import load_split
 from pipeline.engine.adapt import adapted_logits, assign_labels, prior_counts
-from pipeline.engine.device import resolve_device
+from pipeline.engine.device import Precision, choose_precision, resolve_device
 from pipeline.engine.models import count_trainable_params
 from pipeline.engine.normalise import to_device_set, to_device_tensor
 from pipeline.engine.tta import evaluate, predict_logits
@@ -53,11 +54,9 @@ from pipeline.reporting import console
 
 
 def predicted_classes(
-    model: nn.Module, images: torch.Tensor, tta: str, params: PredictParams
+    model: nn.Module, images: torch.Tensor, tta: str, params: PredictParams, precision: Precision
 ) -> np.ndarray:
-    logits = predict_logits(
-        model, images, tta, params.batch_size, params.mixed_precision, params.tta_fraction
-    )
+    logits = predict_logits(model, images, tta, params.batch_size, precision, params.tta_fraction)
     return logits.argmax(1).cpu().numpy()
 
 
@@ -71,14 +70,14 @@ def class_imbalance(counts: list[int], prior: list[float]) -> float:
 
 
 def label_custom_test(
-    model: nn.Module, images: torch.Tensor, tta: str, adapt: AdaptParams, params: PredictParams
-) -> tuple[np.ndarray, list[int]]:
+    model: nn.Module, images: torch.Tensor, tta: str, adapt: AdaptParams, params: PredictParams,
+    precision: Precision,
+) -> tuple[np.ndarray, list[int]]:  # fmt: skip
     """The custom test set's labels (after AdaBN and balancing where `adapt` asks for them) and
     the counts per class the model's own argmax gave (before balancing)."""
     logits = adapted_logits(
-        model, images, tta, adapt.batchnorm_on, params.batch_size, params.mixed_precision,
-        params.tta_fraction,
-    )  # fmt: skip
+        model, images, tta, adapt.batchnorm_on, params.batch_size, precision, params.tta_fraction
+    )
     if not torch.isfinite(logits).all():  # diverged weights: argmax would say class 0 for all
         raise PipelineError(
             "predict: the model's outputs on the custom test set are not finite (NaN or inf): "
@@ -129,30 +128,31 @@ def run(
     submission_path: Path = SUBMISSION_PATH,
     all_params: dict | None = None,  # every section of params.yaml (dvc.yaml declares them all)
     adapt: AdaptParams = LABELLED_ONLY,
+    autocast_dtype: str = "auto",  # train.autocast_dtype: inference in training's precision
 ) -> None:
     device = resolve_device(params.device, "predict.device")
+    precision = choose_precision(device, params.mixed_precision, autocast_dtype)
     checkpoint = Checkpoint.load(model_path)
     model = checkpoint.model(model_path).to(device, memory_format=torch.channels_last)
     mean, std = checkpoint.normalization["mean"], checkpoint.normalization["std"]
     tta = (checkpoint.tta or "none") if params.tta == "auto" else params.tta
+    console.print(f"predict: {device.type}, {precision.name} ({escape(precision.reason)})")
     names = CIFAR10_CLASS_NAMES  # the checkpoint's own, if it has them, are these (checked on load)
 
     val_split = load_split(prepared_dir, "val")
     val_set = to_device_set(val_split["images"], val_split["labels"], mean, std, device)
     val_actual, val_predicted = (
         val_split["labels"],
-        predicted_classes(model, val_set[0], tta, params),
+        predicted_classes(model, val_set[0], tta, params, precision),
     )
     val_accuracy = float((val_predicted == val_actual).mean())
     custom_test = load_split(prepared_dir, "custom_test")
     images = to_device_tensor(custom_test["images"], mean, std, device)
-    labels, argmax_counts = label_custom_test(model, images, tta, adapt, params)
+    labels, argmax_counts = label_custom_test(model, images, tta, adapt, params, precision)
     write_submission(submission_path, custom_test["ids"], labels)
     plain_accuracy = val_accuracy
     if tta != "none":
-        plain_accuracy = evaluate(
-            model, *val_set, "none", params.batch_size, params.mixed_precision
-        )[0]
+        plain_accuracy = evaluate(model, *val_set, "none", params.batch_size, precision)[0]
 
     predict_inputs = {"predict": dataclasses.asdict(params), "adapt": dataclasses.asdict(adapt),
                       "device": device.type, "torch": torch.__version__}  # fmt: skip
@@ -184,6 +184,7 @@ def run(
         "adapt": {"batchnorm": adapt.batchnorm_on, "balance": adapt.balance_on,
                   "prior": adapt.prior or "uniform"},
         "distillation": checkpoint.distillation,
+        "inference_precision": precision.name,
     } | ({"ensemble_members": members} if members else {})  # fmt: skip
     manifest.write_manifest(
         run_id, checkpoint, trainable, submission_path, report | details, all_params, device

@@ -35,7 +35,7 @@ from torch import nn
 from pipeline.config.params import AdaptParams, SelectParams
 from pipeline.data.prepared import load_split
 from pipeline.engine.adapt import adapted_logits, assign_labels
-from pipeline.engine.device import resolve_device
+from pipeline.engine.device import Precision, choose_precision, resolve_device
 from pipeline.engine.models import Ensemble, count_trainable_params
 from pipeline.engine.normalise import to_device_set
 from pipeline.engine.tta import TTA_POLICIES, evaluate
@@ -75,8 +75,9 @@ def on_device(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def score_checkpoints(
-    paths: list[Path], eval_set: EvalSet, params: SelectParams, device: torch.device
-) -> list[dict]:
+    paths: list[Path], eval_set: EvalSet, params: SelectParams, device: torch.device,
+    precision: Precision,
+) -> list[dict]:  # fmt: skip
     """One row per checkpoint × raw/EMA weights × TTA policy: its validation accuracy and loss."""
     candidates = []
     for path in paths:
@@ -89,7 +90,7 @@ def score_checkpoints(
             model.load_state_dict(state)
             for policy in params.tta_policies:
                 accuracy, loss = evaluate(
-                    model, *eval_set, policy, params.batch_size, params.mixed_precision,
+                    model, *eval_set, policy, params.batch_size, precision,
                     params.tta_fraction,
                 )  # fmt: skip
                 candidates.append({
@@ -113,8 +114,9 @@ def winning_checkpoint(checkpoint_dir: Path, best: dict) -> Checkpoint:
 
 
 def score_ensemble(
-    run_model: nn.Module, members: list[MemberFile], eval_set: EvalSet, params: SelectParams
-) -> dict:
+    run_model: nn.Module, members: list[MemberFile], eval_set: EvalSet, params: SelectParams,
+    precision: Precision,
+) -> dict:  # fmt: skip
     """The ensemble (this run's winner + members) and each member, under every TTA policy.
 
     Returns the best policy's scores: the ensemble's accuracy and loss, and each member's
@@ -125,7 +127,7 @@ def score_ensemble(
     scored = []
     for policy in params.tta_policies:
         accuracy, loss = evaluate(
-            Ensemble(models), *eval_set, policy, params.batch_size, params.mixed_precision,
+            Ensemble(models), *eval_set, policy, params.batch_size, precision,
             params.tta_fraction,
         )  # fmt: skip
         member_accuracies = [
@@ -134,7 +136,7 @@ def score_ensemble(
                 *eval_set,
                 policy,
                 params.batch_size,
-                params.mixed_precision,
+                precision,
                 params.tta_fraction,
             )[0]  # fmt: skip
             for model in models
@@ -177,7 +179,7 @@ def ensemble_report(
 
 def adaptation_report(
     model: nn.Module, eval_set: EvalSet, tta: str, adapt: AdaptParams, params: SelectParams,
-    accuracy_without: float,
+    precision: Precision, accuracy_without: float,
 ) -> dict | None:  # fmt: skip
     """The winner's validation accuracy when the validation images are labelled the way predict
     labels the custom test set (AdaBN on them, then balanced assignment), against without."""
@@ -185,7 +187,7 @@ def adaptation_report(
         return None
     images, labels = eval_set
     logits = adapted_logits(
-        model, images, tta, adapt.batchnorm_on, params.batch_size, params.mixed_precision,
+        model, images, tta, adapt.batchnorm_on, params.batch_size, precision,
         params.tta_fraction,
     )  # fmt: skip
     truth = labels.cpu().numpy()
@@ -215,6 +217,7 @@ def run(
     best_path: Path = BEST_PATH,
     ensemble_dir: Path = ENSEMBLE_DIR,
     adapt: AdaptParams | None = None,  # reported: the winner under predict's adaptation
+    autocast_dtype: str = "auto",  # train.autocast_dtype: inference in training's precision
 ) -> None:
     paths = sorted(checkpoint_dir.glob("epoch_*.pt"))
     if not paths:
@@ -226,13 +229,15 @@ def run(
     if members:  # before any inference
         check_members(last_checkpoint, paths[-1], members, max_params)
     device = resolve_device(params.device, "select.device")
+    precision = choose_precision(device, params.mixed_precision, autocast_dtype)
+    console.print(f"select: {device.type}, {precision.name} ({escape(precision.reason)})")
     val_split = load_split(prepared_dir, "val")
     norm = last_checkpoint.normalization  # the training statistics, as every checkpoint holds
     eval_set = to_device_set(
         val_split["images"], val_split["labels"], norm["mean"], norm["std"], device
     )
 
-    candidates = score_checkpoints(paths, eval_set, params, device)
+    candidates = score_checkpoints(paths, eval_set, params, device, precision)
     best = choose_best(candidates)
     baseline_tta = params.tta_policies[0] if "none" not in params.tta_policies else "none"
     last = max(
@@ -247,7 +252,7 @@ def run(
         for member in members:
             on_device(member.model, device)
         run_model = on_device(winner.model(best_path), device)
-        ensemble = score_ensemble(run_model, members, eval_set, params)
+        ensemble = score_ensemble(run_model, members, eval_set, params, precision)
         report = ensemble_report(best, members, ensemble, params, max_params)
         if report["used"]:
             winner = dataclasses.replace(
@@ -259,10 +264,16 @@ def run(
     if adapt is not None:
         adapted_model = on_device(winner.model(best_path), device)
         adaptation = adaptation_report(
-            adapted_model, eval_set, winner.tta, adapt, params, selected["val_accuracy"]
+            adapted_model,
+            eval_set,
+            winner.tta,
+            adapt,
+            params,
+            precision,
+            selected["val_accuracy"],
         )
+    write_candidates(candidates)  # first: a refused plot leaves best.pt as it was
     winner.save(best_path)
-    write_candidates(candidates)
     write_json_atomic(
         SELECT_METRICS_PATH,
         {
@@ -290,7 +301,7 @@ def report_choice(
     max_params: int, best_path: Path,
 ) -> None:  # fmt: skip
     console.print(
-        f"select: best single model is {best['checkpoint']} {best['weights']} weights, TTA "
+        f"select: best single model is {escape(best['checkpoint'])} {best['weights']} weights, TTA "
         f"{best['tta']} (val accuracy {best['val_accuracy']:.4f}, "
         f"{best['val_accuracy'] - last['val_accuracy']:+.4f} over the last epoch's raw weights "
         f"with TTA {baseline_tta})"

@@ -3,7 +3,8 @@
 The whole training set lives on the training device as one normalised tensor; each batch is
 augmented there (engine/augment.py). The loop itself is engine/loop.py's `fit`: Nesterov SGD with
 its own lr scale for BatchNorm/bias params, a per-step lr schedule, optional EMA of the weights
-(timm's ModelEmaV3), bf16 autocast and `torch.compile` on CUDA. This stage puts the data on the
+(timm's ModelEmaV3), autocast and `torch.compile` as engine/device.py decides for the GPU (or
+CPU) at hand, said in one line at the start and kept in each checkpoint. This stage puts the data on the
 device, and after each epoch logs the metrics through dvclive to metrics/train/; every
 `train.checkpoint_every` epochs (and at the last) it writes a checkpoint with the raw and EMA
 weights and the epoch's validation accuracy, and keeps the resume state (records/resume.py), so
@@ -27,6 +28,7 @@ from typing import NoReturn
 import numpy as np
 import torch
 import torch.distributed as dist
+from rich.markup import escape
 from rich.progress import Progress
 from torch import nn
 
@@ -34,7 +36,7 @@ from pipeline.config.load import DEFAULT_PARAMS_PATH
 from pipeline.config.params import ModelParams, TrainParams
 from pipeline.data.prepared import load_dataset_info, load_split
 from pipeline.engine import distributed
-from pipeline.engine.device import resolve_device
+from pipeline.engine.device import Precision, choose_precision, compile_choice, resolve_device
 from pipeline.engine.distributed import RANK_SEED_STRIDE, current_world
 from pipeline.engine.loop import DistillTargets, EpochStats, StateMismatch, fit
 from pipeline.engine.models import build_model, count_trainable_params, model_config
@@ -47,10 +49,10 @@ from pipeline.engine.schedule import (
     total_steps,
 )
 from pipeline.errors import PipelineError
-from pipeline.files import write_text_atomic
 from pipeline.paths import CHECKPOINT_DIR, PREPARED_DIR, TRAIN_LIVE_DIR
 from pipeline.records import resume
 from pipeline.records.checkpoint import Checkpoint
+from pipeline.records.plot_csv import write_plot_csv
 from pipeline.reporting import console, training_progress
 
 WHITENING_IMAGES = 2000  # training images whose 2×2 patches set airnet's whitening filters
@@ -71,6 +73,8 @@ class TrainingSetup:
     info: dict  # dataset.json: class names, mean, std
     train_set: tuple[torch.Tensor, torch.Tensor]  # normalised images, labels on `device`
     val_set: tuple[torch.Tensor, torch.Tensor]
+    precision: Precision  # engine/device.py's choice (the trainer makes the same one)
+    compiled: tuple[bool, str]  # (torch.compile?, why)
 
 
 def configure_device(params: TrainParams) -> torch.device:
@@ -103,6 +107,9 @@ def setup_training(
     """Seed, build the model (budget checked before any data is loaded) and put the data on
     `device` (configure_device's). `extra_images` (uint8 images, labels) join the training set
     after its own images: a student's custom-test images (stages/distill_round.py)."""
+    # decided first: a precision this GPU cannot run stops before any data is loaded
+    precision = choose_precision(device, params.mixed_precision, params.autocast_dtype)
+    compile_decision = compile_choice(params.compile, device)
     seed_everything(params.seed)  # before building: the initial weights follow the seed
     model = build_model(model_params)
     info = load_dataset_info(prepared_dir)
@@ -125,7 +132,7 @@ def setup_training(
     val_set = to_device_set(
         val_split["images"], val_split["labels"], info["mean"], info["std"], device
     )
-    return TrainingSetup(model, device, info, train_set, val_set)
+    return TrainingSetup(model, device, info, train_set, val_set, precision, compile_decision)
 
 
 class RunRecorder:
@@ -159,11 +166,11 @@ class RunRecorder:
         batches = steps_per_epoch(self.setup.train_set[1].shape[0], self.params)
         steps = total_steps(batches, self.params)
         stride = max(1, math.ceil(steps / LR_CURVE_POINTS))
-        rows = "".join(
-            f"{step},{step / batches:.4f},{self.params.lr * lr_factor(step, batches, self.params):.6g}\n"
-            for step in sorted({*range(0, steps, stride), steps - 1})
-        )
-        write_text_atomic(live_dir / LR_CURVE_NAME, "step,epoch,learning_rate\n" + rows)
+        write_plot_csv(
+            live_dir / LR_CURVE_NAME, ["step", "epoch", "learning_rate"],
+            [[step, f"{step / batches:.4f}", f"{self.params.lr * lr_factor(step, batches, self.params):.6g}"]
+             for step in sorted({*range(0, steps, stride), steps - 1})],
+        )  # fmt: skip
 
     def checkpoint(self, stats: EpochStats, ema_model: nn.Module | None) -> Checkpoint:
         info, device = self.setup.info, self.setup.device
@@ -175,7 +182,9 @@ class RunRecorder:
             class_names=info["class_names"], model_params=self.trainable,
             # bit-reproducible from the same inputs: CPU always, CUDA on request
             training={"device": device.type,
-                      "deterministic": device.type == "cpu" or self.params.deterministic},
+                      "deterministic": device.type == "cpu" or self.params.deterministic,
+                      "precision": self.setup.precision.name,
+                      "compiled": self.setup.compiled[0]},
             ema_state=ema_model.state_dict() if ema_model is not None else None,
             val_accuracy_ema=stats.val_accuracy_ema,
         )  # fmt: skip
@@ -256,6 +265,10 @@ def train_model(
         console.print(
             f"train: {model_params.name} ({recorder.trainable:,} trainable params) on "
             f"{setup.device}, {setup.train_set[1].shape[0]} images, {recorder.last_epoch} epochs"
+        )
+        console.print(
+            f"train: {setup.precision.name} ({escape(setup.precision.reason)}); "
+            f"{escape(setup.compiled[1])}"
         )
         if resume_state is not None:
             console.print(
