@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import torch
 from conftest import seed_train
@@ -12,6 +14,7 @@ from pipeline.engine.augment import (
     augment_batch,
     augment_state,
     cutout,
+    host_generator_for,
     mix_batch,
     random_crop,
     random_flip,
@@ -83,9 +86,8 @@ def test_mixup_and_cutmix_mix_images_and_targets_in_the_same_proportion() -> Non
         torch.cat([torch.zeros(8), torch.ones(8)]).long(), 10
     ).float()
     for mixup, cutmix in ((1.0, 0.0), (0.0, 1.0)):
-        mixed, mixed_targets = mix_batch(
-            images, targets, mixup, cutmix, torch.Generator().manual_seed(6)
-        )
+        generator = torch.Generator().manual_seed(6)  # on the CPU, one serves both
+        mixed, mixed_targets = mix_batch(images, targets, mixup, cutmix, generator, generator)
         assert torch.allclose(mixed_targets.sum(1), torch.ones(16))
         # the share of "ones" pixels equals the target weight of class 1
         assert torch.allclose(mixed.mean((1, 2, 3)), mixed_targets[:, 1], atol=1e-5)
@@ -227,3 +229,14 @@ def test_tta_fraction_must_be_a_share_of_the_images() -> None:
         with pytest.raises(PipelineError, match=rf"{section}.tta_fraction must be in \(0, 1\]"):
             params_from_dict({section: {"tta_fraction": 0}})
     assert params_from_dict({"predict": {"tta_fraction": 0.25}}).predict.tta_fraction == 0.25
+
+
+def test_augmentation_draws_no_number_back_from_the_gpu() -> None:
+    """The scalar seeds (mixup's Beta, the policy's draw) come from a CPU generator: on a GPU a
+    device generator's number read with int() would sync every step. On the CPU it is the same
+    generator, so CPU runs draw exactly as before."""
+    cpu_state = augment_state(16, [0.5] * 3, [0.25] * 3, 3, torch.device("cpu"))
+    assert cpu_state.host_generator is cpu_state.generator
+    on_a_gpu = SimpleNamespace(device=torch.device("cuda"))  # what a CUDA generator reports
+    host = host_generator_for(on_a_gpu, 9)
+    assert host.device.type == "cpu" and host.initial_seed() == 9

@@ -231,3 +231,33 @@ def test_the_train_stage_refuses_bfloat16_on_a_t4_before_loading_data(
     params = seed_train(autocast_dtype="bfloat16")
     with pytest.raises(PipelineError, match="Tesla T4 .* has no native support"):
         train.setup_training(None, params, tmp_path / "no-data", CUDA)
+
+
+def test_the_deterministic_flags_are_set_both_ways_on_a_gpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A deterministic run, then a normal one in the same process (distill's rounds, a notebook):
+    the second gets cuDNN autotuning back, not the first run's slow kernels."""
+    from pipeline.stages import train
+
+    monkeypatch.setattr(train, "resolve_device", lambda *_args, **_kwargs: CUDA)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+              torch.backends.cudnn.benchmark)  # fmt: skip
+    try:
+        assert train.configure_device(seed_train(deterministic=True)) == CUDA
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        train.configure_device(seed_train(deterministic=False))
+        assert not torch.are_deterministic_algorithms_enabled()
+        assert not torch.backends.cudnn.deterministic and torch.backends.cudnn.benchmark
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1:]
+
+
+def test_the_collective_timeout_is_minutes_and_bounded() -> None:
+    assert seed_train().collective_timeout_minutes == 15.0
+    with pytest.raises(PipelineError, match="train.collective_timeout_minutes"):
+        seed_train(collective_timeout_minutes=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from conftest import seed_model
@@ -44,3 +46,27 @@ def test_unknown_model_name_lists_the_known_ones() -> None:
         PipelineError, match=r"model.name must be one of \['airnet', 'resnet_wide', 'seed_resnet'\]"
     ):
         build_model(seed_model(name="resnet9000"))
+
+
+def _modules_torch_refuses_when_deterministic() -> set[type]:
+    """The torch.nn classes that `torch.use_deterministic_algorithms(True)` makes throw (their
+    CUDA backward has no deterministic kernel), read from torch's own documentation of it."""
+    doc = torch.use_deterministic_algorithms.__doc__ or ""
+    section = doc[doc.index("operations will throw a") :]
+    section = section[: section.index("In addition, several operations")]  # the next paragraph
+    names = re.findall(r":class:`torch\.nn\.(\w+)`", section)
+    return {getattr(torch.nn, name) for name in names if hasattr(torch.nn, name)}
+
+
+@pytest.mark.parametrize("profile", ["default", "fast", "seed", "cpu", "resnet_wide"])
+def test_no_model_uses_a_module_that_train_deterministic_would_refuse(profile: str) -> None:
+    from pipeline.config.load import load_profile
+
+    refused = _modules_torch_refuses_when_deterministic()
+    assert torch.nn.AdaptiveAvgPool2d in refused and len(refused) >= 5  # the list was read
+    if profile == "resnet_wide":
+        model = build_model(seed_model(name="resnet_wide", widths=[16, 32, 64], blocks=[1, 1, 1]))
+    else:
+        model = build_model(load_profile(profile).model)
+    used = {type(module) for module in model.modules()}
+    assert not [kind.__name__ for kind in used if issubclass(kind, tuple(refused))]

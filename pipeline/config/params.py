@@ -281,7 +281,7 @@ class TrainParams:
     deterministic: bool  # CUDA: deterministic algorithms only (slower); CPU always is
     nproc: int  # processes (one per GPU) under torchrun; batch_size stays the global batch
     sync_batchnorm: bool  # nproc > 1 on CUDA: BatchNorm statistics over the global batch
-    compile: Literal["auto", "always", "never"]  # torch.compile; auto: CUDA only
+    compile: Literal["auto", "always", "never"]  # torch.compile; auto: GPUs Triton supports (7.0+)
     checkpoint_every: int  # epochs between checkpoints; the last epoch is always saved
     eval_batch_size: int
     eval_tta: Literal["none", "flip", "flip_translate"]  # views for the per-epoch val accuracy
@@ -292,9 +292,13 @@ class TrainParams:
     lr_end_factor: float | None = None  # onecycle: lr factor at the last step
     muon_lr: float | None = None  # muon: peak step of a conv filter (of norm sqrt(out channels))
     muon_momentum: float | None = None  # muon: the filters' own Nesterov momentum
+    # nproc > 1: how long a rank waits in a collective (gradients, the state broadcast) before
+    # the run stops: one hung or dead rank then holds the others this long, not torch's hour
+    collective_timeout_minutes: float = 15.0
 
     def __post_init__(self) -> None:
         _require_seed(self.seed, "train.seed")
+        _require_range(self.collective_timeout_minutes, "train.collective_timeout_minutes", 1, 1440)
         _require_range(self.epochs, "train.epochs", 1, MAX_EPOCHS)
         _require_range(self.max_steps, "train.max_steps", 0, MAX_STEPS)
         _require_range(self.batch_size, "train.batch_size", 1, MAX_BATCH_SIZE)

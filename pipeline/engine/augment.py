@@ -83,14 +83,16 @@ def mix_batch(
     mixup_alpha: float,
     cutmix_alpha: float,
     generator: torch.Generator,
+    host_generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixup or cutmix (half the batches each when both are on) with a shuffled copy of the batch.
 
     `targets` are (N, classes) probabilities; the mixed targets weigh each pair by its share of
     the pixels (cutmix) or by the mixing weight (mixup). One Beta draw per batch, as in the papers.
+    `generator` (on the images' device) shuffles; `host_generator` (CPU) seeds the scalar draws.
     """
     device = images.device
-    seed = int(torch.randint(0, 2**62, (1,), device=device, generator=generator))
+    seed = host_seed(host_generator)
     rng = np.random.default_rng(seed)  # the scalar draws (Beta has no torch generator argument)
     use_cutmix = cutmix_alpha > 0 and (mixup_alpha == 0 or rng.random() < 0.5)
     alpha = cutmix_alpha if use_cutmix else mixup_alpha
@@ -131,16 +133,22 @@ def policy_transform(policy: str):
     raise ValueError(f"unknown augment policy {policy!r}")
 
 
+def host_seed(host_generator: torch.Generator) -> int:
+    """A seed for draws made on the CPU, from a CPU generator: a GPU generator's number would
+    have to come back to the host, a sync in every step."""
+    return int(torch.randint(0, 2**62, (1,), generator=host_generator))
+
+
 def policy_augment(
     images: torch.Tensor, policy: str, mean: torch.Tensor, std: torch.Tensor,
-    generator: torch.Generator,
+    host_generator: torch.Generator,
 ) -> torch.Tensor:  # fmt: skip
     """An augmentation policy on normalised images: back to uint8, one random draw of the
     policy per group of POLICY_GROUP images, normalised again."""
     pixels = (images * std + mean).clamp(0, 255).round().to(torch.uint8)
     augment = policy_transform(policy)
     groups = []
-    seed = int(torch.randint(0, 2**62, (1,), device=images.device, generator=generator))
+    seed = host_seed(host_generator)
     with torch.random.fork_rng(devices=[]):  # torchvision draws from the global CPU generator
         torch.default_generator.manual_seed(seed)
         for start in range(0, pixels.shape[0], POLICY_GROUP):
@@ -156,6 +164,14 @@ class AugmentState:
     pixel_mean: torch.Tensor  # (1, 3, 1, 1) in 0..255 units: to undo normalisation
     pixel_std: torch.Tensor
     generator: torch.Generator  # on the data's device
+    # the CPU's, for seeds of scalar draws (no device→host sync); the same object on the CPU
+    host_generator: torch.Generator
+
+
+def host_generator_for(generator: torch.Generator, seed: int) -> torch.Generator:
+    """`generator` itself on the CPU (CPU runs draw exactly as they always did); for a GPU's, a
+    CPU generator of its own seed."""
+    return generator if generator.device.type == "cpu" else torch.Generator().manual_seed(seed)
 
 
 def augment_state(
@@ -169,12 +185,14 @@ def augment_state(
     first_epoch_flip = torch.rand(image_count, device=device, generator=generator) < 0.5
     if draw_seed is not None:
         generator.manual_seed(draw_seed)
+    host_generator = host_generator_for(generator, seed if draw_seed is None else draw_seed)
     pixel_mean, pixel_std = pixel_statistics(mean, std, device)
     return AugmentState(
         first_epoch_flip=first_epoch_flip,
         pixel_mean=pixel_mean,
         pixel_std=pixel_std,
         generator=generator,
+        host_generator=host_generator,
     )
 
 
@@ -192,7 +210,7 @@ def augment_batch(
         images = normalised(images, state.pixel_mean, state.pixel_std)
     if params.augment_policy != "none":
         images = policy_augment(
-            images, params.augment_policy, state.pixel_mean, state.pixel_std, state.generator
+            images, params.augment_policy, state.pixel_mean, state.pixel_std, state.host_generator
         )
     images = random_crop(images, params.crop_padding, params.pad_mode, state.generator)
     if params.flip == "random":

@@ -89,8 +89,9 @@ def die_with_torchrun() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def init(world: World, device_kind: str) -> torch.device:
-    """Join the process group (NCCL on CUDA, gloo on CPU); return this rank's device."""
+def init(world: World, device_kind: str, timeout_minutes: float) -> torch.device:
+    """Join the process group (NCCL on CUDA, gloo on CPU); return this rank's device. A
+    collective that waits `timeout_minutes` (train.collective_timeout_minutes) fails the run."""
     if world.size == 1:
         raise ValueError("init is for multi-process runs")
     if device_kind == "cuda":
@@ -98,8 +99,9 @@ def init(world: World, device_kind: str) -> torch.device:
         device = torch.device("cuda", world.local_rank)
     else:
         device = torch.device("cpu")
-    if not dist.is_initialized():  # the others wait while rank 0 evaluates and saves: be patient
+    if not dist.is_initialized():  # the others wait while rank 0 evaluates and saves
         dist.init_process_group(
-            "nccl" if device_kind == "cuda" else "gloo", timeout=datetime.timedelta(hours=1)
+            "nccl" if device_kind == "cuda" else "gloo",
+            timeout=datetime.timedelta(minutes=timeout_minutes),
         )
     return device

@@ -126,7 +126,8 @@ def random_states() -> dict[str, Any]:
         "python": random.getstate(),
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # the run's own GPU only: a resume with fewer (or other) GPUs visible still fits
+        "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_initialized() else [],
     }
 
 
@@ -137,7 +138,7 @@ def restore_random_states(states: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        torch.cuda.set_rng_state(states["cuda"][0])  # the current device's: the run's GPU
 
 
 @dataclass
@@ -176,6 +177,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "order_generator": self.order_generator.get_state(),
             "augment_generator": self.augment.generator.get_state(),
+            "host_generator": self.augment.host_generator.get_state(),
             "random": random_states(), "step": self.step, "epoch": epoch,
         }  # fmt: skip
 
@@ -194,11 +196,13 @@ class Trainer:
                 self.scaler.load_state_dict(state["scaler"])
             self.order_generator.set_state(state["order_generator"])
             self.augment.generator.set_state(state["augment_generator"])
+            self.augment.host_generator.set_state(state["host_generator"])
             restore_random_states(state["random"])
             self.step, self.first_epoch = state["step"], state["epoch"] + 1
             if self.world.rank > 0:  # the state holds rank 0's streams: other ranks draw their own
                 rank_seed = self.params.seed + self.world.rank * RANK_SEED_STRIDE + self.first_epoch
                 self.augment.generator.manual_seed(rank_seed)
+                self.augment.host_generator.manual_seed(rank_seed)
                 torch.manual_seed(rank_seed)  # dropout
         except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as error:
             raise StateMismatch(f"{type(error).__name__}: {error}") from None
@@ -390,7 +394,12 @@ def train_epoch(
             targets = F.one_hot(labels, NUM_CLASSES).float() if mixing else labels
         if mixing:  # never with distill: params refuse mixup and cutmix for a student
             images, targets = mix_batch(
-                images, targets, params.mixup_alpha, params.cutmix_alpha, trainer.augment.generator
+                images,
+                targets,
+                params.mixup_alpha,
+                params.cutmix_alpha,
+                trainer.augment.generator,
+                trainer.augment.host_generator,
             )
         if trainer.distill is not None:
             loss_function = functools.partial(

@@ -73,11 +73,20 @@ class SeedResNet(nn.Module):
                 layers.append(BasicBlock(in_channels, out_channels, stride, dropout))
                 in_channels = out_channels
         self.stages = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalMeanPool()
         self.classifier = nn.Linear(in_channels, NUM_CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
+
+
+class GlobalMeanPool(nn.Module):
+    """(N, C, H, W) → (N, C, 1, 1), the mean over the map. Not AdaptiveAvgPool2d: its CUDA
+    backward has no deterministic kernel, so `train.deterministic` would refuse it; a mean's
+    backward spreads the gradient evenly and is deterministic."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3), keepdim=True)
 
 
 class AirBatchNorm(nn.BatchNorm2d):
@@ -242,7 +251,7 @@ class WideResNet(nn.Module):
                 in_channels = width
         self.stages = nn.Sequential(*layers)
         self.head = nn.Sequential(
-            nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1)
+            nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True), GlobalMeanPool()
         )
         self.classifier = nn.Linear(in_channels, NUM_CLASSES)
 

@@ -82,19 +82,21 @@ def configure_device(params: TrainParams) -> torch.device:
     device = resolve_device(params.device)
     world = current_world()
     if world.size > 1:  # torchrun's worker: join the others, on this rank's own GPU
-        device = distributed.init(world, device.type)
-    if device.type == "cuda" and params.deterministic:
-        # cuBLAS needs a fixed workspace to be deterministic; set before its first use
-        if os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in (":4096:8", ":16:8"):
+        device = distributed.init(world, device.type, params.collective_timeout_minutes)
+    if device.type == "cuda":  # set both ways: an earlier run in this process may have set them
+        if params.deterministic and os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in (
+            ":4096:8",
+            ":16:8",
+        ):  # cuBLAS needs a fixed workspace to be deterministic; set before its first use
             os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
-        torch.use_deterministic_algorithms(True)  # an op with no deterministic kernel raises
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-        console.print(
-            "train: deterministic CUDA kernels (train.deterministic): bit-reproducible, slower "
-            "(no cuDNN autotuning, no non-deterministic fast paths)"
-        )
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.use_deterministic_algorithms(params.deterministic)  # no such kernel: it raises
+        torch.backends.cudnn.deterministic = params.deterministic
+        torch.backends.cudnn.benchmark = not params.deterministic  # autotuning picks by timing
+        if params.deterministic:
+            console.print(
+                "train: deterministic CUDA kernels (train.deterministic): bit-reproducible, "
+                "slower (no cuDNN autotuning, no non-deterministic fast paths)"
+            )
     else:  # x86 CPUs handle subnormal floats in microcode, many times slower; they round to 0
         torch.set_flush_denormal(True)
     return device
