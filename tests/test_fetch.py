@@ -284,6 +284,31 @@ def test_auto_does_not_take_leftover_synthetic_data_for_real_data(tmp_path: Path
         fetch.run(DataParams(source="auto"), raw_dir)
 
 
+def test_in_a_kaggle_notebook_auto_takes_the_mounted_competition_files_without_credentials(
+    tmp_path: Path, competition_zip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Kaggle notebook mounts the competition's zip, unpacked, at /kaggle/input/<slug>/:
+    `auto` finds it there (the zip's own nesting, cifar-10-python/cifar-10-batches-py/) before
+    asking for credentials a notebook does not have."""
+    for variable in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-kaggle"))
+    kaggle_input = tmp_path / "kaggle/input"
+    (kaggle_input / "some-other-dataset").mkdir(parents=True)
+    with zipfile.ZipFile(competition_zip) as bundle:
+        bundle.extractall(kaggle_input / DataParams().competition)
+    monkeypatch.setattr(fetch, "KAGGLE_INPUT", kaggle_input)
+    fetch.run(DataParams(source="auto"), _raw(tmp_path))
+    _assert_complete(_raw(tmp_path))
+    # attached under another name (a dataset copy of the files): found too
+    (kaggle_input / DataParams().competition).rename(kaggle_input / "my-copy")
+    assert (
+        fetch.kaggle_notebook_data(DataParams().competition, kaggle_input)
+        == kaggle_input / "my-copy"
+    )
+    assert fetch.kaggle_notebook_data(DataParams().competition, tmp_path / "nowhere") is None
+
+
 def test_auto_without_data_or_credentials_explains_every_way(tmp_path: Path) -> None:
     with pytest.raises(PipelineError) as error:
         fetch.run(DataParams(source="auto"), _raw(tmp_path))

@@ -10,6 +10,7 @@ names a user might give their own folders (`.raw.old`, `.fetch-cache`) are never
 
 from __future__ import annotations
 
+import dataclasses
 import filecmp
 import os
 import shutil
@@ -52,6 +53,7 @@ CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # the official cifar-10-python
 CIFAR_URL_VARIABLE = "PIPELINE_CIFAR_URL"  # replaces data.cifar_url: a secret URL stays untracked
 SCRATCH_PREFIX = ".fetch-pipeline-"  # fetch's scratch beside data/raw, removed after a kill too
 OFFICIAL_IMAGES_PER_BATCH = 10_000
+KAGGLE_INPUT = Path("/kaggle/input")  # where a Kaggle notebook mounts a competition's files
 OFFLINE_ALTERNATIVES = (
     "offline: set data.source to 'local' with data.path pointing to the competition's .zip, a "
     "CIFAR-10 .tar.gz or a folder, or to 'synthetic' for the demo"
@@ -225,10 +227,25 @@ def raw_files_present(raw_dir: Path) -> bool:
     )
 
 
-def _chosen_source(params: DataParams, raw_dir: Path) -> str | None:
-    """The source to fetch from; None when `auto` finds official files already in `raw_dir`."""
+def kaggle_notebook_data(competition: str, input_dir: Path | None = None) -> Path | None:
+    """The folder a Kaggle notebook mounted the competition's files in (`/kaggle/input/<slug>`,
+    or any input folder holding the batches and the custom test pickle), or None elsewhere."""
+    input_dir = KAGGLE_INPUT if input_dir is None else input_dir
+    if not input_dir.is_dir():
+        return None
+    named = [input_dir / competition, input_dir / "competitions" / competition]
+    others = sorted(entry for entry in input_dir.iterdir() if entry.is_dir() and entry not in named)
+    for folder in [*named, *others]:
+        if folder.is_dir() and find_batches_dir(folder) and find_custom_test(folder):
+            return folder
+    return None
+
+
+def _chosen_source(params: DataParams, raw_dir: Path) -> tuple[str, DataParams] | None:
+    """The source to fetch from, with the params it reads; None when `auto` finds official
+    files already in `raw_dir`. In a Kaggle notebook, `auto` takes the mounted input first."""
     if params.source != "auto":
-        return params.source
+        return params.source, params
     problem = f"{raw_dir}: no data yet"
     if raw_files_present(raw_dir):
         try:  # official sizes only: leftover synthetic demo data must not pass for the real thing
@@ -240,9 +257,15 @@ def _chosen_source(params: DataParams, raw_dir: Path) -> str | None:
                 f"fetch: using the files already in {raw_dir} ({count} custom test images)"
             )
             return None
+    mounted = kaggle_notebook_data(params.competition)
+    if mounted is not None:
+        console.print(
+            f"fetch: the competition's files are mounted at {mounted} (a Kaggle notebook)"
+        )
+        return "local", dataclasses.replace(params, path=str(mounted))
     if kaggle_credentials_source() is None:
         raise PipelineError(f"{problem}; and " + missing_credentials_message())
-    return "kaggle"
+    return "kaggle", params
 
 
 def linked_folder_in_use(raw_dir: Path) -> Path | None:
@@ -291,10 +314,10 @@ def run(params: DataParams, raw_dir: Path = RAW_DIR) -> None:
         with folder_lock(raw_dir.parent):  # one fetch at a time: debris is never a live run's
             recover_directory(raw_dir)  # before `auto` looks: a killed swap hid the data
             remove_debris(raw_dir.parent, f"{SCRATCH_PREFIX}*")
-            source = _chosen_source(params, raw_dir)
-            if source is not None:
-                _fetch(source, params, raw_dir)
-    if source == "url":
+            chosen = _chosen_source(params, raw_dir)
+            if chosen is not None:
+                _fetch(*chosen, raw_dir)
+    if chosen is not None and chosen[0] == "url":
         warn_of_secrets_in_params(params)
 
 
