@@ -8,11 +8,9 @@ budget, which is derived from timed steps and reported next to the measured trai
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import datetime
 import hashlib
-import math
 import platform
 import statistics
 import time
@@ -31,21 +29,21 @@ from pipeline.config.params import (
     TrainParams,
 )
 from pipeline.data.formats import write_custom_test
-from pipeline.engine.augment import augment_batch, augment_state, downscaled
 from pipeline.engine.device import choose_precision
 from pipeline.engine.loop import EpochStats, fit
 from pipeline.engine.models import count_trainable_params, is_residual
-from pipeline.engine.optim import compiled, make_optimizer, optimizer_step
 from pipeline.engine.schedule import steps_per_epoch, total_steps
+from pipeline.engine.timing import (  # noqa: F401 - seconds_per_step: benchmarks import it from here
+    fit_to_budget,
+    planned_seconds_per_step,
+    seconds_per_step,
+)
 from pipeline.engine.tta import TTA_POLICIES, predict_logits
 from pipeline.stages import (
     fetch,
     prepare,
 )
 from pipeline.stages.train import configure_device, setup_training
-
-UNTIMED_STEPS = 3  # compile, autotuning, allocator warm-up
-TIMED_STEPS = 5  # optimizer steps timed to fit a run to a time budget (their median counts)
 
 
 def machine_description(device: torch.device) -> str:
@@ -88,81 +86,6 @@ def prepare_data(workdir: Path, archive: Path | None) -> Path:
     fetch.run(data, raw_dir)
     prepare.run(PrepareParams(), raw_dir, prepared_dir, workdir / "metrics/data.json")
     return prepared_dir
-
-
-def seconds_per_step(
-    model: torch.nn.Module,
-    params: TrainParams,
-    train_set: tuple[torch.Tensor, torch.Tensor],
-    normalization: tuple[list[float], list[float]],
-    pixels: int = 0,
-) -> float:
-    """Median time of training steps (augmentation, forward, backward, SGD) of a throwaway copy of `model`,
-    on batches downscaled to `pixels` (0: at 32).
-
-    Not timed: the EMA update, Lookahead pulls, mixup/cutmix and the scheduler, so a budgeted run
-    with those on runs a little over its budget (its measured training time is what is reported).
-
-    The first steps are untimed: they include torch.compile's compilation and cuDNN autotuning,
-    which a budgeted run pays once, before its clock starts being meaningful. The median of the
-    timed steps (each synchronised) ignores a step that hit a one-off recompilation.
-    """
-    probe = copy.deepcopy(model)
-    device = train_set[0].device
-    precision = choose_precision(device, params.mixed_precision, params.autocast_dtype)
-    optimizer = make_optimizer(probe, params, precision)
-    network = compiled(probe, params, device)
-    state = augment_state(train_set[1].shape[0], *normalization, 0, device)
-    batch = min(params.batch_size, train_set[1].shape[0])
-    timings = []
-    for step in range(UNTIMED_STEPS + TIMED_STEPS):
-        started = time.perf_counter()
-        indices = torch.randint(0, train_set[1].shape[0], (batch,), device=device)
-        images = augment_batch(train_set[0][indices], indices, 1, params, state)
-        if pixels:
-            images = downscaled(images, pixels)
-        optimizer_step(network, optimizer, images, train_set[1][indices], params, precision)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if step >= UNTIMED_STEPS:
-            timings.append(time.perf_counter() - started)
-    return statistics.median(timings)
-
-
-def planned_seconds_per_step(
-    model: torch.nn.Module,
-    params: TrainParams,
-    train_set: tuple[torch.Tensor, torch.Tensor],
-    normalization: tuple[list[float], list[float]],
-    probe=seconds_per_step,
-) -> tuple[float, dict[int, float]]:
-    """The mean step time of the recipe, and each side's (pixels → seconds per step): with
-    train.low_res_pixels, its share of steps at that side and the rest at 32 pixels, each side
-    probed (`probe`: `seconds_per_step`)."""
-    sides = {32: probe(model, params, train_set, normalization)}
-    if not params.low_res_pixels:
-        return sides[32], sides
-    sides[params.low_res_pixels] = probe(
-        model, params, train_set, normalization, params.low_res_pixels
-    )
-    share = params.low_res_fraction
-    return share * sides[params.low_res_pixels] + (1 - share) * sides[32], sides
-
-
-def fit_to_budget(params: TrainParams, steps_per_epoch: int, steps: int) -> TrainParams:
-    """The same recipe compressed into `steps` optimizer steps (the last epoch may be partial):
-    onecycle and cosine are defined on the share of steps done, so they compress by themselves;
-    multistep milestones move proportionally."""
-    if steps >= steps_per_epoch * params.epochs:
-        return params
-    epochs = math.ceil(steps / steps_per_epoch)
-    share = steps / (steps_per_epoch * params.epochs)
-    moved = {}
-    if params.milestones is not None:
-        moved["milestones"] = [max(1, round(m * share)) for m in params.milestones]
-    return dataclasses.replace(
-        params, epochs=epochs, max_steps=steps, checkpoint_every=epochs, **moved
-    )
 
 
 def weights_digest(model: torch.nn.Module) -> str:

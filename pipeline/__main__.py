@@ -94,6 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
         command(stage, help=f"run the {stage} stage (dvc repro runs them all)")
     profile = command("profile", help="put a training profile into params.yaml")
     profile.add_argument("profile", help="fast, default, seed or cpu")
+    profile.add_argument(
+        "--minutes", type=float, metavar="M",
+        help="set train.epochs so that training takes about M minutes on this machine (measured)",
+    )  # fmt: skip
+    doctor = command(
+        "doctor", help="what a run will do on this machine: GPU, precision, data, training times"
+    )
+    doctor.add_argument(
+        "--profiles", metavar="NAMES", help="comma-separated profiles to time (default: all)"
+    )
     submit = command(
         "submit",
         help="submit submissions/latest.csv to data.competition; record it in history.csv",
@@ -155,10 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_command(args: argparse.Namespace) -> int:
     if args.command == "profile":
-        from pipeline.commands.profile import apply_profile
+        from pipeline.commands.profile import apply_profile, fit_profile_to_minutes
 
+        if args.minutes is not None:
+            print(fit_profile_to_minutes(args.profile, args.minutes, args.params))
+            return 0
         apply_profile(args.profile, args.params)
         print(f"{args.params}: model and train sections now hold profile {args.profile!r}")
+    elif args.command == "doctor":
+        from pipeline.commands import doctor
+
+        names = [name.strip() for name in args.profiles.split(",")] if args.profiles else None
+        doctor.run(load_params(args.params), names)
     elif args.command == "submit":
         from pipeline.commands import submit
 

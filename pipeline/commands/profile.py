@@ -45,12 +45,28 @@ def split_sections(text: str) -> dict[str, str]:
     return sections
 
 
+def with_train_values(block: str, values: dict[str, str], comment: str) -> str:
+    """The train section's text with `values` (key → YAML value) in place of its own, each line
+    keeping its indentation and getting `comment`."""
+    for key, value in values.items():
+        pattern = re.compile(rf"^(\s+{key}:)[^\n]*$", re.MULTILINE)
+        if not pattern.search(block):
+            raise PipelineError(f"profile: train.{key} is not in the profile's train section")
+        line = f" {value}  # {comment}"
+        block = pattern.sub(lambda match, line=line: match.group(1) + line, block, count=1)
+    return block
+
+
 def apply_profile(
-    name: str, params_path: Path = DEFAULT_PARAMS_PATH, profiles_dir: Path = PROFILES_DIR
-) -> None:
-    """Replace params.yaml's model and train sections with the profile's, text and comments included."""
+    name: str, params_path: Path = DEFAULT_PARAMS_PATH, profiles_dir: Path = PROFILES_DIR,
+    train_values: dict[str, str] | None = None, comment: str = "",
+) -> None:  # fmt: skip
+    """Replace params.yaml's model and train sections with the profile's, text and comments
+    included; `train_values` replace some of the train section's (profile --minutes)."""
     profile_values(name, profiles_dir)  # refuse a broken profile before touching params.yaml
     profile = split_sections(profile_path(name, profiles_dir).read_text())
+    if train_values:
+        profile["train"] = with_train_values(profile["train"], train_values, comment)
     current = split_sections(read_params_text(Path(params_path)))
     for section in PROFILE_SECTIONS:
         block = profile[section]
@@ -61,3 +77,40 @@ def apply_profile(
     except PipelineError as error:
         raise PipelineError(f"{params_path}: with profile {name!r}: {error}") from None
     write_text_atomic(Path(params_path), text)
+
+
+def fit_profile_to_minutes(
+    name: str, minutes: float, params_path: Path = DEFAULT_PARAMS_PATH,
+    profiles_dir: Path = PROFILES_DIR,
+) -> str:  # fmt: skip
+    """Put profile `name` into params.yaml with `train.epochs` (and multistep milestones) set so
+    its training takes about `minutes` here, measured (engine/timing.py); what was done, in words."""
+    import dataclasses
+
+    from pipeline.commands.doctor import split_sizes
+    from pipeline.config.load import load_params, load_profile
+    from pipeline.engine import timing
+    from pipeline.engine.device import resolve_device
+
+    if not 1 <= minutes <= 10_000:
+        raise PipelineError(f"profile: --minutes {minutes:g} must be in [1, 10,000]")
+    recipe = load_profile(name, profiles_dir)
+    device = resolve_device(recipe.train.device)
+    train_images, val_images = split_sizes(load_params(params_path).prepare)
+    train = dataclasses.replace(recipe.train, device=device.type)
+    estimate = timing.estimate_training(recipe.model, train, device, train_images, val_images,
+                                        untimed_steps=1, timed_steps=3)  # fmt: skip
+    epochs = estimate.epochs_for(minutes * 60)
+    fitted = timing.with_epochs(recipe.train, epochs)
+    values = {"epochs": str(epochs)}
+    if fitted.milestones is not None:
+        values["milestones"] = "[" + ", ".join(map(str, fitted.milestones)) + "]"
+    comment = f"profile --minutes {minutes:g}: {estimate.epoch_seconds:.0f} s an epoch on {device.type} here"
+    apply_profile(name, params_path, profiles_dir, values, comment)
+    return (
+        f"{params_path}: profile {name!r} with train.epochs {epochs} (profile: "
+        f"{recipe.train.epochs}): about {estimate.epoch_seconds * epochs / 60:.1f} min of "
+        f"training on this {device.type} ({estimate.seconds_per_step:.3f} s a step, "
+        f"{estimate.steps_per_epoch} steps and {estimate.validation_seconds:.0f} s of "
+        "validation an epoch, measured)"
+    )

@@ -1,0 +1,194 @@
+"""How long a recipe trains on this machine, measured: a few real optimizer steps of its model
+and batch (augmentation, forward, backward, update), warm-up excluded, scaled to its steps.
+
+`python -m pipeline doctor` prints these estimates; `profile NAME --minutes M` sets a profile's
+epochs from them; the benchmarks fit runs to a time budget with them (bench/common.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.config.params import ModelParams, TrainParams
+from pipeline.engine.augment import augment_batch, augment_state, downscaled
+from pipeline.engine.device import choose_precision
+from pipeline.engine.models import build_model
+from pipeline.engine.optim import compiled, make_optimizer, optimizer_step
+from pipeline.engine.schedule import steps_per_epoch
+from pipeline.engine.tta import predict_logits
+
+UNTIMED_STEPS = 3  # compile, autotuning, allocator warm-up
+TIMED_STEPS = 5  # optimizer steps timed (their median counts)
+# CIFAR-10's per-channel mean and std (0–1 scale): what random stand-in images are normalised by
+CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds_per_step(
+    model: torch.nn.Module,
+    params: TrainParams,
+    train_set: tuple[torch.Tensor, torch.Tensor],
+    normalization: tuple[list[float], list[float]],
+    pixels: int = 0,
+    untimed_steps: int = UNTIMED_STEPS,
+    timed_steps: int = TIMED_STEPS,
+) -> float:
+    """Median time of training steps (augmentation, forward, backward, SGD) of a throwaway copy
+    of `model` on batches of `params.batch_size` (at most the set's size), downscaled to
+    `pixels` (0: at 32).
+
+    Not timed: the EMA update, Lookahead pulls, mixup/cutmix and the scheduler, so a budgeted
+    run with those on runs a little over its budget (its measured training time is reported).
+
+    The first steps are untimed: they include torch.compile's compilation and cuDNN
+    autotuning, which a run pays once. The median of the timed steps (each synchronised)
+    ignores a step that hit a one-off recompilation.
+    """
+    probe = copy.deepcopy(model)
+    device = train_set[0].device
+    precision = choose_precision(device, params.mixed_precision, params.autocast_dtype)
+    optimizer = make_optimizer(probe, params, precision)
+    network = compiled(probe, params, device)
+    state = augment_state(train_set[1].shape[0], *normalization, 0, device)
+    batch = min(params.batch_size, train_set[1].shape[0])
+    timings = []
+    for step in range(untimed_steps + timed_steps):
+        started = time.perf_counter()
+        indices = torch.randint(0, train_set[1].shape[0], (batch,), device=device)
+        images = augment_batch(train_set[0][indices], indices, 1, params, state)
+        if pixels:
+            images = downscaled(images, pixels)
+        optimizer_step(network, optimizer, images, train_set[1][indices], params, precision)
+        _synchronize(device)
+        if step >= untimed_steps:
+            timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
+
+
+def planned_seconds_per_step(
+    model: torch.nn.Module,
+    params: TrainParams,
+    train_set: tuple[torch.Tensor, torch.Tensor],
+    normalization: tuple[list[float], list[float]],
+    probe=seconds_per_step,
+) -> tuple[float, dict[int, float]]:
+    """The mean step time of the recipe, and each side's (pixels → seconds per step): with
+    train.low_res_pixels, its share of steps at that side and the rest at 32 pixels, each side
+    probed (`probe`: `seconds_per_step`)."""
+    sides = {32: probe(model, params, train_set, normalization)}
+    if not params.low_res_pixels:
+        return sides[32], sides
+    sides[params.low_res_pixels] = probe(
+        model, params, train_set, normalization, params.low_res_pixels
+    )
+    share = params.low_res_fraction
+    return share * sides[params.low_res_pixels] + (1 - share) * sides[32], sides
+
+
+def fit_to_budget(params: TrainParams, steps_per_epoch: int, steps: int) -> TrainParams:
+    """The same recipe compressed into `steps` optimizer steps (the last epoch may be partial):
+    onecycle and cosine are defined on the share of steps done, so they compress by themselves;
+    multistep milestones move proportionally."""
+    if steps >= steps_per_epoch * params.epochs:
+        return params
+    epochs = math.ceil(steps / steps_per_epoch)
+    share = steps / (steps_per_epoch * params.epochs)
+    moved = {}
+    if params.milestones is not None:
+        moved["milestones"] = [max(1, round(m * share)) for m in params.milestones]
+    return dataclasses.replace(
+        params, epochs=epochs, max_steps=steps, checkpoint_every=epochs, **moved
+    )
+
+
+def with_epochs(params: TrainParams, epochs: int) -> TrainParams:
+    """The recipe over `epochs` whole epochs: multistep milestones move in proportion (the lr
+    still decays where the recipe has it decay), the other schedules follow by themselves."""
+    moved = {}
+    if params.milestones is not None:
+        share = epochs / params.epochs
+        moved["milestones"] = sorted(
+            {max(1, min(epochs, round(m * share))) for m in params.milestones}
+        )
+    return dataclasses.replace(params, epochs=epochs, max_steps=0, **moved)
+
+
+@dataclass(frozen=True)
+class TrainingEstimate:
+    """A recipe's training time on this machine, from timed steps and a timed validation."""
+
+    seconds_per_step: float  # the recipe's mean step (low-resolution steps at their share)
+    steps_per_epoch: int
+    epochs: int
+    validation_seconds: float  # per epoch: train.eval_tta over the validation set, EMA too
+    probe_batch: int  # images per timed step; the estimate scales to params.batch_size
+
+    @property
+    def epoch_seconds(self) -> float:
+        return self.seconds_per_step * self.steps_per_epoch + self.validation_seconds
+
+    @property
+    def total_seconds(self) -> float:
+        return self.epoch_seconds * self.epochs
+
+    def epochs_for(self, seconds: float) -> int:
+        """Whole epochs that fill `seconds` most closely (at least one)."""
+        return max(1, round(seconds / self.epoch_seconds))
+
+
+def estimate_training(
+    model_params: ModelParams, params: TrainParams, device: torch.device, train_images: int,
+    val_images: int, max_probe_batch: int | None = None, untimed_steps: int = UNTIMED_STEPS,
+    timed_steps: int = TIMED_STEPS,
+) -> TrainingEstimate:  # fmt: skip
+    """Time `params`' steps of `model_params`' model on `device` with random stand-in images
+    (speed does not depend on what the pixels show). `max_probe_batch` times smaller batches
+    and scales linearly (a CPU's step time grows in proportion to the batch; a GPU's less)."""
+    batch = min(params.batch_size, max_probe_batch or params.batch_size)
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (2 * batch, 3, 32, 32), generator=generator, dtype=torch.uint8)
+    mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1) * 255
+    images = ((pixels.float() - mean) / std).to(device)
+    labels = torch.randint(0, 10, (2 * batch,), generator=generator).to(device)
+    model = build_model(model_params).to(device, memory_format=torch.channels_last)
+    if hasattr(model, "init_whitening"):
+        model.init_whitening(images)
+    probe_params = dataclasses.replace(params, batch_size=batch)
+
+    def probe(model, probe_params, train_set, normalization, side=0) -> float:  # noqa: ANN001
+        return seconds_per_step(model, probe_params, train_set, normalization, side,
+                                untimed_steps, timed_steps)  # fmt: skip
+
+    step, _ = planned_seconds_per_step(
+        model, probe_params, (images, labels), (CIFAR_MEAN, CIFAR_STD), probe
+    )
+    step *= params.batch_size / batch
+    precision = choose_precision(device, params.mixed_precision, params.autocast_dtype)
+    eval_batch = min(params.eval_batch_size, images.shape[0])
+    predict_logits(model, images[:eval_batch], params.eval_tta, eval_batch, precision)  # warm-up
+    _synchronize(device)
+    started = time.perf_counter()
+    predict_logits(model, images[:eval_batch], params.eval_tta, eval_batch, precision)
+    _synchronize(device)
+    evaluations = 2 if params.ema_decay else 1  # the raw weights, and the EMA's
+    validation = (time.perf_counter() - started) / eval_batch * val_images * evaluations
+    epoch_steps = steps_per_epoch(train_images, params)
+    return TrainingEstimate(
+        seconds_per_step=step,
+        steps_per_epoch=epoch_steps,  # train.max_steps is not counted: profiles leave it 0
+        epochs=params.epochs,
+        validation_seconds=validation,
+        probe_batch=batch,
+    )
