@@ -270,6 +270,10 @@ CASES = {
                                            "models/final.pt: val_accuracy is not a finite number", (str(CSV),)),
     "checkpoint with two means": Case(lambda p: _checkpoint(p, "seed", normalization={"mean": [0.5] * 2, "std": [0.25] * 3}),
                                       ["predict"], "models/final.pt: normalization is not", (str(CSV),)),
+    "batches.meta with a name that is not UTF-8": Case(
+        lambda p: (p / RAW / CIFAR_FOLDER / "batches.meta").write_bytes(python2_style_pickle(
+            {b"label_names": [b"\xff\xfe"] * 10, b"num_cases_per_batch": 40, b"num_vis": 3072})),
+        *PREPARE[:1], "batches.meta: b'label_names' are not UTF-8 text", PREPARE[1]),
     "dataset.json with a script as a class name": Case(
         lambda p: (p / PREPARED / "dataset.json").write_text((p / PREPARED / "dataset.json").read_text().replace('"truck"', json.dumps(SCRIPT))),
         ["train"], "dataset.json: class_names are not CIFAR-10's in label order", ("models/checkpoints",)),

@@ -108,7 +108,10 @@ def load_class_names(path: Path) -> list[str]:
         or not all(isinstance(name, (bytes, str)) for name in names)
     ):
         raise PipelineError(f"{path}: b'label_names' must be a list of {NUM_CLASSES} names")
-    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    try:
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    except UnicodeDecodeError:
+        raise PipelineError(f"{path}: b'label_names' are not UTF-8 text") from None
 
 
 def load_custom_test(path: Path) -> tuple[np.ndarray, np.ndarray]:
