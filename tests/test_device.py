@@ -157,8 +157,14 @@ def test_a_driver_too_old_for_the_build_is_never_a_silent_cpu_run() -> None:
     ancient_driver = machine_with(
         "Quadro RTX 8000", (7, 5), cuda_available=False, driver="470.82.01"
     )
-    with pytest.raises(PipelineError, match="update the NVIDIA driver to 525.60 or newer"):
+    with pytest.raises(PipelineError) as refused:
         resolve_device("auto", machine=ancient_driver)
+    message = str(refused.value)
+    assert (
+        "torch==2.7.1 torchvision==0.22.1 --index-url https://download.pytorch.org/whl/cu118"
+        in message
+    )
+    assert "drivers older than 525.60; this one is 470.82.01" in message
 
 
 def test_a_cpu_only_build_beside_a_gpu_names_the_cuda_build() -> None:

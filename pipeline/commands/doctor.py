@@ -120,7 +120,7 @@ def estimate_rows(
             )  # fmt: skip
         except PipelineError as error:
             estimate = str(error)
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:
             estimate = "out of GPU memory at this batch size"
         rows.append((name, recipe, estimate))
     return rows

@@ -41,6 +41,9 @@ LEGACY_CUDA_INDEX, CURRENT_CUDA_INDEX = "cu126", "cu130"
 CUDA13_MIN_DRIVER = (580, 0)
 CUDA12_MIN_DRIVER = (525, 60)  # CUDA 12.x wheels under minor-version compatibility
 OLDEST_CUDA12_CAPABILITY = (5, 0)
+CUDA11_TORCH = (
+    "torch==2.7.1 torchvision==0.22.1"  # CUDA 11.8 (drivers 450.80+): the suite passes on it
+)
 NVIDIA_SMI_TIMEOUT_SECONDS = 15
 DRIVER_VERSION_FILE = Path("/proc/driver/nvidia/version")  # present wherever the driver is loaded
 
@@ -168,8 +171,10 @@ def install_command(machine: Machine) -> str:
     )
     if legacy and driver is not None and driver < CUDA12_MIN_DRIVER:
         return (
-            f"update the NVIDIA driver to {'.'.join(map(str, CUDA12_MIN_DRIVER))} or newer "
-            f"(it is {machine.driver}; on a cluster, ask for a node or module with a newer one)"
+            f"pip install --force-reinstall {CUDA11_TORCH} --index-url "
+            f"https://download.pytorch.org/whl/cu118 (the last torch built for drivers older "
+            f"than {'.'.join(map(str, CUDA12_MIN_DRIVER))}; this one is {machine.driver}), or "
+            "update the driver (on a cluster, ask for a node or module with a newer one)"
         )
     index = LEGACY_CUDA_INDEX if legacy else CURRENT_CUDA_INDEX
     return (
