@@ -174,6 +174,27 @@ def test_a_cpu_only_build_beside_a_gpu_names_the_cuda_build() -> None:
         resolve_device("auto", machine=machine)
 
 
+def test_a_loaded_driver_without_a_listed_gpu_is_a_cpu_job_not_a_problem() -> None:
+    """A CPU-only job on a cluster's GPU node: the driver is loaded, the scheduler hides every
+    device from nvidia-smi; it trains on the CPU."""
+    cpu_job = Machine(False, (), CU130_ARCHS, "13.0", "550.54.15", True)
+    assert resolve_device("auto", machine=cpu_job) == torch.device("cpu")
+
+
+def test_a_mixed_machine_names_the_gpu_the_build_cannot_run() -> None:
+    machine = dataclasses.replace(
+        machine_with("NVIDIA A100-SXM4-40GB", (8, 0)),
+        gpus=(
+            Gpu("NVIDIA A100-SXM4-40GB", (8, 0), 40.0),
+            Gpu("Tesla V100-SXM2-16GB", (7, 0), 16.0),
+        ),
+    )
+    with pytest.raises(
+        PipelineError, match=r"Tesla V100-SXM2-16GB \(compute capability 7.0\) is not in"
+    ):
+        resolve_device("auto", machine=machine)
+
+
 def test_no_gpu_or_hidden_gpus_train_on_the_cpu() -> None:
     nothing = Machine(False, (), CU130_ARCHS, "13.0", None, False)
     assert resolve_device("auto", machine=nothing) == torch.device("cpu")

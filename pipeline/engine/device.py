@@ -183,8 +183,8 @@ def install_command(machine: Machine) -> str:
     )
 
 
-def _gpu_words(machine: Machine) -> str:
-    gpu = machine.gpus[0] if machine.gpus else None
+def _gpu_words(machine: Machine, gpu: Gpu | None = None) -> str:
+    gpu = gpu or (machine.gpus[0] if machine.gpus else None)
     if gpu is None:
         return "an NVIDIA GPU"
     capability = (
@@ -196,8 +196,10 @@ def _gpu_words(machine: Machine) -> str:
 
 
 def unusable_gpu_problem(machine: Machine) -> str | None:
-    """Why torch cannot use this machine's NVIDIA GPU (None: it can, or there is none)."""
-    if machine.gpus_hidden or (not machine.gpus and machine.driver is None):
+    """Why torch cannot use this machine's NVIDIA GPU (None: it can, or there is none). A GPU
+    counts when torch or nvidia-smi lists one: a loaded driver alone is also what a CPU-only job
+    on a cluster's GPU node sees (the scheduler hides the devices), and that job should train."""
+    if machine.gpus_hidden or not machine.gpus:
         return None
     build = f"CUDA {machine.torch_cuda} build" if machine.torch_cuda else "CPU-only build"
     torch_words = f"torch {torch.__version__} is a {build}"
@@ -209,7 +211,7 @@ def unusable_gpu_problem(machine: Machine) -> str | None:
         if not unsupported:
             return None
         return (
-            f"{_gpu_words(machine)} is not in {torch_words}'s architectures "
+            f"{_gpu_words(machine, unsupported[0])} is not in {torch_words}'s architectures "
             f"({', '.join(machine.arch_list)})"
         )
     if machine.torch_cuda is None:
