@@ -10,12 +10,11 @@ Expected failures (`PipelineError`) print one line and exit 1; `--debug` shows t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
 from pipeline.config.load import DEFAULT_PARAMS_PATH, load_params
-from pipeline.config.params import Params
+from pipeline.config.params import Params, with_teacher_budget
 from pipeline.config.stage_params import STAGES, StageParams
 from pipeline.errors import PipelineError, printable
 
@@ -35,9 +34,9 @@ def run_stage(stage: str, params: Params, params_path: Path = DEFAULT_PARAMS_PAT
     elif stage == "train":
         from pipeline.stages import train
 
-        model = declared.get("model")
-        teacher_budget = max(model.max_params, declared.get("distill.teacher_max_params"))
-        model = dataclasses.replace(model, max_params=teacher_budget)
+        model = with_teacher_budget(
+            declared.get("model"), declared.get("distill.teacher_max_params")
+        )
         train.run(model, declared.get("train"), params_path=params_path)
     elif stage == "select":
         from pipeline.stages import select

@@ -13,15 +13,9 @@ import pytest
 import torch
 from conftest import seed_train
 
-from pipeline.engine import device
-from pipeline.engine.device import (
-    Gpu,
-    Machine,
-    build_runs_on,
-    choose_precision,
-    compile_choice,
-    resolve_device,
-)
+from pipeline.engine import gpu
+from pipeline.engine.device import choose_precision, compile_choice, resolve_device
+from pipeline.engine.gpu import Gpu, Machine, build_runs_on
 from pipeline.engine.loop import check_auto_cpu_estimate
 from pipeline.errors import PipelineError
 
@@ -153,7 +147,9 @@ def test_a_driver_too_old_for_the_build_is_never_a_silent_cpu_run() -> None:
         resolve_device("auto", machine=recent_gpu_old_driver)
     message = str(refused.value)
     assert "Tesla T4 (compute capability 7.5) and NVIDIA driver 535.104.05 are here" in message
-    assert "CUDA 13.0 build" in message and "whl/cu126" in message
+    assert "(CUDA 13.0) needs driver 580.0 or newer" in message
+    assert "pip uninstall -y torch torchvision && pip install torch==" in message
+    assert "whl/cu126" in message and "--force-reinstall" not in message
     ancient_driver = machine_with(
         "Quadro RTX 8000", (7, 5), cuda_available=False, driver="470.82.01"
     )
@@ -170,7 +166,7 @@ def test_a_driver_too_old_for_the_build_is_never_a_silent_cpu_run() -> None:
 def test_a_cpu_only_build_beside_a_gpu_names_the_cuda_build() -> None:
     machine = machine_with("NVIDIA GeForce RTX 4070 Laptop GPU", (8, 9), (), cuda_available=False,
                            torch_cuda=None)  # fmt: skip
-    with pytest.raises(PipelineError, match=r"is a CPU-only build; fix: pip install .*whl/cu130"):
+    with pytest.raises(PipelineError, match=r"is a CPU-only build; fix: pip uninstall .*whl/cu130"):
         resolve_device("auto", machine=machine)
 
 
@@ -206,16 +202,6 @@ def test_no_gpu_or_hidden_gpus_train_on_the_cpu() -> None:
     assert resolve_device("auto", machine=hidden) == torch.device("cpu")
 
 
-def test_this_machine_is_read_without_a_gpu() -> None:
-    device.this_machine.cache_clear()
-    try:
-        here = device.this_machine()
-    finally:
-        device.this_machine.cache_clear()
-    assert here.cuda_available is torch.cuda.is_available()
-    assert here.torch_cuda == torch.version.cuda
-
-
 def _fake_nvidia_smi(folder: Path, script: str) -> None:
     tool = folder / "nvidia-smi"
     tool.write_text("#!/bin/sh\n" + script)
@@ -227,14 +213,14 @@ def test_nvidia_smi_is_read_for_the_gpu_torch_cannot_see(
 ) -> None:
     _fake_nvidia_smi(tmp_path, 'echo "Tesla T4, 535.104.05, 15360, 7.5"\n')
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    assert device._nvidia_smi_gpus() == ((Gpu("Tesla T4", (7, 5), 15.0),), "535.104.05")
+    assert gpu._nvidia_smi_gpus() == ((Gpu("Tesla T4", (7, 5), 15.0),), "535.104.05")
     # an old nvidia-smi without compute_cap: refused once, then asked without it
     _fake_nvidia_smi(
         tmp_path,
         'case "$1" in *compute_cap*) echo "Field compute_cap is not a valid field" >&2; exit 2;; esac\n'
         'echo "Tesla P100-PCIE-16GB, 470.82.01, 16280"\n',
     )
-    gpus, driver = device._nvidia_smi_gpus()
+    gpus, driver = gpu._nvidia_smi_gpus()
     assert gpus[0].name == "Tesla P100-PCIE-16GB" and gpus[0].capability is None
     assert driver == "470.82.01"
 
@@ -254,7 +240,7 @@ def test_the_train_stage_refuses_bfloat16_on_a_t4_before_loading_data(
 ) -> None:
     from pipeline.stages import train
 
-    monkeypatch.setattr(device, "this_machine", lambda: machine_with("Tesla T4", (7, 5)))
+    monkeypatch.setattr(gpu, "this_machine", lambda: machine_with("Tesla T4", (7, 5)))
     params = seed_train(autocast_dtype="bfloat16")
     with pytest.raises(PipelineError, match="Tesla T4 .* has no native support"):
         train.setup_training(None, params, tmp_path / "no-data", CUDA)
@@ -285,6 +271,92 @@ def test_the_deterministic_flags_are_set_both_ways_on_a_gpu(
 
 
 def test_the_collective_timeout_is_minutes_and_bounded() -> None:
-    assert seed_train().collective_timeout_minutes == 15.0
+    assert seed_train().collective_timeout_minutes == 30.0
     with pytest.raises(PipelineError, match="train.collective_timeout_minutes"):
         seed_train(collective_timeout_minutes=0)
+
+
+def test_a_rocm_build_on_an_amd_gpu_trains_on_it_in_bfloat16() -> None:
+    """ROCm torch reports AMD GPUs through torch.cuda (torch.version.cuda is None, hip is set):
+    torch checks its own gfx architectures, and an MI250X (9.0) has bf16."""
+    rocm = Machine(True, (Gpu("AMD Instinct MI250X", (9, 0), 64.0),), ("gfx90a",), None, None,
+                   True, torch_hip="6.2.41133")  # fmt: skip
+    assert resolve_device("auto", machine=rocm) == CUDA
+    assert choose_precision(CUDA, True, "auto", machine=rocm).name == "bfloat16"
+
+
+def test_data_parallel_ranks_on_mixed_gpus_all_train_in_the_weakest_gpus_precision(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An A100 and a T4 under one torchrun: one precision for every rank (a T4 rank's loss
+    scaler would otherwise scale the gradients the A100 rank averages with its own)."""
+    import torch.distributed as dist
+
+    mixed = dataclasses.replace(
+        machine_with("NVIDIA A100-SXM4-40GB", (8, 0)),
+        gpus=(Gpu("NVIDIA A100-SXM4-40GB", (8, 0), 40.0), Gpu("Tesla T4", (7, 5), 15.0)),
+    )
+    on_a100 = torch.device("cuda", 0)
+    assert choose_precision(on_a100, True, "auto", machine=mixed).name == "bfloat16"  # alone
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    both = choose_precision(on_a100, True, "auto", machine=mixed)
+    assert both.name == "float16" and "Tesla T4" in both.reason
+    with pytest.raises(PipelineError, match="Tesla T4 .* has no native support"):
+        choose_precision(on_a100, True, "bfloat16", machine=mixed)
+
+
+def test_blackwell_on_a_driver_before_580_is_told_to_update_the_driver() -> None:
+    rtx5090 = machine_with("NVIDIA GeForce RTX 5090", (12, 0), cuda_available=False,
+                           driver="575.51.03")  # fmt: skip
+    with pytest.raises(PipelineError) as refused:
+        resolve_device("auto", machine=rtx5090)
+    assert "update the NVIDIA driver to 580 or newer" in str(refused.value)
+    assert "cu126" not in str(refused.value)  # no CUDA 12.6 build has Blackwell code
+
+
+def test_a_gpu_torch_cannot_start_with_a_recent_driver_is_not_blamed_on_the_driver(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    hidden_by_index = dataclasses.replace(
+        machine_with("Tesla T4", (7, 5), cuda_available=False, driver="580.65.06"),
+        cuda_warning="CUDA initialization: CUDA driver initialization failed",
+    )
+    with pytest.raises(PipelineError) as refused:
+        resolve_device("auto", machine=hidden_by_index)
+    message = str(refused.value)
+    assert (
+        "cannot start CUDA (torch: CUDA initialization: CUDA driver initialization failed)"
+        in message
+    )
+    assert "check CUDA_VISIBLE_DEVICES='1'" in message and "docker --gpus all" in message
+    assert "pip" not in message and "driver too old" not in message
+
+
+def test_nvidia_smi_output_that_is_not_utf8_is_read_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_nvidia_smi(tmp_path, "printf 'Tesla T4\\377, 535.104.05, 15360, 7.5\\n'\n")
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    gpus, driver = gpu._nvidia_smi_gpus()
+    assert gpus[0].name.startswith("Tesla T4") and gpus[0].capability == (7, 5)
+    assert driver == "535.104.05"
+
+
+def test_training_calls_the_auto_cpu_check_with_its_estimate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loop itself stops an auto CPU run whose estimate is long (an explicit cpu trains)."""
+    from test_engine import SMALL_MODELS, train_a_little
+
+    from pipeline.engine import loop
+    from pipeline.engine.models import build_model
+
+    monkeypatch.setattr(loop, "estimated_run_seconds", lambda *_args: 3 * 3600.0)
+    params = seed_train(device="auto", epochs=1, batch_size=10, lr=0.05)
+    with pytest.raises(PipelineError, match="would take about 3.0 h"):
+        train_a_little(build_model(SMALL_MODELS["seed_resnet"]), params)
+    train_a_little(
+        build_model(SMALL_MODELS["seed_resnet"]), dataclasses.replace(params, device="cpu")
+    )

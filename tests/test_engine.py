@@ -15,7 +15,7 @@ from conftest import seed_model, seed_train
 from pipeline.config.load import load_profile
 from pipeline.config.params import TrainParams
 from pipeline.data.synthetic import make_images
-from pipeline.engine import device, optim, schedule
+from pipeline.engine import gpu, optim, schedule
 from pipeline.engine.device import FLOAT32, choose_precision
 from pipeline.engine.loop import EpochStats, fit
 from pipeline.engine.models import (
@@ -205,12 +205,12 @@ def test_without_ema_fit_returns_none_and_logs_no_ema_accuracy() -> None:
 def test_compile_is_on_for_a_triton_gpu_only_unless_forced(monkeypatch: pytest.MonkeyPatch) -> None:
     from test_device import machine_with
 
-    monkeypatch.setattr(device, "this_machine", lambda: machine_with("NVIDIA H100", (9, 0)))
+    monkeypatch.setattr(gpu, "this_machine", lambda: machine_with("NVIDIA H100", (9, 0)))
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert not uses_compile(seed_train(compile="auto"), cpu) and uses_compile(seed_train(), cuda)
     assert uses_compile(seed_train(compile="always"), cpu)
     assert not uses_compile(seed_train(compile="never"), cuda)
-    monkeypatch.setattr(device, "this_machine", lambda: machine_with("Tesla P100", (6, 0)))
+    monkeypatch.setattr(gpu, "this_machine", lambda: machine_with("Tesla P100", (6, 0)))
     assert not uses_compile(seed_train(), cuda)  # below Triton's 7.0
 
 

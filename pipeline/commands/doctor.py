@@ -19,14 +19,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from pipeline.config.load import load_profile, profile_names
-from pipeline.config.params import Params, PrepareParams
-from pipeline.engine.device import (
-    choose_precision,
-    compile_choice,
-    resolve_device,
-    this_machine,
-    unusable_gpu_problem,
-)
+from pipeline.config.params import Params, PrepareParams, with_teacher_budget
+from pipeline.engine import gpu
+from pipeline.engine.device import choose_precision, compile_choice, resolve_device
+from pipeline.engine.loop import AUTO_CPU_LIMIT_MINUTES
 from pipeline.engine.models import build_model, count_trainable_params
 from pipeline.engine.timing import TrainingEstimate, estimate_training
 from pipeline.errors import PipelineError
@@ -35,10 +31,6 @@ from pipeline.paths import RAW_DIR
 from pipeline.reporting import table_console
 
 CIFAR_TRAIN_IMAGES, CIFAR_TEST_IMAGES = 50_000, 10_000
-# on a CPU each profile is timed at this batch at most and scaled (a CPU's step time grows with
-# the batch in proportion): doctor takes about a minute there instead of many
-CPU_PROBE_BATCH = 256
-CPU_UNTIMED_STEPS, CPU_TIMED_STEPS = 1, 2
 
 
 def split_sizes(prepare: PrepareParams) -> tuple[int, int]:
@@ -50,15 +42,15 @@ def split_sizes(prepare: PrepareParams) -> tuple[int, int]:
 
 
 def machine_lines() -> list[str]:
-    machine = this_machine()
+    machine = gpu.this_machine()
     build = f"CUDA {machine.torch_cuda}" if machine.torch_cuda else "CPU-only"
     lines = [
         f"torch {torch.__version__} ({build} build; GPU code for {', '.join(machine.arch_list) or 'none'})"
     ]
-    for index, gpu in enumerate(machine.gpus):
-        capability = f"{gpu.capability[0]}.{gpu.capability[1]}" if gpu.capability else "unknown"
-        memory = f", {gpu.memory_gib:.0f} GiB" if gpu.memory_gib else ""
-        lines.append(f"GPU {index}: {gpu.name}, compute capability {capability}{memory}")
+    for index, card in enumerate(machine.gpus):
+        capability = f"{card.capability[0]}.{card.capability[1]}" if card.capability else "unknown"
+        memory = f", {card.memory_gib:.0f} GiB" if card.memory_gib else ""
+        lines.append(f"GPU {index}: {card.name}, compute capability {capability}{memory}")
     if machine.driver:
         lines.append(f"NVIDIA driver {machine.driver}")
     if not machine.gpus:
@@ -91,16 +83,13 @@ def data_line(params: Params, raw_dir: Path = RAW_DIR) -> str:
 def estimate_rows(
     params: Params, device: torch.device, profiles: list[str]
 ) -> list[tuple[str, Params, TrainingEstimate | str]]:
-    """(name, its params, its estimate or why there is none) for params.yaml and `profiles`;
-    on a CPU each timed at CPU_PROBE_BATCH images at most, fewer steps, and scaled."""
+    """(name, its params, its estimate or why there is none) for params.yaml and `profiles`."""
     train_images, val_images = split_sizes(params.prepare)
-    on_cpu = device.type == "cpu"
     recipes = [(name, load_profile(name)) for name in profiles]
     same = [
-        name
-        for name, recipe in recipes
+        name for name, recipe in recipes
         if (recipe.model, recipe.train) == (params.model, params.train)
-    ]
+    ]  # fmt: skip
     if same:  # params.yaml holds a profile as shipped: timed once, under both names
         recipes = [
             (f"{name} (params.yaml)" if name == same[0] else name, recipe)
@@ -111,17 +100,18 @@ def estimate_rows(
     rows = []
     for name, recipe in recipes:
         train = dataclasses.replace(recipe.train, device=device.type)
+        model = with_teacher_budget(recipe.model, params.distill.teacher_max_params)
         try:
             estimate: TrainingEstimate | str = estimate_training(
-                recipe.model, train, device, train_images, val_images,
-                max_probe_batch=CPU_PROBE_BATCH if on_cpu else None,
-                untimed_steps=CPU_UNTIMED_STEPS if on_cpu else 3,
-                timed_steps=CPU_TIMED_STEPS if on_cpu else 5,
-            )  # fmt: skip
+                model, train, device, train_images, val_images
+            )
         except PipelineError as error:
             estimate = str(error)
-        except torch.cuda.OutOfMemoryError:
-            estimate = "out of GPU memory at this batch size"
+        except Exception as error:  # noqa: BLE001 - out of memory, a compiler failure: one row
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            estimate = f"{type(error).__name__}: {first_line}"
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
         rows.append((name, recipe, estimate))
     return rows
 
@@ -140,7 +130,7 @@ def run(params: Params, profiles: list[str] | None = None) -> None:
     for line in machine_lines():
         out.print(f"  {escape(line)}")
     setting = params.train.device
-    problem = unusable_gpu_problem(this_machine())
+    problem = gpu.unusable_gpu_problem(gpu.this_machine())
     try:
         device = resolve_device(setting)
     except PipelineError as error:
@@ -169,25 +159,23 @@ def run(params: Params, profiles: list[str] | None = None) -> None:
             column,
             justify="right" if column in ("params", "epochs", "s/step", "training") else "left",
         )
-    scaled = False
+    auto_cpu = params.train.device == "auto" and device.type == "cpu"
+    budget = params.distill.teacher_max_params
     for name, recipe, estimate in estimate_rows(params, device, names):
         model = recipe.model
         if isinstance(estimate, str):
             table.add_row(name, model.name, "", str(recipe.train.epochs), "",
                           f"[red]{escape(estimate)}[/red]")  # fmt: skip
             continue
-        size = f"{count_trainable_params(build_model(model)):,}"
-        scaled = scaled or estimate.probe_batch < recipe.train.batch_size
+        size = f"{count_trainable_params(build_model(with_teacher_budget(model, budget))):,}"
+        time_text = duration(estimate.total_seconds)
+        if auto_cpu and estimate.total_seconds > AUTO_CPU_LIMIT_MINUTES * 60:
+            time_text += " [red](stops: over 2 h on the CPU)[/red]"
         table.add_row(
             name, model.name, size, str(recipe.train.epochs), f"{estimate.seconds_per_step:.3f}",
-            duration(estimate.total_seconds),
+            time_text,
         )  # fmt: skip
     out.print(table)
-    if scaled:
-        out.print(
-            f"  (timed at batches of {CPU_PROBE_BATCH} and scaled to each recipe's batch; "
-            "validation included)"
-        )
     out.print(
         "  `python -m pipeline profile NAME --minutes M` fits a profile's epochs to M minutes here"
     )

@@ -46,13 +46,17 @@ def split_sections(text: str) -> dict[str, str]:
 
 
 def with_train_values(block: str, values: dict[str, str], comment: str) -> str:
-    """The train section's text with `values` (key → YAML value) in place of its own, each line
-    keeping its indentation and getting `comment`."""
+    """The train section's text with `values` (key → YAML flow value) in place of its own, each
+    line keeping its indentation and getting `comment`; a block-style list under a key (`- 90`
+    lines) goes with the value it had."""
     for key, value in values.items():
-        pattern = re.compile(rf"^(\s+{key}:)[^\n]*$", re.MULTILINE)
+        pattern = re.compile(rf"^(\s+{key}:)[^\n]*\n(?:\s+-[^\n]*\n)*", re.MULTILINE)
         if not pattern.search(block):
-            raise PipelineError(f"profile: train.{key} is not in the profile's train section")
-        line = f" {value}  # {comment}"
+            raise PipelineError(
+                f"profile: train.{key} is not a line of the profile's train section; add it "
+                "to profiles/<name>.yaml"
+            )
+        line = f" {value}  # {comment}\n"
         block = pattern.sub(lambda match, line=line: match.group(1) + line, block, count=1)
     return block
 
@@ -89,22 +93,31 @@ def fit_profile_to_minutes(
 
     from pipeline.commands.doctor import split_sizes
     from pipeline.config.load import load_params, load_profile
+    from pipeline.config.params import with_teacher_budget
     from pipeline.engine import timing
     from pipeline.engine.device import resolve_device
+    from pipeline.engine.loop import AUTO_CPU_LIMIT_MINUTES
 
     if not 1 <= minutes <= 10_000:
         raise PipelineError(f"profile: --minutes {minutes:g} must be in [1, 10,000]")
     recipe = load_profile(name, profiles_dir)
+    params = load_params(params_path)
     device = resolve_device(recipe.train.device)
-    train_images, val_images = split_sizes(load_params(params_path).prepare)
+    train_images, val_images = split_sizes(params.prepare)
+    model = with_teacher_budget(recipe.model, params.distill.teacher_max_params)
     train = dataclasses.replace(recipe.train, device=device.type)
-    estimate = timing.estimate_training(recipe.model, train, device, train_images, val_images,
-                                        untimed_steps=1, timed_steps=3)  # fmt: skip
+    estimate = timing.estimate_training(model, train, device, train_images, val_images)
     epochs = estimate.epochs_for(minutes * 60)
     fitted = timing.with_epochs(recipe.train, epochs)
     values = {"epochs": str(epochs)}
     if fitted.milestones is not None:
         values["milestones"] = "[" + ", ".join(map(str, fitted.milestones)) + "]"
+    if recipe.train.max_steps:
+        values["max_steps"] = "0"
+    insisted = ""
+    if recipe.train.device == "auto" and device.type == "cpu" and minutes > AUTO_CPU_LIMIT_MINUTES:
+        values["device"] = "cpu"  # asked for: `auto` would stop a CPU run this long
+        insisted = "; train.device: cpu, since auto stops CPU runs over 2 hours"
     comment = f"profile --minutes {minutes:g}: {estimate.epoch_seconds:.0f} s an epoch on {device.type} here"
     apply_profile(name, params_path, profiles_dir, values, comment)
     return (
@@ -112,5 +125,5 @@ def fit_profile_to_minutes(
         f"{recipe.train.epochs}): about {estimate.epoch_seconds * epochs / 60:.1f} min of "
         f"training on this {device.type} ({estimate.seconds_per_step:.3f} s a step, "
         f"{estimate.steps_per_epoch} steps and {estimate.validation_seconds:.0f} s of "
-        "validation an epoch, measured)"
+        f"validation an epoch, measured){insisted}"
     )

@@ -14,7 +14,7 @@ and the resume key, and so retrain from scratch for nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from pipeline.errors import PipelineError
@@ -236,6 +236,12 @@ class ModelParams:
             check_conditional_keys(self, "model", "name", MODEL_KEYS)
 
 
+def with_teacher_budget(model: ModelParams, teacher_max_params: int) -> ModelParams:
+    """The model train builds: a teacher that distill shrinks may be larger than
+    model.max_params, up to distill.teacher_max_params."""
+    return replace(model, max_params=max(model.max_params, teacher_max_params))
+
+
 @dataclass(frozen=True)
 class TrainParams:
     """A training recipe; the schedule's and optimizer's own keys (SCHEDULE_KEYS,
@@ -294,7 +300,7 @@ class TrainParams:
     muon_momentum: float | None = None  # muon: the filters' own Nesterov momentum
     # nproc > 1: how long a rank waits in a collective (gradients, the state broadcast) before
     # the run stops: one hung or dead rank then holds the others this long, not torch's hour
-    collective_timeout_minutes: float = 15.0
+    collective_timeout_minutes: float = 30.0
 
     def __post_init__(self) -> None:
         _require_seed(self.seed, "train.seed")
@@ -365,7 +371,7 @@ class TrainParams:
         if self.autocast_dtype == "float16" and not self.mixed_precision:
             raise PipelineError(
                 "params: train.autocast_dtype float16 does nothing with train.mixed_precision "
-                "false (it would still retrain); set mixed_precision true or the dtype bfloat16"
+                "false (it would still retrain); set mixed_precision true or the dtype auto"
             )
 
 

@@ -26,6 +26,7 @@ from pipeline.engine.tta import predict_logits
 
 UNTIMED_STEPS = 3  # compile, autotuning, allocator warm-up
 TIMED_STEPS = 5  # optimizer steps timed (their median counts)
+MAX_TIMED_STEPS = 50  # min_timed_seconds stops adding steps here
 # CIFAR-10's per-channel mean and std (0–1 scale): what random stand-in images are normalised by
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 
@@ -43,6 +44,7 @@ def seconds_per_step(
     pixels: int = 0,
     untimed_steps: int = UNTIMED_STEPS,
     timed_steps: int = TIMED_STEPS,
+    min_timed_seconds: float = 0.0,
 ) -> float:
     """Median time of training steps (augmentation, forward, backward, SGD) of a throwaway copy
     of `model` on batches of `params.batch_size` (at most the set's size), downscaled to
@@ -53,7 +55,9 @@ def seconds_per_step(
 
     The first steps are untimed: they include torch.compile's compilation and cuDNN
     autotuning, which a run pays once. The median of the timed steps (each synchronised)
-    ignores a step that hit a one-off recompilation.
+    ignores a step that hit a one-off recompilation. Short steps are timed until
+    `min_timed_seconds` have passed too (at most MAX_TIMED_STEPS): a median of three
+    half-second CPU steps moves by ±15% from one call to the next.
     """
     probe = copy.deepcopy(model)
     device = train_set[0].device
@@ -62,8 +66,11 @@ def seconds_per_step(
     network = compiled(probe, params, device)
     state = augment_state(train_set[1].shape[0], *normalization, 0, device)
     batch = min(params.batch_size, train_set[1].shape[0])
-    timings = []
-    for step in range(untimed_steps + timed_steps):
+    timings: list[float] = []
+    step = 0
+    while len(timings) < timed_steps or (
+        sum(timings) < min_timed_seconds and len(timings) < MAX_TIMED_STEPS
+    ):
         started = time.perf_counter()
         indices = torch.randint(0, train_set[1].shape[0], (batch,), device=device)
         images = augment_batch(train_set[0][indices], indices, 1, params, state)
@@ -73,6 +80,7 @@ def seconds_per_step(
         _synchronize(device)
         if step >= untimed_steps:
             timings.append(time.perf_counter() - started)
+        step += 1
     return statistics.median(timings)
 
 
@@ -113,13 +121,14 @@ def fit_to_budget(params: TrainParams, steps_per_epoch: int, steps: int) -> Trai
 
 
 def with_epochs(params: TrainParams, epochs: int) -> TrainParams:
-    """The recipe over `epochs` whole epochs: multistep milestones move in proportion (the lr
-    still decays where the recipe has it decay), the other schedules follow by themselves."""
+    """The recipe over `epochs` whole epochs: multistep milestones move in proportion, each
+    before the last epoch (the lr still decays where the recipe has it decay; a milestone at
+    the last epoch would never act), the other schedules follow by themselves."""
     moved = {}
     if params.milestones is not None:
-        share = epochs / params.epochs
+        share, last = epochs / params.epochs, max(1, epochs - 1)
         moved["milestones"] = sorted(
-            {max(1, min(epochs, round(m * share))) for m in params.milestones}
+            {max(1, min(last, round(m * share))) for m in params.milestones}
         )
     return dataclasses.replace(params, epochs=epochs, max_steps=0, **moved)
 
@@ -132,7 +141,6 @@ class TrainingEstimate:
     steps_per_epoch: int
     epochs: int
     validation_seconds: float  # per epoch: train.eval_tta over the validation set, EMA too
-    probe_batch: int  # images per timed step; the estimate scales to params.batch_size
 
     @property
     def epoch_seconds(self) -> float:
@@ -149,13 +157,17 @@ class TrainingEstimate:
 
 def estimate_training(
     model_params: ModelParams, params: TrainParams, device: torch.device, train_images: int,
-    val_images: int, max_probe_batch: int | None = None, untimed_steps: int = UNTIMED_STEPS,
-    timed_steps: int = TIMED_STEPS,
+    val_images: int,
 ) -> TrainingEstimate:  # fmt: skip
-    """Time `params`' steps of `model_params`' model on `device` with random stand-in images
-    (speed does not depend on what the pixels show). `max_probe_batch` times smaller batches
-    and scales linearly (a CPU's step time grows in proportion to the batch; a GPU's less)."""
-    batch = min(params.batch_size, max_probe_batch or params.batch_size)
+    """Time `params`' steps of `model_params`' model on `device`, at its own batch size, with
+    random stand-in images (speed does not depend on what the pixels show), and one validation
+    batch: what `doctor` prints and `profile --minutes` fits to. A CPU step takes seconds, so
+    there it times fewer steps."""
+    # (untimed, timed, at least this many seconds timed) per side: a CPU step takes seconds
+    untimed, timed, least = (
+        (1, 3, 8.0) if device.type == "cpu" else (UNTIMED_STEPS, TIMED_STEPS, 1.0)
+    )
+    batch = params.batch_size
     generator = torch.Generator().manual_seed(0)
     pixels = torch.randint(0, 256, (2 * batch, 3, 32, 32), generator=generator, dtype=torch.uint8)
     mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1) * 255
@@ -165,16 +177,15 @@ def estimate_training(
     model = build_model(model_params).to(device, memory_format=torch.channels_last)
     if hasattr(model, "init_whitening"):
         model.init_whitening(images)
-    probe_params = dataclasses.replace(params, batch_size=batch)
 
     def probe(model, probe_params, train_set, normalization, side=0) -> float:  # noqa: ANN001
-        return seconds_per_step(model, probe_params, train_set, normalization, side,
-                                untimed_steps, timed_steps)  # fmt: skip
+        return seconds_per_step(
+            model, probe_params, train_set, normalization, side, untimed, timed, least
+        )
 
     step, _ = planned_seconds_per_step(
-        model, probe_params, (images, labels), (CIFAR_MEAN, CIFAR_STD), probe
+        model, params, (images, labels), (CIFAR_MEAN, CIFAR_STD), probe
     )
-    step *= params.batch_size / batch
     precision = choose_precision(device, params.mixed_precision, params.autocast_dtype)
     eval_batch = min(params.eval_batch_size, images.shape[0])
     predict_logits(model, images[:eval_batch], params.eval_tta, eval_batch, precision)  # warm-up
@@ -184,11 +195,9 @@ def estimate_training(
     _synchronize(device)
     evaluations = 2 if params.ema_decay else 1  # the raw weights, and the EMA's
     validation = (time.perf_counter() - started) / eval_batch * val_images * evaluations
-    epoch_steps = steps_per_epoch(train_images, params)
     return TrainingEstimate(
         seconds_per_step=step,
-        steps_per_epoch=epoch_steps,  # train.max_steps is not counted: profiles leave it 0
+        steps_per_epoch=steps_per_epoch(train_images, params),  # train.max_steps not counted
         epochs=params.epochs,
         validation_seconds=validation,
-        probe_batch=batch,
     )
