@@ -264,6 +264,7 @@ MODEL_BUILDERS: dict[str, Callable[[ModelParams], nn.Module]] = {
     "airnet": lambda p: AirNet(list(p.widths), p.residual, p.whiten_bias_epochs, p.residual_convs),
     "resnet_wide": lambda p: WideResNet(list(p.widths), list(p.blocks), p.dropout),
 }
+WHITENING_IMAGES = 2000  # training images whose 2×2 patches set airnet's whitening filters
 RESIDUAL_MODELS = ("seed_resnet", "resnet_wide")  # plus airnet with residual: true
 
 

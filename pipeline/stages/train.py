@@ -39,7 +39,12 @@ from pipeline.engine import distributed
 from pipeline.engine.device import Precision, choose_precision, compile_choice, resolve_device
 from pipeline.engine.distributed import RANK_SEED_STRIDE, current_world
 from pipeline.engine.loop import DistillTargets, EpochStats, StateMismatch, fit
-from pipeline.engine.models import build_model, count_trainable_params, model_config
+from pipeline.engine.models import (
+    WHITENING_IMAGES,
+    build_model,
+    count_trainable_params,
+    model_config,
+)
 from pipeline.engine.normalise import normalised, pixel_statistics, to_device_set
 from pipeline.engine.schedule import (
     is_checkpoint_epoch,
@@ -55,7 +60,6 @@ from pipeline.records.checkpoint import Checkpoint
 from pipeline.records.plot_csv import write_plot_csv
 from pipeline.reporting import console, training_progress
 
-WHITENING_IMAGES = 2000  # training images whose 2×2 patches set airnet's whitening filters
 LR_CURVE_NAME = "learning_rate.csv"  # beside dvclive's files: the lr of each step (a DVC plot)
 LR_CURVE_POINTS = 2000  # steps written at most: the shape without a 20,000-row file
 
