@@ -33,11 +33,7 @@ from pipeline.engine.device import choose_precision
 from pipeline.engine.loop import EpochStats, fit
 from pipeline.engine.models import count_trainable_params, is_residual
 from pipeline.engine.schedule import steps_per_epoch, total_steps
-from pipeline.engine.timing import (  # noqa: F401 - seconds_per_step: benchmarks import it from here
-    fit_to_budget,
-    planned_seconds_per_step,
-    seconds_per_step,
-)
+from pipeline.engine.timing import fit_to_budget, planned_seconds_per_step
 from pipeline.engine.tta import TTA_POLICIES, predict_logits
 from pipeline.stages import (
     fetch,

@@ -25,13 +25,13 @@ from common import (
     prepare_data,
     profile_params,
     run_facts,
-    seconds_per_step,
     tiny,
 )
 from rich.console import Console
 from rich.table import Table
 
 from pipeline.engine.models import count_trainable_params
+from pipeline.engine.timing import seconds_per_step
 from pipeline.engine.tta import predict_logits
 from pipeline.stages.train import configure_device, setup_training
 

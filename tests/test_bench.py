@@ -256,9 +256,8 @@ def test_a_low_res_recipes_budget_probe_weighs_both_sides_by_their_share_of_step
     monkeypatch.syspath_prepend(str(REPO_ROOT / "bench"))
     import dataclasses
 
-    from common import planned_seconds_per_step
-
     from pipeline.config.load import load_profile
+    from pipeline.engine.timing import planned_seconds_per_step
 
     def probe(_model, _params, _train, _normalization, pixels: int = 0) -> float:
         return {0: 4.0, 24: 2.0}[pixels]  # seconds per step at 32 and at 24 pixels

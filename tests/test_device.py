@@ -32,6 +32,13 @@ def machine_with(
                    triton=True)  # fmt: skip
 
 
+def refusal(machine: Machine, setting: str = "auto") -> str:
+    """The one-line error `resolve_device` stops with on `machine`."""
+    with pytest.raises(PipelineError) as refused:
+        resolve_device(setting, machine=machine)
+    return str(refused.value)
+
+
 # (GPU, capability, auto's dtype, loss scaling, compiles) for the cards students train on
 STUDENT_GPUS = [
     ("Tesla P100-PCIE-16GB", (6, 0), "float16", True, False),  # Kaggle: below Triton's 7.0
@@ -128,9 +135,7 @@ def test_which_builds_have_code_for_a_gpu(
 def test_a_p100_on_the_default_build_stops_with_the_legacy_install_line() -> None:
     machine = machine_with("Tesla P100-PCIE-16GB", (6, 0), CU130_ARCHS)
     for setting in ("auto", "cuda"):
-        with pytest.raises(PipelineError) as refused:
-            resolve_device(setting, machine=machine)
-        message = str(refused.value)
+        message = refusal(machine, setting)
         assert "Tesla P100-PCIE-16GB (compute capability 6.0) is not in torch" in message
         assert "sm_75, sm_80" in message
         assert "--index-url https://download.pytorch.org/whl/cu126" in message
@@ -143,9 +148,7 @@ def test_a_driver_too_old_for_the_build_is_never_a_silent_cpu_run() -> None:
     recent_gpu_old_driver = machine_with(
         "Tesla T4", (7, 5), cuda_available=False, driver="535.104.05"
     )
-    with pytest.raises(PipelineError) as refused:
-        resolve_device("auto", machine=recent_gpu_old_driver)
-    message = str(refused.value)
+    message = refusal(recent_gpu_old_driver)
     assert "Tesla T4 (compute capability 7.5) and NVIDIA driver 535.104.05 are here" in message
     assert "(CUDA 13.0) needs driver 580.0 or newer" in message
     assert "pip uninstall -y torch torchvision && pip install torch==" in message
@@ -153,9 +156,7 @@ def test_a_driver_too_old_for_the_build_is_never_a_silent_cpu_run() -> None:
     ancient_driver = machine_with(
         "Quadro RTX 8000", (7, 5), cuda_available=False, driver="470.82.01"
     )
-    with pytest.raises(PipelineError) as refused:
-        resolve_device("auto", machine=ancient_driver)
-    message = str(refused.value)
+    message = refusal(ancient_driver)
     assert (
         "torch==2.7.1 torchvision==0.22.1 --index-url https://download.pytorch.org/whl/cu118"
         in message
@@ -309,10 +310,9 @@ def test_data_parallel_ranks_on_mixed_gpus_all_train_in_the_weakest_gpus_precisi
 def test_blackwell_on_a_driver_before_580_is_told_to_update_the_driver() -> None:
     rtx5090 = machine_with("NVIDIA GeForce RTX 5090", (12, 0), cuda_available=False,
                            driver="575.51.03")  # fmt: skip
-    with pytest.raises(PipelineError) as refused:
-        resolve_device("auto", machine=rtx5090)
-    assert "update the NVIDIA driver to 580 or newer" in str(refused.value)
-    assert "cu126" not in str(refused.value)  # no CUDA 12.6 build has Blackwell code
+    message = refusal(rtx5090)
+    assert "update the NVIDIA driver to 580 or newer" in message
+    assert "cu126" not in message  # no CUDA 12.6 build has Blackwell code
 
 
 def test_a_gpu_torch_cannot_start_with_a_recent_driver_is_not_blamed_on_the_driver(
@@ -323,9 +323,7 @@ def test_a_gpu_torch_cannot_start_with_a_recent_driver_is_not_blamed_on_the_driv
         machine_with("Tesla T4", (7, 5), cuda_available=False, driver="580.65.06"),
         cuda_warning="CUDA initialization: CUDA driver initialization failed",
     )
-    with pytest.raises(PipelineError) as refused:
-        resolve_device("auto", machine=hidden_by_index)
-    message = str(refused.value)
+    message = refusal(hidden_by_index)
     assert (
         "cannot start CUDA (torch: CUDA initialization: CUDA driver initialization failed)"
         in message

@@ -19,26 +19,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from pipeline.config.load import load_profile, profile_names
-from pipeline.config.params import Params, PrepareParams, with_teacher_budget
+from pipeline.config.params import Params, with_teacher_budget
 from pipeline.engine import gpu
 from pipeline.engine.device import choose_precision, compile_choice, resolve_device
 from pipeline.engine.loop import AUTO_CPU_LIMIT_MINUTES
 from pipeline.engine.models import build_model, count_trainable_params
-from pipeline.engine.timing import TrainingEstimate, estimate_training
+from pipeline.engine.timing import TrainingEstimate, estimate_training, split_sizes
 from pipeline.errors import PipelineError
 from pipeline.integrations.kaggle_client import kaggle_credentials_source
 from pipeline.paths import RAW_DIR
 from pipeline.reporting import table_console
-
-CIFAR_TRAIN_IMAGES, CIFAR_TEST_IMAGES = 50_000, 10_000
-
-
-def split_sizes(prepare: PrepareParams) -> tuple[int, int]:
-    """(training images, validation images) that prepare makes of the real CIFAR-10."""
-    if prepare.val == "test_batch":
-        return CIFAR_TRAIN_IMAGES, CIFAR_TEST_IMAGES
-    train = CIFAR_TRAIN_IMAGES - prepare.holdout_images
-    return train + (CIFAR_TEST_IMAGES if prepare.train_on_test_batch else 0), prepare.holdout_images
 
 
 def machine_lines() -> list[str]:

@@ -91,7 +91,6 @@ def fit_profile_to_minutes(
     its training takes about `minutes` here, measured (engine/timing.py); what was done, in words."""
     import dataclasses
 
-    from pipeline.commands.doctor import split_sizes
     from pipeline.config.load import load_params, load_profile
     from pipeline.config.params import with_teacher_budget
     from pipeline.engine import timing
@@ -103,7 +102,7 @@ def fit_profile_to_minutes(
     recipe = load_profile(name, profiles_dir)
     params = load_params(params_path)
     device = resolve_device(recipe.train.device)
-    train_images, val_images = split_sizes(params.prepare)
+    train_images, val_images = timing.split_sizes(params.prepare)
     model = with_teacher_budget(recipe.model, params.distill.teacher_max_params)
     train = dataclasses.replace(recipe.train, device=device.type)
     estimate = timing.estimate_training(model, train, device, train_images, val_images)

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.engine import gpu
-from pipeline.engine.gpu import Machine, gpu_words, unusable_gpu_problem
+from pipeline.engine.gpu import Gpu, Machine, gpu_words, unusable_gpu_problem
 from pipeline.errors import PipelineError
 
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -54,7 +54,7 @@ def resolve_device(
     return torch.device(name)
 
 
-def _gpu_of(device: torch.device, machine: Machine, whole_run: bool = False):  # noqa: ANN202
+def _gpu_of(device: torch.device, machine: Machine, whole_run: bool = False) -> Gpu | None:
     """`device`'s GPU; with `whole_run` under data parallelism across several GPUs, the least
     capable one: every rank must train in one precision (one rank's loss scaler would scale
     the gradients all ranks average)."""

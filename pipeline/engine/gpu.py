@@ -112,9 +112,8 @@ def this_machine() -> Machine:
         triton = False
     gpu_build = torch.version.cuda or getattr(torch.version, "hip", None)
     arch_list = tuple(torch.cuda.get_arch_list()) if gpu_build else ()
-    with warnings.catch_warnings(
-        record=True
-    ) as caught:  # why CUDA would not start, in torch's words
+    # why CUDA would not start, in torch's words (it warns instead of raising)
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         available = torch.cuda.is_available()
     facts = {

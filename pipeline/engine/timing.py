@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.config.params import ModelParams, TrainParams
+from pipeline.config.params import ModelParams, PrepareParams, TrainParams
 from pipeline.engine.augment import augment_batch, augment_state, downscaled
 from pipeline.engine.device import choose_precision
 from pipeline.engine.models import WHITENING_IMAGES, build_model
@@ -29,6 +29,15 @@ TIMED_STEPS = 5  # optimizer steps timed (their median counts)
 MAX_TIMED_STEPS = 50  # min_timed_seconds stops adding steps here
 # CIFAR-10's per-channel mean and std (0–1 scale): what random stand-in images are normalised by
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
+CIFAR_TRAIN_IMAGES, CIFAR_TEST_IMAGES = 50_000, 10_000  # the real data's split
+
+
+def split_sizes(prepare: PrepareParams) -> tuple[int, int]:
+    """(training images, validation images) that prepare makes of the real CIFAR-10."""
+    if prepare.val == "test_batch":
+        return CIFAR_TRAIN_IMAGES, CIFAR_TEST_IMAGES
+    train = CIFAR_TRAIN_IMAGES - prepare.holdout_images
+    return train + (CIFAR_TEST_IMAGES if prepare.train_on_test_batch else 0), prepare.holdout_images
 
 
 def _synchronize(device: torch.device) -> None:

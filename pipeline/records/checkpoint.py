@@ -26,7 +26,6 @@ from pipeline.classes import CIFAR10_CLASS_NAMES
 from pipeline.config.params import (
     MODEL_KEYS,
     ModelParams,
-    TtaPolicy,
     conditional_keys,
     with_later_model_keys,
 )
@@ -36,6 +35,7 @@ from pipeline.engine.models import (
     check_ensemble_budget,
     count_trainable_params,
 )
+from pipeline.engine.tta import TTA_POLICIES
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path
 
@@ -86,8 +86,8 @@ def check_record(record: dict[str, Any], where: object) -> None:
         refuse("normalization is not {mean, std} of 3 finite numbers each")
     if record.get("weights") not in (None, *WEIGHTS):
         refuse(f"weights is not one of {list(WEIGHTS)}")
-    if record.get("tta") not in (None, *typing.get_args(TtaPolicy)):
-        refuse(f"tta is not one of {list(typing.get_args(TtaPolicy))}")
+    if record.get("tta") not in (None, *TTA_POLICIES):
+        refuse(f"tta is not one of {list(TTA_POLICIES)}")
 
 
 @dataclass(frozen=True)
