@@ -279,9 +279,95 @@ def test_auto_does_not_take_leftover_synthetic_data_for_real_data(tmp_path: Path
     raw_dir = _raw(tmp_path)
     fetch.run(DataParams(source="synthetic", synthetic=SMALL_SYNTHETIC), raw_dir)
     with pytest.raises(
-        PipelineError, match="expected 10000 images.*left over from the synthetic demo"
+        PipelineError, match="holds the synthetic demo's data, not the competition's"
     ):
         fetch.run(DataParams(source="auto"), raw_dir)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("source", ["synthetic", "local"])
+def test_fetch_never_replaces_files_a_user_put_in_data_raw(
+    tmp_path: Path, competition_zip: Path, source: str
+) -> None:
+    """The README's demo once left data.source: synthetic behind; the user's real files, put in
+    data/raw by hand, were then replaced by synthetic data. Any source but auto is refused."""
+    raw_dir = _raw(tmp_path)
+    raw_dir.mkdir(parents=True)
+    with zipfile.ZipFile(competition_zip) as bundle:
+        bundle.extractall(raw_dir)
+    before = _snapshot(raw_dir)
+    params = DataParams(source=source, synthetic=SMALL_SYNTHETIC, path=str(competition_zip))
+    with pytest.raises(
+        PipelineError,
+        match=rf"{raw_dir}: holds files fetch did not write \(cifar-10-python, "
+        rf"cifar_test_nolabel.pkl\); fetch never replaces them with data.source '{source}': "
+        "set data.source: auto to use them, or move them out",
+    ):
+        fetch.run(params, raw_dir)
+    assert _snapshot(raw_dir) == before
+
+
+def test_fetch_replaces_its_own_files_but_not_once_a_user_changed_them(tmp_path: Path) -> None:
+    raw_dir = _raw(tmp_path)
+    params = DataParams(source="synthetic", synthetic=SMALL_SYNTHETIC)
+    fetch.run(params, raw_dir)
+    assert fetch.fetched_source(raw_dir) == "synthetic"
+    fetch.run(dataclasses.replace(params, synthetic=dataclasses.replace(SMALL_SYNTHETIC, seed=1)), raw_dir)
+    assert fetch.fetched_source(raw_dir) == "synthetic"
+    (raw_dir / "cifar_test_nolabel.pkl").write_bytes(b"mine now")
+    assert fetch.fetched_source(raw_dir) is None
+    with pytest.raises(PipelineError, match="holds files fetch did not write"):
+        fetch.run(params, raw_dir)
+    assert (raw_dir / "cifar_test_nolabel.pkl").read_bytes() == b"mine now"
+
+
+def test_auto_finds_the_competition_zip_unpacked_in_data_raw(
+    tmp_path: Path, competition_zip: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`unzip deep-learning-spring-2025-project-1.zip -d data/raw` gives
+    data/raw/cifar-10-python/cifar-10-batches-py/: used where it is, no credentials asked."""
+    raw_dir = _raw(tmp_path)
+    raw_dir.mkdir(parents=True)
+    with zipfile.ZipFile(competition_zip) as bundle:
+        bundle.extractall(raw_dir)
+    before = _snapshot(raw_dir)
+    fetch.run(DataParams(source="auto"), raw_dir)
+    assert "using the files already in" in capsys.readouterr().err
+    assert _snapshot(raw_dir) == before
+    prepare.run(PrepareParams(), raw_dir, tmp_path / "prepared", tmp_path / "data.json")
+    assert (tmp_path / "prepared/custom_test.npz").is_file()
+
+
+def test_auto_unpacks_the_competition_zip_dropped_in_data_raw(
+    tmp_path: Path, competition_zip: Path
+) -> None:
+    raw_dir = _raw(tmp_path)
+    raw_dir.mkdir(parents=True)
+    shutil.copy(competition_zip, raw_dir)
+    fetch.run(DataParams(source="auto"), raw_dir)
+    unpacked = raw_dir / competition_zip.stem
+    assert (unpacked / "cifar-10-python" / CIFAR_FOLDER / "data_batch_1").is_file()
+    assert (raw_dir / competition_zip.name).is_file()  # the user's zip stays
+    assert [p.name for p in raw_dir.iterdir() if p.name.startswith(".")] == []
+    fetch.run(DataParams(source="auto"), raw_dir)  # the second time: used as it is
+    prepare.run(PrepareParams(), raw_dir, tmp_path / "prepared", tmp_path / "data.json")
+
+
+def test_two_copies_of_the_batches_in_data_raw_are_refused_naming_both(
+    tmp_path: Path, competition_zip: Path
+) -> None:
+    raw_dir = _raw(tmp_path)
+    raw_dir.mkdir(parents=True)
+    with zipfile.ZipFile(competition_zip) as bundle:
+        bundle.extractall(raw_dir)
+        bundle.extractall(raw_dir / "again")
+    with pytest.raises(PipelineError, match=r"holds 2 cifar-10-batches-py/ folders \(.*again.*\); keep one"):
+        fetch.run(DataParams(source="auto"), raw_dir)
+    with pytest.raises(PipelineError, match="keep one"):
+        prepare.run(PrepareParams(), raw_dir, tmp_path / "prepared", tmp_path / "data.json")
 
 
 def test_in_a_kaggle_notebook_auto_takes_the_mounted_competition_files_without_credentials(
@@ -799,7 +885,7 @@ def test_a_link_to_an_empty_folder_is_filled_in_place_and_kept(tmp_path: Path) -
     assert raw_dir.is_symlink() and raw_dir.resolve() == shared.resolve()
     assert shared.stat().st_ino == inode  # filled, never renamed or replaced
     assert sorted(p.name for p in shared.iterdir()) == sorted(
-        [CIFAR_FOLDER, "cifar_test_nolabel.pkl"]
+        [CIFAR_FOLDER, "cifar_test_nolabel.pkl", fetch.FETCH_RECORD]
     )
     assert sorted(p.name for p in (shared / CIFAR_FOLDER).iterdir()) == sorted(CIFAR_FILES)
     stamp = (shared / CIFAR_FOLDER / "data_batch_1").stat().st_mtime_ns
@@ -908,7 +994,7 @@ def test_a_mount_point_data_raw_is_filled_in_place_and_never_renamed(
     fetch.run(DataParams(source="synthetic", synthetic=synthetic), tmp_path / "expected")
     assert raw_dir.stat().st_ino == inode
     assert sorted(p.name for p in raw_dir.iterdir()) == sorted(
-        [CIFAR_FOLDER, "cifar_test_nolabel.pkl", "lost+found"]
+        [CIFAR_FOLDER, "cifar_test_nolabel.pkl", fetch.FETCH_RECORD, "lost+found"]
     )
     assert _contents(raw_dir) == _contents(tmp_path / "expected")
     assert [p.name for p in raw_dir.parent.iterdir()] == ["raw"]
@@ -921,7 +1007,7 @@ def test_a_link_to_a_freshly_mounted_disk_is_filled_in_place_beside_its_lost_and
     _mounted(monkeypatch, shared)
     fetch.run(DataParams(source="synthetic", synthetic=SMALL_SYNTHETIC), raw_dir)
     assert sorted(p.name for p in shared.iterdir()) == sorted(
-        [CIFAR_FOLDER, "cifar_test_nolabel.pkl", "lost+found"]
+        [CIFAR_FOLDER, "cifar_test_nolabel.pkl", fetch.FETCH_RECORD, "lost+found"]
     )
     assert raw_dir.is_symlink() and [p.name for p in shared.parent.iterdir()] == ["cifar"]
 
@@ -962,7 +1048,7 @@ def test_a_fill_in_place_that_fails_midway_keeps_the_old_contents(
     _one_disk_line(error, raw_dir, errno.EACCES)
     assert _contents(raw_dir) == before
     assert sorted(p.name for p in raw_dir.iterdir()) == sorted(
-        [CIFAR_FOLDER, "cifar_test_nolabel.pkl", "lost+found"]
+        [CIFAR_FOLDER, "cifar_test_nolabel.pkl", fetch.FETCH_RECORD, "lost+found"]
     )
 
 

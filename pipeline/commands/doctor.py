@@ -53,15 +53,22 @@ def machine_lines() -> list[str]:
 
 
 def data_line(params: Params, raw_dir: Path = RAW_DIR) -> str:
-    from pipeline.stages.fetch import kaggle_notebook_data, raw_files_present
+    from pipeline.stages.fetch import ARCHIVE_PATTERNS, kaggle_notebook_data, raw_files_present
 
     source = params.data.source
     credentials = kaggle_credentials_source()
     found = f"Kaggle credentials: {credentials}" if credentials else "no Kaggle credentials"
     if source != "auto":
         return f"data.source: {source}; {found}"
-    if raw_files_present(raw_dir):
+    try:
+        present = raw_files_present(raw_dir)
+    except PipelineError as error:  # two copies of the batches: fetch names them the same way
+        return f"data.source: auto stops: {error}"
+    if present:
         return f"data.source: auto uses the files in {raw_dir}; {found}"
+    dropped = sorted(p.name for pattern in ARCHIVE_PATTERNS for p in raw_dir.glob(pattern))
+    if dropped:
+        return f"data.source: auto unpacks {dropped[0]} in {raw_dir}; {found}"
     mounted = kaggle_notebook_data(params.data.competition)
     if mounted is not None:
         return f"data.source: auto takes the files mounted at {mounted}; {found}"

@@ -153,6 +153,25 @@ def find_custom_test(folder: Path) -> Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
+def find_raw_files(folder: Path) -> tuple[Path | None, Path | None]:
+    """The one `cifar-10-batches-py/` folder and the one custom test pickle at any depth under
+    `folder` (data/raw as fetch writes it, or the competition's zip unpacked there: its
+    `cifar-10-python/cifar-10-batches-py/`). Two of either is refused, naming both: which one
+    trains would otherwise depend on sort order."""
+    folder = Path(folder)
+    batches = sorted(
+        meta.parent for meta in folder.rglob(META_NAME) if meta.parent.name == CIFAR_FOLDER
+    )
+    tests = [p for name in CUSTOM_TEST_NAMES for p in sorted(folder.rglob(name)) if p.is_file()]
+    for found, what in ((batches, f"{CIFAR_FOLDER}/ folders"), (tests, "custom test pickles")):
+        if len(found) > 1:
+            raise PipelineError(
+                f"{folder}: holds {len(found)} {what} ({found[0]} and {found[1]}); keep one "
+                "(move the other out of the folder)"
+            )
+    return (batches[0] if batches else None), (tests[0] if tests else None)
+
+
 def _pickle_atomic(path: Path, content: dict, protocol: int) -> None:
     with atomic_path(path) as temp_path, temp_path.open("wb") as handle:
         pickle.dump(content, handle, protocol=protocol)

@@ -6,12 +6,18 @@ restricted loaders `prepare` uses, and only then swapped into `data/raw` (files.
 Each fetch first undoes what a killed one left: a `data/raw` moved aside mid-swap is put back,
 and its temporary folders (`data/.fetch-pipeline-*`, `data/.raw.pipeline-*.tmp`) are removed;
 names a user might give their own folders (`.raw.old`, `.fetch-cache`) are never touched.
+
+Files a user put in `data/raw` are never replaced: fetch keeps a record of what it wrote there
+(`fetch_record.json`: each file's size and md5), and replaces only a `data/raw` that holds
+exactly that. `auto` uses the user's files where they are, at any depth (the competition's zip
+unpacked there), and unpacks a zip or CIFAR-10 tarball dropped there into a folder beside it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import filecmp
+import json
 import os
 import shutil
 import tempfile
@@ -25,6 +31,7 @@ from pipeline.data.formats import (
     META_NAME,
     find_batches_dir,
     find_custom_test,
+    find_raw_files,
     load_cifar_batch,
     load_class_names,
     load_custom_test,
@@ -36,9 +43,11 @@ from pipeline.files import (
     FILESYSTEM_ENTRIES,
     atomic_directory,
     disk_errors_reported,
+    file_md5,
     folder_lock,
     recover_directory,
     remove_debris,
+    write_json_atomic,
 )
 from pipeline.integrations.kaggle_client import (
     CREDENTIALS_HELP,
@@ -53,6 +62,8 @@ CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # the official cifar-10-python
 CIFAR_URL_VARIABLE = "PIPELINE_CIFAR_URL"  # replaces data.cifar_url: a secret URL stays untracked
 SCRATCH_PREFIX = ".fetch-pipeline-"  # fetch's scratch beside data/raw, removed after a kill too
 OFFICIAL_IMAGES_PER_BATCH = 10_000
+FETCH_RECORD = "fetch_record.json"  # in data/raw: the source and every file fetch wrote there
+ARCHIVE_PATTERNS = ("*.zip", "*.tar.gz", "*.tgz")  # what auto unpacks when dropped in data/raw
 KAGGLE_INPUT = Path("/kaggle/input")  # where a Kaggle notebook mounts a competition's files
 OFFLINE_ALTERNATIVES = (
     "offline: set data.source to 'local' with data.path pointing to the competition's .zip, a "
@@ -137,7 +148,9 @@ def locate_files(folder: Path, scratch: Path) -> tuple[Path | None, Path | None]
 
 def check_raw(raw_dir: Path, official_counts: bool) -> int:
     """Load every file through the restricted loaders; return the custom test's image count."""
-    batches_dir = raw_dir / CIFAR_FOLDER
+    batches_dir, custom_test = find_raw_files(raw_dir)
+    if batches_dir is None:
+        raise PipelineError(f"{raw_dir}: no {CIFAR_FOLDER}/ folder (with {META_NAME}) inside")
     for name in CIFAR_FILES:
         if not (batches_dir / name).is_file():
             raise PipelineError(
@@ -151,10 +164,56 @@ def check_raw(raw_dir: Path, official_counts: bool) -> int:
                 f"{batches_dir / name}: expected {OFFICIAL_IMAGES_PER_BATCH} images as in the "
                 f"official archive, found {images.shape[0]}"
             )
-    custom_test = find_custom_test(raw_dir)
     if custom_test is None:
         raise PipelineError(f"{raw_dir}: no custom test pickle ({' or '.join(CUSTOM_TEST_NAMES)})")
     return load_custom_test(custom_test)[0].shape[0]
+
+
+# --- what fetch wrote, and what a user put in data/raw ----------------------------------------
+
+
+def _inventory(folder: Path) -> dict[str, dict[str, object]]:
+    """Every file under `folder` but fetch's record: {relative path: {size, md5}}."""
+    return {
+        path.relative_to(folder).as_posix(): {"size": path.stat().st_size, "md5": file_md5(path)}
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.relative_to(folder).as_posix() != FETCH_RECORD
+    }
+
+
+def write_fetch_record(raw_tmp: Path, source: str) -> None:
+    write_json_atomic(raw_tmp / FETCH_RECORD, {"source": source, "files": _inventory(raw_tmp)})
+
+
+def fetched_source(raw_dir: Path) -> str | None:
+    """The source fetch wrote `raw_dir` from, if its record is there and still describes every
+    file in it; None for files a user put there (or changed since)."""
+    try:
+        record = json.loads((raw_dir / FETCH_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("files") != _inventory(raw_dir):
+        return None
+    return record.get("source") if isinstance(record.get("source"), str) else None
+
+
+def _user_entries(raw_dir: Path) -> list[Path]:
+    """What in `raw_dir` fetch may not replace: everything, unless its record accounts for it."""
+    if not raw_dir.is_dir() or raw_dir.is_symlink():
+        return []
+    entries = sorted(e for e in raw_dir.iterdir() if e.name not in FILESYSTEM_ENTRIES)
+    return [] if not entries or fetched_source(raw_dir) is not None else entries
+
+
+def refuse_to_replace_user_files(raw_dir: Path, source: str) -> None:
+    entries = _user_entries(raw_dir)
+    if entries:
+        shown = ", ".join(entry.name for entry in entries[:3]) + (" …" if len(entries) > 3 else "")
+        raise PipelineError(
+            f"{raw_dir}: holds files fetch did not write ({shown}); fetch never replaces them "
+            f"with data.source '{source}': set data.source: auto to use them, or move them out "
+            f"of {raw_dir} first"
+        )
 
 
 def _assemble(
@@ -218,13 +277,49 @@ def _fetch_into(raw_tmp: Path, source: str, params: DataParams, scratch: Path) -
 
 
 def raw_files_present(raw_dir: Path) -> bool:
-    """Whether `raw_dir` already holds the layout fetch writes (looked up only, nothing extracted)."""
+    """Whether `raw_dir` holds the batches and the custom test pickle at any depth (looked up
+    only, nothing extracted)."""
     if not raw_dir.is_dir():
         return False
-    return (
-        find_batches_dir(raw_dir) == raw_dir / CIFAR_FOLDER
-        and find_custom_test(raw_dir) is not None
-    )
+    return None not in find_raw_files(raw_dir)
+
+
+def unpack_dropped_archive(raw_dir: Path) -> Path | None:
+    """A zip or tarball a user dropped in `raw_dir` (and nothing unpacked beside it), unpacked
+    into `raw_dir/<its name>/`; the archive stays. Two archives are refused, naming both."""
+    if not raw_dir.is_dir() or raw_files_present(raw_dir):
+        return None
+    archives = sorted({p for pattern in ARCHIVE_PATTERNS for p in raw_dir.glob(pattern)})
+    archives = [p for p in archives if p.is_file()]
+    if not archives:
+        return None
+    if len(archives) > 1:
+        raise PipelineError(
+            f"{raw_dir}: holds {len(archives)} archives ({archives[0].name} and "
+            f"{archives[1].name}); keep the competition's zip only"
+        )
+    (archive,) = archives
+    unpacked = raw_dir / archive.name.removesuffix(".gz").removesuffix(".tar").removesuffix(
+        ".tgz"
+    ).removesuffix(".zip")
+    if unpacked.exists():
+        raise PipelineError(
+            f"{unpacked}: exists but holds no {CIFAR_FOLDER}/ and custom test pickle; remove it "
+            f"to unpack {archive.name} again"
+        )
+    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=raw_dir) as scratch:
+        extracted = Path(scratch) / "extracted"
+        extracted.mkdir()
+        extract_archive(archive, extracted)
+        batches_dir, custom_test = locate_files(extracted, Path(scratch))
+        if batches_dir is None or custom_test is None:
+            missing = f"{CIFAR_FOLDER}/" if batches_dir is None else "custom test pickle"
+            raise PipelineError(
+                f"{archive}: holds no {missing}; expected the competition's zip from Kaggle"
+            )
+        os.replace(extracted, unpacked)
+    console.print(f"fetch: unpacked {archive.name} into {unpacked}")
+    return unpacked
 
 
 def kaggle_notebook_data(competition: str, input_dir: Path | None = None) -> Path | None:
@@ -247,11 +342,14 @@ def _chosen_source(params: DataParams, raw_dir: Path) -> tuple[str, DataParams] 
     if params.source != "auto":
         return params.source, params
     problem = f"{raw_dir}: no data yet"
+    unpack_dropped_archive(raw_dir)
     if raw_files_present(raw_dir):
         try:  # official sizes only: leftover synthetic demo data must not pass for the real thing
             count = check_raw(raw_dir, official_counts=True)
         except PipelineError as error:
-            problem = f"{error} (left over from the synthetic demo? set data.source: synthetic to keep it)"
+            problem = str(error)
+            if fetched_source(raw_dir) == "synthetic":
+                problem = f"{raw_dir}: holds the synthetic demo's data, not the competition's"
         else:
             console.print(
                 f"fetch: using the files already in {raw_dir} ({count} custom test images)"
@@ -292,7 +390,7 @@ def linked_folder_in_use(raw_dir: Path) -> Path | None:
 
 
 def _require_same_files(fetched: Path, linked: Path, raw_dir: Path, source: str) -> None:
-    for path in sorted(p for p in fetched.rglob("*") if p.is_file()):
+    for path in sorted(p for p in fetched.rglob("*") if p.is_file() and p.name != FETCH_RECORD):
         relative = path.relative_to(fetched)
         kept = linked / relative
         if not (kept.is_file() and filecmp.cmp(path, kept, shallow=False)):
@@ -305,7 +403,9 @@ def _require_same_files(fetched: Path, linked: Path, raw_dir: Path, source: str)
 
 def _fetch_checked(raw_tmp: Path, source: str, params: DataParams, scratch: Path) -> int:
     _fetch_into(raw_tmp, source, params, scratch)
-    return check_raw(raw_tmp, official_counts=source != "synthetic")
+    count = check_raw(raw_tmp, official_counts=source != "synthetic")
+    write_fetch_record(raw_tmp, source)
+    return count
 
 
 def run(params: DataParams, raw_dir: Path = RAW_DIR) -> None:
@@ -314,6 +414,8 @@ def run(params: DataParams, raw_dir: Path = RAW_DIR) -> None:
         with folder_lock(raw_dir.parent):  # one fetch at a time: debris is never a live run's
             recover_directory(raw_dir)  # before `auto` looks: a killed swap hid the data
             remove_debris(raw_dir.parent, f"{SCRATCH_PREFIX}*")
+            if raw_dir.is_dir():  # an unpacking of a dropped zip, killed
+                remove_debris(raw_dir, f"{SCRATCH_PREFIX}*")
             chosen = _chosen_source(params, raw_dir)
             if chosen is not None:
                 _fetch(*chosen, raw_dir)
@@ -323,6 +425,7 @@ def run(params: DataParams, raw_dir: Path = RAW_DIR) -> None:
 
 def _fetch(source: str, params: DataParams, raw_dir: Path) -> None:
     linked = linked_folder_in_use(raw_dir)
+    refuse_to_replace_user_files(raw_dir, source)
     with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=raw_dir.parent) as scratch:
         if linked is None:
             with atomic_directory(raw_dir) as raw_tmp:

@@ -20,7 +20,7 @@ from pipeline.data.formats import (
     META_NAME,
     TRAIN_BATCH_NAMES,
     VAL_BATCH_NAME,
-    find_custom_test,
+    find_raw_files,
     load_cifar_batch,
     load_class_names,
     load_custom_test,
@@ -61,7 +61,10 @@ def class_counts(labels: np.ndarray) -> list[int]:
 
 def run(params: PrepareParams, raw_dir: Path = RAW_DIR, prepared_dir: Path = PREPARED_DIR,
         report_path: Path = DATA_REPORT_PATH) -> None:  # fmt: skip
-    batches_dir = raw_dir / CIFAR_FOLDER
+    batches_dir, custom_test_path = find_raw_files(raw_dir)
+    if batches_dir is None or custom_test_path is None:
+        missing = f"{CIFAR_FOLDER}/" if batches_dir is None else "custom test pickle"
+        raise PipelineError(f"{raw_dir}: no {missing} found; run the fetch stage first")
     class_names = load_class_names(batches_dir / META_NAME)
     if class_names != CIFAR10_CLASS_NAMES:
         raise PipelineError(
@@ -84,9 +87,6 @@ def run(params: PrepareParams, raw_dir: Path = RAW_DIR, prepared_dir: Path = PRE
             train_images = np.concatenate([train_images, test_images])
             train_labels = np.concatenate([train_labels, test_labels])
 
-    custom_test_path = find_custom_test(raw_dir)
-    if custom_test_path is None:
-        raise PipelineError(f"{raw_dir}: no custom test pickle; run the fetch stage first")
     custom_test_images, custom_test_ids = load_custom_test(custom_test_path)
 
     mean, std = channel_stats(train_images)
