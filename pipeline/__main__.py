@@ -207,8 +207,35 @@ def run_command(args: argparse.Namespace) -> int:
 
         return 0 if reproduce.run(args.run, args.into) else 1
     else:
-        run_stage(args.command, load_params(args.params), args.params)
+        notes: list[str] = []
+        try:
+            params = load_params(args.params, notes)
+            if args.command == "train":  # the first stage that reads model and train
+                for note in notes:
+                    print(printable(note), file=sys.stderr)
+            run_stage(args.command, params, args.params)
+        except PipelineError as error:
+            raise PipelineError(f"{error}{edited_params_hint(args.params)}") from None
     return 0
+
+
+def edited_params_hint(params_path: Path) -> str:
+    """How to undo an edit of the params file a failed stage ran with (`dvc exp run -S` leaves
+    its edit in params.yaml, and DVC removed the stage's outputs before running it); "" when
+    the file is as committed, or outside git."""
+    from pipeline.integrations.repository import changed_files
+
+    try:
+        edited = Path(params_path).as_posix() in changed_files()
+    except PipelineError:
+        return ""
+    if not edited:
+        return ""
+    return (
+        f" ({params_path} differs from the last commit: `git diff {params_path}` shows how; "
+        f"`git checkout {params_path}` undoes the edit, then `dvc checkout` brings back the "
+        "last run's outputs)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -152,6 +152,11 @@ def fake_kaggle(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     api_module = importlib.import_module("kaggle.api.kaggle_api_extended")
     monkeypatch.setattr(api_module.KaggleApi, "args", ["--local"])
     monkeypatch.setattr(kaggle_client, "RETRY_DELAY_SECONDS", 0.01)
+    # the runs these tests submit are tiny synthetic ones, which submit refuses, --force or
+    # not; test_submission_lifecycle checks that refusal with the real function
+    from pipeline.commands import submit
+
+    monkeypatch.setattr(submit, "not_for_the_competition", lambda *args: None)
     with FakeKaggle(FAKE_KAGGLE_USERNAME, FAKE_KAGGLE_KEY) as server:
         monkeypatch.setitem(kaggle_env._env_to_endpoint, kaggle_env.KaggleEnv.LOCAL, server.url)
         yield server

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO_ROOT
 
 from pipeline.config.load import (
@@ -16,9 +19,18 @@ from pipeline.config.load import (
     parse_overrides,
     profile_names,
     profile_values,
+    recipe,
     with_overrides,
 )
-from pipeline.config.params import MODEL_KEYS, SCHEDULE_KEYS, Params, conditional_keys
+from pipeline.config.params import (
+    MODEL_DEFAULTS,
+    MODEL_KEYS,
+    SCHEDULE_DEFAULTS,
+    SCHEDULE_KEYS,
+    Params,
+    conditional_keys,
+    default_milestones,
+)
 from pipeline.errors import PipelineError
 
 
@@ -195,11 +207,14 @@ def test_a_params_file_that_cannot_be_read_is_one_line(tmp_path: Path, damage: s
             {"train": {"schedule": "cosine", "gamma": 0.1}},
             "train.gamma is not read by train.schedule 'cosine'",
         ),
-        (
-            {"model": {"name": "seed_resnet", "base_width": 32, "blocks": [4, 4, 3]}},
-            "model.dropout is missing: model.name 'seed_resnet' reads it",
+        (  # a lone key of another variant is a mistake, not what a switch left behind
+            {"model": {"name": "seed_resnet", "residual": True}},
+            "model.residual is not read by model.name 'seed_resnet'",
         ),
-        ({"train": {"schedule": "multistep"}}, "train.gamma, train.milestones are missing"),
+        (
+            {"train": {"optimizer": "sgd", "muon_lr": 0.2}},
+            "train.muon_lr is not read by train.optimizer 'sgd'",
+        ),
     ],
 )
 def test_a_key_the_chosen_model_or_schedule_ignores_is_refused(values: dict, expected: str) -> None:
@@ -213,9 +228,79 @@ def test_recipe_defaults_are_the_default_profile_and_nothing_else() -> None:
     assert Params().model == default.model and Params().train == default.train
     partial = params_from_dict({"train": {"lr": 0.5}})
     assert partial.train == dataclasses.replace(default.train, lr=0.5)
-    # another model takes only the default keys it reads: airnet's widths, not its residual
-    wide = params_from_dict({"model": {"name": "resnet_wide", "blocks": [1, 1, 1], "dropout": 0.0}})
-    assert wide.model.widths == default.model.widths and wide.model.residual is None
+    # another model takes its own defaults for the keys it reads, none of airnet's
+    wide = params_from_dict({"model": {"name": "resnet_wide", "blocks": [1, 1, 1]}})
+    assert wide.model.widths == MODEL_DEFAULTS["resnet_wide"]["widths"]
+    assert wide.model.blocks == [1, 1, 1] and wide.model.residual is None
+
+
+SHIPPED = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    ("switch", "dropped", "filled"),
+    [
+        (
+            {"model": {"name": "seed_resnet"}},
+            "model.residual, model.residual_convs, model.whiten_bias_epochs, model.widths",
+            "model.base_width=32, model.blocks=[4, 4, 3], model.dropout=0.17",
+        ),
+        (
+            {"model": {"name": "resnet_wide"}},
+            "model.residual, model.residual_convs, model.whiten_bias_epochs",
+            "model.blocks=[2, 2, 2], model.dropout=0.0",
+        ),
+        (
+            {"train": {"schedule": "multistep", "epochs": 30}},
+            "train.lr_end_factor, train.lr_start_factor, train.warmup_fraction",
+            "train.milestones=[14, 27], train.gamma=0.1",
+        ),
+        ({"train": {"schedule": "cosine"}}, "train.lr_end_factor, train.lr_start_factor, train.warmup_fraction", None),
+        ({"train": {"optimizer": "muon"}}, None, "train.muon_lr=0.24, train.muon_momentum=0.6"),
+    ],
+)
+def test_dvc_exp_run_s_switches_a_variant_in_params_yaml(
+    switch: dict, dropped: str | None, filled: str | None
+) -> None:
+    """`dvc exp run -S model.name=seed_resnet` writes just that key into params.yaml, whose
+    airnet keys stay: they are dropped with a note, and seed_resnet's come from its defaults."""
+    values = copy.deepcopy(SHIPPED)
+    for section, keys in switch.items():
+        values[section].update(keys)
+    notes: list[str] = []
+    params = params_from_dict(values, notes)
+    expected = []
+    if dropped:
+        expected.append(
+            f"params: {dropped} are not read by the chosen model, schedule or optimizer: "
+            "ignored (delete them from params.yaml)"
+        )
+    if filled:
+        expected.append(f"params: not in params.yaml, so the chosen variant's defaults: {filled}")
+    assert notes == expected
+    if switch.get("model", {}).get("name") == "seed_resnet":
+        assert params.model == load_profile("seed").model
+    # the shipped params.yaml itself: no note
+    params_from_dict(copy.deepcopy(SHIPPED), notes := [])
+    assert notes == []
+
+
+def test_each_variants_defaults_are_the_profile_that_uses_it() -> None:
+    seed, default = profile_values("seed"), profile_values("default")
+    assert {k: seed["model"][k] for k in MODEL_KEYS["seed_resnet"]} == MODEL_DEFAULTS["seed_resnet"]
+    assert {k: default["model"][k] for k in MODEL_KEYS["airnet"]} == MODEL_DEFAULTS["airnet"]
+    onecycle = {k: default["train"][k] for k in SCHEDULE_KEYS["onecycle"]}
+    assert onecycle == SCHEDULE_DEFAULTS["onecycle"]
+    assert seed["train"]["gamma"] == SCHEDULE_DEFAULTS["multistep"]["gamma"]
+    assert default_milestones(seed["train"]["epochs"]) == seed["train"]["milestones"]
+    assert default_milestones(2) == [1] and default_milestones(1) == [1]
+
+
+def test_an_unknown_key_names_the_closest_one() -> None:
+    with pytest.raises(PipelineError, match=r"^params: unknown key 'train.epoch'; did you mean 'train.epochs'\?$"):
+        params_from_dict({"train": {"epoch": 5}})
+    with pytest.raises(PipelineError, match=r"unknown key 'train.zzz' \(known under 'train': .*epochs"):
+        params_from_dict({"train": {"zzz": 5}})
 
 
 def test_every_profile_sets_exactly_the_keys_its_model_and_schedule_read() -> None:
@@ -256,14 +341,11 @@ def test_overrides_switching_the_schedule_drop_the_old_schedules_keys() -> None:
         parse_overrides(["lr=0.1"])
 
 
-def test_switching_the_model_by_hand_names_every_key_to_change_at_once() -> None:
-    with pytest.raises(PipelineError) as refused:
-        params_from_dict({"model": {"name": "seed_resnet"}})  # airnet's widths and residual stay
-    message = str(refused.value)
-    assert "model.base_width, model.blocks, model.dropout are missing" in message
-    assert "not read" not in message  # the default profile's airnet keys are not carried over
+def test_switching_the_model_by_hand_takes_its_defaults_and_refuses_a_lone_wrong_key() -> None:
+    params = params_from_dict({"model": {"name": "seed_resnet"}})
+    assert params.model == load_profile("seed").model  # the default profile's airnet keys go
     with pytest.raises(
-        PipelineError, match=r"model.widths is not read by .*; and model.base_width"
+        PipelineError, match=r"^params: model.widths is not read by model.name 'seed_resnet'"
     ):
         params_from_dict({"model": {"name": "seed_resnet", "widths": [8, 16, 16]}})
 
@@ -298,3 +380,25 @@ def test_an_override_that_is_not_yaml_is_one_line_naming_it() -> None:
 
     with pytest.raises(PipelineError, match=r"override 'train.lr=\[0.1': not valid YAML"):
         parse_overrides(["train.lr=[0.1"])
+
+
+def test_milestones_past_the_last_epoch_are_refused_with_a_fix_that_works() -> None:
+    """The seed profile with `-S train.epochs=2` kept milestones [90, 180]: the lr never decayed."""
+    from pipeline.engine.schedule import check_milestones
+
+    short = recipe("seed", {"train": {"epochs": 2}}).train
+    with pytest.raises(PipelineError) as refused:
+        check_milestones(short)
+    message = str(refused.value)
+    assert message.startswith(
+        "params: train.milestones [90, 180] lie at or past the last epoch (train.epochs 2, "
+        "counted from 0): the lr would never decay at [90, 180]; set them inside the run"
+    )
+    fix = re.search(r"-S '(train\.milestones=[^']+)'", message).group(1)
+    fixed = recipe("seed", with_overrides({"train": {"epochs": 2}}, parse_overrides([fix]))).train
+    check_milestones(fixed)  # as printed, it runs
+    assert fixed.milestones == [1]
+    check_milestones(load_profile("seed").train)  # 200 epochs: [90, 180] act
+    check_milestones(recipe("seed", {"train": {"epochs": 181}}).train)
+    with pytest.raises(PipelineError, match=r"decay at \[180\]"):
+        check_milestones(recipe("seed", {"train": {"epochs": 180}}).train)

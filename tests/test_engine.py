@@ -393,8 +393,8 @@ def test_muon_keys_are_checked_and_read_by_muon_only() -> None:
     from pipeline.config.load import recipe
     from pipeline.errors import PipelineError
 
-    with pytest.raises(PipelineError, match="train.muon_lr, train.muon_momentum are missing"):
-        recipe("fast", {"train": {"optimizer": "muon"}})
+    switched = recipe("fast", {"train": {"optimizer": "muon"}}).train  # the muon defaults
+    assert (switched.muon_lr, switched.muon_momentum) == (0.24, 0.6)
     with pytest.raises(PipelineError, match="train.muon_lr is not read by train.optimizer 'sgd'"):
         recipe("fast", {"train": {"muon_lr": 0.2}})
     with pytest.raises(PipelineError, match="train.muon_momentum must be in"):

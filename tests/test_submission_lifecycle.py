@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import _thread
 import base64
+import dataclasses
 import datetime
 import json
 import signal
@@ -53,6 +54,43 @@ def _error_line(capsys: pytest.CaptureFixture) -> str:
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1, lines
     return lines[0]
+
+
+REAL_NOT_FOR_THE_COMPETITION = submit.not_for_the_competition  # before fake_kaggle patches it
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_a_synthetic_run_is_never_submitted_even_with_force(
+    project: Path, fake_kaggle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+    force: list[str],
+) -> None:
+    monkeypatch.setattr(submit, "not_for_the_competition", REAL_NOT_FOR_THE_COMPETITION)
+    assert main(["submit", *force]) == 1
+    assert _error_line(capsys) == (
+        "error: submit refused: submissions/latest.csv: run "
+        f"{_run_id(project)} trained on synthetic data (data.source: synthetic, the demo); put "
+        "the competition's files in data/raw, set data.source: auto and run `dvc repro`"
+    )
+    assert fake_kaggle.submissions == [] and fake_kaggle.calls == []
+    assert not (project / "submissions/history.csv").exists()
+
+
+def test_a_csv_that_is_not_the_competitions_ids_is_refused_with_the_counts(
+    project: Path, fake_kaggle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """data.source local with a stand-in custom test (200 images): refused with the counts."""
+    summary = submit.read_manifest(submit.run_files(_run_id(project)).manifest)
+    assert summary.data_source == "synthetic"
+    as_local = dataclasses.replace(summary, data_source="local")
+    ids = list(range(200))
+    problem = REAL_NOT_FOR_THE_COMPETITION(as_local, Path("latest.csv"), ids)
+    assert problem == (
+        "latest.csv: 200 rows with 0 ids outside 0–9999; the competition expects 10000 rows, ids "
+        "0–9999: was data/raw's custom test pickle the competition's?"
+    )
+    ids = [*range(9999), 10_000]
+    assert "10000 rows with 1 ids outside" in REAL_NOT_FOR_THE_COMPETITION(as_local, Path("x"), ids)
+    assert REAL_NOT_FOR_THE_COMPETITION(as_local, Path("x"), list(range(10_000))) is None
 
 
 def test_submit_sends_the_csv_pushes_the_run_and_records_it(

@@ -2,7 +2,8 @@
 
 In order, and nothing is sent or recorded unless every step passes:
 1. the CSV passes validation against the prepared custom test ids, and is the CSV that the last
-   predict run wrote (its manifest's md5), which gives the run_id;
+   predict run wrote (its manifest's md5), which gives the run_id; a run on synthetic data, or
+   a CSV whose rows are not the competition's 10,000 ids (0–9999), is refused, `--force` or not;
 2. an earlier submit that was interrupted after sending (submissions/pending_submission.json
    says so) is looked for in Kaggle's list: found, it gets its history row, and a rerun for the
    same CSV stops there instead of submitting it twice;
@@ -98,6 +99,29 @@ def run_of_latest_csv(csv_path: Path, csv_md5: str) -> RunSummary:
             "a CSV changed by hand cannot be traced: rerun `dvc repro`"
         )
     return dataclasses.replace(manifest, run_id=run_id)
+
+
+# The competition's custom test set: ids 0..9999, one row each (both years' pickles)
+COMPETITION_IDS = frozenset(range(10_000))
+
+
+def not_for_the_competition(manifest: RunSummary, csv_path: Path, ids: list[int]) -> str | None:
+    """Why `csv_path` can never be a submission, `--force` or not: a synthetic run, or rows whose
+    ids are not the competition's (Kaggle would reject it, or score a stand-in set)."""
+    if manifest.data_source == "synthetic":
+        return (
+            f"{csv_path}: run {manifest.run_id} trained on synthetic data (data.source: "
+            "synthetic, the demo); put the competition's files in data/raw, set data.source: "
+            "auto and run `dvc repro`"
+        )
+    if set(ids) != COMPETITION_IDS or len(ids) != len(COMPETITION_IDS):
+        outside = len(set(ids) - COMPETITION_IDS)
+        return (
+            f"{csv_path}: {len(ids)} rows with {outside} ids outside 0–9999; the competition "
+            f"expects {len(COMPETITION_IDS)} rows, ids 0–9999: was data/raw's custom test pickle "
+            "the competition's?"
+        )
+    return None
 
 
 def refusals(csv_md5: str, commit: str | None, history: list[dict[str, str]]) -> dict[str, str]:
@@ -299,6 +323,9 @@ def run(
     )
     csv_md5 = hashlib.md5(csv_bytes).hexdigest()
     manifest = run_of_latest_csv(csv_path, csv_md5)
+    problem = not_for_the_competition(manifest, csv_path, [int(i) for i in custom_test_ids])
+    if problem is not None:
+        raise PipelineError(f"submit refused: {problem}")
     run_id = manifest.run_id
     api = None
     pending = read_pending(pending_path)

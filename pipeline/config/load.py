@@ -1,10 +1,13 @@
 """Reading params: YAML (params.yaml, a profile, overrides) → `Params`, types and keys checked.
 
-An unknown key or a value of the wrong type is a `PipelineError` naming the key; ranges and the
-model-, schedule- and optimizer-specific keys are checked by the dataclasses (params.py). The
-`model` and `train` keys a params file leaves out are taken from the `default` profile
-(profiles/default.yaml, which params.yaml ships), and only those that the file's model, schedule
-and optimizer read. A profile itself must be complete. `with_overrides` is the one way tests,
+An unknown key (with the closest known one) or a value of the wrong type is a `PipelineError`
+naming the key; ranges and the model-, schedule- and optimizer-specific keys are checked by the
+dataclasses (params.py). The `model` and `train` keys a params file leaves out are taken from the
+`default` profile (profiles/default.yaml, which params.yaml ships), and only those that the
+file's model, schedule and optimizer read; a model, schedule or optimizer the default profile
+does not use takes its own keys' defaults (params.py's MODEL_DEFAULTS, ...). So
+`dvc exp run -S model.name=seed_resnet` works: the keys of the model it replaces, left in
+params.yaml, are dropped with a note. A profile itself must be complete. `with_overrides` is the one way tests,
 benchmarks and commands change some keys of a params mapping.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import functools
 import math
 import types
@@ -22,9 +26,9 @@ from typing import Any, Literal
 import yaml
 
 from pipeline.config.params import (
-    MODEL_KEYS,
-    OPTIMIZER_KEYS,
-    SCHEDULE_KEYS,
+    MODEL_DEFAULTS,
+    OPTIMIZER_DEFAULTS,
+    SCHEDULE_DEFAULTS,
     ModelParams,
     Params,
     TrainParams,
@@ -38,12 +42,14 @@ DEFAULT_PARAMS_PATH = Path("params.yaml")
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
 DEFAULT_PROFILE = "default"  # what params.yaml ships, and where missing recipe keys come from
 PROFILE_SECTIONS = ("model", "train")
-# the recipe sections: each key that picks a variant, and the keys each variant reads
-Choosers = tuple[tuple[str, dict[str, tuple[str, ...]]], ...]
+# the recipe sections: each key that picks a variant, and the keys each variant reads with
+# their defaults (a callable default is computed from the section's other values)
+Choosers = tuple[tuple[str, dict[str, dict[str, Any]]], ...]
 RECIPES: dict[str, tuple[type, Choosers]] = {
-    "model": (ModelParams, (("name", MODEL_KEYS),)),
-    "train": (TrainParams, (("schedule", SCHEDULE_KEYS), ("optimizer", OPTIMIZER_KEYS))),
+    "model": (ModelParams, (("name", MODEL_DEFAULTS),)),
+    "train": (TrainParams, (("schedule", SCHEDULE_DEFAULTS), ("optimizer", OPTIMIZER_DEFAULTS))),
 }
+DERIVED_DEFAULT_ARGUMENT = {"milestones": "epochs"}  # a callable default reads this key
 
 
 class _MissingKey(PipelineError):
@@ -54,7 +60,9 @@ def _describe(value: object) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
-def _convert(value: Any, annotation: Any, key: str, defaults: dict | None) -> Any:
+def _convert(
+    value: Any, annotation: Any, key: str, defaults: dict | None, notes: list[str] | None = None
+) -> Any:
     """Check `value` against a field's annotation; ints are accepted where floats are expected."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):  # `X | None`: null is "not set"
@@ -67,7 +75,7 @@ def _convert(value: Any, annotation: Any, key: str, defaults: dict | None) -> An
             raise PipelineError(f"params: {key} must be a mapping, found {_describe(value)}")
         if annotation is ModelParams:  # a distill.student written before a key was added
             value = with_later_model_keys(value)
-        return _build(annotation, value, key + ".", defaults)
+        return _build(annotation, value, key + ".", defaults, notes)
     if origin is Literal:
         choices = typing.get_args(annotation)
         if value not in choices:
@@ -77,7 +85,7 @@ def _convert(value: Any, annotation: Any, key: str, defaults: dict | None) -> An
         (item_type,) = typing.get_args(annotation)
         if not isinstance(value, list):
             raise PipelineError(f"params: {key} must be a list, found {_describe(value)}")
-        return [_convert(item, item_type, f"{key}[{i}]", defaults) for i, item in enumerate(value)]
+        return [_convert(item, item_type, f"{key}[{i}]", defaults, notes) for i, item in enumerate(value)]
     if annotation is bool:
         if not isinstance(value, bool):
             raise PipelineError(f"params: {key} must be true or false, found {_describe(value)}")
@@ -105,45 +113,96 @@ def _convert(value: Any, annotation: Any, key: str, defaults: dict | None) -> An
     raise TypeError(f"unsupported annotation for {key}: {annotation}")
 
 
-def _with_recipe_defaults(section: str, values: dict, defaults: dict | None) -> dict:
-    """A recipe section's `values` completed from `defaults` (the default profile's section):
-    only with keys that the section's model, schedule and optimizer read. A key neither gives
-    stays missing, and `_build` names it."""
+def _left_by_a_switch(stale: set[str], table: dict[str, dict[str, Any]], present: set[str]) -> bool:
+    """Whether keys that the chosen variant does not read are another variant's whole set: what
+    params.yaml holds after `dvc exp run -S model.name=X` switched away from it. A lone key of
+    another variant (`-S train.muon_lr=0.2` with sgd) is a mistake, and stays refused."""
+    return any(stale <= set(keys) <= present for keys in table.values() if keys)
+
+
+def _with_recipe_defaults(
+    section: str, values: dict, defaults: dict | None, notes: list[str] | None
+) -> dict:
+    """A recipe section's `values` completed for its model, schedule and optimizer. With
+    `defaults` (the default profile's sections: a params file, not a profile) the keys a switch
+    of variant left behind are dropped, and the new variant's missing keys take the default
+    profile's values when it has that variant, else the variant's own defaults (params.py);
+    `notes` gets a line for each. A key nothing gives stays missing, and `_build` names it."""
     cls, choosers = RECIPES[section]
     default_values = (defaults or {}).get(section, {})
-    skipped: set[str] = set()  # keys the chosen variants do not read: they stay None
-    for chooser, table in choosers:
-        chosen = values.get(chooser, default_values.get(chooser))
-        skipped |= conditional_keys(table) - set(table.get(chosen, ()))
     completed = dict(values)
-    for item in dataclasses.fields(cls):
-        if item.name not in completed and item.name not in skipped and item.name in default_values:
-            completed[item.name] = copy.deepcopy(default_values[item.name])
+    dropped, filled = [], []
+    variant_keys: dict[str, Any] = {}  # the chosen variants' keys: their defaults
+    other_keys: set[str] = set()
+    for chooser, table in choosers:
+        chosen = completed.get(chooser, default_values.get(chooser))
+        reads = table.get(chosen, {})
+        others = conditional_keys(table) - set(reads)
+        stale = {key for key in others if completed.get(key) is not None}
+        present = {key for key, value in completed.items() if value is not None}
+        if defaults is not None and stale and _left_by_a_switch(stale, table, present):
+            dropped += [f"{section}.{key}" for key in sorted(stale)]
+            for key in stale:
+                completed.pop(key)
+        own = default_values if default_values.get(chooser) == chosen else reads
+        variant_keys |= {key: own.get(key, reads[key]) for key in reads}
+        other_keys |= others
+    for item in dataclasses.fields(cls):  # the keys every variant reads: the default profile's
+        name = item.name
+        if name not in completed and name not in other_keys and name not in variant_keys:
+            if name in default_values:
+                completed[name] = copy.deepcopy(default_values[name])
+    if defaults is not None:
+        for key, default in variant_keys.items():
+            if completed.get(key) is None:
+                if callable(default):
+                    default = default(completed[DERIVED_DEFAULT_ARGUMENT[key]])
+                completed[key] = copy.deepcopy(default)
+                if default is not default_values.get(key):
+                    filled.append(f"{section}.{key}={default}")
+    if notes is not None and dropped:
+        notes.append(
+            f"params: {', '.join(dropped)} {'is' if len(dropped) == 1 else 'are'} not read by "
+            "the chosen model, schedule or optimizer: ignored (delete them from params.yaml)"
+        )
+    if notes is not None and filled:
+        notes.append(f"params: not in params.yaml, so the chosen variant's defaults: {', '.join(filled)}")
     return completed
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str, defaults: dict | None) -> Any:
+def _unknown_key(prefix: str, key: object, known: set[str]) -> PipelineError:
+    """The closest known key when there is one (`train.epoch` → `train.epochs`), else them all."""
+    close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+    if close:
+        return PipelineError(f"params: unknown key '{prefix}{key}'; did you mean '{prefix}{close[0]}'?")
+    where = prefix.rstrip(".") or "top level"
+    return PipelineError(
+        f"params: unknown key '{prefix}{key}' (known under '{where}': {', '.join(sorted(known))})"
+    )
+
+
+def _build(
+    cls: type, values: dict[str, Any], prefix: str, defaults: dict | None,
+    notes: list[str] | None = None,
+) -> Any:  # fmt: skip
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     for key in values:
         if key not in known:
-            raise PipelineError(
-                f"params: unknown key '{prefix}{key}' (known under '{prefix.rstrip('.') or 'top level'}': "
-                f"{', '.join(sorted(known))})"
-            )
+            raise _unknown_key(prefix, key, known)
     section = prefix.rstrip(".")
     if cls is Params and defaults is not None:  # a missing recipe section: the default profile's
         values = {name: {} for name in RECIPES} | values
     kwargs, missing_key = {}, None
     for key, value in values.items():
         try:
-            kwargs[key] = _convert(value, hints[key], prefix + key, defaults)
+            kwargs[key] = _convert(value, hints[key], prefix + key, defaults, notes)
         except _MissingKey as error:  # reported after every other section's own errors
             missing_key = missing_key or error
     if missing_key is not None:
         raise missing_key
     if section in RECIPES:
-        kwargs = _with_recipe_defaults(section, kwargs, defaults)
+        kwargs = _with_recipe_defaults(section, kwargs, defaults, notes)
         required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
         missing = [name for name in required if name not in kwargs]
         if missing:
@@ -169,12 +228,13 @@ def _build(cls: type, values: dict[str, Any], prefix: str, defaults: dict | None
         raise
 
 
-def params_from_dict(values: dict[str, Any]) -> Params:
+def params_from_dict(values: dict[str, Any], notes: list[str] | None = None) -> Params:
     """`values` (params as plain data) checked and built; recipe keys left out are the default
-    profile's (see the module's docstring)."""
+    profile's or the chosen variant's, and keys a variant switch left behind are dropped (see the
+    module's docstring); `notes` gets a line for each of those."""
     if not isinstance(values, dict):
         raise PipelineError(f"params: expected a mapping of sections, found {_describe(values)}")
-    return _build(Params, values, "", default_profile_values())
+    return _build(Params, values, "", default_profile_values(), notes)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -229,13 +289,13 @@ def _read_yaml(path: Path) -> Any:
     return parse_yaml(read_params_text(path), str(path))
 
 
-def load_params(path: Path = DEFAULT_PARAMS_PATH) -> Params:
+def load_params(path: Path = DEFAULT_PARAMS_PATH, notes: list[str] | None = None) -> Params:
     """Read and validate `params.yaml`; a missing section takes its defaults."""
     values = _read_yaml(path) or {}
     if not isinstance(values, dict):
         raise PipelineError(f"{path}: expected a mapping of sections, found {_describe(values)}")
     try:
-        return params_from_dict(values)
+        return params_from_dict(values, notes)
     except PipelineError as error:
         raise PipelineError(f"{path}: {error}") from None
 

@@ -42,12 +42,16 @@ MAX_BLOCKS = 256  # residual blocks per stage
 MAX_RESIDUAL_CONVS = 16  # airnet: residual convs per group
 MAX_PROCESSES = 1024  # train.nproc
 
-# The keys each model reads besides name and max_params (engine/models.py builds them).
-MODEL_KEYS: dict[str, tuple[str, ...]] = {
-    "seed_resnet": ("base_width", "blocks", "dropout"),
-    "airnet": ("widths", "residual", "whiten_bias_epochs", "residual_convs"),
-    "resnet_wide": ("widths", "blocks", "dropout"),
-}
+# The keys each model reads besides name and max_params (engine/models.py builds them), with
+# the values a params file switched to it without them takes (`dvc exp run -S model.name=X`):
+# the seed profile's seed_resnet, the default profile's airnet, WRN-16-4 (2,776,906 params).
+MODEL_DEFAULTS: dict[str, dict[str, object]] = {
+    "seed_resnet": {"base_width": 32, "blocks": [4, 4, 3], "dropout": 0.17},
+    "airnet": {"widths": [128, 304, 304], "residual": True, "whiten_bias_epochs": 0,
+               "residual_convs": 1},
+    "resnet_wide": {"widths": [64, 128, 256], "blocks": [2, 2, 2], "dropout": 0.0},
+}  # fmt: skip
+MODEL_KEYS: dict[str, tuple[str, ...]] = {name: tuple(d) for name, d in MODEL_DEFAULTS.items()}
 # Model keys added after models were saved and sections written without them: the value that
 # means "as before" (airnet had no whitening bias, and one residual conv per group when
 # residual). Old checkpoints and distill.student sections that lack one read it so.
@@ -61,20 +65,35 @@ def with_later_model_keys(config: dict) -> dict:
     return LATER_MODEL_KEYS.get(config.get("name"), {}) | config
 
 
-# The keys each learning-rate schedule reads (engine/schedule.py).
-SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {
-    "multistep": ("milestones", "gamma"),
-    "cosine": (),
-    "onecycle": ("warmup_fraction", "lr_start_factor", "lr_end_factor"),
-    "constant": (),
+
+
+def default_milestones(epochs: int) -> list[int]:
+    """multistep's milestones for a run of `epochs`: at 45% and 90% of it, as the seed recipe's
+    [90, 180] of 200, each before the last epoch (epochs count from 0: one at `epochs` never
+    acts)."""
+    last = max(1, epochs - 1)
+    return sorted({max(1, min(last, round(epochs * share))) for share in (0.45, 0.9)})
+
+
+# The keys each learning-rate schedule reads (engine/schedule.py), with the values a params file
+# switched to it without them takes: the seed profile's multistep (milestones follow
+# train.epochs), the default profile's onecycle.
+SCHEDULE_DEFAULTS: dict[str, dict[str, object]] = {
+    "multistep": {"milestones": default_milestones, "gamma": 0.1},
+    "cosine": {},
+    "onecycle": {"warmup_fraction": 0.23, "lr_start_factor": 0.2, "lr_end_factor": 0.07},
+    "constant": {},
 }
+SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {k: tuple(d) for k, d in SCHEDULE_DEFAULTS.items()}
 # Models whose convs do not all feed a BatchNorm: Muon's fixed filter norms would change them.
 MUON_REFUSED_MODELS = ("resnet_wide",)
-# The keys each optimizer reads besides lr, momentum, nesterov, weight_decay (engine/optim.py).
-OPTIMIZER_KEYS: dict[str, tuple[str, ...]] = {
-    "sgd": (),
-    "muon": ("muon_lr", "muon_momentum"),
+# The keys each optimizer reads besides lr, momentum, nesterov, weight_decay (engine/optim.py),
+# with the values a params file switched to it without them takes (BENCHMARKS.md's muon runs).
+OPTIMIZER_DEFAULTS: dict[str, dict[str, object]] = {
+    "sgd": {},
+    "muon": {"muon_lr": 0.24, "muon_momentum": 0.6},
 }
+OPTIMIZER_KEYS: dict[str, tuple[str, ...]] = {k: tuple(d) for k, d in OPTIMIZER_DEFAULTS.items()}
 
 
 def _require(condition: bool, key: str, expected: str, found: object) -> None:

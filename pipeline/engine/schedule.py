@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 
-from pipeline.config.params import TrainParams
+from pipeline.config.params import TrainParams, default_milestones
+from pipeline.errors import PipelineError
 
 
 def steps_per_epoch(image_count: int, params: TrainParams) -> int:
@@ -62,3 +63,18 @@ def whiten_bias_factor(step: int, learning_steps: int) -> float:
     at `learning_steps`, in place of the run's schedule (airbench94_muon's), so its learning
     ends smoothly; 0 after."""
     return max(0.0, 1 - step / learning_steps) if learning_steps else 0.0
+
+
+def check_milestones(params: TrainParams) -> None:
+    """Refuse multistep milestones at or past the last epoch: the lr would never decay there
+    (the seed profile's [90, 180] with `-S train.epochs=2`). The fix keeps the recipe's shape."""
+    late = [m for m in params.milestones or () if m >= params.epochs]
+    if params.schedule == "multistep" and late:
+        fitted = default_milestones(params.epochs)
+        raise PipelineError(
+            f"params: train.milestones {params.milestones} lie at or past the last epoch "
+            f"(train.epochs {params.epochs}, counted from 0): the lr would never decay at "
+            f"{late}; set them inside the run, as the recipe's 45% and 90%: "
+            f"-S 'train.milestones={fitted}' (or python -m pipeline profile NAME --minutes M, "
+            "which moves them with the epochs)"
+        )

@@ -145,9 +145,15 @@ class RunSummary:
     device: str | None  # "cuda: NVIDIA H200", "cpu: x86_64"
     torch: str | None
 
+    data_source: str | None = None  # params' data.source: "synthetic" is never submitted
+
     @classmethod
     def from_json(cls, data: dict) -> RunSummary:
-        return cls(**{name: data.get(name) for name in cls.__dataclass_fields__})
+        fields = {name: data.get(name) for name in cls.__dataclass_fields__}
+        params = data.get("params")
+        data_params = params.get("data") if isinstance(params, dict) else None
+        source = data_params.get("source") if isinstance(data_params, dict) else None
+        return cls(**fields | {"data_source": source if isinstance(source, str) else None})
 
     @property
     def environment(self) -> str:

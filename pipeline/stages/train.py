@@ -47,6 +47,7 @@ from pipeline.engine.models import (
 )
 from pipeline.engine.normalise import normalised, pixel_statistics, to_device_set
 from pipeline.engine.schedule import (
+    check_milestones,
     is_checkpoint_epoch,
     lr_factor,
     run_epochs,
@@ -334,6 +335,7 @@ def run(
     live_dir: Path = TRAIN_LIVE_DIR,
     params_path: Path = DEFAULT_PARAMS_PATH,  # what torchrun's workers read (train.nproc > 1)
 ) -> None:
+    check_milestones(params)
     device = start_workers(params, params_path, "train")
     setup = setup_training(model_params, params, prepared_dir, device)
     key = resume.run_key(model_params, params, prepared_dir, setup.device)
