@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline.config.load import DEFAULT_PARAMS_PATH, load_params
 from pipeline.config.params import Params, with_teacher_budget
-from pipeline.config.stage_params import STAGES, StageParams
+from pipeline.config.stage_params import STAGE_PARAMS, STAGES, StageParams
 from pipeline.errors import PipelineError, printable
 
 
@@ -66,6 +66,26 @@ def run_stage(stage: str, params: Params, params_path: Path = DEFAULT_PARAMS_PAT
         )
 
 
+DVC_YAML = Path(__file__).resolve().parents[1] / "dvc.yaml"
+
+
+def stage_files(stage: str) -> tuple[list[str], list[str]]:
+    """What a stage reads (its data deps: the code is left out) and writes, as dvc.yaml says."""
+    import yaml
+
+    try:
+        entry = yaml.safe_load(DVC_YAML.read_text(encoding="utf-8"))["stages"][stage]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return ["(see dvc.yaml)"], ["(see dvc.yaml)"]
+
+    def names(items: list) -> list[str]:
+        return [next(iter(item)) if isinstance(item, dict) else item for item in items or []]
+
+    reads = [path for path in names(entry.get("deps")) if not path.startswith("pipeline/")]
+    writes = names(entry.get("outs")) + names(entry.get("metrics")) + names(entry.get("plots"))
+    return reads or ["the files data.source names"], writes
+
+
 def add_common_options(parser: argparse.ArgumentParser, defaults: bool) -> argparse.ArgumentParser:
     """--params and --debug, accepted before or after the command.
 
@@ -90,7 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         return add_common_options(commands.add_parser(name, help=help), defaults=False)
 
     for stage in STAGES:
-        command(stage, help=f"run the {stage} stage (dvc repro runs them all)")
+        reads, writes = stage_files(stage)
+        stage_parser = command(stage, help=f"run the {stage} stage (dvc repro runs them all)")
+        stage_parser.description = (
+            f"The {stage} stage, as `dvc repro` runs it. Reads {', '.join(reads)} and params "
+            f"{', '.join(STAGE_PARAMS[stage])}; writes {', '.join(writes)}."
+        )
     profile = command("profile", help="put a training profile into params.yaml")
     profile.add_argument("profile", help="fast, default, seed or cpu")
     profile.add_argument(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pytest
 import subprocess
 import sys
 from pathlib import Path
@@ -48,7 +49,9 @@ def test_unknown_param_key_is_named(tmp_path: Path) -> None:
 
 def test_missing_input_tells_which_stage_to_run(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text("prepare:\n  val: test_batch\n")
-    _assert_one_line_error(_run_stage(tmp_path, "prepare"), "batches.meta: file not found")
+    _assert_one_line_error(
+        _run_stage(tmp_path, "prepare"), "data/raw: no cifar-10-batches-py/ found; run the fetch stage first"
+    )
     assert not (tmp_path / "data" / "prepared").exists()
 
 
@@ -58,3 +61,23 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     assert (
         result.returncode != 0 and "Traceback" in result.stderr and "PipelineError" in result.stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("stage", "reads", "writes"),
+    [
+        ("fetch", "the files data.source names", "data/raw"),
+        ("prepare", "data/raw", "data/prepared, metrics/data.json"),
+        ("train", "data/prepared", "models/checkpoints"),
+        ("predict", "data/prepared, models/final.pt", "submissions/latest.csv"),
+    ],
+)
+def test_a_stages_help_says_what_it_reads_and_writes(
+    stage: str, reads: str, writes: str, capsys: pytest.CaptureFixture
+) -> None:
+    from pipeline.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main([stage, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"Reads {reads}" in text and writes in text.split("; writes ", 1)[1]

@@ -402,3 +402,6 @@ def test_milestones_past_the_last_epoch_are_refused_with_a_fix_that_works() -> N
     check_milestones(recipe("seed", {"train": {"epochs": 181}}).train)
     with pytest.raises(PipelineError, match=r"decay at \[180\]"):
         check_milestones(recipe("seed", {"train": {"epochs": 180}}).train)
+    with pytest.raises(PipelineError, match="a 1-epoch run has no epoch to decay in: -S train.schedule=constant"):
+        check_milestones(recipe("seed", {"train": {"epochs": 1}}).train)
+    check_milestones(recipe("seed", with_overrides({"train": {"epochs": 1}}, parse_overrides(["train.schedule=constant"]))).train)

@@ -22,6 +22,10 @@ def test_dvc_repro_runs_every_stage_then_nothing(
     project = copy_project(finished, tmp_path / "project")
     for stage in ("fetch", "prepare", "train", "select", "distill", "predict"):
         assert f"Running stage '{stage}'" in first_output
+    # a normal run warns of nothing (DVC of an empty models/distill, train of a CPU it was told
+    # to use), and select's candidates are one short table, not a line each
+    assert "warning" not in first_output.lower(), first_output
+    assert "select: the best 5 of 9 candidates" in first_output  # 3 checkpoints × 3 TTAs
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"fetch", "prepare", "train", "select", "distill", "predict"}
 
@@ -51,6 +55,9 @@ def test_dvc_repro_runs_every_stage_then_nothing(
     assert (project / "submissions/latest.csv").stat().st_mtime_ns == stamp
     shown = sh(project, "dvc", "metrics", "show", "--json")
     assert "val_accuracy" in shown.stdout
+    table = sh(project, "dvc", "metrics", "show").stdout.splitlines()  # one short headline
+    assert len(table) == 2 and max(map(len, table)) <= 100, table
+    assert table[0].split() == ["Path", "model_params", "run_id", "tta", "val_accuracy"]
     plots = json.loads(sh(project, "dvc", "plots", "show", "--json").stdout)["data"]
     for path in (
         "metrics/val_predictions.csv",
@@ -88,7 +95,9 @@ def test_dvc_repro_runs_each_profile_smoke_sized(tmp_path: Path) -> None:
             candidates = (project / "metrics/select_candidates.csv").read_text()
             assert ",raw," in candidates and ",ema," in candidates
         predicted = json.loads((project / "metrics/predict.json").read_text())
-        assert (predicted["tta"], predicted["weights"]) == (selected["tta"], selected["weights"])
+        details = json.loads((project / "metrics/predict_details.json").read_text())
+        assert (predicted["tta"], details["weights"]) == (selected["tta"], selected["weights"])
+        assert list(predicted) == ["run_id", "val_accuracy", "tta", "model_params"]  # headline
 
 
 @pytest.mark.slow

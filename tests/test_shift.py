@@ -433,4 +433,39 @@ def test_experiments_rank_by_the_submitted_models_accuracy_not_the_teachers() ->
     show = [{"rev": "base", "data": {}, "experiments": [
         experiment("teacher-best", 0.9, 0.8), experiment("student-best", 0.85, 0.95),
         experiment("stopped", 0.88, None)]}]  # fmt: skip
-    assert [row["name"] for row in ranked(show)] == ["student-best", "stopped", "teacher-best"]
+    assert [row["name"] for row in ranked(show)] == ["student-best", "teacher-best", "stopped"]
+
+
+def test_experiments_never_apply_the_synthetic_demo_and_print_names_as_text(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The README's demo scores 1.0 on its easy shapes: ranked first, yet never applied."""
+    import subprocess
+
+    from pipeline.commands import experiments
+
+    def experiment(name: str, accuracy: float, source: str) -> dict:
+        params = {"params.yaml": {"data": {"data": {"source": source}}}}
+        metrics = {"metrics/predict.json": {"data": {"val_accuracy": accuracy}}}
+        return {"name": name, "executor": {"state": "success"},
+                "revs": [{"rev": name * 8, "name": name,
+                          "data": {"metrics": metrics, "params": params}}]}  # fmt: skip
+
+    show = [{"rev": "base", "data": {}, "experiments": [
+        experiment("demo", 1.0, "synthetic"), experiment("[red]real[/red]", 0.9, "auto")]}]  # fmt: skip
+    calls = []
+
+    def fake_dvc(*args: str) -> subprocess.CompletedProcess:
+        calls.append(args)
+        out = json.dumps(show) if args[:2] == ("exp", "show") else ""
+        return subprocess.CompletedProcess(args, 0, out, "")
+
+    monkeypatch.setattr(experiments, "dvc", fake_dvc)
+    rows = experiments.run(apply=True)
+    assert [row["name"] for row in rows] == ["demo", "[red]real[/red]"]
+    assert calls[-1] == ("exp", "apply", "[red]real[/red]" * 8)
+    printed = capsys.readouterr().out
+    assert "demo (synthetic demo)" in printed and "[red]real[/red]" in printed
+    show[0]["experiments"].pop()
+    with pytest.raises(PipelineError, match="a synthetic demo is never applied"):
+        experiments.run(apply=True)

@@ -3,8 +3,8 @@
 Reads `dvc exp show --json` (the experiments of the checked-out commit: a queued sweep's among
 them) and ranks those that finished by `metrics/predict.json`'s `val_accuracy`: the validation
 accuracy of the model that wrote the submission (with distillation, the last student; else the
-checkpoint, weights and TTA select chose), or `metrics/select.json`'s when an experiment stopped
-before predict. The rich table shows each one's
+checkpoint, weights and TTA select chose); one that stopped before predict has none. The rich
+table shows each one's
 name, accuracy, TTA and the params it changed against the commit. `--apply` runs
 `dvc exp apply` on the best, so the workspace holds its params, metrics and outputs (then
 `git commit` it, or `python -m pipeline submit` after committing).
@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.errors import PipelineError
 from pipeline.integrations.repository import dvc, last_error_line
-from pipeline.paths import PREDICT_METRICS_PATH, SELECT_METRICS_PATH
+from pipeline.paths import PREDICT_METRICS_PATH
 from pipeline.reporting import console, table_console
 
 MISSING = "—"
@@ -38,13 +39,14 @@ def _params(data: dict) -> dict[str, object]:
     return _flat((data.get("params") or {}).get("params.yaml", {}).get("data") or {})
 
 
+def is_synthetic(params: dict[str, object]) -> bool:
+    """An experiment on synthetic data (the README's demo): ranked, never applied."""
+    return params.get("data.source") == "synthetic"
+
+
 def submitted_metrics(metrics: dict) -> dict:
-    """predict.json's figures (the model behind the CSV), else select.json's."""
-    for path in (PREDICT_METRICS_PATH, SELECT_METRICS_PATH):
-        figures = (metrics.get(path.as_posix()) or {}).get("data") or {}
-        if figures.get("val_accuracy") is not None:
-            return figures
-    return {}
+    """predict.json's figures: the model behind the CSV (the project's one metrics file)."""
+    return (metrics.get(PREDICT_METRICS_PATH.as_posix()) or {}).get("data") or {}
 
 
 def ranked(show: list[dict]) -> list[dict]:
@@ -68,6 +70,7 @@ def ranked(show: list[dict]) -> list[dict]:
                     "val_accuracy": selected.get("val_accuracy") if finished else None,
                     "tta": selected.get("tta") if finished else None,
                     "changed": {k: v for k, v in params.items() if baseline.get(k) != v},
+                    "synthetic": is_synthetic(params),
                 })  # fmt: skip
     return sorted(rows, key=lambda row: (row["val_accuracy"] is None, -(row["val_accuracy"] or 0)))
 
@@ -80,7 +83,7 @@ def run(apply: bool = False) -> list[dict]:
     if not rows:
         raise PipelineError(
             "experiments: none for this commit; queue a sweep with `dvc exp run --queue -S ...` "
-            "and run it with `dvc queue start -j N` (README, Scaling out)"
+            "and run it with `dvc queue start -j N` (docs/scaling.md)"
         )
     table = Table(title="experiments by validation accuracy of the submitted model")
     for column in ("rank", "name", "state", "val_accuracy", "tta", "changed params"):
@@ -88,16 +91,20 @@ def run(apply: bool = False) -> list[dict]:
     for rank, row in enumerate(rows, start=1):
         accuracy = f"{row['val_accuracy']:.4f}" if row["val_accuracy"] is not None else MISSING
         changed = ", ".join(f"{k}={v}" for k, v in sorted(row["changed"].items())) or MISSING
-        table.add_row(
-            str(rank), row["name"], row["state"], accuracy, row["tta"] or MISSING, changed
-        )
+        name = row["name"] + (" (synthetic demo)" if row["synthetic"] else "")
+        table.add_row(  # names and params are the user's text: never rich markup
+            str(rank), escape(str(name)), escape(str(row["state"])), accuracy,
+            escape(str(row["tta"] or MISSING)), escape(changed),
+        )  # fmt: skip
     table_console().print(table)
     if apply:
-        best = rows[0]
-        if best["val_accuracy"] is None:
+        real = [row for row in rows if row["val_accuracy"] is not None and not row["synthetic"]]
+        if not real:
             raise PipelineError(
-                "experiments: no experiment has finished with a validation accuracy"
+                "experiments: no experiment on the competition's data has finished with a "
+                "validation accuracy (a synthetic demo is never applied)"
             )
+        best = real[0]
         applied = dvc("exp", "apply", best["rev"])
         if applied.returncode != 0:
             raise PipelineError(

@@ -333,11 +333,14 @@ def estimated_run_seconds(probe_seconds: float, trainer: Trainer) -> float:
     return probe_seconds / cost(probed) * cost(trainer.run_steps)
 
 
-def cpu_estimate_warning(minutes: float, steps: int) -> str:
-    """The warning for a run on the CPU; over an hour, it names the CPU profile as the way out."""
+def cpu_estimate_warning(minutes: float, steps: int, device_setting: str = "auto") -> str:
+    """The estimate of a run on the CPU: a warning when `auto` found no GPU, a plain line when
+    `train.device: cpu` asked for it; over an hour, it names the CPU profile as the way out."""
     text = (
         f"[yellow]warning: training on CPU; estimated {minutes:.1f} min for {steps} steps "
         "(train.device: auto picks a CUDA GPU when present)"
+        if device_setting == "auto"
+        else f"train: on the CPU (train.device: cpu), estimated {minutes:.1f} min for {steps} steps"
     )
     if minutes > CPU_PROFILE_HINT_MINUTES:
         text += (
@@ -436,7 +439,7 @@ def train_epoch(
                 dist.all_reduce(estimate, op=dist.ReduceOp.MAX)
             minutes = estimate.item() / 60
             check_auto_cpu_estimate(minutes, trainer.run_steps, params.device)
-            console.print(cpu_estimate_warning(minutes, trainer.run_steps))
+            console.print(cpu_estimate_warning(minutes, trainer.run_steps, params.device))
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - epoch_started

@@ -70,11 +70,15 @@ def check_milestones(params: TrainParams) -> None:
     (the seed profile's [90, 180] with `-S train.epochs=2`). The fix keeps the recipe's shape."""
     late = [m for m in params.milestones or () if m >= params.epochs]
     if params.schedule == "multistep" and late:
-        fitted = default_milestones(params.epochs)
+        fix = (  # a one-epoch run has no later epoch to decay in
+            f"set them inside the run, as the recipe's 45% and 90%: "
+            f"-S 'train.milestones={default_milestones(params.epochs)}'"
+            if params.epochs > 1
+            else "a 1-epoch run has no epoch to decay in: -S train.schedule=constant"
+        )
         raise PipelineError(
             f"params: train.milestones {params.milestones} lie at or past the last epoch "
             f"(train.epochs {params.epochs}, counted from 0): the lr would never decay at "
-            f"{late}; set them inside the run, as the recipe's 45% and 90%: "
-            f"-S 'train.milestones={fitted}' (or python -m pipeline profile NAME --minutes M, "
-            "which moves them with the epochs)"
+            f"{late}; {fix} (or python -m pipeline profile NAME --minutes M, which moves them "
+            "with the epochs)"
         )

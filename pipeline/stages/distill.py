@@ -65,6 +65,8 @@ def run(
             shutil.rmtree(stale, ignore_errors=True)
     if not best_path.exists():
         raise PipelineError(f"{best_path}: not found; run the select stage first")
+    # the folder is never empty: DVC warns of an empty output on every run
+    write_json_atomic(distill_dir / "rounds.json", {"rounds": rounds})
     if rounds == 0:
         copy_atomic(best_path, final_path)
         why = "distill.rounds: 0" if distill.rounds == 0 else "adapt.use_test_images: false"

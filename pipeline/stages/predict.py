@@ -169,16 +169,18 @@ def run(
         for member in checkpoint.members
     ]  # fmt: skip
     trainable = count_trainable_params(model)
-    report = {  # the headline: one short row of `dvc metrics show`
-        "run_id": run_id, "val_accuracy": val_accuracy, "tta": tta,
+    headline = {  # `dvc metrics show`: the project's one metrics file, one short row
+        "run_id": run_id, "val_accuracy": val_accuracy, "tta": tta, "model_params": trainable,
+    }
+    report = headline | {
         "val_accuracy_without_tta": plain_accuracy, "weights": checkpoint.weights or "raw",
-        "epoch": int(checkpoint.epoch), "model_params": trainable,
+        "epoch": int(checkpoint.epoch),
         "custom_test_images": int(labels.size),
         "argmax_imbalance": class_imbalance(argmax_counts, adapt.prior),
         "used_custom_test_images": adapt.batchnorm_on or adapt.balance_on != "none"
         or checkpoint.distillation is not None,
     }  # fmt: skip
-    details = {
+    details = {key: value for key, value in report.items() if key not in headline} | {
         "predicted_per_class": dict(zip(names, counts, strict=True)),
         "argmax_per_class": dict(zip(names, argmax_counts, strict=True)),
         "adapt": {"batchnorm": adapt.batchnorm_on, "balance": adapt.balance_on,
@@ -191,7 +193,7 @@ def run(
     )
     write_class_shares(names, np.load(prepared_dir / "train.npz")["labels"], argmax_counts, counts)
     write_json_atomic(PREDICT_DETAILS_PATH, details)
-    write_json_atomic(PREDICT_METRICS_PATH, report)
+    write_json_atomic(PREDICT_METRICS_PATH, headline)
     if report["argmax_imbalance"] > IMBALANCE_WARNING:
         console.print(
             f"[yellow]warning: the model's own labels of the custom test set are far from the "

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 from rich.markup import escape
+from rich.table import Table
 from torch import nn
 
 from pipeline.config.params import AdaptParams, SelectParams
@@ -57,17 +58,13 @@ from pipeline.reporting import console
 EvalSet = tuple[torch.Tensor, torch.Tensor]  # normalised validation images, labels on the device
 
 
-def choose_best(candidates: list[dict]) -> dict:
+def candidate_rank(row: dict) -> tuple:
     """Highest `val_accuracy`; among equals the latest epoch, then the EMA weights, then cheaper TTA."""
-    return max(
-        candidates,
-        key=lambda row: (
-            row["val_accuracy"],
-            row["epoch"],
-            row["weights"] == "ema",
-            -TTA_POLICIES.index(row["tta"]),
-        ),
-    )
+    return (row["val_accuracy"], row["epoch"], row["weights"] == "ema", -TTA_POLICIES.index(row["tta"]))
+
+
+def choose_best(candidates: list[dict]) -> dict:
+    return max(candidates, key=candidate_rank)
 
 
 def on_device(model: nn.Module, device: torch.device) -> nn.Module:
@@ -98,10 +95,26 @@ def score_checkpoints(
                     "tta": policy, "val_accuracy": accuracy, "val_loss": loss,
                     "model_params": count_trainable_params(model),
                 })  # fmt: skip
-                console.print(
-                    f"select: {escape(path.name)} {weights} weights, TTA {policy}: val accuracy {accuracy:.4f}"
-                )
     return candidates
+
+
+SHOWN_CANDIDATES = 5  # select's table: the best few, not a line for each of dozens
+
+
+def candidates_table(candidates: list[dict], top: int = SHOWN_CANDIDATES) -> Table:
+    """The best `top` candidates, best first (choose_best's order), in a compact table."""
+    ranked = sorted(candidates, key=candidate_rank, reverse=True)
+    table = Table(
+        title=f"select: the best {min(top, len(ranked))} of {len(ranked)} candidates",
+        title_justify="left", box=None, pad_edge=False,
+    )  # fmt: skip
+    for column in ("checkpoint", "weights", "TTA", "val accuracy"):
+        table.add_column(column, justify="right" if column == "val accuracy" else "left")
+    for row in ranked[:top]:
+        table.add_row(
+            escape(row["checkpoint"]), row["weights"], row["tta"], f"{row['val_accuracy']:.4f}"
+        )
+    return table
 
 
 def winning_checkpoint(checkpoint_dir: Path, best: dict) -> Checkpoint:
@@ -237,7 +250,12 @@ def run(
         val_split["images"], val_split["labels"], norm["mean"], norm["std"], device
     )
 
+    console.print(
+        f"select: scoring {len(paths)} checkpoints × raw/EMA weights × "
+        f"{len(params.tta_policies)} TTA policies on {len(val_split['labels'])} validation images"
+    )
     candidates = score_checkpoints(paths, eval_set, params, device, precision)
+    console.print(candidates_table(candidates))
     best = choose_best(candidates)
     baseline_tta = params.tta_policies[0] if "none" not in params.tta_policies else "none"
     last = max(
