@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from projects import TINY_PARAMS, commit_all, copy_project, new_project, override, sh
+from conftest import REPO_ROOT
+from projects import TINY_PARAMS, commit_all, copy_project, copy_repo, new_project, override, sh
 
 from pipeline.records.submission_csv import validate_submission
 
@@ -124,3 +126,33 @@ def test_a_run_pushed_to_a_dvc_remote_comes_back_in_a_fresh_clone(
     assert (clone / "models/best.pt").read_bytes() == (project / "models/best.pt").read_bytes()
     status = sh(clone, "dvc", "status")
     assert "changed" not in status.stdout  # the pulled outputs match dvc.lock
+
+
+def _readme_demo() -> list[str]:
+    """The README's demo command, as a user copies it (continuation lines joined)."""
+    text = (REPO_ROOT / "README.md").read_text()
+    block = text.split("## Try it offline first", 1)[1].split("```bash\n", 1)[1].split("```")[0]
+    first = block.replace("\\\n", " ").splitlines()[0]
+    return shlex.split(first)
+
+
+@pytest.mark.slow
+def test_the_readme_demo_leaves_params_and_data_as_they_were(tmp_path: Path) -> None:
+    """The demo once left data.source: synthetic in params.yaml, and the user's files in
+    data/raw were later replaced by synthetic ones. Now it runs in a temporary copy."""
+    command = _readme_demo()
+    assert command[:4] == ["dvc", "exp", "run", "--temp"]
+    project = tmp_path / "project"
+    project.mkdir()
+    copy_repo(project)
+    sh(project, "git", "init", "-q")
+    commit_all(project, "clone")
+    (project / "data/raw").mkdir(parents=True)
+    (project / "data/raw/my-download.zip").write_bytes(b"the user's file")
+    params_before = (project / "params.yaml").read_bytes()
+    sh(project, *command)
+    assert (project / "params.yaml").read_bytes() == params_before
+    assert sorted(p.name for p in (project / "data/raw").iterdir()) == ["my-download.zip"]
+    assert not (project / "submissions/latest.csv").exists()
+    listed = sh(project, sys.executable, "-m", "pipeline", "experiments").stdout
+    assert "(synthetic demo)" in listed and "1.0000" in listed
