@@ -248,8 +248,10 @@ def edited_params_hint(params_path: Path) -> str:
     """How to undo an edit of the params file a failed stage ran with (`dvc exp run -S` leaves
     its edit in params.yaml, and DVC removed the stage's outputs before running it); "" when
     the file is as committed, or outside git."""
-    from pipeline.integrations.repository import changed_files
+    from pipeline.integrations.repository import changed_files, in_experiment_copy
 
+    if in_experiment_copy():  # --temp, --queue: the workspace's params.yaml was never edited
+        return ""
     try:
         edited = Path(params_path).as_posix() in changed_files()
     except PipelineError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+INPUT_DIR = Path("data/input")  # yours: the competition's zip or files (never a DVC output)
 RAW_DIR = Path("data/raw")  # fetch: cifar-10-batches-py/ and the custom test pickle
 PREPARED_DIR = Path("data/prepared")  # prepare: train/val/custom_test .npz and dataset.json
 CHECKPOINT_DIR = Path("models/checkpoints")  # train: epoch_NNNN.pt

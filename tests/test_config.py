@@ -242,20 +242,34 @@ SHIPPED = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     [
         (
             {"model": {"name": "seed_resnet"}},
-            "model.residual, model.residual_convs, model.whiten_bias_epochs, model.widths",
+            "model.residual (airnet's), model.residual_convs (airnet's), model.whiten_bias_epochs "
+            "(airnet's), model.widths (airnet and resnet_wide's) are not read by model.name "
+            "'seed_resnet'",
             "model.base_width=32, model.blocks=[4, 4, 3], model.dropout=0.17",
         ),
         (
             {"model": {"name": "resnet_wide"}},
-            "model.residual, model.residual_convs, model.whiten_bias_epochs",
+            "model.residual (airnet's), model.residual_convs (airnet's), model.whiten_bias_epochs "
+            "(airnet's) are not read by model.name 'resnet_wide'",
             "model.blocks=[2, 2, 2], model.dropout=0.0",
         ),
         (
             {"train": {"schedule": "multistep", "epochs": 30}},
-            "train.lr_end_factor, train.lr_start_factor, train.warmup_fraction",
+            "train.lr_end_factor (onecycle's), train.lr_start_factor (onecycle's), "
+            "train.warmup_fraction (onecycle's) are not read by train.schedule 'multistep'",
             "train.milestones=[14, 27], train.gamma=0.1",
         ),
-        ({"train": {"schedule": "cosine"}}, "train.lr_end_factor, train.lr_start_factor, train.warmup_fraction", None),
+        (
+            {"train": {"schedule": "cosine"}},
+            "train.lr_end_factor (onecycle's), train.lr_start_factor (onecycle's), "
+            "train.warmup_fraction (onecycle's) are not read by train.schedule 'cosine'",
+            None,
+        ),
+        (  # back again: the milestones alone (gamma came from the defaults) are dropped too
+            {"train": {"schedule": "onecycle", "milestones": [90, 150]}},
+            "train.milestones (multistep's) is not read by train.schedule 'onecycle'",
+            None,
+        ),
         ({"train": {"optimizer": "muon"}}, None, "train.muon_lr=0.24, train.muon_momentum=0.6"),
     ],
 )
@@ -272,8 +286,7 @@ def test_dvc_exp_run_s_switches_a_variant_in_params_yaml(
     expected = []
     if dropped:
         expected.append(
-            f"params: {dropped} are not read by the chosen model, schedule or optimizer: "
-            "ignored (delete them from params.yaml)"
+            f"warning: params: {dropped}: ignored (left by a switch? delete them from params.yaml)"
         )
     if filled:
         expected.append(f"params: not in params.yaml, so the chosen variant's defaults: {filled}")

@@ -84,7 +84,7 @@ def test_doctor_without_a_gpu_names_the_data_problem(
     long_run = dataclasses.replace(FIXED, epochs=100)  # 200 minutes: auto stops it on a CPU
     screen = _doctor(capsys, monkeypatch, "--profiles", "cpu", estimate=long_run)
     assert "train.device: auto → cpu" in screen and "precision: float32" in screen
-    assert "finds no data in data/raw and no Kaggle credentials" in screen
+    assert "finds no data in data/input/ or data/raw and no Kaggle credentials" in screen
     assert "(stops: over 2 h on the CPU)" in " ".join(screen.split())
 
 

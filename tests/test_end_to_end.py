@@ -147,12 +147,14 @@ def test_the_readme_demo_leaves_params_and_data_as_they_were(tmp_path: Path) -> 
     copy_repo(project)
     sh(project, "git", "init", "-q")
     commit_all(project, "clone")
-    (project / "data/raw").mkdir(parents=True)
-    (project / "data/raw/my-download.zip").write_bytes(b"the user's file")
+    (project / "data/input/my-download.zip").write_bytes(b"the user's file")
     params_before = (project / "params.yaml").read_bytes()
     sh(project, *command)
     assert (project / "params.yaml").read_bytes() == params_before
-    assert sorted(p.name for p in (project / "data/raw").iterdir()) == ["my-download.zip"]
+    assert sorted(p.name for p in (project / "data/input").iterdir()) == [
+        "README.md", "my-download.zip"
+    ]
+    assert not (project / "data/raw").exists()
     assert not (project / "submissions/latest.csv").exists()
     listed = sh(project, sys.executable, "-m", "pipeline", "experiments").stdout
     assert "(synthetic demo)" in listed and "1.0000" in listed

@@ -302,9 +302,10 @@ def test_fetch_never_replaces_files_a_user_put_in_data_raw(
     params = DataParams(source=source, synthetic=SMALL_SYNTHETIC, path=str(competition_zip))
     with pytest.raises(
         PipelineError,
-        match=rf"{raw_dir}: holds files fetch did not write \(cifar-10-python, "
-        rf"cifar_test_nolabel.pkl\); fetch never replaces them with data.source '{source}': "
-        "set data.source: auto to use them, or move them out",
+        match=rf"^{raw_dir}: holds what fetch did not write \(cifar-10-python, "
+        rf"cifar-10-python/cifar-10-batches-py, cifar-10-python/cifar-10-batches-py/batches.meta "
+        rf"and \d+ more\); fetch never replaces it with data.source '{source}': put your files in "
+        rf"{tmp_path}/data/input/ instead",
     ):
         fetch.run(params, raw_dir)
     assert _snapshot(raw_dir) == before
@@ -317,43 +318,99 @@ def test_fetch_replaces_its_own_files_but_not_once_a_user_changed_them(tmp_path:
     assert fetch.fetched_source(raw_dir) == "synthetic"
     fetch.run(dataclasses.replace(params, synthetic=dataclasses.replace(SMALL_SYNTHETIC, seed=1)), raw_dir)
     assert fetch.fetched_source(raw_dir) == "synthetic"
+    (raw_dir / CIFAR_FOLDER / ".DS_Store").write_bytes(b"finder")  # named, not fetch's files
+    (raw_dir / "mine").mkdir()
+    (raw_dir / "elsewhere").symlink_to(tmp_path)
+    with pytest.raises(
+        PipelineError,
+        match=rf"holds what fetch did not write \({CIFAR_FOLDER}/.DS_Store, elsewhere, mine\)",
+    ):
+        fetch.run(params, raw_dir)
+    assert (raw_dir / "elsewhere").is_symlink() and (raw_dir / "mine").is_dir()
+    for entry in (raw_dir / CIFAR_FOLDER / ".DS_Store", raw_dir / "mine", raw_dir / "elsewhere"):
+        entry.rmdir() if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     (raw_dir / "cifar_test_nolabel.pkl").write_bytes(b"mine now")
     assert fetch.fetched_source(raw_dir) is None
-    with pytest.raises(PipelineError, match="holds files fetch did not write"):
+    with pytest.raises(PipelineError, match=r"holds what fetch did not write \(cifar_test_nolabel.pkl\)"):
         fetch.run(params, raw_dir)
     assert (raw_dir / "cifar_test_nolabel.pkl").read_bytes() == b"mine now"
 
 
-def test_auto_finds_the_competition_zip_unpacked_in_data_raw(
+def test_a_file_where_data_raw_goes_is_never_replaced(tmp_path: Path) -> None:
+    raw_dir = _raw(tmp_path)
+    raw_dir.parent.mkdir(parents=True)
+    raw_dir.write_text("my notes")
+    with pytest.raises(PipelineError, match=r"holds what fetch did not write \(\(a file, not a folder\)\)"):
+        fetch.run(DataParams(source="synthetic", synthetic=SMALL_SYNTHETIC), raw_dir)
+    assert raw_dir.read_text() == "my notes"
+
+
+@pytest.mark.parametrize("layout", ["zip", "unzipped", "macos zip", "tarball and pickle"])
+def test_auto_takes_what_a_user_put_in_data_input_and_never_changes_it(
+    tmp_path: Path, competition_zip: Path, official_tarball: Path, custom_test_file: Path,
+    layout: str, capsys: pytest.CaptureFixture,
+) -> None:  # fmt: skip
+    """data/input is the user's: the zip as downloaded, unpacked, re-zipped on a Mac (with
+    __MACOSX/ and ._ copies), or the CIFAR-10 tarball with the pickle beside it."""
+    input_dir, raw_dir = tmp_path / "data/input", _raw(tmp_path)
+    input_dir.mkdir(parents=True)
+    (input_dir / "README.md").write_text("the project's note")
+    if layout == "zip":
+        shutil.copy(competition_zip, input_dir)
+    elif layout == "unzipped":
+        with zipfile.ZipFile(competition_zip) as bundle:
+            bundle.extractall(input_dir)
+    elif layout == "macos zip":
+        with zipfile.ZipFile(competition_zip) as bundle, zipfile.ZipFile(
+            input_dir / "comp.zip", "w"
+        ) as mac:
+            for name in bundle.namelist():
+                mac.writestr(name, bundle.read(name))
+                folder, _, base = name.rpartition("/")
+                mac.writestr(f"__MACOSX/{folder}/._{base}".replace("//", "/"), b"\x00\x05\x16\x07")
+        (input_dir / "._comp.zip").write_bytes(b"\x00\x05\x16\x07")
+    else:
+        shutil.copy(official_tarball, input_dir)
+        shutil.copy(custom_test_file, input_dir / "cifar_test_nolabel.pkl")
+    before = _snapshot(input_dir)
+    fetch.run(DataParams(source="auto"), raw_dir)
+    assert "the files you put in" in capsys.readouterr().err
+    assert _snapshot(input_dir) == before
+    assert fetch.fetched_source(raw_dir) == "local"
+    assert (raw_dir / CIFAR_FOLDER / "data_batch_1").is_file()
+    prepare.run(PrepareParams(), raw_dir, tmp_path / "prepared", tmp_path / "data.json")
+
+
+def test_auto_finds_the_competition_zip_unpacked_in_data_raw_too(
     tmp_path: Path, competition_zip: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """`unzip deep-learning-spring-2025-project-1.zip -d data/raw` gives
-    data/raw/cifar-10-python/cifar-10-batches-py/: used where it is, no credentials asked."""
+    """Files unzipped into data/raw itself are used where they are, with the advice to keep
+    them in data/input: DVC restores data/raw from dvc.lock on `dvc exp run`."""
     raw_dir = _raw(tmp_path)
     raw_dir.mkdir(parents=True)
     with zipfile.ZipFile(competition_zip) as bundle:
         bundle.extractall(raw_dir)
     before = _snapshot(raw_dir)
     fetch.run(DataParams(source="auto"), raw_dir)
-    assert "using the files already in" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "using the files already in" in err and "keep your own copy in" in err
     assert _snapshot(raw_dir) == before
     prepare.run(PrepareParams(), raw_dir, tmp_path / "prepared", tmp_path / "data.json")
-    assert (tmp_path / "prepared/custom_test.npz").is_file()
 
 
-def test_auto_unpacks_the_competition_zip_dropped_in_data_raw(
+def test_a_zip_dropped_in_data_raw_is_pointed_to_data_input(
     tmp_path: Path, competition_zip: Path
 ) -> None:
     raw_dir = _raw(tmp_path)
     raw_dir.mkdir(parents=True)
     shutil.copy(competition_zip, raw_dir)
-    fetch.run(DataParams(source="auto"), raw_dir)
-    unpacked = raw_dir / competition_zip.stem
-    assert (unpacked / "cifar-10-python" / CIFAR_FOLDER / "data_batch_1").is_file()
-    assert (raw_dir / competition_zip.name).is_file()  # the user's zip stays
-    assert [p.name for p in raw_dir.iterdir() if p.name.startswith(".")] == []
-    fetch.run(DataParams(source="auto"), raw_dir)  # the second time: used as it is
-    prepare.run(PrepareParams(), raw_dir, tmp_path / "prepared", tmp_path / "data.json")
+    with pytest.raises(
+        PipelineError,
+        match=rf"{competition_zip.name}: an archive in {raw_dir}, which fetch writes; move it to "
+        rf"{tmp_path}/data/input/, where data.source: auto unpacks it",
+    ):
+        fetch.run(DataParams(source="auto"), raw_dir)
+    assert sorted(p.name for p in raw_dir.iterdir()) == [competition_zip.name]
 
 
 def test_two_copies_of_the_batches_in_data_raw_are_refused_naming_both(
@@ -368,6 +425,27 @@ def test_two_copies_of_the_batches_in_data_raw_are_refused_naming_both(
         fetch.run(DataParams(source="auto"), raw_dir)
     with pytest.raises(PipelineError, match="keep one"):
         prepare.run(PrepareParams(), raw_dir, tmp_path / "prepared", tmp_path / "data.json")
+
+
+def test_a_linked_batches_folder_in_data_raw_is_read(
+    tmp_path: Path, official_sized_cifar: Path, custom_test_file: Path
+) -> None:
+    raw_dir = _raw(tmp_path)
+    raw_dir.mkdir(parents=True)
+    (raw_dir / CIFAR_FOLDER).symlink_to(official_sized_cifar / CIFAR_FOLDER)
+    shutil.copy(custom_test_file, raw_dir / "cifar_test_nolabel.pkl")
+    fetch.run(DataParams(source="auto"), raw_dir)
+    prepare.run(PrepareParams(), raw_dir, tmp_path / "prepared", tmp_path / "data.json")
+
+
+def test_no_data_says_where_to_put_it(tmp_path: Path) -> None:
+    with pytest.raises(
+        PipelineError,
+        match=rf"^{tmp_path}/data/input and {tmp_path}/data/raw: no competition files yet; put the "
+        rf"competition's zip \(Kaggle → the competition → Data → Download all\) in "
+        rf"{tmp_path}/data/input/, or no Kaggle credentials found",
+    ):
+        fetch.run(DataParams(source="auto"), _raw(tmp_path))
 
 
 def test_in_a_kaggle_notebook_auto_takes_the_mounted_competition_files_without_credentials(

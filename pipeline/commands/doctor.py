@@ -53,28 +53,36 @@ def machine_lines() -> list[str]:
 
 
 def data_line(params: Params, raw_dir: Path = RAW_DIR) -> str:
-    from pipeline.stages.fetch import ARCHIVE_PATTERNS, kaggle_notebook_data, raw_files_present
+    from pipeline.stages.fetch import (
+        input_files,
+        input_folder,
+        kaggle_notebook_data,
+        raw_files_present,
+    )
 
     source = params.data.source
     credentials = kaggle_credentials_source()
     found = f"Kaggle credentials: {credentials}" if credentials else "no Kaggle credentials"
     if source != "auto":
         return f"data.source: {source}; {found}"
+    input_dir = input_folder(raw_dir)
+    if input_files(input_dir):
+        return f"data.source: auto takes the files you put in {input_dir}/; {found}"
     try:
         present = raw_files_present(raw_dir)
     except PipelineError as error:  # two copies of the batches: fetch names them the same way
         return f"data.source: auto stops: {error}"
     if present:
         return f"data.source: auto uses the files in {raw_dir}; {found}"
-    dropped = sorted(p.name for pattern in ARCHIVE_PATTERNS for p in raw_dir.glob(pattern))
-    if dropped:
-        return f"data.source: auto unpacks {dropped[0]} in {raw_dir}; {found}"
     mounted = kaggle_notebook_data(params.data.competition)
     if mounted is not None:
         return f"data.source: auto takes the files mounted at {mounted}; {found}"
     if credentials:
         return f"data.source: auto downloads '{params.data.competition}' from Kaggle ({found})"
-    return f"data.source: auto finds no data in {raw_dir} and {found}: `dvc repro` will stop and say how to go on"
+    return (
+        f"data.source: auto finds no data in {input_dir}/ or {raw_dir} and {found}: put the "
+        f"competition's zip in {input_dir}/"
+    )
 
 
 def estimate_rows(

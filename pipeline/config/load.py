@@ -7,7 +7,7 @@ dataclasses (params.py). The `model` and `train` keys a params file leaves out a
 file's model, schedule and optimizer read; a model, schedule or optimizer the default profile
 does not use takes its own keys' defaults (params.py's MODEL_DEFAULTS, ...). So
 `dvc exp run -S model.name=seed_resnet` works: the keys of the model it replaces, left in
-params.yaml, are dropped with a note. A profile itself must be complete. `with_overrides` is the one way tests,
+params.yaml, are dropped with a warning that train prints. A profile must be complete and exact. `with_overrides` is the one way tests,
 benchmarks and commands change some keys of a params mapping.
 """
 
@@ -113,13 +113,6 @@ def _convert(
     raise TypeError(f"unsupported annotation for {key}: {annotation}")
 
 
-def _left_by_a_switch(stale: set[str], table: dict[str, dict[str, Any]], present: set[str]) -> bool:
-    """Whether keys that the chosen variant does not read are another variant's whole set: what
-    params.yaml holds after `dvc exp run -S model.name=X` switched away from it. A lone key of
-    another variant (`-S train.muon_lr=0.2` with sgd) is a mistake, and stays refused."""
-    return any(stale <= set(keys) <= present for keys in table.values() if keys)
-
-
 def _with_recipe_defaults(
     section: str, values: dict, defaults: dict | None, notes: list[str] | None
 ) -> dict:
@@ -138,10 +131,17 @@ def _with_recipe_defaults(
         chosen = completed.get(chooser, default_values.get(chooser))
         reads = table.get(chosen, {})
         others = conditional_keys(table) - set(reads)
-        stale = {key for key in others if completed.get(key) is not None}
-        present = {key for key, value in completed.items() if value is not None}
-        if defaults is not None and stale and _left_by_a_switch(stale, table, present):
-            dropped += [f"{section}.{key}" for key in sorted(stale)]
+        stale = sorted(key for key in others if completed.get(key) is not None)
+        if defaults is not None and notes is not None and stale:  # a switch left them, or a slip
+            readers = {
+                key: " and ".join(name for name, keys in table.items() if key in keys)
+                for key in stale
+            }
+            dropped.append(
+                ", ".join(f"{section}.{key} ({readers[key]}'s)" for key in stale)
+                + f" {'is' if len(stale) == 1 else 'are'} not read by {section}.{chooser} "
+                f"'{chosen}'"
+            )
             for key in stale:
                 completed.pop(key)
         own = default_values if default_values.get(chooser) == chosen else reads
@@ -162,8 +162,8 @@ def _with_recipe_defaults(
                     filled.append(f"{section}.{key}={default}")
     if notes is not None and dropped:
         notes.append(
-            f"params: {', '.join(dropped)} {'is' if len(dropped) == 1 else 'are'} not read by "
-            "the chosen model, schedule or optimizer: ignored (delete them from params.yaml)"
+            f"warning: params: {'; '.join(dropped)}: ignored (left by a switch? delete them from "
+            "params.yaml)"
         )
     if notes is not None and filled:
         notes.append(f"params: not in params.yaml, so the chosen variant's defaults: {', '.join(filled)}")
@@ -230,8 +230,9 @@ def _build(
 
 def params_from_dict(values: dict[str, Any], notes: list[str] | None = None) -> Params:
     """`values` (params as plain data) checked and built; recipe keys left out are the default
-    profile's or the chosen variant's, and keys a variant switch left behind are dropped (see the
-    module's docstring); `notes` gets a line for each of those."""
+    profile's or the chosen variant's. Keys of another model, schedule or optimizer are refused;
+    with `notes` (params.yaml, which `dvc exp run -S model.name=X` leaves holding the old
+    model's keys) they are dropped, and `notes` gets a line for them and for the defaults."""
     if not isinstance(values, dict):
         raise PipelineError(f"params: expected a mapping of sections, found {_describe(values)}")
     return _build(Params, values, "", default_profile_values(), notes)
@@ -290,7 +291,9 @@ def _read_yaml(path: Path) -> Any:
 
 
 def load_params(path: Path = DEFAULT_PARAMS_PATH, notes: list[str] | None = None) -> Params:
-    """Read and validate `params.yaml`; a missing section takes its defaults."""
+    """Read and validate `params.yaml`; a missing section takes its defaults, and keys a variant
+    switch left are dropped, with a line in `notes` (the train stage prints them)."""
+    notes = [] if notes is None else notes
     values = _read_yaml(path) or {}
     if not isinstance(values, dict):
         raise PipelineError(f"{path}: expected a mapping of sections, found {_describe(values)}")

@@ -153,16 +153,36 @@ def find_custom_test(folder: Path) -> Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
-def find_raw_files(folder: Path) -> tuple[Path | None, Path | None]:
-    """The one `cifar-10-batches-py/` folder and the one custom test pickle at any depth under
-    `folder` (data/raw as fetch writes it, or the competition's zip unpacked there: its
-    `cifar-10-python/cifar-10-batches-py/`). Two of either is refused, naming both: which one
-    trains would otherwise depend on sort order."""
-    folder = Path(folder)
-    batches = sorted(
-        meta.parent for meta in folder.rglob(META_NAME) if meta.parent.name == CIFAR_FOLDER
+def _not_junk(path: Path, folder: Path) -> bool:
+    """Not a macOS archive's `__MACOSX/` copy or an AppleDouble `._name` or other dot entry."""
+    return not any(
+        part.startswith(".") or part == "__MACOSX" for part in path.relative_to(folder).parts
     )
-    tests = [p for name in CUSTOM_TEST_NAMES for p in sorted(folder.rglob(name)) if p.is_file()]
+
+
+def find_raw_files(folder: Path) -> tuple[Path | None, Path | None]:
+    """The one `cifar-10-batches-py/` folder and the one custom test pickle under `folder`: at
+    the top (a link to a shared batches folder too), else at any depth (the competition's zip
+    unpacked: `cifar-10-python/cifar-10-batches-py/`), leaving out macOS's `__MACOSX/` and
+    `._*` copies. Two of either is refused, naming both: which one trains would otherwise
+    depend on sort order."""
+    folder = Path(folder)
+    top = folder / CIFAR_FOLDER
+    batches = (
+        [top]
+        if (top / META_NAME).is_file()
+        else sorted(
+            meta.parent
+            for meta in folder.rglob(META_NAME)
+            if meta.parent.name == CIFAR_FOLDER and _not_junk(meta, folder)
+        )
+    )
+    tests = [folder / name for name in CUSTOM_TEST_NAMES if (folder / name).is_file()] or [
+        p
+        for name in CUSTOM_TEST_NAMES
+        for p in sorted(folder.rglob(name))
+        if p.is_file() and _not_junk(p, folder)
+    ]
     for found, what in ((batches, f"{CIFAR_FOLDER}/ folders"), (tests, "custom test pickles")):
         if len(found) > 1:
             raise PipelineError(

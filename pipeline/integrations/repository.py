@@ -30,6 +30,12 @@ def git(*args: str, cwd: Path = Path("."), strip: bool = True) -> str:
     return result.stdout.strip() if strip else result.stdout
 
 
+def in_experiment_copy() -> bool:
+    """Whether this runs in the copy that `dvc exp run --temp` or `--queue` made (under
+    .dvc/tmp/exps/): it holds the committed files and the experiment's params only."""
+    return "/.dvc/tmp/exps/" in Path.cwd().as_posix() + "/"
+
+
 def head_commit(cwd: Path = Path(".")) -> str | None:
     try:
         return git("rev-parse", "HEAD", cwd=cwd)

@@ -7,10 +7,12 @@ Each fetch first undoes what a killed one left: a `data/raw` moved aside mid-swa
 and its temporary folders (`data/.fetch-pipeline-*`, `data/.raw.pipeline-*.tmp`) are removed;
 names a user might give their own folders (`.raw.old`, `.fetch-cache`) are never touched.
 
-Files a user put in `data/raw` are never replaced: fetch keeps a record of what it wrote there
-(`fetch_record.json`: each file's size and md5), and replaces only a `data/raw` that holds
-exactly that. `auto` uses the user's files where they are, at any depth (the competition's zip
-unpacked there), and unpacks a zip or CIFAR-10 tarball dropped there into a folder beside it.
+Your own copy of the files goes in `data/input/` (the competition's zip as downloaded, or its
+files unpacked, at any depth): it is yours, never a DVC output, so no `dvc exp run` or
+`dvc checkout` ever removes it; `auto` copies it into `data/raw`. Files a user put in `data/raw`
+itself are used where they are and never replaced: fetch keeps a record of what it wrote there
+(`fetch_record.json`: each entry's size and md5) and replaces only a `data/raw` that holds
+exactly that.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ from pipeline.integrations.kaggle_client import (
     connect,
     kaggle_credentials_source,
 )
-from pipeline.paths import RAW_DIR
+from pipeline.integrations.repository import in_experiment_copy
+from pipeline.paths import INPUT_DIR, RAW_DIR
 from pipeline.reporting import console
 
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # the official cifar-10-python.tar.gz
@@ -63,7 +66,8 @@ CIFAR_URL_VARIABLE = "PIPELINE_CIFAR_URL"  # replaces data.cifar_url: a secret U
 SCRATCH_PREFIX = ".fetch-pipeline-"  # fetch's scratch beside data/raw, removed after a kill too
 OFFICIAL_IMAGES_PER_BATCH = 10_000
 FETCH_RECORD = "fetch_record.json"  # in data/raw: the source and every file fetch wrote there
-ARCHIVE_PATTERNS = ("*.zip", "*.tar.gz", "*.tgz")  # what auto unpacks when dropped in data/raw
+ARCHIVE_PATTERNS = ("*.zip", "*.tar.gz", "*.tgz")  # a download that fetch unpacks
+INPUT_README = "README.md"  # data/input's own note (committed): not data
 KAGGLE_INPUT = Path("/kaggle/input")  # where a Kaggle notebook mounts a competition's files
 OFFLINE_ALTERNATIVES = (
     "offline: set data.source to 'local' with data.path pointing to the competition's .zip, a "
@@ -127,20 +131,32 @@ def warn_of_secrets_in_params(params: DataParams) -> None:
 # --- archives ---------------------------------------------------------------------------------
 
 
+def archives_in(folder: Path) -> list[Path]:
+    """The zip and tar archives at the top of `folder` (macOS's `._name` copies left out)."""
+    found = {p for pattern in ARCHIVE_PATTERNS for p in Path(folder).glob(pattern)}
+    return sorted(p for p in found if p.is_file() and not p.name.startswith("."))
+
+
 def locate_files(folder: Path, scratch: Path) -> tuple[Path | None, Path | None]:
     """Find the `cifar-10-batches-py` folder and the custom test pickle anywhere under `folder`.
 
-    If `folder` holds only the CIFAR-10 tarball, it is extracted into `scratch` (never beside
-    the user's file).
+    A folder holding an archive instead (the competition's zip as downloaded, or the CIFAR-10
+    tarball, even inside the zip) has it extracted into `scratch`, never beside the user's file.
     """
-    batches_dir = find_batches_dir(folder)
-    if batches_dir is None:  # the competition zip may hold the CIFAR-10 tarball itself
-        tarball = next(iter(sorted(folder.rglob("cifar-10-python.tar.gz"))), None)
-        if tarball is not None:
+    batches_dir, custom_test = find_raw_files(folder)
+    if batches_dir is None:
+        archives = archives_in(folder) or sorted(folder.rglob("cifar-10-python.tar.gz"))
+        if len(archives) > 1:
+            raise PipelineError(
+                f"{folder}: holds {len(archives)} archives ({archives[0].name} and "
+                f"{archives[1].name}); keep the competition's zip only"
+            )
+        if archives:
             nested = Path(tempfile.mkdtemp(prefix="nested-", dir=scratch))
-            extract_archive(tarball, nested)
-            batches_dir = find_batches_dir(nested)
-    return batches_dir, find_custom_test(folder)
+            extract_archive(archives[0], nested)
+            batches_dir, inner_test = locate_files(nested, scratch)
+            custom_test = custom_test or inner_test
+    return batches_dir, custom_test
 
 
 # --- assembling and checking data/raw ---------------------------------------------------------
@@ -172,12 +188,23 @@ def check_raw(raw_dir: Path, official_counts: bool) -> int:
 # --- what fetch wrote, and what a user put in data/raw ----------------------------------------
 
 
+def _entry(path: Path) -> dict[str, object]:
+    if path.is_symlink():
+        return {"link": os.readlink(path)}
+    if path.is_dir():
+        return {"folder": True}
+    if path.is_file():
+        return {"size": path.stat().st_size, "md5": file_md5(path)}
+    return {"other": True}  # a FIFO or device: never fetch's
+
+
 def _inventory(folder: Path) -> dict[str, dict[str, object]]:
-    """Every file under `folder` but fetch's record: {relative path: {size, md5}}."""
+    """Every entry under `folder` but fetch's record: {relative path: size and md5 of a file;
+    a folder; a link's target}. rglob never follows a link into another folder."""
     return {
-        path.relative_to(folder).as_posix(): {"size": path.stat().st_size, "md5": file_md5(path)}
+        path.relative_to(folder).as_posix(): _entry(path)
         for path in sorted(folder.rglob("*"))
-        if path.is_file() and path.relative_to(folder).as_posix() != FETCH_RECORD
+        if path.relative_to(folder).as_posix() != FETCH_RECORD
     }
 
 
@@ -197,22 +224,37 @@ def fetched_source(raw_dir: Path) -> str | None:
     return record.get("source") if isinstance(record.get("source"), str) else None
 
 
-def _user_entries(raw_dir: Path) -> list[Path]:
-    """What in `raw_dir` fetch may not replace: everything, unless its record accounts for it."""
-    if not raw_dir.is_dir() or raw_dir.is_symlink():
+def user_entries(raw_dir: Path) -> list[str]:
+    """What in `raw_dir` fetch did not write, as relative paths: [] for a folder that fetch's
+    record describes whole (or an empty one); everything it does not describe otherwise."""
+    if raw_dir.is_symlink() or not raw_dir.exists():
         return []
-    entries = sorted(e for e in raw_dir.iterdir() if e.name not in FILESYSTEM_ENTRIES)
-    return [] if not entries or fetched_source(raw_dir) is not None else entries
+    if not raw_dir.is_dir():
+        return ["(a file, not a folder)"]
+    if not any(entry.name not in FILESYSTEM_ENTRIES for entry in raw_dir.iterdir()):
+        return []
+    try:
+        record = json.loads((raw_dir / FETCH_RECORD).read_text(encoding="utf-8"))
+        written = record.get("files") if isinstance(record, dict) else None
+    except (OSError, ValueError):
+        written = None
+    written = written if isinstance(written, dict) else {}
+    found = _inventory(raw_dir)
+    return [
+        name for name, entry in found.items()
+        if written.get(name) != entry and name.split("/")[0] not in FILESYSTEM_ENTRIES
+    ] + sorted(set(written) - set(found))  # fmt: skip
 
 
 def refuse_to_replace_user_files(raw_dir: Path, source: str) -> None:
-    entries = _user_entries(raw_dir)
+    entries = user_entries(raw_dir)
     if entries:
-        shown = ", ".join(entry.name for entry in entries[:3]) + (" …" if len(entries) > 3 else "")
+        more = f" and {len(entries) - 3} more" if len(entries) > 3 else ""
         raise PipelineError(
-            f"{raw_dir}: holds files fetch did not write ({shown}); fetch never replaces them "
-            f"with data.source '{source}': set data.source: auto to use them, or move them out "
-            f"of {raw_dir} first"
+            f"{raw_dir}: holds what fetch did not write ({', '.join(entries[:3])}{more}); fetch "
+            f"never replaces it with data.source '{source}': put your files in "
+            f"{input_folder(raw_dir)}/ "
+            f"instead (data.source: auto takes them from there), or move them out of {raw_dir}"
         )
 
 
@@ -284,44 +326,6 @@ def raw_files_present(raw_dir: Path) -> bool:
     return None not in find_raw_files(raw_dir)
 
 
-def unpack_dropped_archive(raw_dir: Path) -> Path | None:
-    """A zip or tarball a user dropped in `raw_dir` (and nothing unpacked beside it), unpacked
-    into `raw_dir/<its name>/`; the archive stays. Two archives are refused, naming both."""
-    if not raw_dir.is_dir() or raw_files_present(raw_dir):
-        return None
-    archives = sorted({p for pattern in ARCHIVE_PATTERNS for p in raw_dir.glob(pattern)})
-    archives = [p for p in archives if p.is_file()]
-    if not archives:
-        return None
-    if len(archives) > 1:
-        raise PipelineError(
-            f"{raw_dir}: holds {len(archives)} archives ({archives[0].name} and "
-            f"{archives[1].name}); keep the competition's zip only"
-        )
-    (archive,) = archives
-    unpacked = raw_dir / archive.name.removesuffix(".gz").removesuffix(".tar").removesuffix(
-        ".tgz"
-    ).removesuffix(".zip")
-    if unpacked.exists():
-        raise PipelineError(
-            f"{unpacked}: exists but holds no {CIFAR_FOLDER}/ and custom test pickle; remove it "
-            f"to unpack {archive.name} again"
-        )
-    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=raw_dir) as scratch:
-        extracted = Path(scratch) / "extracted"
-        extracted.mkdir()
-        extract_archive(archive, extracted)
-        batches_dir, custom_test = locate_files(extracted, Path(scratch))
-        if batches_dir is None or custom_test is None:
-            missing = f"{CIFAR_FOLDER}/" if batches_dir is None else "custom test pickle"
-            raise PipelineError(
-                f"{archive}: holds no {missing}; expected the competition's zip from Kaggle"
-            )
-        os.replace(extracted, unpacked)
-    console.print(f"fetch: unpacked {archive.name} into {unpacked}")
-    return unpacked
-
-
 def kaggle_notebook_data(competition: str, input_dir: Path | None = None) -> Path | None:
     """The folder a Kaggle notebook mounted the competition's files in (`/kaggle/input/<slug>`,
     or any input folder holding the batches and the custom test pickle), or None elsewhere."""
@@ -336,13 +340,48 @@ def kaggle_notebook_data(competition: str, input_dir: Path | None = None) -> Pat
     return None
 
 
+def input_folder(raw_dir: Path) -> Path:
+    """data/input beside data/raw (INPUT_DIR for the project's own)."""
+    return raw_dir.parent / INPUT_DIR.name
+
+
+def input_files(input_dir: Path) -> list[Path]:
+    """What a user put in data/input (its README and dot files such as .DS_Store aside)."""
+    if not input_dir.is_dir():
+        return []
+    return sorted(
+        entry for entry in input_dir.iterdir()
+        if entry.name != INPUT_README and not entry.name.startswith(".")
+    )  # fmt: skip
+
+
+def no_data_message(raw_dir: Path, problem: str | None) -> str:
+    input_dir = input_folder(raw_dir)
+    where = (
+        f"{problem}; " if problem else f"{input_dir} and {raw_dir}: no competition files yet; "
+    )
+    if in_experiment_copy():
+        return where + (
+            "`dvc exp run --temp` and `--queue` copy only committed files: run `dvc repro` "
+            "once in the workspace first (its data/raw is then cached and copied)"
+        )
+    return where + (
+        f"put the competition's zip (Kaggle → the competition → Data → Download all) in "
+        f"{input_dir}/, or " + missing_credentials_message()
+    )
+
+
 def _chosen_source(params: DataParams, raw_dir: Path) -> tuple[str, DataParams] | None:
-    """The source to fetch from, with the params it reads; None when `auto` finds official
-    files already in `raw_dir`. In a Kaggle notebook, `auto` takes the mounted input first."""
+    """The source to fetch from, with the params it reads; None when `auto` uses the files
+    already in `raw_dir`. `auto` takes, in order: data/input, data/raw as it is, a Kaggle
+    notebook's mounted input, the Kaggle API."""
     if params.source != "auto":
         return params.source, params
-    problem = f"{raw_dir}: no data yet"
-    unpack_dropped_archive(raw_dir)
+    input_dir = input_folder(raw_dir)
+    if input_files(input_dir):
+        console.print(f"fetch: the files you put in {input_dir}/ → {raw_dir}")
+        return "local", dataclasses.replace(params, path=str(input_dir))
+    problem = None
     if raw_files_present(raw_dir):
         try:  # official sizes only: leftover synthetic demo data must not pass for the real thing
             count = check_raw(raw_dir, official_counts=True)
@@ -354,7 +393,17 @@ def _chosen_source(params: DataParams, raw_dir: Path) -> tuple[str, DataParams] 
             console.print(
                 f"fetch: using the files already in {raw_dir} ({count} custom test images)"
             )
+            if user_entries(raw_dir):  # not fetch's: DVC may restore data/raw without them
+                console.print(
+                    f"fetch: keep your own copy in {input_dir}/ rather than {raw_dir}: "
+                    f"`dvc exp run` and `dvc checkout` put {raw_dir} back as dvc.lock records it"
+                )
             return None
+    elif archives_in(raw_dir):
+        problem = (
+            f"{archives_in(raw_dir)[0]}: an archive in {raw_dir}, which fetch writes; move it "
+            f"to {input_dir}/, where data.source: auto unpacks it"
+        )
     mounted = kaggle_notebook_data(params.competition)
     if mounted is not None:
         console.print(
@@ -362,7 +411,7 @@ def _chosen_source(params: DataParams, raw_dir: Path) -> tuple[str, DataParams] 
         )
         return "local", dataclasses.replace(params, path=str(mounted))
     if kaggle_credentials_source() is None:
-        raise PipelineError(f"{problem}; and " + missing_credentials_message())
+        raise PipelineError(no_data_message(raw_dir, problem))
     return "kaggle", params
 
 
