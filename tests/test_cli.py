@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import pytest
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO_ROOT
 
 
@@ -50,7 +50,8 @@ def test_unknown_param_key_is_named(tmp_path: Path) -> None:
 def test_missing_input_tells_which_stage_to_run(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text("prepare:\n  val: test_batch\n")
     _assert_one_line_error(
-        _run_stage(tmp_path, "prepare"), "data/raw: no cifar-10-batches-py/ found; run the fetch stage first"
+        _run_stage(tmp_path, "prepare"),
+        "data/raw: no cifar-10-batches-py/ found; run the fetch stage first",
     )
     assert not (tmp_path / "data" / "prepared").exists()
 

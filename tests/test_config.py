@@ -310,9 +310,13 @@ def test_each_variants_defaults_are_the_profile_that_uses_it() -> None:
 
 
 def test_an_unknown_key_names_the_closest_one() -> None:
-    with pytest.raises(PipelineError, match=r"^params: unknown key 'train.epoch'; did you mean 'train.epochs'\?$"):
+    with pytest.raises(
+        PipelineError, match=r"^params: unknown key 'train.epoch'; did you mean 'train.epochs'\?$"
+    ):
         params_from_dict({"train": {"epoch": 5}})
-    with pytest.raises(PipelineError, match=r"unknown key 'train.zzz' \(known under 'train': .*epochs"):
+    with pytest.raises(
+        PipelineError, match=r"unknown key 'train.zzz' \(known under 'train': .*epochs"
+    ):
         params_from_dict({"train": {"zzz": 5}})
 
 
@@ -415,6 +419,13 @@ def test_milestones_past_the_last_epoch_are_refused_with_a_fix_that_works() -> N
     check_milestones(recipe("seed", {"train": {"epochs": 181}}).train)
     with pytest.raises(PipelineError, match=r"decay at \[180\]"):
         check_milestones(recipe("seed", {"train": {"epochs": 180}}).train)
-    with pytest.raises(PipelineError, match="a 1-epoch run has no epoch to decay in: -S train.schedule=constant"):
+    with pytest.raises(
+        PipelineError, match="a 1-epoch run has no epoch to decay in: -S train.schedule=constant"
+    ):
         check_milestones(recipe("seed", {"train": {"epochs": 1}}).train)
-    check_milestones(recipe("seed", with_overrides({"train": {"epochs": 1}}, parse_overrides(["train.schedule=constant"]))).train)
+    check_milestones(
+        recipe(
+            "seed",
+            with_overrides({"train": {"epochs": 1}}, parse_overrides(["train.schedule=constant"])),
+        ).train
+    )

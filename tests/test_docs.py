@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import typing
-from pathlib import Path
 
 import yaml
 from conftest import REPO_ROOT

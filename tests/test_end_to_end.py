@@ -152,7 +152,8 @@ def test_the_readme_demo_leaves_params_and_data_as_they_were(tmp_path: Path) -> 
     sh(project, *command)
     assert (project / "params.yaml").read_bytes() == params_before
     assert sorted(p.name for p in (project / "data/input").iterdir()) == [
-        "README.md", "my-download.zip"
+        "README.md",
+        "my-download.zip",
     ]
     assert not (project / "data/raw").exists()
     assert not (project / "submissions/latest.csv").exists()

@@ -285,7 +285,9 @@ def test_auto_does_not_take_leftover_synthetic_data_for_real_data(tmp_path: Path
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
 
 
 @pytest.mark.parametrize("source", ["synthetic", "local"])
@@ -316,7 +318,9 @@ def test_fetch_replaces_its_own_files_but_not_once_a_user_changed_them(tmp_path:
     params = DataParams(source="synthetic", synthetic=SMALL_SYNTHETIC)
     fetch.run(params, raw_dir)
     assert fetch.fetched_source(raw_dir) == "synthetic"
-    fetch.run(dataclasses.replace(params, synthetic=dataclasses.replace(SMALL_SYNTHETIC, seed=1)), raw_dir)
+    fetch.run(
+        dataclasses.replace(params, synthetic=dataclasses.replace(SMALL_SYNTHETIC, seed=1)), raw_dir
+    )
     assert fetch.fetched_source(raw_dir) == "synthetic"
     (raw_dir / CIFAR_FOLDER / ".DS_Store").write_bytes(b"finder")  # named, not fetch's files
     (raw_dir / "mine").mkdir()
@@ -331,7 +335,9 @@ def test_fetch_replaces_its_own_files_but_not_once_a_user_changed_them(tmp_path:
         entry.rmdir() if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     (raw_dir / "cifar_test_nolabel.pkl").write_bytes(b"mine now")
     assert fetch.fetched_source(raw_dir) is None
-    with pytest.raises(PipelineError, match=r"holds what fetch did not write \(cifar_test_nolabel.pkl\)"):
+    with pytest.raises(
+        PipelineError, match=r"holds what fetch did not write \(cifar_test_nolabel.pkl\)"
+    ):
         fetch.run(params, raw_dir)
     assert (raw_dir / "cifar_test_nolabel.pkl").read_bytes() == b"mine now"
 
@@ -340,7 +346,9 @@ def test_a_file_where_data_raw_goes_is_never_replaced(tmp_path: Path) -> None:
     raw_dir = _raw(tmp_path)
     raw_dir.parent.mkdir(parents=True)
     raw_dir.write_text("my notes")
-    with pytest.raises(PipelineError, match=r"holds what fetch did not write \(\(a file, not a folder\)\)"):
+    with pytest.raises(
+        PipelineError, match=r"holds what fetch did not write \(\(a file, not a folder\)\)"
+    ):
         fetch.run(DataParams(source="synthetic", synthetic=SMALL_SYNTHETIC), raw_dir)
     assert raw_dir.read_text() == "my notes"
 
@@ -361,9 +369,10 @@ def test_auto_takes_what_a_user_put_in_data_input_and_never_changes_it(
         with zipfile.ZipFile(competition_zip) as bundle:
             bundle.extractall(input_dir)
     elif layout == "macos zip":
-        with zipfile.ZipFile(competition_zip) as bundle, zipfile.ZipFile(
-            input_dir / "comp.zip", "w"
-        ) as mac:
+        with (
+            zipfile.ZipFile(competition_zip) as bundle,
+            zipfile.ZipFile(input_dir / "comp.zip", "w") as mac,
+        ):
             for name in bundle.namelist():
                 mac.writestr(name, bundle.read(name))
                 folder, _, base = name.rpartition("/")
@@ -421,7 +430,9 @@ def test_two_copies_of_the_batches_in_data_raw_are_refused_naming_both(
     with zipfile.ZipFile(competition_zip) as bundle:
         bundle.extractall(raw_dir)
         bundle.extractall(raw_dir / "again")
-    with pytest.raises(PipelineError, match=r"holds 2 cifar-10-batches-py/ folders \(.*again.*\); keep one"):
+    with pytest.raises(
+        PipelineError, match=r"holds 2 cifar-10-batches-py/ folders \(.*again.*\); keep one"
+    ):
         fetch.run(DataParams(source="auto"), raw_dir)
     with pytest.raises(PipelineError, match="keep one"):
         prepare.run(PrepareParams(), raw_dir, tmp_path / "prepared", tmp_path / "data.json")

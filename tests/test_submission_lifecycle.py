@@ -61,7 +61,10 @@ REAL_NOT_FOR_THE_COMPETITION = submit.not_for_the_competition  # before fake_kag
 
 @pytest.mark.parametrize("force", [[], ["--force"]])
 def test_a_synthetic_run_is_never_submitted_even_with_force(
-    project: Path, fake_kaggle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+    project: Path,
+    fake_kaggle,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
     force: list[str],
 ) -> None:
     monkeypatch.setattr(submit, "not_for_the_competition", REAL_NOT_FOR_THE_COMPETITION)

@@ -85,7 +85,10 @@ def _convert(
         (item_type,) = typing.get_args(annotation)
         if not isinstance(value, list):
             raise PipelineError(f"params: {key} must be a list, found {_describe(value)}")
-        return [_convert(item, item_type, f"{key}[{i}]", defaults, notes) for i, item in enumerate(value)]
+        return [
+            _convert(item, item_type, f"{key}[{i}]", defaults, notes)
+            for i, item in enumerate(value)
+        ]
     if annotation is bool:
         if not isinstance(value, bool):
             raise PipelineError(f"params: {key} must be true or false, found {_describe(value)}")
@@ -149,9 +152,9 @@ def _with_recipe_defaults(
         other_keys |= others
     for item in dataclasses.fields(cls):  # the keys every variant reads: the default profile's
         name = item.name
-        if name not in completed and name not in other_keys and name not in variant_keys:
-            if name in default_values:
-                completed[name] = copy.deepcopy(default_values[name])
+        own_key = name in other_keys or name in variant_keys
+        if name not in completed and not own_key and name in default_values:
+            completed[name] = copy.deepcopy(default_values[name])
     if defaults is not None:
         for key, default in variant_keys.items():
             if completed.get(key) is None:
@@ -166,7 +169,9 @@ def _with_recipe_defaults(
             "params.yaml)"
         )
     if notes is not None and filled:
-        notes.append(f"params: not in params.yaml, so the chosen variant's defaults: {', '.join(filled)}")
+        notes.append(
+            f"params: not in params.yaml, so the chosen variant's defaults: {', '.join(filled)}"
+        )
     return completed
 
 
@@ -174,7 +179,9 @@ def _unknown_key(prefix: str, key: object, known: set[str]) -> PipelineError:
     """The closest known key when there is one (`train.epoch` → `train.epochs`), else them all."""
     close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
     if close:
-        return PipelineError(f"params: unknown key '{prefix}{key}'; did you mean '{prefix}{close[0]}'?")
+        return PipelineError(
+            f"params: unknown key '{prefix}{key}'; did you mean '{prefix}{close[0]}'?"
+        )
     where = prefix.rstrip(".") or "top level"
     return PipelineError(
         f"params: unknown key '{prefix}{key}' (known under '{where}': {', '.join(sorted(known))})"

@@ -65,8 +65,6 @@ def with_later_model_keys(config: dict) -> dict:
     return LATER_MODEL_KEYS.get(config.get("name"), {}) | config
 
 
-
-
 def default_milestones(epochs: int) -> list[int]:
     """multistep's milestones for a run of `epochs`: at 45% and 90% of it, as the seed recipe's
     [90, 180] of 200, each before the last epoch (epochs count from 0: one at `epochs` never

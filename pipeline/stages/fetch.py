@@ -357,9 +357,7 @@ def input_files(input_dir: Path) -> list[Path]:
 
 def no_data_message(raw_dir: Path, problem: str | None) -> str:
     input_dir = input_folder(raw_dir)
-    where = (
-        f"{problem}; " if problem else f"{input_dir} and {raw_dir}: no competition files yet; "
-    )
+    where = f"{problem}; " if problem else f"{input_dir} and {raw_dir}: no competition files yet; "
     if in_experiment_copy():
         return where + (
             "`dvc exp run --temp` and `--queue` copy only committed files: run `dvc repro` "

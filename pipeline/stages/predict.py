@@ -170,7 +170,10 @@ def run(
     ]  # fmt: skip
     trainable = count_trainable_params(model)
     headline = {  # `dvc metrics show`: the project's one metrics file, one short row
-        "run_id": run_id, "val_accuracy": val_accuracy, "tta": tta, "model_params": trainable,
+        "run_id": run_id,
+        "val_accuracy": val_accuracy,
+        "tta": tta,
+        "model_params": trainable,
     }
     report = headline | {
         "val_accuracy_without_tta": plain_accuracy, "weights": checkpoint.weights or "raw",

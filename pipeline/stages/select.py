@@ -60,7 +60,12 @@ EvalSet = tuple[torch.Tensor, torch.Tensor]  # normalised validation images, lab
 
 def candidate_rank(row: dict) -> tuple:
     """Highest `val_accuracy`; among equals the latest epoch, then the EMA weights, then cheaper TTA."""
-    return (row["val_accuracy"], row["epoch"], row["weights"] == "ema", -TTA_POLICIES.index(row["tta"]))
+    return (
+        row["val_accuracy"],
+        row["epoch"],
+        row["weights"] == "ema",
+        -TTA_POLICIES.index(row["tta"]),
+    )
 
 
 def choose_best(candidates: list[dict]) -> dict:
