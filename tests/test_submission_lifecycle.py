@@ -96,6 +96,23 @@ def test_a_csv_that_is_not_the_competitions_ids_is_refused_with_the_counts(
     assert REAL_NOT_FOR_THE_COMPETITION(as_local, Path("x"), list(range(10_000))) is None
 
 
+def test_an_applied_experiment_submits_with_the_manifest_its_commit_carries(
+    project: Path, fake_kaggle, capsys: pytest.CaptureFixture
+) -> None:
+    """`dvc exp apply` brings submissions/latest.json (a DVC output), not the untracked
+    submissions/<run_id>.json: submit puts the latter back from the former."""
+    run_id = _run_id(project)
+    manifest = project / f"submissions/{run_id}.json"
+    assert (project / "submissions/latest.json").read_bytes() == manifest.read_bytes()
+    sh(project, "git", "rm", "-q", "--cached", f"submissions/{run_id}.json")
+    manifest.unlink()
+    commit_all(project, "as an applied experiment leaves it")
+    assert main(["submit", "-m", "applied"]) == 0
+    assert f"submissions/{run_id}.json restored from submissions/latest.json" in capsys.readouterr().err
+    assert manifest.read_bytes() == (project / "submissions/latest.json").read_bytes()
+    assert [sent.file_name for sent in fake_kaggle.submissions] == [f"{run_id}.csv"]
+
+
 def test_submit_sends_the_csv_pushes_the_run_and_records_it(
     project: Path, fake_kaggle, capfd: pytest.CaptureFixture, tmp_path: Path
 ) -> None:

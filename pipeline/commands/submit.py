@@ -31,6 +31,7 @@ import dataclasses
 import datetime
 import hashlib
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING
 from pipeline.classes import CIFAR10_CLASS_NAMES, NUM_CLASSES
 from pipeline.data.prepared import load_split
 from pipeline.errors import PipelineError
-from pipeline.files import read_json, write_json_atomic
+from pipeline.files import atomic_path, read_json, write_json_atomic
 from pipeline.integrations import kaggle_client
 from pipeline.integrations.repository import (
     NO_REMOTE_HELP,
@@ -52,6 +53,7 @@ from pipeline.integrations.repository import (
 )
 from pipeline.paths import (
     HISTORY_PATH,
+    LATEST_MANIFEST_PATH,
     PENDING_PATH,
     PREDICT_METRICS_PATH,
     PREPARED_DIR,
@@ -80,6 +82,13 @@ POLL_INTERVAL_SECONDS = 10.0  # `--wait`: between two looks at the submission; -
 MIN_POLL_INTERVAL_SECONDS = 5.0  # the kaggle CLI's own floor: faster polling only loads Kaggle
 
 
+def _manifest_run_id(path: Path) -> str | None:
+    try:
+        return read_manifest(path).run_id if path.is_file() else None
+    except PipelineError:
+        return None
+
+
 def run_of_latest_csv(csv_path: Path, csv_md5: str) -> RunSummary:
     """The manifest of the predict run that wrote `csv_path`; refuse a CSV no run wrote."""
     if not PREDICT_METRICS_PATH.exists():
@@ -88,9 +97,15 @@ def run_of_latest_csv(csv_path: Path, csv_md5: str) -> RunSummary:
     if run_id is None:
         raise PipelineError(f"{PREDICT_METRICS_PATH}: no run_id; rerun `dvc repro`")
     path = run_files(run_id).manifest
+    if not path.exists() and _manifest_run_id(LATEST_MANIFEST_PATH) == run_id:
+        # an applied experiment (`dvc exp apply`) brings latest.json, not <run_id>.json
+        with atomic_path(path) as temp_path:
+            shutil.copyfile(LATEST_MANIFEST_PATH, temp_path)
+        console.print(f"submit: {path} restored from {LATEST_MANIFEST_PATH} (commit it)")
     if not path.exists():
         raise PipelineError(
-            f"{path}: the manifest of the last predict run is missing; rerun `dvc repro`"
+            f"{path}: the manifest of the last predict run is missing; rerun `dvc repro -f "
+            "predict`"
         )
     manifest = read_manifest(path)
     if manifest.csv_md5 != csv_md5:

@@ -334,18 +334,18 @@ def estimated_run_seconds(probe_seconds: float, trainer: Trainer) -> float:
 
 
 def cpu_estimate_warning(minutes: float, steps: int, device_setting: str = "auto") -> str:
-    """The estimate of a run on the CPU: a warning when `auto` found no GPU, a plain line when
-    `train.device: cpu` asked for it; over an hour, it names the CPU profile as the way out."""
-    text = (
-        f"[yellow]warning: training on CPU; estimated {minutes:.1f} min for {steps} steps "
-        "(train.device: auto picks a CUDA GPU when present)"
+    """The estimate of a run on the CPU, in one line; a warning naming the CPU profile as the
+    way out only over an hour (a short CPU run, the `cpu` profile's, is a normal run)."""
+    where = (
+        "no CUDA GPU found (train.device: auto)"
         if device_setting == "auto"
-        else f"train: on the CPU (train.device: cpu), estimated {minutes:.1f} min for {steps} steps"
+        else "train.device: cpu"
     )
+    text = f"train: on the CPU ({where}), estimated {minutes:.1f} min for {steps} steps"
     if minutes > CPU_PROFILE_HINT_MINUTES:
-        text += (
-            "; without a GPU, `python -m pipeline profile cpu` trains the best model this "
-            "pipeline measured in about 15 minutes on 2 cores (BENCHMARKS.md)"
+        text = (
+            f"[yellow]warning: {text}; without a GPU, `python -m pipeline profile cpu` trains "
+            "the best model this pipeline measured in about 15 minutes on 2 cores (BENCHMARKS.md)"
         )
     return text
 

@@ -22,6 +22,7 @@ import datetime
 import hashlib
 import json
 import platform
+import shutil
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +31,9 @@ import torch
 import yaml
 
 from pipeline.errors import PipelineError
-from pipeline.files import file_md5, read_json, write_json_atomic
+from pipeline.files import atomic_path, file_md5, read_json, write_json_atomic
 from pipeline.integrations.repository import changed_files, git, head_commit, stage_code_md5s
-from pipeline.paths import PREDICT_METRICS_PATH, SUBMISSION_PATH
+from pipeline.paths import LATEST_MANIFEST_PATH, PREDICT_METRICS_PATH, SUBMISSION_PATH
 from pipeline.records.checkpoint import Checkpoint
 
 UPSTREAM_STAGES = ("fetch", "prepare", "train", "select", "distill")
@@ -130,6 +131,8 @@ def write_manifest(
             "csv_md5": file_md5(submission_path),
         } | report | environment(device),
     )  # fmt: skip
+    with atomic_path(submission_path.parent / LATEST_MANIFEST_PATH.name) as temp_path:
+        shutil.copyfile(files.manifest, temp_path)
 
 
 @dataclass(frozen=True)
