@@ -240,29 +240,35 @@ def run_command(args: argparse.Namespace) -> int:
                     print(printable(note), file=sys.stderr)
             run_stage(args.command, params, args.params)
         except PipelineError as error:
-            raise PipelineError(f"{error}{edited_params_hint(args.params)}") from None
+            raise PipelineError(f"{error}{restore_hint(args.params)}") from None
     return 0
 
 
-def edited_params_hint(params_path: Path) -> str:
-    """How to undo an edit of the params file a failed stage ran with (`dvc exp run -S` leaves
-    its edit in params.yaml, and DVC removed the stage's outputs before running it); "" when
-    the file is as committed, or outside git."""
-    from pipeline.integrations.repository import changed_files, in_experiment_copy
+def restore_hint(params_path: Path) -> str:
+    """How to get back to the last commit after a failed stage: DVC removed the stage's outputs
+    before running it (the metrics files git tracks too), and a `dvc exp run -S` edit may stay
+    in the params file. "" when nothing differs from the commit, outside git, or in the copy a
+    `dvc exp run --temp`/`--queue` made (the workspace was never touched)."""
+    from pipeline.integrations.repository import changed_files, git, in_experiment_copy
 
-    if in_experiment_copy():  # --temp, --queue: the workspace's params.yaml was never edited
+    if in_experiment_copy():
         return ""
     try:
         edited = Path(params_path).as_posix() in changed_files()
+        deleted = git("ls-files", "--deleted").splitlines()
     except PipelineError:
         return ""
-    if not edited:
+    steps = []
+    if edited:
+        steps.append(
+            f"`git diff {params_path}` shows the edit, `git checkout {params_path}` undoes it"
+        )
+    if deleted:
+        shown = " ".join(deleted[:3]) + (" …" if len(deleted) > 3 else "")
+        steps.append(f"`git checkout -- {shown}` brings back the committed files that are missing")
+    if not steps:
         return ""
-    return (
-        f" ({params_path} differs from the last commit: `git diff {params_path}` shows how; "
-        f"`git checkout {params_path}` undoes the edit, then `dvc checkout` brings back the "
-        "last run's outputs)"
-    )
+    return f" (back to the last commit: {'; '.join(steps)}; `dvc checkout` the cached outputs)"
 
 
 def main(argv: list[str] | None = None) -> int:

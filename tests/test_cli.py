@@ -82,3 +82,33 @@ def test_a_stages_help_says_what_it_reads_and_writes(
         main([stage, "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert f"Reads {reads}" in text and writes in text.split("; writes ", 1)[1]
+
+
+def test_a_failed_stage_says_how_to_get_back_to_the_last_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dvc exp run -S` may leave its edit in params.yaml, and DVC removed the stage's outputs
+    (the git-tracked metrics files too) before running it."""
+    from pipeline.__main__ import restore_hint
+
+    monkeypatch.chdir(tmp_path)
+    assert restore_hint(Path("params.yaml")) == ""  # not in git: nothing to say
+    subprocess.run(["git", "init", "-q"], check=True)
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/predict.json").write_text("{}")
+    (tmp_path / "params.yaml").write_text("train:\n  epochs: 200\n")
+    subprocess.run(["git", "add", "-A"], check=True)
+    git_user = ["-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", *git_user, "commit", "-qm", "run"], check=True)
+    assert restore_hint(Path("params.yaml")) == ""  # as committed
+    (tmp_path / "params.yaml").write_text("train:\n  epochs: 5\n")
+    (tmp_path / "metrics/predict.json").unlink()
+    assert restore_hint(Path("params.yaml")) == (
+        " (back to the last commit: `git diff params.yaml` shows the edit, `git checkout "
+        "params.yaml` undoes it; `git checkout -- metrics/predict.json` brings back the committed "
+        "files that are missing; `dvc checkout` the cached outputs)"
+    )
+    copy = tmp_path / ".dvc/tmp/exps/standalone/tmpabc"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    assert restore_hint(Path("params.yaml")) == ""  # dvc exp run --temp: the workspace is intact
