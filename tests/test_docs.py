@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
 import typing
 
 import yaml
@@ -95,3 +96,13 @@ def test_the_readme_gives_the_test_command_ci_runs() -> None:
     ci = (REPO_ROOT / ".ci/run").read_text().splitlines()[-1]
     command = ci.split("&& ", 1)[1]  # after `cd`: the install and the test command
     assert command.replace('"', "'") in README.read_text()
+
+
+def test_what_the_readme_steps_write_is_ignored_by_git() -> None:
+    """`dvc plots show` writes dvc_plots/, and the zip goes in data/input/: neither may make the
+    tree dirty, or submit refuses after the README's own steps."""
+    for path in ("dvc_plots/index.html", "data/input/deep-learning-spring-2025-project-1.zip"):
+        ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO_ROOT)
+        assert ignored.returncode == 0, path
+    kept = subprocess.run(["git", "check-ignore", "-q", "data/input/README.md"], cwd=REPO_ROOT)
+    assert kept.returncode == 1  # the folder's note is committed, so the folder exists

@@ -108,7 +108,10 @@ def test_an_applied_experiment_submits_with_the_manifest_its_commit_carries(
     manifest.unlink()
     commit_all(project, "as an applied experiment leaves it")
     assert main(["submit", "-m", "applied"]) == 0
-    assert f"submissions/{run_id}.json restored from submissions/latest.json" in capsys.readouterr().err
+    assert (
+        f"submissions/{run_id}.json restored from submissions/latest.json"
+        in capsys.readouterr().err
+    )
     assert manifest.read_bytes() == (project / "submissions/latest.json").read_bytes()
     assert [sent.file_name for sent in fake_kaggle.submissions] == [f"{run_id}.csv"]
 
