@@ -246,29 +246,25 @@ def run_command(args: argparse.Namespace) -> int:
 
 def restore_hint(params_path: Path) -> str:
     """How to get back to the last commit after a failed stage: DVC removed the stage's outputs
-    before running it (the metrics files git tracks too), and a `dvc exp run -S` edit may stay
-    in the params file. "" when nothing differs from the commit, outside git, or in the copy a
-    `dvc exp run --temp`/`--queue` made (the workspace was never touched)."""
-    from pipeline.integrations.repository import changed_files, git, in_experiment_copy
+    before running it (the metrics files git tracks too), updated dvc.lock for the stages that
+    ran, and a `dvc exp run -S` edit may stay in the params file. "" when no tracked file
+    differs from the commit, outside git, or in the copy a `dvc exp run --temp`/`--queue` made
+    (the workspace was never touched)."""
+    from pipeline.integrations.repository import git, in_experiment_copy
 
     if in_experiment_copy():
         return ""
     try:
-        edited = Path(params_path).as_posix() in changed_files()
-        deleted = git("ls-files", "--deleted").splitlines()
+        changed = git("diff", "--name-only", "HEAD").splitlines()
     except PipelineError:
         return ""
-    steps = []
-    if edited:
-        steps.append(
-            f"`git diff {params_path}` shows the edit, `git checkout {params_path}` undoes it"
-        )
-    if deleted:
-        shown = " ".join(deleted[:3]) + (" …" if len(deleted) > 3 else "")
-        steps.append(f"`git checkout -- {shown}` brings back the committed files that are missing")
-    if not steps:
+    if not changed:
         return ""
-    return f" (back to the last commit: {'; '.join(steps)}; `dvc checkout` the cached outputs)"
+    shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+    return (
+        f" ({shown} differ from the last commit: `git stash` puts those changes aside, `git "
+        "stash pop` brings them back; then `dvc checkout` restores the committed run's outputs)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

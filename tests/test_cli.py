@@ -104,10 +104,14 @@ def test_a_failed_stage_says_how_to_get_back_to_the_last_commit(
     (tmp_path / "params.yaml").write_text("train:\n  epochs: 5\n")
     (tmp_path / "metrics/predict.json").unlink()
     assert restore_hint(Path("params.yaml")) == (
-        " (back to the last commit: `git diff params.yaml` shows the edit, `git checkout "
-        "params.yaml` undoes it; `git checkout -- metrics/predict.json` brings back the committed "
-        "files that are missing; `dvc checkout` the cached outputs)"
+        " (metrics/predict.json, params.yaml differ from the last commit: `git stash` puts those "
+        "changes aside, `git stash pop` brings them back; then `dvc checkout` restores the "
+        "committed run's outputs)"
     )
+    subprocess.run(["git", *git_user, "stash", "-q"], check=True)  # as the hint says: all back
+    assert (tmp_path / "metrics/predict.json").is_file()
+    assert "epochs: 200" in (tmp_path / "params.yaml").read_text()
+    assert restore_hint(Path("params.yaml")) == ""
     copy = tmp_path / ".dvc/tmp/exps/standalone/tmpabc"
     copy.mkdir(parents=True)
     monkeypatch.chdir(copy)

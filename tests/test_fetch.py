@@ -306,8 +306,8 @@ def test_fetch_never_replaces_files_a_user_put_in_data_raw(
         PipelineError,
         match=rf"^{raw_dir}: holds what fetch did not write \(cifar-10-python, "
         rf"cifar-10-python/cifar-10-batches-py, cifar-10-python/cifar-10-batches-py/batches.meta "
-        rf"and \d+ more\); fetch never replaces it with data.source '{source}': put your files in "
-        rf"{tmp_path}/data/input/ instead",
+        rf"and \d+ more\), and fetch never replaces it: move it out of {raw_dir} \(your own copy "
+        rf"of the competition's files belongs in {tmp_path}/data/input/\)$",
     ):
         fetch.run(params, raw_dir)
     assert _snapshot(raw_dir) == before
@@ -322,17 +322,17 @@ def test_fetch_replaces_its_own_files_but_not_once_a_user_changed_them(tmp_path:
         dataclasses.replace(params, synthetic=dataclasses.replace(SMALL_SYNTHETIC, seed=1)), raw_dir
     )
     assert fetch.fetched_source(raw_dir) == "synthetic"
-    (raw_dir / CIFAR_FOLDER / ".DS_Store").write_bytes(b"finder")  # named, not fetch's files
+    (raw_dir / CIFAR_FOLDER / ".DS_Store").write_bytes(b"finder")  # a file browser's: not data
+    fetch.run(params, raw_dir)
     (raw_dir / "mine").mkdir()
     (raw_dir / "elsewhere").symlink_to(tmp_path)
     with pytest.raises(
-        PipelineError,
-        match=rf"holds what fetch did not write \({CIFAR_FOLDER}/.DS_Store, elsewhere, mine\)",
+        PipelineError, match=r"holds what fetch did not write \(elsewhere, mine\), and fetch"
     ):
         fetch.run(params, raw_dir)
     assert (raw_dir / "elsewhere").is_symlink() and (raw_dir / "mine").is_dir()
-    for entry in (raw_dir / CIFAR_FOLDER / ".DS_Store", raw_dir / "mine", raw_dir / "elsewhere"):
-        entry.rmdir() if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    (raw_dir / "mine").rmdir()
+    (raw_dir / "elsewhere").unlink()
     (raw_dir / "cifar_test_nolabel.pkl").write_bytes(b"mine now")
     assert fetch.fetched_source(raw_dir) is None
     with pytest.raises(
@@ -405,6 +405,68 @@ def test_auto_finds_the_competition_zip_unpacked_in_data_raw_too(
     assert "using the files already in" in err and "keep your own copy in" in err
     assert _snapshot(raw_dir) == before
     prepare.run(PrepareParams(), raw_dir, tmp_path / "prepared", tmp_path / "data.json")
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["zip and its unpacked copy", "zip and a loose pickle", "nested too deep", "junk only"],
+)
+def test_data_input_with_two_copies_or_none_is_refused_naming_them(
+    tmp_path: Path, competition_zip: Path, custom_test_file: Path, layout: str
+) -> None:
+    """Which copy trains must never be a silent choice; and nothing usable names what is there."""
+    input_dir, raw_dir = tmp_path / "data/input", _raw(tmp_path)
+    input_dir.mkdir(parents=True)
+    if layout == "zip and its unpacked copy":
+        shutil.copy(competition_zip, input_dir / "NEWER.ZIP")
+        with zipfile.ZipFile(competition_zip) as bundle:
+            bundle.extractall(input_dir / "old")
+        expected = r"holds both .*cifar-10-batches-py and the archive .*NEWER.ZIP; keep one of them"
+    elif layout == "zip and a loose pickle":
+        shutil.copy(competition_zip, input_dir)
+        shutil.copy(custom_test_file, input_dir / "cifar_test_nolabels.pkl")
+        expected = (
+            r"cifar_test_nolabels.pkl and another custom test pickle inside .*\.zip; keep one"
+        )
+    elif layout == "nested too deep":
+        inner = competition_zip
+        for level in range(3):  # a zip in a zip in a zip: only the zip and a tarball in it unpack
+            outer = tmp_path / f"level{level}.zip"
+            with zipfile.ZipFile(outer, "w") as bundle:
+                bundle.write(inner, inner.name)
+            inner = outer
+        shutil.copy(inner, input_dir)
+        expected = r"holds CIFAR-10 but no|no cifar-10-batches-py/ folder"
+    else:
+        (input_dir / "notes.txt").write_text("to do")
+        expected = (
+            rf"^{input_dir}: no cifar-10-batches-py/ folder and no competition zip found \(it "
+            r"holds: notes.txt\); put the zip from the competition's Data page there$"
+        )
+    with pytest.raises(PipelineError, match=expected):
+        fetch.run(DataParams(source="auto"), raw_dir)
+    assert not raw_dir.exists()
+
+
+def test_a_zip_in_a_subfolder_of_data_input_is_found(tmp_path: Path, competition_zip: Path) -> None:
+    input_dir = tmp_path / "data/input"
+    (input_dir / "downloads").mkdir(parents=True)
+    shutil.copy(competition_zip, input_dir / "downloads" / "Comp.Zip")
+    fetch.run(DataParams(source="auto"), _raw(tmp_path))
+    assert fetch.fetched_source(_raw(tmp_path)) == "local"
+
+
+def test_a_zip_dropped_in_data_raw_beside_its_files_is_pointed_to_data_input(
+    tmp_path: Path, competition_zip: Path
+) -> None:
+    """data/raw already holds a fetch; a new zip dropped there would silently go unused."""
+    raw_dir = _raw(tmp_path)
+    fetch.run(DataParams(source="local", path=str(competition_zip)), raw_dir)
+    shutil.copy(competition_zip, raw_dir / "newer.zip")
+    with pytest.raises(
+        PipelineError, match=r"newer.zip: an archive in .*; move it to .*data/input/"
+    ):
+        fetch.run(DataParams(source="auto"), raw_dir)
 
 
 def test_a_zip_dropped_in_data_raw_is_pointed_to_data_input(

@@ -72,7 +72,7 @@ def test_a_synthetic_run_is_never_submitted_even_with_force(
     assert _error_line(capsys) == (
         "error: submit refused: submissions/latest.csv: run "
         f"{_run_id(project)} trained on synthetic data (data.source: synthetic, the demo); put "
-        "the competition's files in data/raw, set data.source: auto and run `dvc repro`"
+        "the competition's zip in data/input/, set data.source: auto and run `dvc repro`"
     )
     assert fake_kaggle.submissions == [] and fake_kaggle.calls == []
     assert not (project / "submissions/history.csv").exists()

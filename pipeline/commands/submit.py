@@ -126,7 +126,7 @@ def not_for_the_competition(manifest: RunSummary, csv_path: Path, ids: list[int]
     if manifest.data_source == "synthetic":
         return (
             f"{csv_path}: run {manifest.run_id} trained on synthetic data (data.source: "
-            "synthetic, the demo); put the competition's files in data/raw, set data.source: "
+            "synthetic, the demo); put the competition's zip in data/input/, set data.source: "
             "auto and run `dvc repro`"
         )
     if set(ids) != COMPETITION_IDS or len(ids) != len(COMPETITION_IDS):

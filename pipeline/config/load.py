@@ -127,7 +127,7 @@ def _with_recipe_defaults(
     cls, choosers = RECIPES[section]
     default_values = (defaults or {}).get(section, {})
     completed = dict(values)
-    dropped, filled = [], []
+    dropped, filled, kept = [], [], []
     variant_keys: dict[str, Any] = {}  # the chosen variants' keys: their defaults
     other_keys: set[str] = set()
     for chooser, table in choosers:
@@ -140,6 +140,15 @@ def _with_recipe_defaults(
                 key: " and ".join(name for name, keys in table.items() if key in keys)
                 for key in stale
             }
+            # keys both read, set in params.yaml: maybe the old choice's values (airnet's widths
+            # for resnet_wide), kept, and named with the new choice's default
+            kept += [
+                f"{section}.{key} {completed[key]} is kept (the default for {chosen}: {reads[key]})"
+                for key in reads
+                if completed.get(key) is not None and not callable(reads[key])
+                and completed[key] != reads[key]
+                and any(key in keys and set(stale) & set(keys) for keys in table.values())
+            ]  # fmt: skip
             dropped.append(
                 ", ".join(f"{section}.{key} ({readers[key]}'s)" for key in stale)
                 + f" {'is' if len(stale) == 1 else 'are'} not read by {section}.{chooser} "
@@ -166,7 +175,7 @@ def _with_recipe_defaults(
     if notes is not None and dropped:
         notes.append(
             f"warning: params: {'; '.join(dropped)}: ignored (left by a switch? delete them from "
-            "params.yaml)"
+            "params.yaml)" + "".join(f"; {line}" for line in kept)
         )
     if notes is not None and filled:
         notes.append(

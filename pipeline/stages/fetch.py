@@ -25,6 +25,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from rich.markup import escape
+
 from pipeline.config.params import DataParams
 from pipeline.data.formats import (
     CIFAR_FILES,
@@ -66,8 +68,8 @@ CIFAR_URL_VARIABLE = "PIPELINE_CIFAR_URL"  # replaces data.cifar_url: a secret U
 SCRATCH_PREFIX = ".fetch-pipeline-"  # fetch's scratch beside data/raw, removed after a kill too
 OFFICIAL_IMAGES_PER_BATCH = 10_000
 FETCH_RECORD = "fetch_record.json"  # in data/raw: the source and every file fetch wrote there
-ARCHIVE_PATTERNS = ("*.zip", "*.tar.gz", "*.tgz")  # a download that fetch unpacks
 INPUT_README = "README.md"  # data/input's own note (committed): not data
+DESKTOP_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})  # a file browser's, not data
 KAGGLE_INPUT = Path("/kaggle/input")  # where a Kaggle notebook mounts a competition's files
 OFFLINE_ALTERNATIVES = (
     "offline: set data.source to 'local' with data.path pointing to the competition's .zip, a "
@@ -113,7 +115,9 @@ def cifar_url(params: DataParams) -> str:
     """
     override = os.environ.get(CIFAR_URL_VARIABLE, "").strip()
     if override:
-        console.print(f"fetch: CIFAR-10 from ${CIFAR_URL_VARIABLE} ({redact_url(override)})")
+        console.print(
+            escape(f"fetch: CIFAR-10 from ${CIFAR_URL_VARIABLE} ({redact_url(override)})")
+        )
         return override
     return params.cifar_url
 
@@ -131,31 +135,63 @@ def warn_of_secrets_in_params(params: DataParams) -> None:
 # --- archives ---------------------------------------------------------------------------------
 
 
-def archives_in(folder: Path) -> list[Path]:
-    """The zip and tar archives at the top of `folder` (macOS's `._name` copies left out)."""
-    found = {p for pattern in ARCHIVE_PATTERNS for p in Path(folder).glob(pattern)}
-    return sorted(p for p in found if p.is_file() and not p.name.startswith("."))
+ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz")  # any case: a download renamed COMP.ZIP too
+NESTED_ARCHIVES = 2  # the competition's zip, and a CIFAR-10 tarball inside it: no deeper
 
 
-def locate_files(folder: Path, scratch: Path) -> tuple[Path | None, Path | None]:
+def archives_in(folder: Path, anywhere: bool = False) -> list[Path]:
+    """The zip and tar archives at the top of `folder` (at any depth with `anywhere`), macOS's
+    `__MACOSX/` and `._name` copies left out."""
+    folder = Path(folder)
+    entries = folder.rglob("*") if anywhere else folder.glob("*")
+    return sorted(
+        path for path in entries
+        if path.name.lower().endswith(ARCHIVE_SUFFIXES) and path.is_file()
+        and not any(p.startswith(".") or p == "__MACOSX" for p in path.relative_to(folder).parts)
+    )  # fmt: skip
+
+
+def locate_files(
+    folder: Path, scratch: Path, user_folder: bool = False, depth: int = 0
+) -> tuple[Path | None, Path | None]:
     """Find the `cifar-10-batches-py` folder and the custom test pickle anywhere under `folder`.
 
     A folder holding an archive instead (the competition's zip as downloaded, or the CIFAR-10
     tarball, even inside the zip) has it extracted into `scratch`, never beside the user's file.
+    In a `user_folder` (data/input, data.path) an archive is looked for at any depth, and an
+    archive beside unpacked files, or a pickle both inside and beside it, is refused naming
+    both: which copy trains would otherwise be a silent choice.
     """
     batches_dir, custom_test = find_raw_files(folder)
+    archives = archives_in(folder, anywhere=user_folder) if user_folder else []
+    if batches_dir is not None and archives:
+        raise PipelineError(
+            f"{folder}: holds both {batches_dir} and the archive {archives[0]}; keep one of them"
+        )
     if batches_dir is None:
-        archives = archives_in(folder) or sorted(folder.rglob("cifar-10-python.tar.gz"))
+        archives = archives or sorted(folder.rglob("cifar-10-python.tar.gz"))
         if len(archives) > 1:
             raise PipelineError(
-                f"{folder}: holds {len(archives)} archives ({archives[0].name} and "
-                f"{archives[1].name}); keep the competition's zip only"
+                f"{folder}: holds {len(archives)} archives ({archives[0]} and {archives[1]}); "
+                "keep the competition's zip only"
             )
-        if archives:
+        if archives and depth < NESTED_ARCHIVES:
             nested = Path(tempfile.mkdtemp(prefix="nested-", dir=scratch))
             extract_archive(archives[0], nested)
-            batches_dir, inner_test = locate_files(nested, scratch)
+            batches_dir, inner_test = locate_files(nested, scratch, depth=depth + 1)
+            if custom_test is not None and inner_test is not None:
+                raise PipelineError(
+                    f"{folder}: holds {custom_test} and another custom test pickle inside "
+                    f"{archives[0].name}; keep one of them"
+                )
             custom_test = custom_test or inner_test
+    if batches_dir is None and user_folder:
+        held = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+        raise PipelineError(
+            f"{folder}: no {CIFAR_FOLDER}/ folder and no competition zip found (it holds: "
+            f"{', '.join(held[:5]) or 'nothing'}); put the zip from the competition's Data page "
+            "there"
+        )
     return batches_dir, custom_test
 
 
@@ -243,18 +279,18 @@ def user_entries(raw_dir: Path) -> list[str]:
     return [
         name for name, entry in found.items()
         if written.get(name) != entry and name.split("/")[0] not in FILESYSTEM_ENTRIES
+        and name.rsplit("/", 1)[-1] not in DESKTOP_LITTER
     ] + sorted(set(written) - set(found))  # fmt: skip
 
 
-def refuse_to_replace_user_files(raw_dir: Path, source: str) -> None:
+def refuse_to_replace_user_files(raw_dir: Path) -> None:
     entries = user_entries(raw_dir)
     if entries:
         more = f" and {len(entries) - 3} more" if len(entries) > 3 else ""
         raise PipelineError(
-            f"{raw_dir}: holds what fetch did not write ({', '.join(entries[:3])}{more}); fetch "
-            f"never replaces it with data.source '{source}': put your files in "
-            f"{input_folder(raw_dir)}/ "
-            f"instead (data.source: auto takes them from there), or move them out of {raw_dir}"
+            f"{raw_dir}: holds what fetch did not write ({', '.join(entries[:3])}{more}), and "
+            f"fetch never replaces it: move it out of {raw_dir} (your own copy of the "
+            f"competition's files belongs in {input_folder(raw_dir)}/)"
         )
 
 
@@ -309,7 +345,7 @@ def _fetch_into(raw_tmp: Path, source: str, params: DataParams, scratch: Path) -
         if not archive.exists():
             raise PipelineError(f"{archive}: data.path does not exist")
     if archive.is_dir():
-        batches_dir, custom_test = locate_files(archive, scratch)
+        batches_dir, custom_test = locate_files(archive, scratch, user_folder=True)
     else:
         extracted = scratch / "extracted"
         extracted.mkdir()
@@ -377,8 +413,13 @@ def _chosen_source(params: DataParams, raw_dir: Path) -> tuple[str, DataParams] 
         return params.source, params
     input_dir = input_folder(raw_dir)
     if input_files(input_dir):
-        console.print(f"fetch: the files you put in {input_dir}/ → {raw_dir}")
+        console.print(escape(f"fetch: the files you put in {input_dir}/ → {raw_dir}"))
         return "local", dataclasses.replace(params, path=str(input_dir))
+    if archives_in(raw_dir):  # even beside files: it would be silently left unused
+        raise PipelineError(
+            f"{archives_in(raw_dir)[0]}: an archive in {raw_dir}, which fetch writes; move it "
+            f"to {input_dir}/, where data.source: auto unpacks it"
+        )
     problem = None
     if raw_files_present(raw_dir):
         try:  # official sizes only: leftover synthetic demo data must not pass for the real thing
@@ -389,23 +430,20 @@ def _chosen_source(params: DataParams, raw_dir: Path) -> tuple[str, DataParams] 
                 problem = f"{raw_dir}: holds the synthetic demo's data, not the competition's"
         else:
             console.print(
-                f"fetch: using the files already in {raw_dir} ({count} custom test images)"
+                escape(f"fetch: using the files already in {raw_dir} ({count} custom test images)")
             )
             if user_entries(raw_dir):  # not fetch's: DVC may restore data/raw without them
                 console.print(
-                    f"fetch: keep your own copy in {input_dir}/ rather than {raw_dir}: "
-                    f"`dvc exp run` and `dvc checkout` put {raw_dir} back as dvc.lock records it"
+                    escape(
+                        f"fetch: keep your own copy in {input_dir}/ rather than {raw_dir}: "
+                        f"`dvc exp run` and `dvc checkout` put {raw_dir} back as dvc.lock records it"
+                    )
                 )
             return None
-    elif archives_in(raw_dir):
-        problem = (
-            f"{archives_in(raw_dir)[0]}: an archive in {raw_dir}, which fetch writes; move it "
-            f"to {input_dir}/, where data.source: auto unpacks it"
-        )
     mounted = kaggle_notebook_data(params.competition)
     if mounted is not None:
         console.print(
-            f"fetch: the competition's files are mounted at {mounted} (a Kaggle notebook)"
+            escape(f"fetch: the competition's files are mounted at {mounted} (a Kaggle notebook)")
         )
         return "local", dataclasses.replace(params, path=str(mounted))
     if kaggle_credentials_source() is None:
@@ -472,18 +510,20 @@ def run(params: DataParams, raw_dir: Path = RAW_DIR) -> None:
 
 def _fetch(source: str, params: DataParams, raw_dir: Path) -> None:
     linked = linked_folder_in_use(raw_dir)
-    refuse_to_replace_user_files(raw_dir, source)
+    refuse_to_replace_user_files(raw_dir)
     with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=raw_dir.parent) as scratch:
         if linked is None:
             with atomic_directory(raw_dir) as raw_tmp:
                 count = _fetch_checked(raw_tmp, source, params, Path(scratch))
-            console.print(f"fetch: {source} → {raw_dir} ({count} custom test images)")
+            console.print(escape(f"fetch: {source} → {raw_dir} ({count} custom test images)"))
             return
         fetched = Path(scratch) / "raw"
         fetched.mkdir()
         count = _fetch_checked(fetched, source, params, Path(scratch))
         _require_same_files(fetched, linked, raw_dir, source)
     console.print(
-        f"fetch: {raw_dir} links to {linked}, which already holds these files ({count} custom "
-        "test images); left as it is"
+        escape(
+            f"fetch: {raw_dir} links to {linked}, which already holds these files ({count} custom "
+            "test images); left as it is"
+        )
     )
