@@ -104,8 +104,7 @@ def run_of_latest_csv(csv_path: Path, csv_md5: str) -> RunSummary:
         console.print(f"submit: {path} restored from {LATEST_MANIFEST_PATH} (commit it)")
     if not path.exists():
         raise PipelineError(
-            f"{path}: the manifest of the last predict run is missing; rerun `dvc repro -f "
-            "predict`"
+            f"{path}: the manifest of the last predict run is missing; rerun `dvc repro -f predict`"
         )
     manifest = read_manifest(path)
     if manifest.csv_md5 != csv_md5:
