@@ -38,6 +38,7 @@ from pipeline.data.formats import CIFAR_FILES, CIFAR_FOLDER
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_directory, recover_directory, write_text_atomic
 from pipeline.integrations import kaggle_client
+from pipeline.records.fetch_record import FETCH_RECORD
 from pipeline.stages import fetch, prepare
 
 
@@ -1036,7 +1037,7 @@ def test_a_link_to_an_empty_folder_is_filled_in_place_and_kept(tmp_path: Path) -
     assert raw_dir.is_symlink() and raw_dir.resolve() == shared.resolve()
     assert shared.stat().st_ino == inode  # filled, never renamed or replaced
     assert sorted(p.name for p in shared.iterdir()) == sorted(
-        [CIFAR_FOLDER, "cifar_test_nolabel.pkl", fetch.FETCH_RECORD]
+        [CIFAR_FOLDER, "cifar_test_nolabel.pkl", FETCH_RECORD]
     )
     assert sorted(p.name for p in (shared / CIFAR_FOLDER).iterdir()) == sorted(CIFAR_FILES)
     stamp = (shared / CIFAR_FOLDER / "data_batch_1").stat().st_mtime_ns
@@ -1145,7 +1146,7 @@ def test_a_mount_point_data_raw_is_filled_in_place_and_never_renamed(
     fetch.run(DataParams(source="synthetic", synthetic=synthetic), tmp_path / "expected")
     assert raw_dir.stat().st_ino == inode
     assert sorted(p.name for p in raw_dir.iterdir()) == sorted(
-        [CIFAR_FOLDER, "cifar_test_nolabel.pkl", fetch.FETCH_RECORD, "lost+found"]
+        [CIFAR_FOLDER, "cifar_test_nolabel.pkl", FETCH_RECORD, "lost+found"]
     )
     assert _contents(raw_dir) == _contents(tmp_path / "expected")
     assert [p.name for p in raw_dir.parent.iterdir()] == ["raw"]
@@ -1158,7 +1159,7 @@ def test_a_link_to_a_freshly_mounted_disk_is_filled_in_place_beside_its_lost_and
     _mounted(monkeypatch, shared)
     fetch.run(DataParams(source="synthetic", synthetic=SMALL_SYNTHETIC), raw_dir)
     assert sorted(p.name for p in shared.iterdir()) == sorted(
-        [CIFAR_FOLDER, "cifar_test_nolabel.pkl", fetch.FETCH_RECORD, "lost+found"]
+        [CIFAR_FOLDER, "cifar_test_nolabel.pkl", FETCH_RECORD, "lost+found"]
     )
     assert raw_dir.is_symlink() and [p.name for p in shared.parent.iterdir()] == ["cifar"]
 
@@ -1199,7 +1200,7 @@ def test_a_fill_in_place_that_fails_midway_keeps_the_old_contents(
     _one_disk_line(error, raw_dir, errno.EACCES)
     assert _contents(raw_dir) == before
     assert sorted(p.name for p in raw_dir.iterdir()) == sorted(
-        [CIFAR_FOLDER, "cifar_test_nolabel.pkl", fetch.FETCH_RECORD, "lost+found"]
+        [CIFAR_FOLDER, "cifar_test_nolabel.pkl", FETCH_RECORD, "lost+found"]
     )
 
 

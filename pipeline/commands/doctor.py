@@ -53,12 +53,8 @@ def machine_lines() -> list[str]:
 
 
 def data_line(params: Params, raw_dir: Path = RAW_DIR) -> str:
-    from pipeline.stages.fetch import (
-        input_files,
-        input_folder,
-        kaggle_notebook_data,
-        raw_files_present,
-    )
+    from pipeline.data.locate import input_files, input_folder, raw_files_present
+    from pipeline.stages.fetch import kaggle_notebook_data
 
     source = params.data.source
     credentials = kaggle_credentials_source()

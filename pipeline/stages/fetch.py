@@ -18,8 +18,6 @@ exactly that.
 from __future__ import annotations
 
 import dataclasses
-import filecmp
-import json
 import os
 import shutil
 import tempfile
@@ -40,18 +38,22 @@ from pipeline.data.formats import (
     load_class_names,
     load_custom_test,
 )
+from pipeline.data.locate import (
+    archives_in,
+    input_files,
+    input_folder,
+    locate_files,
+    raw_files_present,
+)
 from pipeline.data.sources import download_file, extract_archive, redact_url, url_has_secrets
 from pipeline.data.synthetic import write_synthetic_raw
 from pipeline.errors import PipelineError
 from pipeline.files import (
-    FILESYSTEM_ENTRIES,
     atomic_directory,
     disk_errors_reported,
-    file_md5,
     folder_lock,
     recover_directory,
     remove_debris,
-    write_json_atomic,
 )
 from pipeline.integrations.kaggle_client import (
     CREDENTIALS_HELP,
@@ -60,16 +62,21 @@ from pipeline.integrations.kaggle_client import (
     kaggle_credentials_source,
 )
 from pipeline.integrations.repository import in_experiment_copy
-from pipeline.paths import INPUT_DIR, RAW_DIR
+from pipeline.paths import RAW_DIR
+from pipeline.records.fetch_record import (
+    fetched_source,
+    linked_folder_in_use,
+    refuse_to_replace_user_files,
+    require_same_files,
+    user_entries,
+    write_fetch_record,
+)
 from pipeline.reporting import console
 
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # the official cifar-10-python.tar.gz
 CIFAR_URL_VARIABLE = "PIPELINE_CIFAR_URL"  # replaces data.cifar_url: a secret URL stays untracked
 SCRATCH_PREFIX = ".fetch-pipeline-"  # fetch's scratch beside data/raw, removed after a kill too
 OFFICIAL_IMAGES_PER_BATCH = 10_000
-FETCH_RECORD = "fetch_record.json"  # in data/raw: the source and every file fetch wrote there
-INPUT_README = "README.md"  # data/input's own note (committed): not data
-DESKTOP_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})  # a file browser's, not data
 KAGGLE_INPUT = Path("/kaggle/input")  # where a Kaggle notebook mounts a competition's files
 OFFLINE_ALTERNATIVES = (
     "offline: set data.source to 'local' with data.path pointing to the competition's .zip, a "
@@ -132,69 +139,6 @@ def warn_of_secrets_in_params(params: DataParams) -> None:
         )
 
 
-# --- archives ---------------------------------------------------------------------------------
-
-
-ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz")  # any case: a download renamed COMP.ZIP too
-NESTED_ARCHIVES = 2  # the competition's zip, and a CIFAR-10 tarball inside it: no deeper
-
-
-def archives_in(folder: Path, anywhere: bool = False) -> list[Path]:
-    """The zip and tar archives at the top of `folder` (at any depth with `anywhere`), macOS's
-    `__MACOSX/` and `._name` copies left out."""
-    folder = Path(folder)
-    entries = folder.rglob("*") if anywhere else folder.glob("*")
-    return sorted(
-        path for path in entries
-        if path.name.lower().endswith(ARCHIVE_SUFFIXES) and path.is_file()
-        and not any(p.startswith(".") or p == "__MACOSX" for p in path.relative_to(folder).parts)
-    )  # fmt: skip
-
-
-def locate_files(
-    folder: Path, scratch: Path, user_folder: bool = False, depth: int = 0
-) -> tuple[Path | None, Path | None]:
-    """Find the `cifar-10-batches-py` folder and the custom test pickle anywhere under `folder`.
-
-    A folder holding an archive instead (the competition's zip as downloaded, or the CIFAR-10
-    tarball, even inside the zip) has it extracted into `scratch`, never beside the user's file.
-    In a `user_folder` (data/input, data.path) an archive is looked for at any depth, and an
-    archive beside unpacked files, or a pickle both inside and beside it, is refused naming
-    both: which copy trains would otherwise be a silent choice.
-    """
-    batches_dir, custom_test = find_raw_files(folder)
-    archives = archives_in(folder, anywhere=user_folder) if user_folder else []
-    if batches_dir is not None and archives:
-        raise PipelineError(
-            f"{folder}: holds both {batches_dir} and the archive {archives[0]}; keep one of them"
-        )
-    if batches_dir is None:
-        archives = archives or sorted(folder.rglob("cifar-10-python.tar.gz"))
-        if len(archives) > 1:
-            raise PipelineError(
-                f"{folder}: holds {len(archives)} archives ({archives[0]} and {archives[1]}); "
-                "keep the competition's zip only"
-            )
-        if archives and depth < NESTED_ARCHIVES:
-            nested = Path(tempfile.mkdtemp(prefix="nested-", dir=scratch))
-            extract_archive(archives[0], nested)
-            batches_dir, inner_test = locate_files(nested, scratch, depth=depth + 1)
-            if custom_test is not None and inner_test is not None:
-                raise PipelineError(
-                    f"{folder}: holds {custom_test} and another custom test pickle inside "
-                    f"{archives[0].name}; keep one of them"
-                )
-            custom_test = custom_test or inner_test
-    if batches_dir is None and user_folder:
-        held = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
-        raise PipelineError(
-            f"{folder}: no {CIFAR_FOLDER}/ folder and no competition zip found (it holds: "
-            f"{', '.join(held[:5]) or 'nothing'}); put the zip from the competition's Data page "
-            "there"
-        )
-    return batches_dir, custom_test
-
-
 # --- assembling and checking data/raw ---------------------------------------------------------
 
 
@@ -219,79 +163,6 @@ def check_raw(raw_dir: Path, official_counts: bool) -> int:
     if custom_test is None:
         raise PipelineError(f"{raw_dir}: no custom test pickle ({' or '.join(CUSTOM_TEST_NAMES)})")
     return load_custom_test(custom_test)[0].shape[0]
-
-
-# --- what fetch wrote, and what a user put in data/raw ----------------------------------------
-
-
-def _entry(path: Path) -> dict[str, object]:
-    if path.is_symlink():
-        return {"link": os.readlink(path)}
-    if path.is_dir():
-        return {"folder": True}
-    if path.is_file():
-        return {"size": path.stat().st_size, "md5": file_md5(path)}
-    return {"other": True}  # a FIFO or device: never fetch's
-
-
-def _inventory(folder: Path) -> dict[str, dict[str, object]]:
-    """Every entry under `folder` but fetch's record: {relative path: size and md5 of a file;
-    a folder; a link's target}. rglob never follows a link into another folder."""
-    return {
-        path.relative_to(folder).as_posix(): _entry(path)
-        for path in sorted(folder.rglob("*"))
-        if path.relative_to(folder).as_posix() != FETCH_RECORD
-    }
-
-
-def write_fetch_record(raw_tmp: Path, source: str) -> None:
-    write_json_atomic(raw_tmp / FETCH_RECORD, {"source": source, "files": _inventory(raw_tmp)})
-
-
-def fetched_source(raw_dir: Path) -> str | None:
-    """The source fetch wrote `raw_dir` from, if its record is there and still describes every
-    file in it; None for files a user put there (or changed since)."""
-    try:
-        record = json.loads((raw_dir / FETCH_RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get("files") != _inventory(raw_dir):
-        return None
-    return record.get("source") if isinstance(record.get("source"), str) else None
-
-
-def user_entries(raw_dir: Path) -> list[str]:
-    """What in `raw_dir` fetch did not write, as relative paths: [] for a folder that fetch's
-    record describes whole (or an empty one); everything it does not describe otherwise."""
-    if raw_dir.is_symlink() or not raw_dir.exists():
-        return []
-    if not raw_dir.is_dir():
-        return ["(a file, not a folder)"]
-    if not any(entry.name not in FILESYSTEM_ENTRIES for entry in raw_dir.iterdir()):
-        return []
-    try:
-        record = json.loads((raw_dir / FETCH_RECORD).read_text(encoding="utf-8"))
-        written = record.get("files") if isinstance(record, dict) else None
-    except (OSError, ValueError):
-        written = None
-    written = written if isinstance(written, dict) else {}
-    found = _inventory(raw_dir)
-    return [
-        name for name, entry in found.items()
-        if written.get(name) != entry and name.split("/")[0] not in FILESYSTEM_ENTRIES
-        and name.rsplit("/", 1)[-1] not in DESKTOP_LITTER
-    ] + sorted(set(written) - set(found))  # fmt: skip
-
-
-def refuse_to_replace_user_files(raw_dir: Path) -> None:
-    entries = user_entries(raw_dir)
-    if entries:
-        more = f" and {len(entries) - 3} more" if len(entries) > 3 else ""
-        raise PipelineError(
-            f"{raw_dir}: holds what fetch did not write ({', '.join(entries[:3])}{more}), and "
-            f"fetch never replaces it: move it out of {raw_dir} (your own copy of the "
-            f"competition's files belongs in {input_folder(raw_dir)}/)"
-        )
 
 
 def _assemble(
@@ -354,14 +225,6 @@ def _fetch_into(raw_tmp: Path, source: str, params: DataParams, scratch: Path) -
     _assemble(raw_tmp, batches_dir, custom_test, origin, params)
 
 
-def raw_files_present(raw_dir: Path) -> bool:
-    """Whether `raw_dir` holds the batches and the custom test pickle at any depth (looked up
-    only, nothing extracted)."""
-    if not raw_dir.is_dir():
-        return False
-    return None not in find_raw_files(raw_dir)
-
-
 def kaggle_notebook_data(competition: str, input_dir: Path | None = None) -> Path | None:
     """The folder a Kaggle notebook mounted the competition's files in (`/kaggle/input/<slug>`,
     or any input folder holding the batches and the custom test pickle), or None elsewhere."""
@@ -374,21 +237,6 @@ def kaggle_notebook_data(competition: str, input_dir: Path | None = None) -> Pat
         if folder.is_dir() and find_batches_dir(folder) and find_custom_test(folder):
             return folder
     return None
-
-
-def input_folder(raw_dir: Path) -> Path:
-    """data/input beside data/raw (INPUT_DIR for the project's own)."""
-    return raw_dir.parent / INPUT_DIR.name
-
-
-def input_files(input_dir: Path) -> list[Path]:
-    """What a user put in data/input (its README and dot files such as .DS_Store aside)."""
-    if not input_dir.is_dir():
-        return []
-    return sorted(
-        entry for entry in input_dir.iterdir()
-        if entry.name != INPUT_README and not entry.name.startswith(".")
-    )  # fmt: skip
 
 
 def no_data_message(raw_dir: Path, problem: str | None) -> str:
@@ -451,41 +299,6 @@ def _chosen_source(params: DataParams, raw_dir: Path) -> tuple[str, DataParams] 
     return "kaggle", params
 
 
-def linked_folder_in_use(raw_dir: Path) -> Path | None:
-    """The folder a symlinked `raw_dir` points to, when that folder already holds files.
-
-    A linked data/raw is the user's folder, often shared with other projects or people. A
-    demanding user expects fetch to keep the link as they made it (never move it aside or put a
-    copy in its place, which broke every later fetch) and never to overwrite files others may
-    be reading. So a link to an empty folder (a fresh disk's `lost+found` aside) is filled in
-    place (atomic_directory swaps its contents inside it, never beside it; None here), a folder
-    that already holds exactly what this fetch produces is left alone, and one holding anything
-    else is refused (`_require_same_files`).
-    """
-    if not raw_dir.is_symlink():
-        return None
-    target = raw_dir.resolve()
-    if not target.is_dir():
-        raise PipelineError(
-            f"{raw_dir}: a link to {target}, which is not a folder (an unmounted drive?); fix "
-            "the link, or remove it to fetch into a folder of its own"
-        )
-    in_use = any(entry.name not in FILESYSTEM_ENTRIES for entry in target.iterdir())
-    return target if in_use else None
-
-
-def _require_same_files(fetched: Path, linked: Path, raw_dir: Path, source: str) -> None:
-    for path in sorted(p for p in fetched.rglob("*") if p.is_file() and p.name != FETCH_RECORD):
-        relative = path.relative_to(fetched)
-        kept = linked / relative
-        if not (kept.is_file() and filecmp.cmp(path, kept, shallow=False)):
-            raise PipelineError(
-                f"{raw_dir}: a link to {linked}, whose {relative} is not what data.source "
-                f"'{source}' gives; fetch never overwrites a linked folder (others may use it): "
-                "remove the link, point it at an empty folder, or use data.source: auto"
-            )
-
-
 def _fetch_checked(raw_tmp: Path, source: str, params: DataParams, scratch: Path) -> int:
     _fetch_into(raw_tmp, source, params, scratch)
     count = check_raw(raw_tmp, official_counts=source != "synthetic")
@@ -520,7 +333,7 @@ def _fetch(source: str, params: DataParams, raw_dir: Path) -> None:
         fetched = Path(scratch) / "raw"
         fetched.mkdir()
         count = _fetch_checked(fetched, source, params, Path(scratch))
-        _require_same_files(fetched, linked, raw_dir, source)
+        require_same_files(fetched, linked, raw_dir, source)
     console.print(
         escape(
             f"fetch: {raw_dir} links to {linked}, which already holds these files ({count} custom "
