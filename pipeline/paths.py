@@ -13,8 +13,8 @@ DISTILL_DIR = Path("models/distill")  # distill: round_N/ (teacher labels, stude
 FINAL_PATH = Path("models/final.pt")  # distill: the last student's winner (rounds 0: best.pt)
 ENSEMBLE_DIR = Path("models/ensemble")  # `ensemble add`: other runs' best.pt, each `dvc add`ed
 SUBMISSION_PATH = Path("submissions/latest.csv")  # predict
-# predict: latest.csv's manifest, a DVC output, so an experiment's commit carries it (its
-# submissions/<run_id>.json is untracked there, and `dvc exp apply` does not bring it)
+# predict: latest.csv's manifest, a DVC output, so a run's commit (an experiment's too) carries
+# it; submit keeps a submitted run's copy as submissions/<run_id>.json
 LATEST_MANIFEST_PATH = Path("submissions/latest.json")
 # predict: <run_id>.csv and .json beside it; submit: history.csv (git-tracked), one row per submission
 HISTORY_PATH = Path("submissions/history.csv")

@@ -48,7 +48,8 @@ def check_distilled_run(project: Path, output: str) -> None:
         project / "models/distill/round_1/best.pt"
     )
     report = json.loads((project / "metrics/predict.json").read_text())
-    manifest = json.loads((project / f"submissions/{report['run_id']}.json").read_text())
+    manifest = json.loads((project / "submissions/latest.json").read_text())
+    assert manifest["run_id"] == report["run_id"]
     assert manifest["used_custom_test_images"] is True
     assert manifest["distillation"]["custom_test_labels"].startswith("none")
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]

@@ -41,7 +41,7 @@ def test_dvc_repro_runs_every_stage_then_nothing(
     assert dataset["train_per_class"]["truck"] == 100
 
     run = json.loads((project / "metrics/predict.json").read_text())["run_id"]
-    manifest = json.loads((project / f"submissions/{run}.json").read_text())
+    manifest = json.loads((project / "submissions/latest.json").read_text())
     head = sh(project, "git", "rev-parse", "HEAD").stdout.strip()
     assert manifest["git"] == {
         "commit": head,
@@ -115,7 +115,8 @@ def test_a_run_pushed_to_a_dvc_remote_comes_back_in_a_fresh_clone(
     # a rerun after committing the outputs (metrics, manifest) still finds the tree clean
     sh(project, "dvc", "repro", "--force", "--single-item", "predict")
     run = json.loads((project / "metrics/predict.json").read_text())["run_id"]
-    assert json.loads((project / f"submissions/{run}.json").read_text())["git"]["dirty"] is False
+    rerun = json.loads((project / "submissions/latest.json").read_text())
+    assert rerun["run_id"] == run and rerun["git"]["dirty"] is False
     sh(project, "git", "checkout", "--", ".")  # back to the committed outputs
     clone = tmp_path / "clone"
     sh(tmp_path, "git", "clone", "-q", str(project), str(clone))
@@ -149,7 +150,8 @@ def test_the_readme_demo_leaves_params_and_data_as_they_were(tmp_path: Path) -> 
     commit_all(project, "clone")
     (project / "data/input/my-download.zip").write_bytes(b"the user's file")
     params_before = (project / "params.yaml").read_bytes()
-    sh(project, *command)
+    ran = sh(project, *command)
+    assert "untracked files" not in ran.stdout + ran.stderr  # predict's outputs are all DVC's
     assert (project / "params.yaml").read_bytes() == params_before
     assert sorted(p.name for p in (project / "data/input").iterdir()) == [
         "README.md",

@@ -119,6 +119,11 @@ def test_run_files_and_manifests_are_read_in_one_place(tmp_path: Path) -> None:
     files.manifest.write_text("[1, 2]")
     with pytest.raises(PipelineError, match="not a run manifest"):
         read_manifest(files.manifest)
+    # an unsubmitted run's manifest is latest.json, when it is that run's
+    files.manifest.unlink()
+    (tmp_path / "latest.json").write_text(json.dumps({"run_id": "0123456789ab", "model": "x"}))
+    assert load_manifest("0123456789ab", folder=tmp_path).model == "x"
+    assert load_manifest("ffffffffffff", folder=tmp_path) is None
 
 
 GOOD_HISTORY_ROW = {

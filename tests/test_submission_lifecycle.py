@@ -82,7 +82,7 @@ def test_a_csv_that_is_not_the_competitions_ids_is_refused_with_the_counts(
     project: Path, fake_kaggle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """data.source local with a stand-in custom test (200 images): refused with the counts."""
-    summary = submit.read_manifest(submit.run_files(_run_id(project)).manifest)
+    summary = submit.read_manifest(project / "submissions/latest.json")
     assert summary.data_source == "synthetic"
     as_local = dataclasses.replace(summary, data_source="local")
     ids = list(range(200))
@@ -96,22 +96,15 @@ def test_a_csv_that_is_not_the_competitions_ids_is_refused_with_the_counts(
     assert REAL_NOT_FOR_THE_COMPETITION(as_local, Path("x"), list(range(10_000))) is None
 
 
-def test_an_applied_experiment_submits_with_the_manifest_its_commit_carries(
-    project: Path, fake_kaggle, capsys: pytest.CaptureFixture
+def test_predict_leaves_latest_json_and_submit_records_the_runs_own_copy(
+    project: Path, fake_kaggle
 ) -> None:
-    """`dvc exp apply` brings submissions/latest.json (a DVC output), not the untracked
-    submissions/<run_id>.json: submit puts the latter back from the former."""
+    """predict's manifest is submissions/latest.json, a DVC output that a run's commit (an
+    experiment's too) carries; submit keeps the submitted run's copy as <run_id>.json."""
     run_id = _run_id(project)
     manifest = project / f"submissions/{run_id}.json"
-    assert (project / "submissions/latest.json").read_bytes() == manifest.read_bytes()
-    sh(project, "git", "rm", "-q", "--cached", f"submissions/{run_id}.json")
-    manifest.unlink()
-    commit_all(project, "as an applied experiment leaves it")
+    assert not manifest.exists()
     assert main(["submit", "-m", "applied"]) == 0
-    assert (
-        f"submissions/{run_id}.json restored from submissions/latest.json"
-        in capsys.readouterr().err
-    )
     assert manifest.read_bytes() == (project / "submissions/latest.json").read_bytes()
     assert [sent.file_name for sent in fake_kaggle.submissions] == [f"{run_id}.csv"]
 
@@ -547,7 +540,7 @@ def test_an_interrupted_submit_that_never_arrived_is_sent_on_the_rerun(
 def test_a_run_at_chance_level_is_refused_unless_forced(
     project: Path, fake_kaggle, capsys: pytest.CaptureFixture
 ) -> None:
-    manifest_path = project / f"submissions/{_run_id(project)}.json"
+    manifest_path = project / "submissions/latest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest_path.write_text(json.dumps(manifest | {"val_accuracy": 0.1}))  # a NaN-loss run's
     assert main(["submit", "--no-push"]) == 1
@@ -556,7 +549,8 @@ def test_a_run_at_chance_level_is_refused_unless_forced(
     assert fake_kaggle.calls == []  # refused before any network call
     assert main(["submit", "--no-push", "--force"]) == 0
     [row] = read_history(project / "submissions/history.csv")
-    assert row["forced"] == "chance"
+    # latest.json is predict's DVC output: edited by hand here, it makes predict stale too
+    assert row["forced"] == "chance;stale"
 
 
 def test_the_daily_limit_refuses_before_uploading_and_says_when_it_resets(

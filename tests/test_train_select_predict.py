@@ -308,7 +308,7 @@ def test_predict_leaves_a_run_copy_and_a_manifest_keyed_by_run_id(
     assert len(run) == 12 and int(run, 16) >= 0
     copy, manifest = (
         tmp_path / f"out/{run}.csv",
-        json.loads((tmp_path / f"out/{run}.json").read_text()),
+        json.loads((tmp_path / "out/latest.json").read_text()),
     )
     assert copy.read_bytes() == (tmp_path / "out/latest.csv").read_bytes()
     assert manifest["csv_md5"] == hashlib.md5(copy.read_bytes()).hexdigest()
@@ -504,6 +504,7 @@ def test_the_fp16_path_a_t4_takes_runs_train_select_predict_on_the_cpu_to_a_vali
         Path("submissions/latest.csv"), np.arange(SMALL_SYNTHETIC.custom_test_images)
     )
     run_id = json.loads(Path("metrics/predict.json").read_text())["run_id"]
-    manifest = json.loads(Path(f"submissions/{run_id}.json").read_text())
+    manifest = json.loads(Path("submissions/latest.json").read_text())
+    assert manifest["run_id"] == run_id
     assert manifest["training"]["precision"] == "float16"
     assert manifest["inference_precision"] == "float16"

@@ -2,7 +2,7 @@
 
 In order, and nothing is sent or recorded unless every step passes:
 1. the CSV passes validation against the prepared custom test ids, and is the CSV that the last
-   predict run wrote (its manifest's md5), which gives the run_id; a run on synthetic data, or
+   predict run wrote (submissions/latest.json's md5), which gives the run_id; a run on synthetic data, or
    a CSV whose rows are not the competition's 10,000 ids (0–9999), is refused, `--force` or not;
 2. an earlier submit that was interrupted after sending (submissions/pending_submission.json
    says so) is looked for in Kaggle's list: found, it gets its history row, and a rerun for the
@@ -17,7 +17,8 @@ In order, and nothing is sent or recorded unless every step passes:
    list over Kaggle's UTC day);
 5. `dvc push` puts the run's outputs in the default remote of .dvc/config (`--no-push` skips
    it), so the scored run can be pulled back;
-6. the attempt is recorded (pending_submission.json), then the kaggle client submits the CSV
+6. the run's manifest is kept as submissions/<run_id>.json and the attempt is recorded
+   (pending_submission.json), then the kaggle client submits the CSV
    (uploaded as <run_id>.csv) with a message that always ends with the run_id and short commit;
    transient failures are retried without submitting twice;
 7. a row goes to submissions/history.csv and the pending record is removed;
@@ -96,17 +97,12 @@ def run_of_latest_csv(csv_path: Path, csv_md5: str) -> RunSummary:
     run_id = last_run_id()
     if run_id is None:
         raise PipelineError(f"{PREDICT_METRICS_PATH}: no run_id; rerun `dvc repro`")
-    path = run_files(run_id).manifest
-    if not path.exists() and _manifest_run_id(LATEST_MANIFEST_PATH) == run_id:
-        # an applied experiment (`dvc exp apply`) brings latest.json, not <run_id>.json
-        with atomic_path(path) as temp_path:
-            shutil.copyfile(LATEST_MANIFEST_PATH, temp_path)
-        console.print(f"submit: {path} restored from {LATEST_MANIFEST_PATH} (commit it)")
-    if not path.exists():
+    if _manifest_run_id(LATEST_MANIFEST_PATH) != run_id:
         raise PipelineError(
-            f"{path}: the manifest of the last predict run is missing; rerun `dvc repro -f predict`"
+            f"{LATEST_MANIFEST_PATH}: not the manifest of run {run_id}, the last predict run's; "
+            "rerun `dvc repro -f predict`"
         )
-    manifest = read_manifest(path)
+    manifest = read_manifest(LATEST_MANIFEST_PATH)
     if manifest.csv_md5 != csv_md5:
         raise PipelineError(
             f"{csv_path}: md5 {csv_md5} is not the CSV run {run_id} wrote ({manifest.csv_md5}); "
@@ -374,6 +370,8 @@ def run(
         f"val {accuracy_text} TTA {manifest.tta or '?'}"
     )
     full_message = f"{message.strip() if message else summary} | run {run_id} @ {short_commit}"
+    with atomic_path(run_files(run_id).manifest) as temp_path:  # the submitted run's record
+        shutil.copyfile(LATEST_MANIFEST_PATH, temp_path)
     row = send(
         api, PendingSubmission(
             row={

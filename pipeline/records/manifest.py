@@ -1,15 +1,16 @@
 """Run records of predict: `run_id`, the files named after it, and the manifest beside each CSV.
 
-This module alone builds and reads manifests: predict writes them (`write_manifest`); submit,
-scores and reproduce read them as a `RunSummary`; `run_files` names a run's files.
+This module alone builds and reads manifests: predict writes submissions/latest.json
+(`write_manifest`), a DVC output, so a run's commit (an experiment's too) carries it; submit
+records a submitted run's copy as submissions/<run_id>.json; submit, scores and reproduce read
+them as a `RunSummary` (`load_manifest` finds either); `run_files` names a run's files.
 
 `run_id` is a short digest of what made the CSV: the fetch → select entries of dvc.lock (their
 commands, deps and params hashes: data, code, params), the predict stage's own params and code
 files, and the md5 of the two files predict actually reads (models/final.pt and the prepared
 custom test set). Same inputs → same run_id; any change upstream → a new one. Upstream outputs
 are left out: each one that matters is some stage's dep, and the rest are metrics whose
-timings differ on every run. The manifest
-(submissions/<run_id>.json) adds the git commit and whether the tree was dirty, dvc.lock's
+timings differ on every run. The manifest adds the git commit and whether the tree was dirty, dvc.lock's
 sha256, all params, the model, validation accuracy with and without TTA, the CSV's md5, the
 predicted counts per class, and the device and torch version. It holds no credentials: it is
 built from the fields below only, never from the environment, and URLs in the params lose any
@@ -22,8 +23,8 @@ import datetime
 import hashlib
 import json
 import platform
-import shutil
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import torch
 import yaml
 
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_path, file_md5, read_json, write_json_atomic
+from pipeline.files import file_md5, read_json, write_json_atomic
 from pipeline.integrations.repository import changed_files, git, head_commit, stage_code_md5s
 from pipeline.paths import LATEST_MANIFEST_PATH, PREDICT_METRICS_PATH, SUBMISSION_PATH
 from pipeline.records.checkpoint import Checkpoint
@@ -103,7 +104,7 @@ class RunFiles:
     """What one predict run leaves under submissions/, named after its run_id."""
 
     csv: Path  # <run_id>.csv: a copy of latest.csv (git-ignored)
-    manifest: Path  # <run_id>.json: the manifest (committed with the run)
+    manifest: Path  # <run_id>.json: a submitted run's manifest (submit writes it)
 
 
 def run_files(run_id: str, folder: Path = SUBMISSION_PATH.parent) -> RunFiles:
@@ -115,12 +116,12 @@ def write_manifest(
     run_id: str, checkpoint: Checkpoint, model_params: int, submission_path: Path,
     report: dict, all_params: dict | None, device: torch.device,
 ) -> None:  # fmt: skip
-    """submissions/<run_id>.json: what made the CSV (see the module's docstring); `report` is
+    """submissions/latest.json: what made the CSV (see the module's docstring); `report` is
     predict's metrics (accuracy, TTA, counts)."""
     files = run_files(run_id, submission_path.parent)
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     write_json_atomic(
-        files.manifest,
+        submission_path.parent / LATEST_MANIFEST_PATH.name,
         {
             "run_id": run_id, "created_utc": created, "git": git_state(),
             "dvc_lock_sha256": lock_sha256(), "params": without_secrets(all_params),
@@ -131,8 +132,6 @@ def write_manifest(
             "csv_md5": file_md5(submission_path),
         } | report | environment(device),
     )  # fmt: skip
-    with atomic_path(submission_path.parent / LATEST_MANIFEST_PATH.name) as temp_path:
-        shutil.copyfile(files.manifest, temp_path)
 
 
 @dataclass(frozen=True)
@@ -170,19 +169,32 @@ def read_manifest(path: Path) -> RunSummary:
     return RunSummary.from_json(data)
 
 
+def _committed_json(commit: str | None, relative: Path) -> object:
+    """A JSON file as `commit` holds it (git show), or None."""
+    if not commit:
+        return None
+    try:
+        return json.loads(git("show", f"{commit}:{relative.as_posix()}"))
+    except (PipelineError, json.JSONDecodeError):
+        return None
+
+
+def _candidates(run_id: str, commit: str | None, folder: Path) -> Iterator[object]:
+    """Where a run's manifest may be, in order, read only as far as needed."""
+    for relative in (run_files(run_id).manifest, LATEST_MANIFEST_PATH):
+        in_tree = folder / relative.name
+        yield read_json(in_tree) if in_tree.exists() else None
+        yield _committed_json(commit, relative)
+
+
 def load_manifest(
     run_id: str, commit: str | None = None, folder: Path = SUBMISSION_PATH.parent
 ) -> RunSummary | None:
-    """A run's manifest: from `folder` in the working tree, else from `commit` (git show), else None."""
-    path = run_files(run_id, folder).manifest
-    if path.exists():
-        return read_manifest(path)
-    if commit:
-        try:
-            data = json.loads(git("show", f"{commit}:{run_files(run_id).manifest.as_posix()}"))
-        except (PipelineError, json.JSONDecodeError):
-            return None
-        return RunSummary.from_json(data) if isinstance(data, dict) else None
+    """A run's manifest: its submitted copy (<run_id>.json), else latest.json when it is that
+    run's; each from `folder` in the working tree, else from `commit` (git show); else None."""
+    for data in _candidates(run_id, commit, folder):
+        if isinstance(data, dict) and data.get("run_id") == run_id:
+            return RunSummary.from_json(data)
     return None
 
 
