@@ -16,7 +16,7 @@ SUBMISSION_PATH = Path("submissions/latest.csv")  # predict
 # predict: latest.csv's manifest, a DVC output, so a run's commit (an experiment's too) carries
 # it; submit keeps a submitted run's copy as submissions/<run_id>.json
 LATEST_MANIFEST_PATH = Path("submissions/latest.json")
-# predict: <run_id>.csv and .json beside it; submit: history.csv (git-tracked), one row per submission
+# predict: <run_id>.csv beside latest.csv; submit: history.csv (git-tracked), one row per submission
 HISTORY_PATH = Path("submissions/history.csv")
 
 DATA_REPORT_PATH = Path("metrics/data.json")  # prepare: counts per class

@@ -227,3 +227,15 @@ def test_a_checkpoint_of_before_class_names_were_kept_still_loads() -> None:
     record = _training_record()
     del record["class_names"]
     assert Checkpoint.from_dict(record, "old.pt").class_names == []
+
+
+def test_a_damaged_latest_json_never_hides_another_runs_manifest(tmp_path: Path) -> None:
+    """latest.json changes with every run: a merge conflict there is some run's, not this one's."""
+    (tmp_path / "latest.json").write_text("{broken")
+    (tmp_path / "0123456789ab.json").write_text(json.dumps({"run_id": "0123456789ab"}))
+    assert load_manifest("0123456789ab", folder=tmp_path).run_id == "0123456789ab"
+    assert load_manifest("ffffffffffff", folder=tmp_path) is None
+    # a rerun's own latest.json comes before an older submitted copy of the same run
+    (tmp_path / "latest.json").write_text(json.dumps({"run_id": "0123456789ab", "device": "new"}))
+    assert load_manifest("0123456789ab", folder=tmp_path, fresh=True).device == "new"
+    assert load_manifest("0123456789ab", folder=tmp_path).device is None

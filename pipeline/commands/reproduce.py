@@ -187,7 +187,11 @@ def environment_reasons(row: dict[str, str], worktree: Path) -> list[str]:
     lines = []
     original = load_manifest(row["run_id"], row["commit"])
     rerun_id = last_run_id(worktree)
-    rerun = load_manifest(rerun_id, folder=worktree / SUBMISSION_PATH.parent) if rerun_id else None
+    rerun = (
+        load_manifest(rerun_id, folder=worktree / SUBMISSION_PATH.parent, fresh=True)
+        if rerun_id
+        else None
+    )
     was = original.environment if original else None
     now = rerun.environment if rerun else None
     if was and now:

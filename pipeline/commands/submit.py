@@ -343,7 +343,10 @@ def run(
         api = kaggle_client.connect("submit")
         settled = settle_pending(api, pending, history_path, pending_path)
         if settled and (settled["csv_md5"], settled["competition"]) == (csv_md5, competition):
-            console.print(f"submit: {csv_path} is that submission: not sending it again")
+            console.print(
+                f"submit: {csv_path} is that submission: not sending it again; keep the record: "
+                f"git add {history_path} {run_files(run_id).manifest}"
+            )
             if wait:
                 report_score(api, int(settled["kaggle_ref"]), run_id, wait_limit, poll_interval)
             return settled
@@ -370,7 +373,9 @@ def run(
         f"val {accuracy_text} TTA {manifest.tta or '?'}"
     )
     full_message = f"{message.strip() if message else summary} | run {run_id} @ {short_commit}"
-    with atomic_path(run_files(run_id).manifest) as temp_path:  # the submitted run's record
+    # the submitted run's manifest, kept before sending: a pending attempt that turns out to
+    # have arrived (settle_pending) then has its record even if predict ran again since
+    with atomic_path(run_files(run_id).manifest) as temp_path:
         shutil.copyfile(LATEST_MANIFEST_PATH, temp_path)
     row = send(
         api, PendingSubmission(

@@ -179,20 +179,29 @@ def _committed_json(commit: str | None, relative: Path) -> object:
         return None
 
 
-def _candidates(run_id: str, commit: str | None, folder: Path) -> Iterator[object]:
+def _candidates(run_id: str, commit: str | None, folder: Path, fresh: bool) -> Iterator[object]:
     """Where a run's manifest may be, in order, read only as far as needed."""
-    for relative in (run_files(run_id).manifest, LATEST_MANIFEST_PATH):
+    kept = (run_files(run_id).manifest, LATEST_MANIFEST_PATH)
+    for relative in reversed(kept) if fresh else kept:
         in_tree = folder / relative.name
-        yield read_json(in_tree) if in_tree.exists() else None
+        try:
+            yield read_json(in_tree) if in_tree.exists() else None
+        except PipelineError:  # a damaged latest.json (a merge conflict) is some run's, not this
+            if relative != LATEST_MANIFEST_PATH:
+                raise
         yield _committed_json(commit, relative)
 
 
 def load_manifest(
-    run_id: str, commit: str | None = None, folder: Path = SUBMISSION_PATH.parent
+    run_id: str,
+    commit: str | None = None,
+    folder: Path = SUBMISSION_PATH.parent,
+    fresh: bool = False,
 ) -> RunSummary | None:
     """A run's manifest: its submitted copy (<run_id>.json), else latest.json when it is that
-    run's; each from `folder` in the working tree, else from `commit` (git show); else None."""
-    for data in _candidates(run_id, commit, folder):
+    run's (`fresh`: latest.json first, as a rerun just wrote it); each from `folder` in the
+    working tree, else from `commit` (git show); else None."""
+    for data in _candidates(run_id, commit, folder, fresh):
         if isinstance(data, dict) and data.get("run_id") == run_id:
             return RunSummary.from_json(data)
     return None

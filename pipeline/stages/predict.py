@@ -11,7 +11,7 @@ Plots: each validation image's actual and predicted class in metrics/val_predict
 confusion matrix), the accuracy per class in metrics/val_per_class.csv, and the share of each
 class among the training labels beside the model's own labels of the custom test set in
 metrics/class_shares.csv (a picture of the shift).
-Each run also leaves submissions/<run_id>.csv (a copy) and submissions/<run_id>.json, its
+Each run also leaves submissions/<run_id>.csv (a copy) and submissions/latest.json, its
 manifest (records/manifest.py says what run_id covers and what the manifest holds).
 """
 
