@@ -10,6 +10,7 @@ Expected failures (`PipelineError`) print one line and exit 1; `--debug` shows t
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -69,13 +70,22 @@ def run_stage(stage: str, params: Params, params_path: Path = DEFAULT_PARAMS_PAT
 DVC_YAML = Path(__file__).resolve().parents[1] / "dvc.yaml"
 
 
-def stage_files(stage: str) -> tuple[list[str], list[str]]:
-    """What a stage reads (its data deps: the code is left out) and writes, as dvc.yaml says."""
+@functools.cache
+def _dvc_stages() -> dict:
+    """dvc.yaml's stages, read once per command ({} when it cannot be read)."""
     import yaml
 
     try:
-        entry = yaml.safe_load(DVC_YAML.read_text(encoding="utf-8"))["stages"][stage]
+        stages = yaml.safe_load(DVC_YAML.read_text(encoding="utf-8"))["stages"]
     except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return {}
+    return stages if isinstance(stages, dict) else {}
+
+
+def stage_files(stage: str) -> tuple[list[str], list[str]]:
+    """What a stage reads (its data deps: the code is left out) and writes, as dvc.yaml says."""
+    entry = _dvc_stages().get(stage)
+    if not isinstance(entry, dict):
         return ["(see dvc.yaml)"], ["(see dvc.yaml)"]
 
     def names(items: list) -> list[str]:

@@ -83,13 +83,6 @@ POLL_INTERVAL_SECONDS = 10.0  # `--wait`: between two looks at the submission; -
 MIN_POLL_INTERVAL_SECONDS = 5.0  # the kaggle CLI's own floor: faster polling only loads Kaggle
 
 
-def _manifest_run_id(path: Path) -> str | None:
-    try:
-        return read_manifest(path).run_id if path.is_file() else None
-    except PipelineError:
-        return None
-
-
 def run_of_latest_csv(csv_path: Path, csv_md5: str) -> RunSummary:
     """The manifest of the predict run that wrote `csv_path`; refuse a CSV no run wrote."""
     if not PREDICT_METRICS_PATH.exists():
@@ -97,12 +90,15 @@ def run_of_latest_csv(csv_path: Path, csv_md5: str) -> RunSummary:
     run_id = last_run_id()
     if run_id is None:
         raise PipelineError(f"{PREDICT_METRICS_PATH}: no run_id; rerun `dvc repro`")
-    if _manifest_run_id(LATEST_MANIFEST_PATH) != run_id:
+    try:
+        manifest = read_manifest(LATEST_MANIFEST_PATH)
+    except PipelineError:  # missing or damaged: not that run's either
+        manifest = None
+    if manifest is None or manifest.run_id != run_id:
         raise PipelineError(
             f"{LATEST_MANIFEST_PATH}: not the manifest of run {run_id}, the last predict run's; "
             "rerun `dvc repro -f predict`"
         )
-    manifest = read_manifest(LATEST_MANIFEST_PATH)
     if manifest.csv_md5 != csv_md5:
         raise PipelineError(
             f"{csv_path}: md5 {csv_md5} is not the CSV run {run_id} wrote ({manifest.csv_md5}); "
@@ -124,8 +120,9 @@ def not_for_the_competition(manifest: RunSummary, csv_path: Path, ids: list[int]
             "synthetic, the demo); put the competition's zip in data/input/, set data.source: "
             "auto and run `dvc repro`"
         )
-    if set(ids) != COMPETITION_IDS or len(ids) != len(COMPETITION_IDS):
-        outside = len(set(ids) - COMPETITION_IDS)
+    found = set(ids)
+    if found != COMPETITION_IDS or len(ids) != len(COMPETITION_IDS):
+        outside = len(found - COMPETITION_IDS)
         return (
             f"{csv_path}: {len(ids)} rows with {outside} ids outside 0–9999; the competition "
             f"expects {len(COMPETITION_IDS)} rows, ids 0–9999: was data/raw's custom test pickle "

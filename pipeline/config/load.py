@@ -43,13 +43,12 @@ PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
 DEFAULT_PROFILE = "default"  # what params.yaml ships, and where missing recipe keys come from
 PROFILE_SECTIONS = ("model", "train")
 # the recipe sections: each key that picks a variant, and the keys each variant reads with
-# their defaults (a callable default is computed from the section's other values)
+# their defaults (a callable default is computed from the section's values)
 Choosers = tuple[tuple[str, dict[str, dict[str, Any]]], ...]
 RECIPES: dict[str, tuple[type, Choosers]] = {
     "model": (ModelParams, (("name", MODEL_DEFAULTS),)),
     "train": (TrainParams, (("schedule", SCHEDULE_DEFAULTS), ("optimizer", OPTIMIZER_DEFAULTS))),
 }
-DERIVED_DEFAULT_ARGUMENT = {"milestones": "epochs"}  # a callable default reads this key
 
 
 class _MissingKey(PipelineError):
@@ -129,6 +128,7 @@ def _with_recipe_defaults(
     completed = dict(values)
     dropped, filled, kept = [], [], []
     variant_keys: dict[str, Any] = {}  # the chosen variants' keys: their defaults
+    own_defaults: set[str] = set()  # ... of those, the ones the variant's table gives (noted)
     other_keys: set[str] = set()
     for chooser, table in choosers:
         chosen = completed.get(chooser, default_values.get(chooser))
@@ -156,8 +156,11 @@ def _with_recipe_defaults(
             )
             for key in stale:
                 completed.pop(key)
-        own = default_values if default_values.get(chooser) == chosen else reads
-        variant_keys |= {key: own.get(key, reads[key]) for key in reads}
+        if default_values.get(chooser) == chosen:  # the default profile's own variant
+            variant_keys |= {key: default_values.get(key, reads[key]) for key in reads}
+        else:
+            variant_keys |= reads
+            own_defaults |= set(reads)
         other_keys |= others
     for item in dataclasses.fields(cls):  # the keys every variant reads: the default profile's
         name = item.name
@@ -168,9 +171,9 @@ def _with_recipe_defaults(
         for key, default in variant_keys.items():
             if completed.get(key) is None:
                 if callable(default):
-                    default = default(completed[DERIVED_DEFAULT_ARGUMENT[key]])
+                    default = default(completed)
                 completed[key] = copy.deepcopy(default)
-                if default is not default_values.get(key):
+                if key in own_defaults:
                     filled.append(f"{section}.{key}={default}")
     if notes is not None and dropped:
         notes.append(

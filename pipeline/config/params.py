@@ -65,19 +65,29 @@ def with_later_model_keys(config: dict) -> dict:
     return LATER_MODEL_KEYS.get(config.get("name"), {}) | config
 
 
+def milestones_within(epochs: int, positions: list[float]) -> list[int]:
+    """Multistep milestones at `positions` (epochs, rounded) of a run of `epochs`, each from
+    epoch 1 and before the last (epochs count from 0: one at `epochs` never acts)."""
+    last = max(1, epochs - 1)
+    return sorted({max(1, min(last, round(position))) for position in positions})
+
+
 def default_milestones(epochs: int) -> list[int]:
     """multistep's milestones for a run of `epochs`: at 45% and 90% of it, as the seed recipe's
-    [90, 180] of 200, each before the last epoch (epochs count from 0: one at `epochs` never
-    acts)."""
-    last = max(1, epochs - 1)
-    return sorted({max(1, min(last, round(epochs * share))) for share in (0.45, 0.9)})
+    [90, 180] of 200."""
+    return milestones_within(epochs, [epochs * share for share in (0.45, 0.9)])
+
+
+def _default_milestones_of(train: dict) -> list[int]:
+    return default_milestones(train["epochs"])
 
 
 # The keys each learning-rate schedule reads (engine/schedule.py), with the values a params file
 # switched to it without them takes: the seed profile's multistep (milestones follow
-# train.epochs), the default profile's onecycle.
+# train.epochs: a callable default is computed from the section's values), the default
+# profile's onecycle.
 SCHEDULE_DEFAULTS: dict[str, dict[str, object]] = {
-    "multistep": {"milestones": default_milestones, "gamma": 0.1},
+    "multistep": {"milestones": _default_milestones_of, "gamma": 0.1},
     "cosine": {},
     "onecycle": {"warmup_fraction": 0.23, "lr_start_factor": 0.2, "lr_end_factor": 0.07},
     "constant": {},

@@ -153,7 +153,7 @@ def find_custom_test(folder: Path) -> Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
-def _not_junk(path: Path, folder: Path) -> bool:
+def not_junk(path: Path, folder: Path) -> bool:
     """Not a macOS archive's `__MACOSX/` copy or an AppleDouble `._name` or other dot entry."""
     return not any(
         part.startswith(".") or part == "__MACOSX" for part in path.relative_to(folder).parts
@@ -174,14 +174,14 @@ def find_raw_files(folder: Path) -> tuple[Path | None, Path | None]:
         else sorted(
             meta.parent
             for meta in folder.rglob(META_NAME)
-            if meta.parent.name == CIFAR_FOLDER and _not_junk(meta, folder)
+            if meta.parent.name == CIFAR_FOLDER and not_junk(meta, folder)
         )
     )
     tests = [folder / name for name in CUSTOM_TEST_NAMES if (folder / name).is_file()] or [
         p
         for name in CUSTOM_TEST_NAMES
         for p in sorted(folder.rglob(name))
-        if p.is_file() and _not_junk(p, folder)
+        if p.is_file() and not_junk(p, folder)
     ]
     for found, what in ((batches, f"{CIFAR_FOLDER}/ folders"), (tests, "custom test pickles")):
         if len(found) > 1:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from pipeline.data.formats import CIFAR_FOLDER, find_raw_files
+from pipeline.data.formats import CIFAR_FOLDER, find_raw_files, not_junk
 from pipeline.data.sources import extract_archive
 from pipeline.errors import PipelineError
 from pipeline.paths import INPUT_DIR
@@ -30,7 +30,7 @@ def archives_in(folder: Path, anywhere: bool = False) -> list[Path]:
     return sorted(
         path for path in entries
         if path.name.lower().endswith(ARCHIVE_SUFFIXES) and path.is_file()
-        and not any(p.startswith(".") or p == "__MACOSX" for p in path.relative_to(folder).parts)
+        and not_junk(path, folder)
     )  # fmt: skip
 
 
@@ -46,7 +46,7 @@ def locate_files(
     both: which copy trains would otherwise be a silent choice.
     """
     batches_dir, custom_test = find_raw_files(folder)
-    archives = archives_in(folder, anywhere=user_folder) if user_folder else []
+    archives = archives_in(folder, anywhere=True) if user_folder else []
     if batches_dir is not None and archives:
         raise PipelineError(
             f"{folder}: holds both {batches_dir} and the archive {archives[0]}; keep one of them"

@@ -16,7 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.config.params import ModelParams, PrepareParams, TrainParams
+from pipeline.config.params import (
+    ModelParams,
+    PrepareParams,
+    TrainParams,
+    milestones_within,
+)
 from pipeline.engine.augment import augment_batch, augment_state, downscaled
 from pipeline.engine.device import choose_precision
 from pipeline.engine.models import WHITENING_IMAGES, build_model
@@ -135,10 +140,8 @@ def with_epochs(params: TrainParams, epochs: int) -> TrainParams:
     the last epoch would never act), the other schedules follow by themselves."""
     moved = {}
     if params.milestones is not None:
-        share, last = epochs / params.epochs, max(1, epochs - 1)
-        moved["milestones"] = sorted(
-            {max(1, min(last, round(m * share))) for m in params.milestones}
-        )
+        share = epochs / params.epochs
+        moved["milestones"] = milestones_within(epochs, [m * share for m in params.milestones])
     return dataclasses.replace(params, epochs=epochs, max_steps=0, **moved)
 
 

@@ -46,14 +46,20 @@ def write_fetch_record(raw_tmp: Path, source: str) -> None:
     write_json_atomic(raw_tmp / FETCH_RECORD, {"source": source, "files": _inventory(raw_tmp)})
 
 
-def fetched_source(raw_dir: Path) -> str | None:
-    """The source fetch wrote `raw_dir` from, if its record is there and still describes every
-    file in it; None for files a user put there (or changed since)."""
+def _record(raw_dir: Path) -> dict:
+    """fetch's record in `raw_dir`; {} when there is none, or not one of fetch's."""
     try:
         record = json.loads((raw_dir / FETCH_RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get("files") != _inventory(raw_dir):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def fetched_source(raw_dir: Path) -> str | None:
+    """The source fetch wrote `raw_dir` from, if its record is there and still describes every
+    file in it; None for files a user put there (or changed since)."""
+    record = _record(raw_dir)
+    if not record or record.get("files") != _inventory(raw_dir):
         return None
     return record.get("source") if isinstance(record.get("source"), str) else None
 
@@ -67,11 +73,7 @@ def user_entries(raw_dir: Path) -> list[str]:
         return ["(a file, not a folder)"]
     if not any(entry.name not in FILESYSTEM_ENTRIES for entry in raw_dir.iterdir()):
         return []
-    try:
-        record = json.loads((raw_dir / FETCH_RECORD).read_text(encoding="utf-8"))
-        written = record.get("files") if isinstance(record, dict) else None
-    except (OSError, ValueError):
-        written = None
+    written = _record(raw_dir).get("files")
     written = written if isinstance(written, dict) else {}
     found = _inventory(raw_dir)
     return [

@@ -263,9 +263,10 @@ def _chosen_source(params: DataParams, raw_dir: Path) -> tuple[str, DataParams] 
     if input_files(input_dir):
         console.print(escape(f"fetch: the files you put in {input_dir}/ → {raw_dir}"))
         return "local", dataclasses.replace(params, path=str(input_dir))
-    if archives_in(raw_dir):  # even beside files: it would be silently left unused
+    dropped = archives_in(raw_dir)
+    if dropped:  # even beside files: it would be silently left unused
         raise PipelineError(
-            f"{archives_in(raw_dir)[0]}: an archive in {raw_dir}, which fetch writes; move it "
+            f"{dropped[0]}: an archive in {raw_dir}, which fetch writes; move it "
             f"to {input_dir}/, where data.source: auto unpacks it"
         )
     problem = None
