@@ -21,9 +21,7 @@ import torch
 
 from pipeline.config.load import parse_overrides, recipe
 from pipeline.config.params import (
-    MODEL_KEYS,
     DataParams,
-    ModelParams,
     PrepareParams,
     SyntheticParams,
     TrainParams,
@@ -31,10 +29,11 @@ from pipeline.config.params import (
 from pipeline.data.formats import write_custom_test
 from pipeline.engine.device import choose_precision
 from pipeline.engine.loop import EpochStats, fit
-from pipeline.engine.models import count_trainable_params, is_residual
+from pipeline.engine.models import count_trainable_params
 from pipeline.engine.schedule import steps_per_epoch, total_steps
 from pipeline.engine.timing import fit_to_budget, planned_seconds_per_step
 from pipeline.engine.tta import TTA_POLICIES, predict_logits
+from pipeline.models.registry import ModelConfig, is_residual
 from pipeline.stages import (
     fetch,
     prepare,
@@ -98,7 +97,7 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 def train_budgeted(
     prepared_dir: Path,
-    model_params: ModelParams,
+    model_params: ModelConfig,
     params: TrainParams,
     budget_seconds: float | None = None,
     log=print,
@@ -196,7 +195,7 @@ def accuracy_of(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 def train_and_score(
     prepared_dir: Path,
-    model_params: ModelParams,
+    model_params: ModelConfig,
     params: TrainParams,
     budget_seconds: float | None = None,
     log=print,
@@ -229,17 +228,17 @@ def markdown_table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(["| | |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows)]) + "\n"
 
 
-def profile_params(name: str, overrides: list[str]) -> tuple[ModelParams, TrainParams]:
+def profile_params(name: str, overrides: list[str]) -> tuple[ModelConfig, TrainParams]:
     """A profile's model and train params with `section.key=value` overrides (YAML values)."""
     params = recipe(name, parse_overrides(overrides))
     return params.model, params.train
 
 
-def tiny(model_params: ModelParams, params: TrainParams) -> tuple[ModelParams, TrainParams]:
+def tiny(model_params: ModelConfig, params: TrainParams) -> tuple[ModelConfig, TrainParams]:
     """Dry-run sizes: the same kind of model and recipe, shrunk to seconds on a CPU."""
-    reads = MODEL_KEYS[model_params.name]
-    shrunk = {"base_width": 8, "blocks": [1] * len(model_params.blocks or [1, 1, 1]),
-              "widths": [8, 16, 16]}  # fmt: skip
+    reads = {field.name for field in dataclasses.fields(model_params)}
+    stages = len(getattr(model_params, "blocks", [1, 1, 1]))
+    shrunk = {"base_width": 8, "blocks": [1] * stages, "widths": [8, 16, 16][:stages]}
     model_params = dataclasses.replace(
         model_params, **{key: value for key, value in shrunk.items() if key in reads}
     )

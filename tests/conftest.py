@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.classes import CIFAR10_CLASS_NAMES
 from pipeline.config.load import recipe
-from pipeline.config.params import ModelParams, PrepareParams, SyntheticParams, TrainParams
+from pipeline.config.params import PrepareParams, SyntheticParams, TrainParams
 from pipeline.data.formats import (
     CIFAR_FOLDER,
     META_NAME,
@@ -24,12 +24,13 @@ from pipeline.data.formats import (
     write_custom_test,
 )
 from pipeline.data.synthetic import write_synthetic_raw
+from pipeline.models.registry import ModelConfig
 from pipeline.stages import prepare
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def seed_model(**keys: object) -> ModelParams:
+def seed_model(**keys: object) -> ModelConfig:
     """The seed profile's model with `keys` set: the tests' small models start from it."""
     return recipe("seed", {"model": keys}).model
 

@@ -142,7 +142,8 @@ def test_the_gpu_session_script_runs_every_step_in_its_dry_mode(tmp_path: Path) 
     assert json.loads((out / "default.json").read_text())["runs"][0]["model"] == "airnet"
     deeper = json.loads((out / "deeper.json").read_text())["runs"][0]
     assert deeper["model_config"]["residual_convs"] == 2 and deeper["residual"]
-    from pipeline.engine.models import AirNet, count_trainable_params
+    from pipeline.engine.models import count_trainable_params
+    from pipeline.models.airnet import AirNet
 
     tiny_deeper = AirNet(deeper["model_config"]["widths"], residual=True, residual_convs=2)
     assert deeper["model_params"] == count_trainable_params(tiny_deeper)  # the deeper net ran

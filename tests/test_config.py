@@ -22,16 +22,9 @@ from pipeline.config.load import (
     recipe,
     with_overrides,
 )
-from pipeline.config.params import (
-    MODEL_DEFAULTS,
-    MODEL_KEYS,
-    SCHEDULE_DEFAULTS,
-    SCHEDULE_KEYS,
-    Params,
-    conditional_keys,
-    default_milestones,
-)
+from pipeline.config.params import SCHEDULE_DEFAULTS, Params, default_milestones
 from pipeline.errors import PipelineError
+from pipeline.models.registry import registered_models
 
 
 def test_repository_params_load_and_hold_the_default_profile() -> None:
@@ -111,7 +104,10 @@ def test_params_are_frozen() -> None:
             {"model": {"name": "resnet_wide", "blocks": [2, 2]}},
             "model.blocks must be one block count per width",
         ),
-        ({"train": {"milestones": [90, "x"]}}, r"train.milestones\[1\] must be an integer"),
+        (
+            {"train": {"schedule": "multistep", "milestones": [90, "x"]}},
+            r"train.milestones\[1\] must be an integer",
+        ),
         ({"data": {"source": "ftp"}}, "data.source must be one of"),
         ({"predict": {"tta": "all"}}, "predict.tta must be one of"),
         ({"select": {"tta_policies": []}}, "select.tta_policies must be a non-empty list"),
@@ -119,7 +115,10 @@ def test_params_are_frozen() -> None:
             {"select": {"tta_policies": ["flip", "ten_crop"]}},
             r"select.tta_policies\[1\] must be one of",
         ),
-        ({"model": {"blocks": []}}, "model.blocks must be 1 to 8 block counts"),
+        (
+            {"model": {"name": "seed_resnet", "blocks": []}},
+            "model.blocks must be 1 to 8 block counts",
+        ),
         ({"train": []}, "train must be a mapping"),
         (
             {"train": {"low_res_pixels": 12, "low_res_fraction": 0.5}},
@@ -230,8 +229,8 @@ def test_recipe_defaults_are_the_default_profile_and_nothing_else() -> None:
     assert partial.train == dataclasses.replace(default.train, lr=0.5)
     # another model takes its own defaults for the keys it reads, none of airnet's
     wide = params_from_dict({"model": {"name": "resnet_wide", "blocks": [1, 1, 1]}})
-    assert wide.model.widths == MODEL_DEFAULTS["resnet_wide"]["widths"]
-    assert wide.model.blocks == [1, 1, 1] and wide.model.residual is None
+    assert wide.model.widths == registered_models()["resnet_wide"].own_defaults()["widths"]
+    assert wide.model.blocks == [1, 1, 1] and not hasattr(wide.model, "residual")
 
 
 SHIPPED = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
@@ -300,13 +299,20 @@ def test_dvc_exp_run_s_switches_a_variant_in_params_yaml(
 
 
 def test_each_variants_defaults_are_the_profile_that_uses_it() -> None:
-    seed, default = profile_values("seed"), profile_values("default")
-    assert {k: seed["model"][k] for k in MODEL_KEYS["seed_resnet"]} == MODEL_DEFAULTS["seed_resnet"]
-    assert {k: default["model"][k] for k in MODEL_KEYS["airnet"]} == MODEL_DEFAULTS["airnet"]
-    onecycle = {k: default["train"][k] for k in SCHEDULE_KEYS["onecycle"]}
+    seed, default = load_profile("seed"), load_profile("default")
+    assert profile_values("seed")["model"] == {"name": "seed_resnet"}  # its model's defaults
+    own = registered_models()["seed_resnet"].own_defaults()
+    assert {key: getattr(seed.model, key) for key in own} == own
+    # the default profile writes out the defaults in code, every key of them
+    written = profile_values("default")
+    assert written["model"] == dataclasses.asdict(Params().model)
+    assert written["train"] == {
+        k: v for k, v in dataclasses.asdict(Params().train).items() if v is not None
+    }
+    onecycle = {k: getattr(default.train, k) for k in SCHEDULE_DEFAULTS["onecycle"]}
     assert onecycle == SCHEDULE_DEFAULTS["onecycle"]
-    assert seed["train"]["gamma"] == SCHEDULE_DEFAULTS["multistep"]["gamma"]
-    assert default_milestones(seed["train"]["epochs"]) == seed["train"]["milestones"]
+    assert seed.train.gamma == SCHEDULE_DEFAULTS["multistep"]["gamma"]
+    assert default_milestones(seed.train.epochs) == seed.train.milestones
     assert default_milestones(2) == [1] and default_milestones(1) == [1]
 
 
@@ -321,20 +327,22 @@ def test_an_unknown_key_names_the_closest_one() -> None:
         params_from_dict({"train": {"zzz": 5}})
 
 
-def test_every_profile_sets_exactly_the_keys_its_model_and_schedule_read() -> None:
+def test_every_profile_sets_only_keys_its_model_and_schedule_read(tmp_path: Path) -> None:
     for name in profile_names():
-        values = profile_values(name)  # refuses a missing key: nothing is filled in for profiles
-        model_reads = set(MODEL_KEYS[values["model"]["name"]])
-        schedule_reads = set(SCHEDULE_KEYS[values["train"]["schedule"]])
-        assert conditional_keys(MODEL_KEYS) & set(values["model"]) == model_reads, name
-        assert conditional_keys(SCHEDULE_KEYS) & set(values["train"]) == schedule_reads, name
+        values = profile_values(name)  # what differs from the defaults
+        model = registered_models()[values["model"].get("name", "airnet")]
+        assert set(values["model"]) <= {"name", "max_params", *model.own_defaults()}, name
+    text = (REPO_ROOT / "profiles/fast.yaml").read_text()
+    (tmp_path / "slip.yaml").write_text(text.replace("train:", "train:\n  gamma: 0.5", 1))
+    with pytest.raises(PipelineError, match=r"slip.yaml: params: train.gamma is not read"):
+        profile_values("slip", tmp_path)
 
 
-def test_a_profile_missing_a_key_is_refused(tmp_path: Path) -> None:
-    text = (REPO_ROOT / "profiles/default.yaml").read_text().replace("  lr: 0.75", "  # lr")
-    (tmp_path / "partial.yaml").write_text(text)
-    with pytest.raises(PipelineError, match=r"partial.yaml: params: train.lr is missing"):
-        profile_values("partial", tmp_path)
+def test_a_profile_leaves_out_what_it_does_not_change(tmp_path: Path) -> None:
+    (tmp_path / "short.yaml").write_text("train:\n  epochs: 3\n")
+    params = load_profile("short", tmp_path)
+    assert params.train == dataclasses.replace(Params().train, epochs=3)
+    assert params.model == Params().model
 
 
 def test_params_yaml_other_sections_are_the_dataclass_defaults() -> None:

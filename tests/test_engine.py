@@ -18,16 +18,12 @@ from pipeline.data.synthetic import make_images
 from pipeline.engine import gpu, optim, schedule
 from pipeline.engine.device import FLOAT32, choose_precision
 from pipeline.engine.loop import EpochStats, fit
-from pipeline.engine.models import (
-    AirNet,
-    GlobalMaxPool,
-    build_model,
-    count_trainable_params,
-    is_residual,
-)
+from pipeline.engine.models import build_model, count_trainable_params
 from pipeline.engine.normalise import to_device_set
 from pipeline.engine.optim import make_optimizer, uses_compile
 from pipeline.errors import PipelineError
+from pipeline.models.airnet import AirNet, GlobalMaxPool
+from pipeline.models.registry import is_residual
 
 MEAN, STD = [0.45, 0.45, 0.45], [0.25, 0.25, 0.25]
 SMALL_MODELS = {

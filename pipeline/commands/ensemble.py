@@ -25,11 +25,11 @@ from pathlib import Path
 
 from rich.table import Table
 
-from pipeline.config.params import ModelParams
 from pipeline.engine.models import build_model, count_trainable_params
 from pipeline.errors import PipelineError
 from pipeline.files import file_md5
 from pipeline.integrations.repository import dvc, git, last_error_line
+from pipeline.models.registry import ModelConfig
 from pipeline.paths import BEST_PATH, ENSEMBLE_DIR
 from pipeline.records.checkpoint import Checkpoint
 from pipeline.records.ensemble import load_members
@@ -91,7 +91,7 @@ def add(
     source: str,
     name: str | None,
     ensemble_dir: Path = ENSEMBLE_DIR,
-    run_model: ModelParams | None = None,
+    run_model: ModelConfig | None = None,
 ) -> Path:
     """Copy SOURCE's selected model into the ensemble as NAME and `dvc add` it."""
     if name is not None:
@@ -143,7 +143,7 @@ def remove(name: str, ensemble_dir: Path = ENSEMBLE_DIR) -> None:
     console.print(f"ensemble: removed {destination}; commit the change, then dvc repro")
 
 
-def show(ensemble_dir: Path = ENSEMBLE_DIR, run_model: ModelParams | None = None) -> None:
+def show(ensemble_dir: Path = ENSEMBLE_DIR, run_model: ModelConfig | None = None) -> None:
     """The members table and the total with this run's model (params.yaml's) against its budget."""
     table = Table(title=f"ensemble members ({ensemble_dir})")
     for column in ("name", "model", "params", "epoch", "weights", "tta", "source"):

@@ -1,25 +1,31 @@
 """`python -m pipeline profile NAME`: put a training profile's `model` and `train` sections into params.yaml.
 
-Profiles are profiles/<name>.yaml (config/load.py reads and checks them): fast, default (what
-params.yaml ships with, and where recipe keys a params file leaves out come from), seed, cpu;
-the README says what each is for. The two sections are copied as text, comments included, and
-the other sections of params.yaml stay as they are, so `dvc repro` runs the profile and
-`git diff` and dvc.lock show exactly what changed.
+Profiles are profiles/<name>.yaml (config/load.py reads and checks them): default (the defaults
+in code, written out with a comment for each key: what params.yaml ships), and fast, seed, cpu,
+each holding what differs from them; the README says what each is for. params.yaml gets every
+key of the recipe, so that `dvc exp run -S train.KEY=VALUE` finds each one (DVC refuses to add a
+key with `-S`): the default profile's line for a key (its comment included) where the value is
+the same, the profile's own line where it sets one, else `key: value`. The other sections of
+params.yaml stay as they are, so `dvc repro` runs the profile and `git diff` and dvc.lock show
+exactly what changed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
+
+import yaml
 
 from pipeline.config.load import (
     DEFAULT_PARAMS_PATH,
     PROFILE_SECTIONS,
     PROFILES_DIR,
+    load_profile,
     params_from_dict,
     parse_yaml,
     profile_path,
-    profile_values,
     read_params_text,
 )
 from pipeline.errors import PipelineError
@@ -61,20 +67,66 @@ def with_train_values(block: str, values: dict[str, str], comment: str) -> str:
     return block
 
 
+_KEY_LINE = re.compile(r"^  (\w+):")
+TEMPLATE_PROFILE = (
+    "default"  # its lines (and comments) are the template params.yaml is written from
+)
+
+
+def _key_lines(block: str) -> dict[str, str]:
+    """A section's text, key → its line (comment included)."""
+    return {
+        m.group(1): line for line in block.splitlines(keepends=True) if (m := _KEY_LINE.match(line))
+    }
+
+
+def _line_value(line: str) -> object:
+    return (yaml.safe_load(line) or {}).popitem()[1] if ":" in line else None
+
+
+def section_text(name: str, section: str, values: dict, profiles_dir: Path = PROFILES_DIR) -> str:
+    """params.yaml's `section` for profile `name`: each of `values` (the recipe, every key) on
+    the template's line when it holds that value, on the profile's own line when it sets it,
+    else as `key: value`."""
+    template = split_sections(profile_path(TEMPLATE_PROFILE, profiles_dir).read_text())[section]
+    own = split_sections(profile_path(name, profiles_dir).read_text()).get(section, "")
+    template_lines, own_lines = _key_lines(template), _key_lines(own)
+    header = (
+        (own or template)
+        .splitlines()[0]
+        .replace(f"profile: {TEMPLATE_PROFILE}", f"profile: {name}")
+    )
+    lines = [header + "\n"]
+    for key in [
+        *(k for k in template_lines if k in values),
+        *(k for k in values if k not in template_lines),
+    ]:
+        for line in (own_lines.get(key), template_lines.get(key)):
+            if line is not None and _line_value(line) == values[key]:
+                lines.append(line)
+                break
+        else:
+            flow = yaml.safe_dump(values[key], default_flow_style=True, width=200)
+            lines.append(f"  {key}: {flow.removesuffix(chr(10) + '...' + chr(10)).strip()}\n")
+    return "".join(lines)
+
+
 def apply_profile(
     name: str, params_path: Path = DEFAULT_PARAMS_PATH, profiles_dir: Path = PROFILES_DIR,
     train_values: dict[str, str] | None = None, comment: str = "",
 ) -> None:  # fmt: skip
-    """Replace params.yaml's model and train sections with the profile's, text and comments
-    included; `train_values` replace some of the train section's (profile --minutes)."""
-    profile_values(name, profiles_dir)  # refuse a broken profile before touching params.yaml
-    profile = split_sections(profile_path(name, profiles_dir).read_text())
-    if train_values:
-        profile["train"] = with_train_values(profile["train"], train_values, comment)
+    """Replace params.yaml's model and train sections with the profile's recipe, every key
+    written out; `train_values` replace some of the train section's (profile --minutes)."""
+    recipe = load_profile(name, profiles_dir)  # refuse a broken profile before touching params.yaml
     current = split_sections(read_params_text(Path(params_path)))
     for section in PROFILE_SECTIONS:
-        block = profile[section]
-        current[section] = block if block.endswith("\n\n") else block.rstrip("\n") + "\n\n"
+        values = {
+            k: v for k, v in dataclasses.asdict(getattr(recipe, section)).items() if v is not None
+        }
+        block = section_text(name, section, values, profiles_dir)
+        if section == "train" and train_values:
+            block = with_train_values(block, train_values, comment)
+        current[section] = block + "\n"
     text = "".join(current.values()).rstrip("\n") + "\n"
     try:
         params_from_dict(parse_yaml(text, str(params_path)))

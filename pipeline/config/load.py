@@ -1,13 +1,12 @@
 """Reading params: YAML (params.yaml, a profile, overrides) → `Params`, types and keys checked.
 
 An unknown key (with the closest known one) or a value of the wrong type is a `PipelineError`
-naming the key; ranges and the model-, schedule- and optimizer-specific keys are checked by the
-dataclasses (params.py). The `model` and `train` keys a params file leaves out are taken from the
-`default` profile (profiles/default.yaml, which params.yaml ships), and only those that the
-file's model, schedule and optimizer read; a model, schedule or optimizer the default profile
-does not use takes its own keys' defaults (params.py's MODEL_DEFAULTS, ...). So
-`dvc exp run -S model.name=seed_resnet` works: the keys of the model it replaces, left in
-params.yaml, are dropped with a warning that train prints. A profile must be complete and exact. `with_overrides` is the one way tests,
+naming the key; ranges are checked by the dataclasses (params.py, and each model's config in
+pipeline/models/). A key left out takes its default in code; the `model` section is the config
+of the model `model.name` names. A key that the chosen model, schedule or optimizer does not
+read is refused, except in params.yaml (`notes` given), where `dvc exp run -S model.name=X`
+leaves the old model's keys: there they are dropped, and `notes` (which train prints) says so.
+A profile holds what differs from the defaults. `with_overrides` is the one way tests,
 benchmarks and commands change some keys of a params mapping.
 """
 
@@ -16,7 +15,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import functools
 import math
 import types
 import typing
@@ -26,42 +24,36 @@ from typing import Any, Literal
 import yaml
 
 from pipeline.config.params import (
-    MODEL_DEFAULTS,
     OPTIMIZER_DEFAULTS,
     SCHEDULE_DEFAULTS,
-    ModelParams,
     Params,
     TrainParams,
-    conditional_keys,
-    with_later_model_keys,
+    not_read_message,
 )
 from pipeline.errors import PipelineError
 from pipeline.files import write_text_atomic
+from pipeline.models.registry import DEFAULT_MODEL, ModelConfig, model_entry, registered_models
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
-DEFAULT_PROFILE = "default"  # what params.yaml ships, and where missing recipe keys come from
 PROFILE_SECTIONS = ("model", "train")
-# the recipe sections: each key that picks a variant, and the keys each variant reads with
-# their defaults (a callable default is computed from the section's values)
-Choosers = tuple[tuple[str, dict[str, dict[str, Any]]], ...]
-RECIPES: dict[str, tuple[type, Choosers]] = {
-    "model": (ModelParams, (("name", MODEL_DEFAULTS),)),
-    "train": (TrainParams, (("schedule", SCHEDULE_DEFAULTS), ("optimizer", OPTIMIZER_DEFAULTS))),
-}
+# A recipe section's variants: each key that picks one, and the keys each choice reads with
+# their defaults (a callable default is computed from the section).
+Variants = tuple[tuple[str, dict[str, dict[str, Any]]], ...]
+TRAIN_VARIANTS: Variants = (("schedule", SCHEDULE_DEFAULTS), ("optimizer", OPTIMIZER_DEFAULTS))
 
 
-class _MissingKey(PipelineError):
-    """A recipe key set nowhere (a profile must set them all)."""
+def _variants(section: str) -> Variants:
+    if section == "model" or section.endswith(".student"):  # a model: each registered one's keys
+        return (("name", {n: m.own_defaults() for n, m in registered_models().items()}),)
+    return TRAIN_VARIANTS if section == "train" else ()
 
 
 def _describe(value: object) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
-def _convert(
-    value: Any, annotation: Any, key: str, defaults: dict | None, notes: list[str] | None = None
-) -> Any:
+def _convert(value: Any, annotation: Any, key: str, notes: list[str] | None = None) -> Any:
     """Check `value` against a field's annotation; ints are accepted where floats are expected."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):  # `X | None`: null is "not set"
@@ -72,9 +64,7 @@ def _convert(
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
             raise PipelineError(f"params: {key} must be a mapping, found {_describe(value)}")
-        if annotation is ModelParams:  # a distill.student written before a key was added
-            value = with_later_model_keys(value)
-        return _build(annotation, value, key + ".", defaults, notes)
+        return _build(annotation, value, key + ".", notes)
     if origin is Literal:
         choices = typing.get_args(annotation)
         if value not in choices:
@@ -84,10 +74,7 @@ def _convert(
         (item_type,) = typing.get_args(annotation)
         if not isinstance(value, list):
             raise PipelineError(f"params: {key} must be a list, found {_describe(value)}")
-        return [
-            _convert(item, item_type, f"{key}[{i}]", defaults, notes)
-            for i, item in enumerate(value)
-        ]
+        return [_convert(item, item_type, f"{key}[{i}]", notes) for i, item in enumerate(value)]
     if annotation is bool:
         if not isinstance(value, bool):
             raise PipelineError(f"params: {key} must be true or false, found {_describe(value)}")
@@ -112,79 +99,58 @@ def _convert(
         if not isinstance(value, str):
             raise PipelineError(f"params: {key} must be a string, found {_describe(value)}")
         return value
-    raise TypeError(f"unsupported annotation for {key}: {annotation}")
+    raise PipelineError(
+        f"params: {key} is declared as {annotation}, a type params cannot hold: use int, float, "
+        "bool, str, a Literal of strings, or a list of one of them"
+    )
 
 
-def _with_recipe_defaults(
-    section: str, values: dict, defaults: dict | None, notes: list[str] | None
-) -> dict:
-    """A recipe section's `values` completed for its model, schedule and optimizer. With
-    `defaults` (the default profile's sections: a params file, not a profile) the keys a switch
-    of variant left behind are dropped, and the new variant's missing keys take the default
-    profile's values when it has that variant, else the variant's own defaults (params.py);
-    `notes` gets a line for each. A key nothing gives stays missing, and `_build` names it."""
-    cls, choosers = RECIPES[section]
-    default_values = (defaults or {}).get(section, {})
+def _without_other_variants(
+    prefix: str, values: dict, variants: Variants, chosen_by_default: dict[str, Any],
+    notes: list[str] | None,
+) -> tuple[dict, list[str]]:  # fmt: skip
+    """`values` without the keys that their chosen model, schedule or optimizer does not read,
+    and the chosen ones' keys that `values` leaves out, if a choice is not the default one (the
+    defaults fill them; `notes` names them). Such a key that is set is refused, or, with
+    `notes` (params.yaml, where a switch left it), dropped with a note."""
     completed = dict(values)
-    dropped, filled, kept = [], [], []
-    variant_keys: dict[str, Any] = {}  # the chosen variants' keys: their defaults
-    own_defaults: set[str] = set()  # ... of those, the ones the variant's table gives (noted)
-    other_keys: set[str] = set()
-    for chooser, table in choosers:
-        chosen = completed.get(chooser, default_values.get(chooser))
-        reads = table.get(chosen, {})
-        others = conditional_keys(table) - set(reads)
+    dropped, kept, filled = [], [], []
+    for chooser, table in variants:
+        chosen = completed.get(chooser, chosen_by_default[chooser])
+        reads = table.get(chosen) if isinstance(chosen, str) else None
+        if reads is None:  # an unknown choice: the dataclass names it
+            continue
+        others = {key for keys in table.values() for key in keys} - set(reads)
         stale = sorted(key for key in others if completed.get(key) is not None)
-        if defaults is not None and notes is not None and stale:  # a switch left them, or a slip
+        if stale and notes is None:
+            raise PipelineError(not_read_message(prefix.rstrip("."), chooser, chosen, stale, table))
+        if stale:
             readers = {
-                key: " and ".join(name for name, keys in table.items() if key in keys)
-                for key in stale
+                key: " and ".join(n for n, keys in table.items() if key in keys) for key in stale
             }
             # keys both read, set in params.yaml: maybe the old choice's values (airnet's widths
             # for resnet_wide), kept, and named with the new choice's default
             kept += [
-                f"{section}.{key} {completed[key]} is kept (the default for {chosen}: {reads[key]})"
+                f"{prefix}{key} {completed[key]} is kept (the default for {chosen}: {reads[key]})"
                 for key in reads
                 if completed.get(key) is not None and not callable(reads[key])
                 and completed[key] != reads[key]
                 and any(key in keys and set(stale) & set(keys) for keys in table.values())
             ]  # fmt: skip
             dropped.append(
-                ", ".join(f"{section}.{key} ({readers[key]}'s)" for key in stale)
-                + f" {'is' if len(stale) == 1 else 'are'} not read by {section}.{chooser} "
-                f"'{chosen}'"
+                ", ".join(f"{prefix}{key} ({readers[key]}'s)" for key in stale)
+                + f" {'is' if len(stale) == 1 else 'are'} not read by {prefix}{chooser} '{chosen}'"
             )
-            for key in stale:
-                completed.pop(key)
-        if default_values.get(chooser) == chosen:  # the default profile's own variant
-            variant_keys |= {key: default_values.get(key, reads[key]) for key in reads}
-        else:
-            variant_keys |= reads
-            own_defaults |= set(reads)
-        other_keys |= others
-    for item in dataclasses.fields(cls):  # the keys every variant reads: the default profile's
-        name = item.name
-        own_key = name in other_keys or name in variant_keys
-        if name not in completed and not own_key and name in default_values:
-            completed[name] = copy.deepcopy(default_values[name])
-    if defaults is not None:
-        for key, default in variant_keys.items():
-            if completed.get(key) is None:
-                if callable(default):
-                    default = default(completed)
-                completed[key] = copy.deepcopy(default)
-                if key in own_defaults:
-                    filled.append(f"{section}.{key}={default}")
+        for key in others:
+            completed.pop(key, None)
+        if chosen != chosen_by_default[chooser]:
+            filled += [key for key in reads if completed.get(key) is None]
     if notes is not None and dropped:
         notes.append(
             f"warning: params: {'; '.join(dropped)}: ignored (left by a switch? delete them from "
             "params.yaml)" + "".join(f"; {line}" for line in kept)
         )
-    if notes is not None and filled:
-        notes.append(
-            f"params: not in params.yaml, so the chosen variant's defaults: {', '.join(filled)}"
-        )
-    return completed
+    return completed, filled
 
 
 def _unknown_key(prefix: str, key: object, known: set[str]) -> PipelineError:
@@ -200,61 +166,60 @@ def _unknown_key(prefix: str, key: object, known: set[str]) -> PipelineError:
     )
 
 
-def _build(
-    cls: type, values: dict[str, Any], prefix: str, defaults: dict | None,
-    notes: list[str] | None = None,
-) -> Any:  # fmt: skip
+def _build(cls: type, values: dict[str, Any], prefix: str, notes: list[str] | None = None) -> Any:
+    section = prefix.rstrip(".")
+    chosen_by_default: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(cls)}
+    if cls is ModelConfig:  # the config of the model `name` names
+        chosen_by_default["name"] = DEFAULT_MODEL
+        values = {"name": DEFAULT_MODEL} | values
+        cls = model_entry(values["name"], f"{prefix}name").config
+    variants = _variants(section) if cls is TrainParams or issubclass(cls, ModelConfig) else ()
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    own = {f.name for f in dataclasses.fields(cls)}
+    known = own | {key for _, table in variants for keys in table.values() for key in keys}
     for key in values:
         if key not in known:
             raise _unknown_key(prefix, key, known)
-    section = prefix.rstrip(".")
-    if cls is Params and defaults is not None:  # a missing recipe section: the default profile's
-        values = {name: {} for name in RECIPES} | values
-    kwargs, missing_key = {}, None
-    for key, value in values.items():
-        try:
-            kwargs[key] = _convert(value, hints[key], prefix + key, defaults, notes)
-        except _MissingKey as error:  # reported after every other section's own errors
-            missing_key = missing_key or error
-    if missing_key is not None:
-        raise missing_key
-    if section in RECIPES:
-        kwargs = _with_recipe_defaults(section, kwargs, defaults, notes)
-        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
-        missing = [name for name in required if name not in kwargs]
-        if missing:
-            where = (
-                "the profile" if defaults is None else f"params or the {DEFAULT_PROFILE} profile"
-            )
-            raise _MissingKey(f"params: {prefix}{missing[0]} is missing (set it in {where})")
-    required = [
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    missing = [name for name in required if name not in kwargs]
-    if missing:  # a nested recipe section (distill.student) is written whole
-        raise PipelineError(
-            f"params: {prefix}{missing[0]} is missing (the section is written whole)"
-        )
+    values, filled = _without_other_variants(prefix, values, variants, chosen_by_default, notes)
+    kwargs = {
+        key: _convert(value, hints[key], prefix + key, notes) for key, value in values.items()
+    }
     try:
-        return cls(**kwargs)
-    except PipelineError as error:  # ModelParams names its keys model.*: a student's are its own
-        if cls is ModelParams and prefix != "model.":
+        built = cls(**kwargs)
+    except (
+        PipelineError
+    ) as error:  # a model's checks name its keys model.*: a student's are its own
+        if issubclass(cls, ModelConfig) and prefix != "model.":
             raise PipelineError(str(error).replace("model.", prefix)) from None
         raise
+    except ValueError as error:  # a model file's own check
+        raise PipelineError(f"params: {section}: {error}") from None
+    if notes is not None and filled:
+        notes.append(
+            "params: not in params.yaml, so the chosen variant's defaults: "
+            + ", ".join(f"{prefix}{key}={getattr(built, key)}" for key in filled)
+        )
+    return built
 
 
 def params_from_dict(values: dict[str, Any], notes: list[str] | None = None) -> Params:
-    """`values` (params as plain data) checked and built; recipe keys left out are the default
-    profile's or the chosen variant's. Keys of another model, schedule or optimizer are refused;
-    with `notes` (params.yaml, which `dvc exp run -S model.name=X` leaves holding the old
-    model's keys) they are dropped, and `notes` gets a line for them and for the defaults."""
+    """`values` (params as plain data) checked and built; keys left out take their defaults.
+    Keys of another model, schedule or optimizer are refused; with `notes` (params.yaml, which
+    `dvc exp run -S model.name=X` leaves holding the old model's keys) they are dropped, and
+    `notes` gets a line for them and for the defaults taken."""
     if not isinstance(values, dict):
         raise PipelineError(f"params: expected a mapping of sections, found {_describe(values)}")
-    return _build(Params, values, "", default_profile_values(), notes)
+    return _build(Params, values, "", notes)
+
+
+def model_from_config(config: dict[str, Any]) -> ModelConfig:
+    """A model config saved as plain data (a checkpoint's), checked as params.yaml's `model`
+    section is: keys of another model are dropped, keys left out take their defaults."""
+    if not isinstance(config, dict):
+        raise PipelineError(f"params: model must be a mapping, found {_describe(config)}")
+    if "name" not in config:
+        raise PipelineError("params: model.name is missing")
+    return _build(ModelConfig, config, "model.", notes=[])
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -340,35 +305,23 @@ def profile_path(name: str, profiles_dir: Path = PROFILES_DIR) -> Path:
 
 
 def profile_values(name: str, profiles_dir: Path = PROFILES_DIR) -> dict[str, Any]:
-    """A profile's sections as plain data, checked: exactly model and train, each complete."""
+    """A profile's sections as plain data, checked: model and train, each what differs from
+    the defaults; a key its model or schedule does not read is refused."""
     path = profile_path(name, profiles_dir)
     values = _read_yaml(path) or {}
-    if not isinstance(values, dict) or sorted(values) != sorted(PROFILE_SECTIONS):
-        raise PipelineError(f"{path}: a profile holds exactly the sections {PROFILE_SECTIONS}")
+    if not isinstance(values, dict) or not set(values) <= set(PROFILE_SECTIONS):
+        raise PipelineError(f"{path}: a profile holds only the sections {PROFILE_SECTIONS}")
+    values = {section: values.get(section) or {} for section in PROFILE_SECTIONS}
     try:
-        _build(Params, values, "", defaults=None)  # complete: nothing filled in
+        _build(Params, values, "")
     except PipelineError as error:
         raise PipelineError(f"{path}: {error}") from None
     return values
 
 
 def load_profile(name: str, profiles_dir: Path = PROFILES_DIR) -> Params:
-    """The profile's sections, validated; every other section at its defaults."""
-    return _build(Params, profile_values(name, profiles_dir), "", defaults=None)
-
-
-@functools.cache
-def _default_profile_values() -> dict[str, Any]:
-    return profile_values(DEFAULT_PROFILE)
-
-
-def default_profile_values() -> dict[str, Any]:
-    """The default profile's sections (a copy): the defaults of every recipe key."""
-    return copy.deepcopy(_default_profile_values())
-
-
-def default_recipe() -> Params:
-    return load_profile(DEFAULT_PROFILE)
+    """The profile's sections over the defaults, validated; every other section at its defaults."""
+    return _build(Params, profile_values(name, profiles_dir), "")
 
 
 # --- overrides --------------------------------------------------------------------------------
@@ -393,10 +346,12 @@ def with_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[st
                 target[key] = with_overrides(target[key], value)
             else:
                 target[key] = copy.deepcopy(value)
-        for chooser, table in RECIPES[section][1] if section in RECIPES else ():
+        for chooser, table in _variants(section):
             if chooser in section_overrides:
                 reads = set(table.get(target[chooser], ()))
-                for key in conditional_keys(table) - reads - set(section_overrides):
+                for key in (
+                    {k for keys in table.values() for k in keys} - reads - set(section_overrides)
+                ):
                     target.pop(key, None)
     return merged
 

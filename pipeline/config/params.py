@@ -1,23 +1,31 @@
 """The params of each pipeline stage as frozen dataclasses, validated when built.
 
-Sections are named after the stages that read them (DVC's convention). A value of the wrong
-range is a `PipelineError` naming the key (load.py checks the types and unknown keys first).
+Sections are named after the stages that read them (DVC's convention). Every key has its default
+here, and the `model` section's are the chosen model's (pipeline/models/, by `model.name`); a
+profile (profiles/NAME.yaml) and params.yaml hold what differs. A value of the wrong range is a
+`PipelineError` naming the key (load.py checks the types and unknown keys first).
 
-`model` and `train` hold a recipe: their fields have no defaults here. A recipe comes whole
-from a profile (profiles/NAME.yaml); keys a params file leaves out are the `default` profile's
-(load.py), so "what is lr?" has one answer: params.yaml, and failing that profiles/default.yaml.
-Some keys are read by one model, schedule or optimizer only (`MODEL_KEYS`, `SCHEDULE_KEYS`,
-`OPTIMIZER_KEYS`): they must be
-set for it, and are refused for the others. A key that does nothing would still change dvc.lock
-and the resume key, and so retrain from scratch for nothing.
+Some train keys are read by one schedule or optimizer only (`SCHEDULE_DEFAULTS`,
+`OPTIMIZER_DEFAULTS`): the chosen one's take their defaults when not set, and another's are
+refused. A key that does nothing would still change dvc.lock and the resume key, and so retrain
+from scratch for nothing.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from pipeline.config.checks import (
+    MAX_EPOCHS,
+    MAX_MODEL_PARAMS,
+    require,
+    require_range,
+    require_seed,
+)
 from pipeline.errors import PipelineError
+from pipeline.models.registry import ModelConfig, default_model_config, model_entry
 
 COMPETITION_SLUG = "deep-learning-spring-2025-project-1"
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -26,43 +34,12 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 TtaPolicy = Literal["none", "flip", "flip_translate", "multicrop"]
 DeviceName = Literal["auto", "cpu", "cuda"]  # auto: CUDA when present, else the CPU
 
-# Upper bounds that keep a typo from exhausting memory or time before anything useful happens
-# (`train.epochs: 1e30` once built a 23.6 GB set of checkpoint epochs). Each is far above what
-# a CIFAR-10 run uses.
-SEED_LIMIT = 2**32  # seeds are in [0, 2^32): what numpy's and torch's generators accept alike
-MAX_EPOCHS = 10_000  # the longest published CIFAR-10 recipes run 1,800
 MAX_STEPS = 10**9  # train.max_steps
 MAX_BATCH_SIZE = 65_536  # images per batch; more than CIFAR-10's 60,000 images
 MAX_IMAGES = 1_000_000  # synthetic or held-out image counts (3 GB of uint8 at 32×32×3)
-MAX_MODEL_PARAMS = 100_000_000  # any budget, a teacher's too: 400 MB of float32 weights
-MAX_CHANNELS = 4096  # model.widths and model.base_width
 # train.low_res_pixels: an airnet's feature map after its last group is then still 1×1 or more
 MIN_LOW_RES_PIXELS = 16
-MAX_BLOCKS = 256  # residual blocks per stage
-MAX_RESIDUAL_CONVS = 16  # airnet: residual convs per group
 MAX_PROCESSES = 1024  # train.nproc
-
-# The keys each model reads besides name and max_params (engine/models.py builds them), with
-# the values a params file switched to it without them takes (`dvc exp run -S model.name=X`):
-# the seed profile's seed_resnet, the default profile's airnet, WRN-16-4 (2,776,906 params).
-MODEL_DEFAULTS: dict[str, dict[str, object]] = {
-    "seed_resnet": {"base_width": 32, "blocks": [4, 4, 3], "dropout": 0.17},
-    "airnet": {"widths": [128, 304, 304], "residual": True, "whiten_bias_epochs": 0,
-               "residual_convs": 1},
-    "resnet_wide": {"widths": [64, 128, 256], "blocks": [2, 2, 2], "dropout": 0.0},
-}  # fmt: skip
-MODEL_KEYS: dict[str, tuple[str, ...]] = {name: tuple(d) for name, d in MODEL_DEFAULTS.items()}
-# Model keys added after models were saved and sections written without them: the value that
-# means "as before" (airnet had no whitening bias, and one residual conv per group when
-# residual). Old checkpoints and distill.student sections that lack one read it so.
-LATER_MODEL_KEYS: dict[str, dict[str, object]] = {
-    "airnet": {"whiten_bias_epochs": 0, "residual_convs": 1}
-}
-
-
-def with_later_model_keys(config: dict) -> dict:
-    """A model section or checkpoint config with the keys its model gained later, as before."""
-    return LATER_MODEL_KEYS.get(config.get("name"), {}) | config
 
 
 def milestones_within(epochs: int, positions: list[float]) -> list[int]:
@@ -78,80 +55,52 @@ def default_milestones(epochs: int) -> list[int]:
     return milestones_within(epochs, [epochs * share for share in (0.45, 0.9)])
 
 
-def _default_milestones_of(train: dict) -> list[int]:
-    return default_milestones(train["epochs"])
+def _default_milestones_of(train: TrainParams) -> list[int]:
+    return default_milestones(train.epochs)
 
 
-# The keys each learning-rate schedule reads (engine/schedule.py), with the values a params file
-# switched to it without them takes: the seed profile's multistep (milestones follow
-# train.epochs: a callable default is computed from the section's values), the default
-# profile's onecycle.
+# The keys each learning-rate schedule reads (engine/schedule.py), with the values they take when
+# not set: the seed profile's multistep (milestones follow train.epochs: a callable default is
+# computed from the section), onecycle as airbench94 (the defaults' schedule).
 SCHEDULE_DEFAULTS: dict[str, dict[str, object]] = {
     "multistep": {"milestones": _default_milestones_of, "gamma": 0.1},
     "cosine": {},
     "onecycle": {"warmup_fraction": 0.23, "lr_start_factor": 0.2, "lr_end_factor": 0.07},
     "constant": {},
 }
-SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {k: tuple(d) for k, d in SCHEDULE_DEFAULTS.items()}
-# Models whose convs do not all feed a BatchNorm: Muon's fixed filter norms would change them.
-MUON_REFUSED_MODELS = ("resnet_wide",)
 # The keys each optimizer reads besides lr, momentum, nesterov, weight_decay (engine/optim.py),
-# with the values a params file switched to it without them takes (BENCHMARKS.md's muon runs).
+# with the values they take when not set (BENCHMARKS.md's muon runs).
 OPTIMIZER_DEFAULTS: dict[str, dict[str, object]] = {
     "sgd": {},
     "muon": {"muon_lr": 0.24, "muon_momentum": 0.6},
 }
-OPTIMIZER_KEYS: dict[str, tuple[str, ...]] = {k: tuple(d) for k, d in OPTIMIZER_DEFAULTS.items()}
 
 
-def _require(condition: bool, key: str, expected: str, found: object) -> None:
-    if not condition:
-        raise PipelineError(f"params: {key} must be {expected}, found {found!r}")
+def not_read_message(
+    section: str, chooser: str, chosen: str, keys: list[str], table: dict[str, dict]
+) -> str:
+    """Why `keys` of `section` are refused: `section.chooser` `chosen` does not read them."""
+    readers = "; ".join(
+        f"{key}: only by {', '.join(name for name, read in table.items() if key in read)}"
+        for key in keys
+    )
+    one = len(keys) == 1
+    return (
+        f"params: {', '.join(f'{section}.{key}' for key in keys)} {'is' if one else 'are'} not "
+        f"read by {section}.{chooser} '{chosen}' ({readers}); remove {'it' if one else 'them'}: "
+        "a key that does nothing would still retrain"
+    )
 
 
-def _require_range(value: float, key: str, low: float, high: float) -> None:
-    """`low <= value <= high`, in words that name both ends."""
-    _require(low <= value <= high, key, f"in [{low:,}, {high:,}]", value)
-
-
-def _require_seed(value: int, key: str) -> None:
-    _require(0 <= value < SEED_LIMIT, key, "in [0, 2^32)", value)
-
-
-def conditional_keys(table: dict[str, tuple[str, ...]]) -> set[str]:
-    return {key for keys in table.values() for key in keys}
-
-
-def check_conditional_keys(
-    section: object, prefix: str, chooser: str, table: dict[str, tuple[str, ...]]
-) -> None:
-    """The keys `table` gives the chosen `chooser` value are set; the other choices' are not.
-    Every offending key is named at once, so switching a model or schedule is one edit."""
+def check_variant_keys(section: object, prefix: str, chooser: str, table: dict[str, dict]) -> None:
+    """No key of a variant other than the chosen `chooser` value is set; every one is named at
+    once, so switching a schedule is one edit."""
     chosen = getattr(section, chooser)
-    reads = table.get(chosen, ())
-    keys = sorted(conditional_keys(table))
-    missing = [key for key in keys if key in reads and getattr(section, key) is None]
-    ignored = [key for key in keys if key not in reads and getattr(section, key) is not None]
-    problems = []
+    reads = table.get(chosen, {})
+    others = sorted({key for keys in table.values() for key in keys} - set(reads))
+    ignored = [key for key in others if getattr(section, key) is not None]
     if ignored:
-        readers = "; ".join(
-            f"{key}: only by {', '.join(name for name, read in table.items() if key in read)}"
-            for key in ignored
-        )
-        problems.append(
-            f"{', '.join(f'{prefix}.{key}' for key in ignored)} "
-            f"{'is' if len(ignored) == 1 else 'are'} not read by {prefix}.{chooser} '{chosen}' "
-            f"({readers}); remove {'it' if len(ignored) == 1 else 'them'}: a key that does "
-            "nothing would still retrain"
-        )
-    if missing:
-        listed = ", ".join(f"{prefix}.{key}" for key in missing)
-        problems.append(
-            f"{listed} {'is' if len(missing) == 1 else 'are'} missing: {prefix}.{chooser} "
-            f"'{chosen}' reads {'it' if len(missing) == 1 else 'them'}"
-        )
-    if problems:
-        raise PipelineError("params: " + "; and ".join(problems))
+        raise PipelineError(not_read_message(prefix, chooser, chosen, ignored, table))
 
 
 def equal_share_problem(batch_size: int, drop_last: bool, processes: int) -> str | None:
@@ -178,8 +127,8 @@ class SyntheticParams:
 
     def __post_init__(self) -> None:
         for name in ("train_images", "val_images", "custom_test_images"):
-            _require_range(getattr(self, name), f"data.synthetic.{name}", 10, MAX_IMAGES)
-        _require_seed(self.seed, "data.synthetic.seed")
+            require_range(getattr(self, name), f"data.synthetic.{name}", 10, MAX_IMAGES)
+        require_seed(self.seed, "data.synthetic.seed")
 
 
 @dataclass(frozen=True)
@@ -202,8 +151,8 @@ class PrepareParams:
     train_on_test_batch: bool = False
 
     def __post_init__(self) -> None:
-        _require_range(self.holdout_images, "prepare.holdout_images", 10, MAX_IMAGES)
-        _require_seed(self.seed, "prepare.seed")
+        require_range(self.holdout_images, "prepare.holdout_images", 10, MAX_IMAGES)
+        require_seed(self.seed, "prepare.seed")
         if self.train_on_test_batch and self.val == "test_batch":
             raise PipelineError(
                 "params: prepare.train_on_test_batch needs prepare.val: holdout (test_batch "
@@ -211,59 +160,7 @@ class PrepareParams:
             )
 
 
-@dataclass(frozen=True)
-class ModelParams:
-    """A model: its name, the budget, and the keys that name reads (MODEL_KEYS; the rest None)."""
-
-    name: str  # seed_resnet | airnet | resnet_wide (engine/models.py describes each)
-    max_params: int  # the competition's cap on trainable parameters
-    base_width: int | None = None  # seed_resnet: channels of the first stage (32 → 64 → 128)
-    blocks: list[int] | None = None  # seed_resnet, resnet_wide: residual blocks per stage
-    dropout: float | None = None  # seed_resnet, resnet_wide: inside each residual block
-    widths: list[int] | None = None  # airnet, resnet_wide: channels per stage
-    residual: bool | None = None  # airnet: a third conv per group, added to the group's output
-    # airnet: epochs the whitening conv's bias learns (then it is frozen); 0: the conv has none.
-    # A model key, as it decides whether the model has that bias at all.
-    whiten_bias_epochs: int | None = None
-    # airnet with residual: true: convs added to each group's output one after another
-    # (x + GELU(BN(conv(x))) each); 1: the residual airnet's third conv
-    residual_convs: int | None = None
-
-    def __post_init__(self) -> None:
-        _require_range(self.max_params, "model.max_params", 1, MAX_MODEL_PARAMS)
-        if self.base_width is not None:
-            _require_range(self.base_width, "model.base_width", 1, MAX_CHANNELS)
-        if self.blocks is not None:
-            _require(
-                1 <= len(self.blocks) <= 8 and all(1 <= b <= MAX_BLOCKS for b in self.blocks),
-                "model.blocks", f"1 to 8 block counts, each in [1, {MAX_BLOCKS}]", self.blocks,
-            )  # fmt: skip
-        if self.dropout is not None:
-            _require(0.0 <= self.dropout < 1.0, "model.dropout", "in [0, 1)", self.dropout)
-        if self.widths is not None:
-            _require(
-                len(self.widths) == 3 and all(1 <= w <= MAX_CHANNELS for w in self.widths),
-                "model.widths", f"three channel counts, each in [1, {MAX_CHANNELS}]", self.widths,
-            )  # fmt: skip
-        if self.whiten_bias_epochs is not None:
-            _require_range(self.whiten_bias_epochs, "model.whiten_bias_epochs", 0, MAX_EPOCHS)
-        if self.residual_convs is not None:
-            _require_range(self.residual_convs, "model.residual_convs", 1, MAX_RESIDUAL_CONVS)
-            _require(
-                self.residual or self.residual_convs == 1, "model.residual_convs",
-                "1 unless model.residual is true (a plain airnet adds no convs)",
-                self.residual_convs,
-            )  # fmt: skip
-        if self.name == "resnet_wide" and self.blocks is not None and self.widths is not None:
-            _require(
-                len(self.blocks) == len(self.widths), "model.blocks",
-                f"one block count per width ({len(self.widths)}) for resnet_wide", self.blocks,
-            )  # fmt: skip
-        if self.name in MODEL_KEYS:  # an unknown name is build_model's error, listing the known
-            check_conditional_keys(self, "model", "name", MODEL_KEYS)
-
-
-def with_teacher_budget(model: ModelParams, teacher_max_params: int) -> ModelParams:
+def with_teacher_budget(model: ModelConfig, teacher_max_params: int) -> ModelConfig:
     """The model train builds: a teacher that distill shrinks may be larger than
     model.max_params, up to distill.teacher_max_params."""
     return replace(model, max_params=max(model.max_params, teacher_max_params))
@@ -271,53 +168,60 @@ def with_teacher_budget(model: ModelParams, teacher_max_params: int) -> ModelPar
 
 @dataclass(frozen=True)
 class TrainParams:
-    """A training recipe; the schedule's and optimizer's own keys (SCHEDULE_KEYS,
-    OPTIMIZER_KEYS) are None for the others."""
+    """A training recipe, airbench94's scaled to 200 epochs by default; the chosen schedule's
+    and optimizer's own keys take their defaults when left unset (None), and the others'
+    stay None."""
 
-    device: DeviceName
-    seed: int
-    epochs: int
-    max_steps: int  # stop after this many optimizer steps (mid-epoch too); 0: all epochs
-    batch_size: int  # images per optimizer step
-    drop_last: bool  # skip each epoch's last partial batch (one shape: no recompiles)
+    device: DeviceName = "auto"
+    seed: int = 0
+    epochs: int = 200
+    max_steps: int = 0  # stop after this many optimizer steps (mid-epoch too); 0: all epochs
+    batch_size: int = 512  # images per optimizer step
+    drop_last: bool = True  # skip each epoch's last partial batch (one shape: no recompiles)
     # sgd: Nesterov SGD for every param; muon: Muon for conv filters, SGD for the rest
-    optimizer: Literal["sgd", "muon"]
-    lr: float  # peak learning rate, for the mean loss over batch_size images
-    momentum: float
-    nesterov: bool
-    weight_decay: float  # coupled (PyTorch SGD): each step shrinks weights by lr × this
-    bias_lr_scale: float  # lr multiplier for BatchNorm and bias params; their decay per step stays
-    schedule: Literal["multistep", "cosine", "onecycle", "constant"]
-    crop_padding: int  # pixels of padding before the random 32×32 crop; 0 disables
-    pad_mode: Literal["zeros", "reflect"]  # the seed used torchvision's zero fill
-    flip: Literal["none", "random", "alternating"]  # alternating: each image every other epoch
-    cutout: int  # side in pixels of a square zeroed at a random place; 0 disables
+    optimizer: Literal["sgd", "muon"] = "sgd"
+    lr: float = 0.75  # peak learning rate, for the mean loss over batch_size images
+    momentum: float = 0.85
+    nesterov: bool = True
+    weight_decay: float = 0.00133  # coupled (PyTorch SGD): each step shrinks weights by lr × this
+    # lr multiplier for BatchNorm and bias params; their decay per step stays
+    bias_lr_scale: float = 64.0
+    schedule: Literal["multistep", "cosine", "onecycle", "constant"] = "onecycle"
+    crop_padding: int = 2  # pixels of padding before the random 32×32 crop; 0 disables
+    pad_mode: Literal["zeros", "reflect"] = "reflect"  # the seed used torchvision's zero fill
+    # alternating: each image every other epoch
+    flip: Literal["none", "random", "alternating"] = "alternating"
+    cutout: int = 0  # side in pixels of a square zeroed at a random place; 0 disables
     # the run's first steps train on batches downscaled (antialiased bilinear) to this side in
     # pixels, the rest at 32: cheaper early steps; 0: every step at 32
-    low_res_pixels: int
-    low_res_fraction: float  # the share of the run's steps at low_res_pixels, from the first
-    mixup_alpha: float  # Beta(α, α) mixing of image pairs; 0 disables
-    cutmix_alpha: float  # Beta(α, α) box pasting between image pairs; 0 disables
+    low_res_pixels: int = 0
+    low_res_fraction: float = 0.0  # the share of the run's steps at low_res_pixels, from the first
+    mixup_alpha: float = 0.0  # Beta(α, α) mixing of image pairs; 0 disables
+    cutmix_alpha: float = 0.0  # Beta(α, α) box pasting between image pairs; 0 disables
     # torchvision's TrivialAugmentWide, AutoAugment (CIFAR-10 policy) or RandAugment, per group
-    augment_policy: Literal["none", "trivial", "autoaugment", "randaugment"]
-    label_smoothing: float
-    ema_decay: float  # timm ModelEmaV3 of the weights, updated every step; 0 disables
-    lookahead: bool  # airbench's Lookahead: every 5 steps the weights move toward their average
-    mixed_precision: bool  # autocast in autocast_dtype (BatchNorm params and stats stay fp32)
+    augment_policy: Literal["none", "trivial", "autoaugment", "randaugment"] = "trivial"
+    label_smoothing: float = 0.2
+    ema_decay: float = 0.999  # timm ModelEmaV3 of the weights, updated every step; 0 disables
+    # airbench's Lookahead: every 5 steps the weights move toward their average
+    lookahead: bool = False
+    # autocast in autocast_dtype (BatchNorm params and stats stay fp32)
+    mixed_precision: bool = True
     # the training set on the device: float32 normalised once, or uint8 (a quarter of the
     # memory) normalised batch by batch, to the same values
-    images_on_device: Literal["float32", "uint8"]
+    images_on_device: Literal["float32", "uint8"] = "float32"
     # mixed_precision's dtype for every stage that runs the model; auto: bfloat16 on GPUs of
     # compute capability 8.0 and up, float16 below (a T4, a V100), float32 on the CPU; float16
     # adds a loss scaler (torch.amp.GradScaler) against underflow (engine/device.py)
-    autocast_dtype: Literal["auto", "bfloat16", "float16"]
-    deterministic: bool  # CUDA: deterministic algorithms only (slower); CPU always is
-    nproc: int  # processes (one per GPU) under torchrun; batch_size stays the global batch
-    sync_batchnorm: bool  # nproc > 1 on CUDA: BatchNorm statistics over the global batch
-    compile: Literal["auto", "always", "never"]  # torch.compile; auto: GPUs Triton supports (7.0+)
-    checkpoint_every: int  # epochs between checkpoints; the last epoch is always saved
-    eval_batch_size: int
-    eval_tta: Literal["none", "flip", "flip_translate"]  # views for the per-epoch val accuracy
+    autocast_dtype: Literal["auto", "bfloat16", "float16"] = "auto"
+    deterministic: bool = False  # CUDA: deterministic algorithms only (slower); CPU always is
+    nproc: int = 1  # processes (one per GPU) under torchrun; batch_size stays the global batch
+    sync_batchnorm: bool = False  # nproc > 1 on CUDA: BatchNorm statistics over the global batch
+    # torch.compile; auto: GPUs Triton supports (7.0+)
+    compile: Literal["auto", "always", "never"] = "auto"
+    checkpoint_every: int = 20  # epochs between checkpoints; the last epoch is always saved
+    eval_batch_size: int = 1000
+    # views for the per-epoch val accuracy
+    eval_tta: Literal["none", "flip", "flip_translate"] = "none"
     milestones: list[int] | None = None  # multistep: epochs where the lr is multiplied by gamma
     gamma: float | None = None  # multistep: lr factor at each milestone
     warmup_fraction: float | None = None  # onecycle: share of the steps rising to the peak lr
@@ -330,40 +234,43 @@ class TrainParams:
     collective_timeout_minutes: float = 30.0
 
     def __post_init__(self) -> None:
-        _require_seed(self.seed, "train.seed")
-        _require_range(self.collective_timeout_minutes, "train.collective_timeout_minutes", 1, 1440)
-        _require_range(self.epochs, "train.epochs", 1, MAX_EPOCHS)
-        _require_range(self.max_steps, "train.max_steps", 0, MAX_STEPS)
-        _require_range(self.batch_size, "train.batch_size", 1, MAX_BATCH_SIZE)
-        _require(self.lr > 0, "train.lr", "positive", self.lr)
-        _require(0 <= self.momentum < 1, "train.momentum", "in [0, 1)", self.momentum)
-        _require(self.weight_decay >= 0, "train.weight_decay", "non-negative", self.weight_decay)
-        _require(self.bias_lr_scale > 0, "train.bias_lr_scale", "positive", self.bias_lr_scale)
+        require_seed(self.seed, "train.seed")
+        require_range(self.collective_timeout_minutes, "train.collective_timeout_minutes", 1, 1440)
+        require_range(self.epochs, "train.epochs", 1, MAX_EPOCHS)
+        require_range(self.max_steps, "train.max_steps", 0, MAX_STEPS)
+        require_range(self.batch_size, "train.batch_size", 1, MAX_BATCH_SIZE)
+        require(self.lr > 0, "train.lr", "positive", self.lr)
+        require(0 <= self.momentum < 1, "train.momentum", "in [0, 1)", self.momentum)
+        require(self.weight_decay >= 0, "train.weight_decay", "non-negative", self.weight_decay)
+        require(self.bias_lr_scale > 0, "train.bias_lr_scale", "positive", self.bias_lr_scale)
+        for chooser, table in (("schedule", SCHEDULE_DEFAULTS), ("optimizer", OPTIMIZER_DEFAULTS)):
+            for key, default in table.get(getattr(self, chooser), {}).items():
+                if getattr(self, key) is None:  # not set: the chosen variant's default
+                    value = default(self) if callable(default) else copy.deepcopy(default)
+                    object.__setattr__(self, key, value)
         if self.milestones is not None:
-            _require(
+            require(
                 all(1 <= m <= MAX_EPOCHS for m in self.milestones),
                 "train.milestones", f"epochs in [1, {MAX_EPOCHS:,}]", self.milestones,
             )  # fmt: skip
         if self.gamma is not None:
-            _require(0 < self.gamma <= 1, "train.gamma", "in (0, 1]", self.gamma)
+            require(0 < self.gamma <= 1, "train.gamma", "in (0, 1]", self.gamma)
         if self.warmup_fraction is not None:
-            _require(
+            require(
                 0 <= self.warmup_fraction < 1,
                 "train.warmup_fraction", "in [0, 1)", self.warmup_fraction,
             )  # fmt: skip
         for name in ("lr_start_factor", "lr_end_factor"):
             value = getattr(self, name)
             if value is not None:
-                _require(0 <= value <= 1, f"train.{name}", "in [0, 1]", value)
-        _require(
-            0 <= self.crop_padding <= 16, "train.crop_padding", "in [0, 16]", self.crop_padding
-        )
-        _require(0 <= self.cutout <= 32, "train.cutout", "in [0, 32]", self.cutout)
-        _require(
+                require(0 <= value <= 1, f"train.{name}", "in [0, 1]", value)
+        require(0 <= self.crop_padding <= 16, "train.crop_padding", "in [0, 16]", self.crop_padding)
+        require(0 <= self.cutout <= 32, "train.cutout", "in [0, 32]", self.cutout)
+        require(
             self.low_res_pixels == 0 or MIN_LOW_RES_PIXELS <= self.low_res_pixels < 32,
             "train.low_res_pixels", f"0 or in [{MIN_LOW_RES_PIXELS}, 31]", self.low_res_pixels,
         )  # fmt: skip
-        _require(
+        require(
             0 <= self.low_res_fraction < 1,
             "train.low_res_fraction", "in [0, 1)", self.low_res_fraction,
         )  # fmt: skip
@@ -375,26 +282,26 @@ class TrainParams:
             )
         for name in ("mixup_alpha", "cutmix_alpha"):
             value = getattr(self, name)
-            _require(value >= 0, f"train.{name}", "non-negative", value)
-        _require(
+            require(value >= 0, f"train.{name}", "non-negative", value)
+        require(
             0 <= self.label_smoothing < 1,
             "train.label_smoothing", "in [0, 1)", self.label_smoothing,
         )  # fmt: skip
-        _require(0 <= self.ema_decay < 1, "train.ema_decay", "in [0, 1)", self.ema_decay)
-        _require_range(self.checkpoint_every, "train.checkpoint_every", 1, MAX_EPOCHS)
-        _require_range(self.eval_batch_size, "train.eval_batch_size", 1, MAX_BATCH_SIZE)
-        _require_range(self.nproc, "train.nproc", 1, MAX_PROCESSES)
+        require(0 <= self.ema_decay < 1, "train.ema_decay", "in [0, 1)", self.ema_decay)
+        require_range(self.checkpoint_every, "train.checkpoint_every", 1, MAX_EPOCHS)
+        require_range(self.eval_batch_size, "train.eval_batch_size", 1, MAX_BATCH_SIZE)
+        require_range(self.nproc, "train.nproc", 1, MAX_PROCESSES)
         problem = equal_share_problem(self.batch_size, self.drop_last, self.nproc)
         if problem:
             raise PipelineError(f"params: {problem}")
         if self.muon_lr is not None:
-            _require(self.muon_lr > 0, "train.muon_lr", "positive", self.muon_lr)
+            require(self.muon_lr > 0, "train.muon_lr", "positive", self.muon_lr)
         if self.muon_momentum is not None:
-            _require(
+            require(
                 0 <= self.muon_momentum < 1, "train.muon_momentum", "in [0, 1)", self.muon_momentum
             )
-        check_conditional_keys(self, "train", "schedule", SCHEDULE_KEYS)
-        check_conditional_keys(self, "train", "optimizer", OPTIMIZER_KEYS)
+        check_variant_keys(self, "train", "schedule", SCHEDULE_DEFAULTS)
+        check_variant_keys(self, "train", "optimizer", OPTIMIZER_DEFAULTS)
         if self.autocast_dtype == "float16" and not self.mixed_precision:
             raise PipelineError(
                 "params: train.autocast_dtype float16 does nothing with train.mixed_precision "
@@ -419,9 +326,9 @@ class SelectParams:
     tta_fraction: float = 1.0
 
     def __post_init__(self) -> None:
-        _require_range(self.batch_size, "select.batch_size", 1, MAX_BATCH_SIZE)
-        _require(0 < self.tta_fraction <= 1, "select.tta_fraction", "in (0, 1]", self.tta_fraction)
-        _require(
+        require_range(self.batch_size, "select.batch_size", 1, MAX_BATCH_SIZE)
+        require(0 < self.tta_fraction <= 1, "select.tta_fraction", "in (0, 1]", self.tta_fraction)
+        require(
             len(self.tta_policies) >= 1,
             "select.tta_policies", "a non-empty list", self.tta_policies,
         )  # fmt: skip
@@ -440,7 +347,7 @@ class AdaptParams:
 
     def __post_init__(self) -> None:
         if self.prior:
-            _require(
+            require(
                 len(self.prior) == 10 and all(share > 0 for share in self.prior),
                 "adapt.prior", "[] (uniform) or ten positive class shares", self.prior,
             )  # fmt: skip
@@ -468,19 +375,17 @@ class DistillParams:
     # 0: model.max_params. Whether a larger teacher is allowed is the course's rule, not ours.
     teacher_max_params: int = 0
     # the student's model section (name, max_params, its keys); null: the `model` section's
-    student: ModelParams | None = None
+    student: ModelConfig | None = None
 
     def __post_init__(self) -> None:
-        _require(0 <= self.rounds <= 10, "distill.rounds", "in [0, 10]", self.rounds)
-        _require(
-            0 < self.temperature <= 100, "distill.temperature", "in (0, 100]", self.temperature
-        )
-        _require(0 <= self.kd_weight <= 100, "distill.kd_weight", "in [0, 100]", self.kd_weight)
-        _require(
+        require(0 <= self.rounds <= 10, "distill.rounds", "in [0, 10]", self.rounds)
+        require(0 < self.temperature <= 100, "distill.temperature", "in (0, 100]", self.temperature)
+        require(0 <= self.kd_weight <= 100, "distill.kd_weight", "in [0, 100]", self.kd_weight)
+        require(
             0 <= self.confidence_threshold < 1,
             "distill.confidence_threshold", "in [0, 1)", self.confidence_threshold,
         )  # fmt: skip
-        _require_range(self.teacher_max_params, "distill.teacher_max_params", 0, MAX_MODEL_PARAMS)
+        require_range(self.teacher_max_params, "distill.teacher_max_params", 0, MAX_MODEL_PARAMS)
 
 
 @dataclass(frozen=True)
@@ -492,28 +397,16 @@ class PredictParams:
     tta_fraction: float = 1.0  # as select.tta_fraction, for the custom test set
 
     def __post_init__(self) -> None:
-        _require_range(self.batch_size, "predict.batch_size", 1, MAX_BATCH_SIZE)
-        _require(0 < self.tta_fraction <= 1, "predict.tta_fraction", "in (0, 1]", self.tta_fraction)
-
-
-def _default_model() -> ModelParams:
-    from pipeline.config.load import default_recipe  # the default profile: load.py reads it
-
-    return default_recipe().model
-
-
-def _default_train() -> TrainParams:
-    from pipeline.config.load import default_recipe
-
-    return default_recipe().train
+        require_range(self.batch_size, "predict.batch_size", 1, MAX_BATCH_SIZE)
+        require(0 < self.tta_fraction <= 1, "predict.tta_fraction", "in (0, 1]", self.tta_fraction)
 
 
 @dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     prepare: PrepareParams = field(default_factory=PrepareParams)
-    model: ModelParams = field(default_factory=_default_model)  # profiles/default.yaml's
-    train: TrainParams = field(default_factory=_default_train)
+    model: ModelConfig = field(default_factory=default_model_config)  # pipeline/models/airnet.py
+    train: TrainParams = field(default_factory=TrainParams)
     select: SelectParams = field(default_factory=SelectParams)
     adapt: AdaptParams = field(default_factory=AdaptParams)
     distill: DistillParams = field(default_factory=DistillParams)
@@ -544,12 +437,12 @@ class Params:
             )
         if self.train.optimizer == "muon":
             for where, model in (("model", self.model), ("distill.student", student)):
-                if model is not None and model.name in MUON_REFUSED_MODELS:
+                if model is not None and not model_entry(model.name).muon_compatible:
                     raise PipelineError(
                         f"params: train.optimizer muon fixes each conv filter's norm, which only "
                         f"a BatchNorm after the conv makes harmless; {where}.name "
-                        f"'{model.name}' adds conv outputs unnormalised (pre-activation blocks): "
-                        "use train.optimizer sgd or another model"
+                        f"'{model.name}' adds conv outputs unnormalised (its file says "
+                        "muon_compatible=False): use train.optimizer sgd or another model"
                     )
         if student is not None and student.max_params > self.model.max_params:
             raise PipelineError(

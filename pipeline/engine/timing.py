@@ -17,17 +17,18 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.config.params import (
-    ModelParams,
     PrepareParams,
     TrainParams,
     milestones_within,
 )
 from pipeline.engine.augment import augment_batch, augment_state, downscaled
 from pipeline.engine.device import choose_precision
-from pipeline.engine.models import WHITENING_IMAGES, build_model
+from pipeline.engine.models import build_model
 from pipeline.engine.optim import compiled, make_optimizer, optimizer_step
 from pipeline.engine.schedule import steps_per_epoch
 from pipeline.engine.tta import predict_logits
+from pipeline.models.airnet import WHITENING_IMAGES
+from pipeline.models.registry import ModelConfig
 
 UNTIMED_STEPS = 3  # compile, autotuning, allocator warm-up
 TIMED_STEPS = 5  # optimizer steps timed (their median counts)
@@ -168,7 +169,7 @@ class TrainingEstimate:
 
 
 def estimate_training(
-    model_params: ModelParams, params: TrainParams, device: torch.device, train_images: int,
+    model_params: ModelConfig, params: TrainParams, device: torch.device, train_images: int,
     val_images: int,
 ) -> TrainingEstimate:  # fmt: skip
     """Time `params`' steps of `model_params`' model on `device`, at its own batch size, with

@@ -23,12 +23,7 @@ import torch
 from torch import nn
 
 from pipeline.classes import CIFAR10_CLASS_NAMES
-from pipeline.config.params import (
-    MODEL_KEYS,
-    ModelParams,
-    conditional_keys,
-    with_later_model_keys,
-)
+from pipeline.config.load import model_from_config
 from pipeline.engine.models import (
     Ensemble,
     build_model,
@@ -38,6 +33,7 @@ from pipeline.engine.models import (
 from pipeline.engine.tta import TTA_POLICIES
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path
+from pipeline.models.registry import ModelConfig
 
 REQUIRED_KEYS = ("model_state", "model_config", "epoch", "val_accuracy", "normalization")
 MEMBER_KEYS = ("name", "source", "md5", "model_config", "model_state", "model_params")
@@ -97,7 +93,7 @@ class Member:
     name: str  # the models/ensemble/NAME.pt it was
     source: dict | None  # where `ensemble add` took it from: a file and md5, or a revision
     md5: str | None  # of its models/ensemble file
-    model_config: dict  # ModelParams as plain data
+    model_config: dict  # the model's config (pipeline/models/) as plain data
     model_state: dict[str, torch.Tensor]
     model_params: int | None  # trainable parameters
 
@@ -109,7 +105,9 @@ class Member:
 @dataclass(frozen=True)
 class Checkpoint:
     model_state: dict[str, torch.Tensor]  # the raw weights; best.pt: the weights select chose
-    model_config: dict  # ModelParams as plain data, to rebuild the model by name
+    model_config: (
+        dict  # the model's config (pipeline/models/) as plain data, to rebuild the model by name
+    )
     epoch: int  # 1-based, after which it was written
     val_accuracy: float  # of the raw weights, under train.eval_tta, at that epoch
     normalization: dict[str, list[float]]  # {"mean", "std"} of the training set, 0–1 scale
@@ -233,15 +231,15 @@ def model_from_checkpoint(path: Path, record: dict[str, Any]) -> nn.Module:
     return Checkpoint.from_dict(record, path).model(path)
 
 
-def model_params_from_config(where: object, config: dict) -> ModelParams:
-    """A checkpoint's model_config as ModelParams. Keys its model does not read are dropped:
-    checkpoints written before such keys were refused still carry them."""
-    ignored = conditional_keys(MODEL_KEYS) - set(MODEL_KEYS.get(config.get("name"), ()))
-    config = with_later_model_keys(config)
+def model_params_from_config(where: object, config: dict) -> ModelConfig:
+    """A checkpoint's model_config, checked as params.yaml's model section is. Keys of another
+    model are dropped (checkpoints from before each model had its own config carry them all),
+    and keys its model gained later take their defaults, which mean "as before"."""
     try:
-        return ModelParams(**{key: value for key, value in config.items() if key not in ignored})
-    except (TypeError, PipelineError) as error:
-        raise PipelineError(f"{where}: checkpoint's model_config is not valid ({error})") from None
+        return model_from_config(config)
+    except PipelineError as error:
+        detail = str(error).removeprefix("params: ")
+        raise PipelineError(f"{where}: checkpoint's model_config is not valid ({detail})") from None
 
 
 def build_from_config(where: object, config: dict, state: dict) -> nn.Module:

@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config.params import ModelParams, TrainParams
+from pipeline.config.params import TrainParams
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, file_md5
 from pipeline.integrations.repository import stage_code_md5s
+from pipeline.models.registry import ModelConfig
 from pipeline.records.checkpoint import save_checkpoint
 from pipeline.reporting import console
 
@@ -39,7 +40,7 @@ KEY_LENGTH = 16  # hex characters of the sha256
 
 
 def run_key(
-    model_params: ModelParams, params: TrainParams, prepared_dir: Path, device: torch.device,
+    model_params: ModelConfig, params: TrainParams, prepared_dir: Path, device: torch.device,
     dvc_yaml: Path = Path("dvc.yaml"), stage: str = "train", extra: dict | None = None,
 ) -> str:  # fmt: skip
     """Digest of what the run's bits depend on: params, data, code (`stage`'s files in

@@ -29,12 +29,12 @@ from pipeline.config.load import DEFAULT_PARAMS_PATH
 from pipeline.config.params import (
     AdaptParams,
     DistillParams,
-    ModelParams,
     SelectParams,
     TrainParams,
 )
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, write_json_atomic
+from pipeline.models.registry import ModelConfig
 from pipeline.paths import (
     BEST_PATH,
     DISTILL_DIR,
@@ -52,7 +52,7 @@ def copy_atomic(source: Path, target: Path) -> None:
 
 
 def run(
-    distill: DistillParams, adapt: AdaptParams, model_params: ModelParams, train: TrainParams,
+    distill: DistillParams, adapt: AdaptParams, model_params: ModelConfig, train: TrainParams,
     select: SelectParams, prepared_dir: Path = PREPARED_DIR, best_path: Path = BEST_PATH,
     distill_dir: Path = DISTILL_DIR, final_path: Path = FINAL_PATH,
     live_dir: Path = DISTILL_LIVE_DIR, metrics_path: Path = DISTILL_METRICS_PATH,

@@ -20,7 +20,6 @@ import torch.distributed as dist
 from pipeline.config.params import (
     AdaptParams,
     DistillParams,
-    ModelParams,
     SelectParams,
     TrainParams,
 )
@@ -33,6 +32,7 @@ from pipeline.engine.normalise import to_device_set, to_device_tensor
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, file_md5, read_json, write_json_atomic
 from pipeline.integrations.repository import stage_code_md5s
+from pipeline.models.registry import ModelConfig
 from pipeline.records import resume
 from pipeline.records.checkpoint import Checkpoint
 from pipeline.reporting import console
@@ -61,7 +61,7 @@ class TeacherLabels:
             return cls(arrays["rows"], arrays["probabilities"], arrays["confidence"])
 
 
-def student_model(distill: DistillParams, model_params: ModelParams) -> ModelParams:
+def student_model(distill: DistillParams, model_params: ModelConfig) -> ModelConfig:
     """The student's model, within the submitted model's budget (`model.max_params`)."""
     student = distill.student or model_params
     return dataclasses.replace(student, max_params=min(student.max_params, model_params.max_params))
@@ -92,7 +92,7 @@ def teacher_labels(
 
 
 def round_key(
-    number: int, teacher_path: Path, student: ModelParams, distill: DistillParams,
+    number: int, teacher_path: Path, student: ModelConfig, distill: DistillParams,
     adapt: AdaptParams, train: TrainParams, select: SelectParams, prepared_dir: Path,
 ) -> str:  # fmt: skip
     """Digest of what round `number` depends on (its teacher's bytes, params, data, code); not
@@ -180,7 +180,7 @@ def label_round(
 
 
 def run_round(
-    number: int, teacher_path: Path, student: ModelParams, distill: DistillParams,
+    number: int, teacher_path: Path, student: ModelConfig, distill: DistillParams,
     adapt: AdaptParams, train: TrainParams, select: SelectParams, prepared_dir: Path,
     round_dir: Path, live_dir: Path, device: torch.device,
 ) -> dict:  # fmt: skip

@@ -33,14 +33,13 @@ from rich.progress import Progress
 from torch import nn
 
 from pipeline.config.load import DEFAULT_PARAMS_PATH
-from pipeline.config.params import ModelParams, TrainParams
+from pipeline.config.params import TrainParams
 from pipeline.data.prepared import load_dataset_info, load_split
 from pipeline.engine import distributed
 from pipeline.engine.device import Precision, choose_precision, compile_choice, resolve_device
 from pipeline.engine.distributed import RANK_SEED_STRIDE, current_world
 from pipeline.engine.loop import DistillTargets, EpochStats, StateMismatch, fit
 from pipeline.engine.models import (
-    WHITENING_IMAGES,
     build_model,
     count_trainable_params,
     model_config,
@@ -55,6 +54,8 @@ from pipeline.engine.schedule import (
     total_steps,
 )
 from pipeline.errors import PipelineError
+from pipeline.models.airnet import WHITENING_IMAGES
+from pipeline.models.registry import ModelConfig
 from pipeline.paths import CHECKPOINT_DIR, PREPARED_DIR, TRAIN_LIVE_DIR
 from pipeline.records import resume
 from pipeline.records.checkpoint import Checkpoint
@@ -108,7 +109,7 @@ def configure_device(params: TrainParams) -> torch.device:
 
 
 def setup_training(
-    model_params: ModelParams, params: TrainParams, prepared_dir: Path, device: torch.device,
+    model_params: ModelConfig, params: TrainParams, prepared_dir: Path, device: torch.device,
     extra_images: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TrainingSetup:  # fmt: skip
     """Seed, build the model (budget checked before any data is loaded) and put the data on
@@ -147,7 +148,7 @@ class RunRecorder:
     resume state; and, for a resumed run, log the epochs it already did again."""
 
     def __init__(
-        self, setup: TrainingSetup, model_params: ModelParams, params: TrainParams,
+        self, setup: TrainingSetup, model_params: ModelConfig, params: TrainParams,
         checkpoint_dir: Path, live, key: str, history: list[dict], progress: Progress,
     ) -> None:  # fmt: skip
         self.setup, self.model_params, self.params = setup, model_params, params
@@ -253,7 +254,7 @@ def launch_under_torchrun(params: TrainParams, params_path: Path, stage: str) ->
 
 
 def train_model(
-    setup: TrainingSetup, model_params: ModelParams, params: TrainParams, key: str,
+    setup: TrainingSetup, model_params: ModelConfig, params: TrainParams, key: str,
     checkpoint_dir: Path, live_dir: Path, distill: DistillTargets | None = None,
 ) -> None:  # fmt: skip
     """Train `setup.model` (resuming run `key` where it stopped) into `checkpoint_dir`, logging
@@ -328,7 +329,7 @@ def finish_workers() -> None:
 
 
 def run(
-    model_params: ModelParams,
+    model_params: ModelConfig,
     params: TrainParams,
     prepared_dir: Path = PREPARED_DIR,
     checkpoint_dir: Path = CHECKPOINT_DIR,

@@ -1,0 +1,1 @@
+"""The models, one file per family; registry.py says how a file adds one (`model.name`)."""

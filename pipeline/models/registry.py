@@ -1,0 +1,166 @@
+"""The model registry: every file in pipeline/models/ may add models to it, by name.
+
+A model is a config dataclass (a subclass of `ModelConfig`, every field with a default) and
+something that builds an `nn.Module` from it (the class itself, or a function), joined by
+`register_model`:
+
+    @dataclass(frozen=True)
+    class MyResNetConfig(ModelConfig):
+        width: int = 64  # channels of the first stage
+
+    @register_model("my_resnet", MyResNetConfig, residual=True)
+    class MyResNet(nn.Module):
+        def __init__(self, config: MyResNetConfig) -> None: ...
+
+Then `model.name: my_resnet` in params.yaml (with any of its keys under `model:`) trains it.
+The registry imports each file of the folder once, the first time a name is looked up; a file
+that fails to import is named only if the model asked for is not found (a draft beside the
+model in use does not stop a run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pipeline.config.checks import MAX_MODEL_PARAMS, require_range
+from pipeline.errors import PipelineError
+
+MODELS_DIR = Path(__file__).resolve().parent
+DEFAULT_MODEL = "airnet"  # what params.yaml ships (the default profile)
+COMPETITION_MAX_PARAMS = 5_000_000  # the assignment's cap on trainable parameters
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What every model's config holds; a model's own keys are its subclass's fields.
+
+    A key added to a model later must default to the value that means "as before": checkpoints
+    saved without it are rebuilt with the default.
+    """
+
+    name: str = ""  # the name the model is registered under (model.name); set on load
+    max_params: int = COMPETITION_MAX_PARAMS  # trainable parameters allowed (meta-device count)
+
+    def __post_init__(self) -> None:
+        require_range(self.max_params, "model.max_params", 1, MAX_MODEL_PARAMS)
+
+
+BASE_KEYS = tuple(field.name for field in dataclasses.fields(ModelConfig))
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    name: str
+    config: type[ModelConfig]
+    build: Callable[[Any], Any]  # config → nn.Module
+    residual: (
+        bool | Callable[[Any], bool]
+    )  # a ResNet in the assignment's sense (identity shortcuts)
+    # Muon fixes each conv filter's norm, harmless only when a BatchNorm follows every conv
+    muon_compatible: bool
+    source: Path  # the file that registered it
+
+    def own_defaults(self) -> dict[str, Any]:
+        """The model's own keys (besides name and max_params) and their defaults."""
+        values = dataclasses.asdict(self.config())
+        return {key: value for key, value in values.items() if key not in BASE_KEYS}
+
+
+_REGISTERED: dict[str, RegisteredModel] = {}
+Builder = TypeVar("Builder", bound=Callable[..., Any])
+
+
+def register_model(
+    name: str, config: type[ModelConfig], *, residual: bool | Callable[[Any], bool],
+    muon_compatible: bool = True,
+) -> Callable[[Builder], Builder]:  # fmt: skip
+    """Register the decorated class or function (config → nn.Module) as model `name`.
+    `residual`: whether it has identity shortcuts, or a function of its config that says."""
+
+    def register(build: Builder) -> Builder:
+        module = importlib.import_module(build.__module__)
+        where = Path(module.__file__ or build.__module__)
+        if not (isinstance(config, type) and issubclass(config, ModelConfig)):
+            raise PipelineError(f"{where}: {name}'s config must be a subclass of ModelConfig")
+        if not dataclasses.is_dataclass(config) or "__dataclass_fields__" not in vars(config):
+            raise PipelineError(f"{where}: {config.__name__} must be a @dataclass(frozen=True)")
+        no_default = [
+            f.name for f in dataclasses.fields(config)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]  # fmt: skip
+        if no_default:
+            raise PipelineError(
+                f"{where}: {config.__name__}.{no_default[0]} needs a default (a model's keys "
+                "all have one, so params.yaml may leave any of them out)"
+            )
+        other = _REGISTERED.get(name)
+        if other is not None and other.source != where:
+            raise PipelineError(f"model name '{name}' is registered twice: {other.source}, {where}")
+        _REGISTERED[name] = RegisteredModel(name, config, build, residual, muon_compatible, where)
+        return build
+
+    return register
+
+
+@functools.cache
+def _import_failures() -> tuple[str, ...]:
+    """Import every module of this folder once (each registers its models); the ones that
+    failed, each as "FILE: what went wrong"."""
+    failures = []
+    for module in sorted(pkgutil.iter_modules([str(MODELS_DIR)]), key=lambda m: m.name):
+        try:
+            importlib.import_module(f"{__package__}.{module.name}")
+        except PipelineError as error:
+            failures.append(str(error))
+        except Exception as error:  # a student's draft: any error is the file's, named below
+            line = f" line {error.lineno}" if isinstance(error, SyntaxError) else ""
+            failures.append(f"{MODELS_DIR / module.name}.py{line}: {type(error).__name__}: {error}")
+    return tuple(failures)
+
+
+def registered_models() -> dict[str, RegisteredModel]:
+    """Every model the files of pipeline/models/ register, by name."""
+    _import_failures()
+    return dict(sorted(_REGISTERED.items()))
+
+
+def model_entry(name: object, key: str = "model.name") -> RegisteredModel:
+    """The model registered as `name`; else an error listing the known ones and any file of
+    pipeline/models/ that could not be imported (where it may have been)."""
+    models = registered_models()
+    if isinstance(name, str) and name in models:
+        return models[name]
+    failures = "".join(f"; not imported: {failure}" for failure in _import_failures())
+    raise PipelineError(
+        f"params: {key} must be one of {sorted(models)}, found {name!r} (a model is a file in "
+        f"pipeline/models/ that calls register_model){failures}"
+    )
+
+
+def default_model_config() -> ModelConfig:
+    return model_entry(DEFAULT_MODEL).config(name=DEFAULT_MODEL)
+
+
+def is_residual(config: ModelConfig) -> bool:
+    """Whether the model is a ResNet in the assignment's sense, as its file declares."""
+    residual = model_entry(config.name).residual
+    return bool(residual(config) if callable(residual) else residual)
+
+
+def model_source(name: str) -> dict[str, str]:
+    """The file that defines model `name` (relative to the project when inside it) and its md5:
+    the run manifest records which code the submitted model was."""
+    source = model_entry(name).source
+    try:
+        shown = source.relative_to(MODELS_DIR.parents[1]).as_posix()
+    except ValueError:
+        shown = str(source)
+    return {"file": shown, "md5": hashlib.md5(source.read_bytes()).hexdigest()}
