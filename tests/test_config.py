@@ -438,3 +438,15 @@ def test_milestones_past_the_last_epoch_are_refused_with_a_fix_that_works() -> N
             with_overrides({"train": {"epochs": 1}}, parse_overrides(["train.schedule=constant"])),
         ).train
     )
+
+
+def test_a_key_dvc_yaml_declares_by_name_must_be_written(tmp_path: Path) -> None:
+    """select declares model.max_params: DVC stops without it, default or not; say so first."""
+    (tmp_path / "dvc.yaml").write_text((REPO_ROOT / "dvc.yaml").read_text())
+    path = tmp_path / "params.yaml"
+    path.write_text("model:\n  name: seed_resnet\n")
+    with pytest.raises(PipelineError, match=r"params.yaml: model.max_params is missing: dvc.yaml's "
+                       r"select stage declares it.*write `max_params: 5000000` under `model:`"):  # fmt: skip
+        load_params(path)
+    path.write_text("model:\n  name: seed_resnet\n  max_params: 5000000\n")
+    assert load_params(path).model.name == "seed_resnet"

@@ -341,9 +341,10 @@ def test_distill_params_are_checked() -> None:
         params_from_dict({"distill": {"rounds": 1, "teacher_max_params": 9_000_000}})
     with pytest.raises(PipelineError, match="mixup_alpha and train.cutmix_alpha must be 0"):
         params_from_dict({"train": {"cutmix_alpha": 1.0}, "distill": {"rounds": 1}})
-    with pytest.raises(PipelineError, match="distill.student.max_params is missing"):
-        params_from_dict({"distill": {"student": {"name": "airnet", "widths": [8, 16, 16],
-                                                  "residual": False}}})  # fmt: skip
+    # a student section's keys have their model's defaults: the budget too
+    student = params_from_dict({"distill": {"student": {"name": "airnet", "widths": [8, 16, 16],
+                                                        "residual": False}}})  # fmt: skip
+    assert student.distill.student.max_params == 5_000_000
     with pytest.raises(PipelineError, match="distill.student.max_params"):
         params_from_dict(
             {

@@ -88,7 +88,9 @@ def section_text(name: str, section: str, values: dict, profiles_dir: Path = PRO
     """params.yaml's `section` for profile `name`: each of `values` (the recipe, every key) on
     the template's line when it holds that value, on the profile's own line when it sets it,
     else as `key: value`."""
-    template = split_sections(profile_path(TEMPLATE_PROFILE, profiles_dir).read_text())[section]
+    shipped = (profiles_dir / f"{TEMPLATE_PROFILE}.yaml").is_file()  # else the shipped template
+    template_path = profile_path(TEMPLATE_PROFILE, profiles_dir if shipped else PROFILES_DIR)
+    template = split_sections(template_path.read_text())[section]
     own = split_sections(profile_path(name, profiles_dir).read_text()).get(section, "")
     template_lines, own_lines = _key_lines(template), _key_lines(own)
     header = (

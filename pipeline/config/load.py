@@ -30,6 +30,7 @@ from pipeline.config.params import (
     TrainParams,
     not_read_message,
 )
+from pipeline.config.stage_params import STAGE_PARAMS
 from pipeline.errors import PipelineError
 from pipeline.files import write_text_atomic
 from pipeline.models.registry import DEFAULT_MODEL, ModelConfig, model_entry, registered_models
@@ -282,9 +283,28 @@ def load_params(path: Path = DEFAULT_PARAMS_PATH, notes: list[str] | None = None
     if not isinstance(values, dict):
         raise PipelineError(f"{path}: expected a mapping of sections, found {_describe(values)}")
     try:
-        return params_from_dict(values, notes)
+        params = params_from_dict(values, notes)
     except PipelineError as error:
         raise PipelineError(f"{path}: {error}") from None
+    if (Path(path).parent / "dvc.yaml").is_file():
+        _require_declared_keys(Path(path), values, params)
+    return params
+
+
+def _require_declared_keys(path: Path, values: dict, params: Params) -> None:
+    """A key dvc.yaml declares by name (`model.max_params` for select) must be written in the
+    params file even where it has a default: DVC stops the run without it. A section left out
+    whole is DVC's to name (its message is clear)."""
+    for stage, names in STAGE_PARAMS.items():
+        for name in names:
+            section, _, key = name.partition(".")
+            if key and isinstance(values.get(section), dict) and key not in values[section]:
+                default = getattr(getattr(params, section), key)
+                raise PipelineError(
+                    f"{path}: {name} is missing: dvc.yaml's {stage} stage declares it, and DVC "
+                    f"stops a run without it even though it has a default; write `{key}: "
+                    f"{default}` under `{section}:`"
+                )
 
 
 # --- profiles: named model + train sections ---------------------------------------------------

@@ -115,12 +115,18 @@ NO_REMOTE_HELP = (
 
 
 def stage_code_md5s(stage: str, dvc_yaml: Path = Path("dvc.yaml")) -> dict[str, str]:
-    """The md5 of each Python file dvc.yaml lists among `stage`'s deps ({} without dvc.yaml)."""
+    """The md5 of each Python file among `stage`'s deps in dvc.yaml, those inside a folder it
+    lists included (pipeline/models: a new model file too); {} without dvc.yaml."""
     if not dvc_yaml.exists():
         return {}
     deps = yaml.safe_load(dvc_yaml.read_text())["stages"][stage].get("deps", [])
-    code = sorted(dep for dep in deps if dep.endswith(".py") and Path(dep).exists())
-    return {name: file_md5(Path(name)) for name in code}
+    code: set[Path] = set()
+    for dep in map(Path, deps):
+        if dep.suffix == ".py" and dep.is_file():
+            code.add(dep)
+        elif dep.is_dir() and dep.parts[0] == "pipeline":  # a code folder, never a data one
+            code |= set(dep.rglob("*.py"))
+    return {path.as_posix(): file_md5(path) for path in sorted(code)}
 
 
 def lock_output_hashes(lock_text: str) -> dict[str, str]:

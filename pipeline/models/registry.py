@@ -86,8 +86,8 @@ def register_model(
     `residual`: whether it has identity shortcuts, or a function of its config that says."""
 
     def register(build: Builder) -> Builder:
-        module = importlib.import_module(build.__module__)
-        where = Path(module.__file__ or build.__module__)
+        defined_in = getattr(config, "__module__", build.__module__)  # the model's file
+        where = Path(getattr(importlib.import_module(defined_in), "__file__", None) or defined_in)
         if not (isinstance(config, type) and issubclass(config, ModelConfig)):
             raise PipelineError(f"{where}: {name}'s config must be a subclass of ModelConfig")
         if not dataclasses.is_dataclass(config) or "__dataclass_fields__" not in vars(config):
@@ -122,7 +122,11 @@ def _import_failures() -> tuple[str, ...]:
             failures.append(str(error))
         except Exception as error:  # a student's draft: any error is the file's, named below
             line = f" line {error.lineno}" if isinstance(error, SyntaxError) else ""
-            failures.append(f"{MODELS_DIR / module.name}.py{line}: {type(error).__name__}: {error}")
+            hint = " (every key of a model's config needs a default)" * (
+                "non-default argument" in str(error)
+            )
+            where = f"{MODELS_DIR / module.name}.py{line}"
+            failures.append(f"{where}: {type(error).__name__}: {error}{hint}")
     return tuple(failures)
 
 

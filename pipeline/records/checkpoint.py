@@ -105,9 +105,7 @@ class Member:
 @dataclass(frozen=True)
 class Checkpoint:
     model_state: dict[str, torch.Tensor]  # the raw weights; best.pt: the weights select chose
-    model_config: (
-        dict  # the model's config (pipeline/models/) as plain data, to rebuild the model by name
-    )
+    model_config: dict  # the model's config as plain data, to rebuild the model by name
     epoch: int  # 1-based, after which it was written
     val_accuracy: float  # of the raw weights, under train.eval_tta, at that epoch
     normalization: dict[str, list[float]]  # {"mean", "std"} of the training set, 0–1 scale

@@ -11,7 +11,8 @@ files, and the md5 of the two files predict actually reads (models/final.pt and 
 custom test set). Same inputs → same run_id; any change upstream → a new one. Upstream outputs
 are left out: each one that matters is some stage's dep, and the rest are metrics whose
 timings differ on every run. The manifest adds the git commit and whether the tree was dirty, dvc.lock's
-sha256, all params, the model, validation accuracy with and without TTA, the CSV's md5, the
+sha256, all params, the model (and, for each model in it, the file that defines it, that file's
+md5 and whether it is residual), validation accuracy with and without TTA, the CSV's md5, the
 predicted counts per class, and the device and torch version. It holds no credentials: it is
 built from the fields below only, never from the environment, and URLs in the params lose any
 user:password@ and query string (`without_secrets`).
@@ -31,9 +32,11 @@ from pathlib import Path
 import torch
 import yaml
 
+from pipeline.config.load import model_from_config
 from pipeline.errors import PipelineError
 from pipeline.files import file_md5, read_json, write_json_atomic
 from pipeline.integrations.repository import changed_files, git, head_commit, stage_code_md5s
+from pipeline.models.registry import is_residual, model_source
 from pipeline.paths import LATEST_MANIFEST_PATH, PREDICT_METRICS_PATH, SUBMISSION_PATH
 from pipeline.records.checkpoint import Checkpoint
 
@@ -112,6 +115,18 @@ def run_files(run_id: str, folder: Path = SUBMISSION_PATH.parent) -> RunFiles:
     return RunFiles(csv=folder / f"{run_id}.csv", manifest=folder / f"{run_id}.json")
 
 
+def model_sources(checkpoint: Checkpoint) -> dict[str, dict]:
+    """Each model in the checkpoint (an ensemble's members too), by name: the file that defines
+    it, that file's md5, and whether the model is residual, as its file declares."""
+    sources: dict[str, dict] = {}
+    for config in [checkpoint.model_config, *(m.model_config for m in checkpoint.members)]:
+        name = config["name"]
+        if name not in sources:
+            residual = is_residual(model_from_config(config))
+            sources[name] = model_source(name) | {"residual": residual}
+    return sources
+
+
 def write_manifest(
     run_id: str, checkpoint: Checkpoint, model_params: int, submission_path: Path,
     report: dict, all_params: dict | None, device: torch.device,
@@ -126,6 +141,7 @@ def write_manifest(
             "run_id": run_id, "created_utc": created, "git": git_state(),
             "dvc_lock_sha256": lock_sha256(), "params": without_secrets(all_params),
             "model": checkpoint.model_name, "model_config": checkpoint.model_config,
+            "models": model_sources(checkpoint),
             "model_params": model_params, "checkpoint_epoch": int(checkpoint.epoch),
             "csv": files.csv.name,
             "training": checkpoint.training or {"device": None, "deterministic": None},
