@@ -14,9 +14,9 @@ import torch
 from conftest import seed_train
 
 from pipeline.engine import gpu
+from pipeline.engine.cpu_estimate import check_auto_cpu_estimate
 from pipeline.engine.device import choose_precision, compile_choice, resolve_device
 from pipeline.engine.gpu import Gpu, Machine, build_runs_on
-from pipeline.engine.loop import check_auto_cpu_estimate
 from pipeline.errors import PipelineError
 
 CU130_ARCHS = ("sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120")  # torch 2.14.1+cu130's
@@ -348,10 +348,10 @@ def test_training_calls_the_auto_cpu_check_with_its_estimate(
     """The loop itself stops an auto CPU run whose estimate is long (an explicit cpu trains)."""
     from test_engine import SMALL_MODELS, train_a_little
 
-    from pipeline.engine import loop
+    from pipeline.engine import cpu_estimate
     from pipeline.engine.models import build_model
 
-    monkeypatch.setattr(loop, "estimated_run_seconds", lambda *_args: 3 * 3600.0)
+    monkeypatch.setattr(cpu_estimate, "estimated_run_seconds", lambda *_args: 3 * 3600.0)
     params = seed_train(device="auto", epochs=1, batch_size=10, lr=0.05)
     with pytest.raises(PipelineError, match="would take about 3.0 h"):
         train_a_little(build_model(SMALL_MODELS["seed_resnet"]), params)

@@ -114,7 +114,7 @@ def test_the_loop_prints_the_estimate_that_counts_low_resolution_steps(
 ) -> None:
     """train_epoch's CPU warning comes from estimated_run_seconds, given the trainer's
     low-resolution and total steps (not the first steps' pace times the step count)."""
-    from pipeline.engine import loop
+    from pipeline.engine import cpu_estimate
 
     seen = []
 
@@ -122,7 +122,7 @@ def test_the_loop_prints_the_estimate_that_counts_low_resolution_steps(
         seen.append((trainer.low_res_steps, trainer.run_steps))
         return 60 * 1234.5  # seconds
 
-    monkeypatch.setattr(loop, "estimated_run_seconds", estimate)
+    monkeypatch.setattr(cpu_estimate, "estimated_run_seconds", estimate)
     params = dataclasses.replace(
         load_profile("fast").train, device="cpu", epochs=1, batch_size=50, lr=0.15,
         low_res_pixels=16, low_res_fraction=0.5,
@@ -548,7 +548,7 @@ def test_an_fp16_first_step_skipped_by_the_scaler_raises_no_call_order_warning(
     """The first backward overflows (as fp16 does at too high a scale): the scaler skips that
     step and halves its scale, training goes on, and torch's warning that the schedule stepped
     before the optimizer (it did: the scaler skipped it) is not shown."""
-    from pipeline.engine import loop
+    from pipeline.engine import trainer
 
     scalers: list[torch.amp.GradScaler] = []
 
@@ -556,7 +556,7 @@ def test_an_fp16_first_step_skipped_by_the_scaler_raises_no_call_order_warning(
         scalers.append(optim.make_scaler(*args))
         return scalers[-1]
 
-    monkeypatch.setattr(loop, "make_scaler", kept_scaler)
+    monkeypatch.setattr(trainer, "make_scaler", kept_scaler)
     recipe = dataclasses.replace(
         load_profile("fast").train, device="cpu", epochs=1, batch_size=50,
         autocast_dtype="float16", lookahead=False,  # lookahead's average would undo the steps

@@ -8,8 +8,9 @@ import pytest
 import torch
 from conftest import seed_model, seed_train
 
-from pipeline.engine.loop import StateMismatch, fit
+from pipeline.engine.loop import fit
 from pipeline.engine.models import build_model
+from pipeline.engine.trainer import StateMismatch
 from pipeline.records import resume
 from pipeline.records.checkpoint import save_checkpoint
 

@@ -31,7 +31,7 @@ from pipeline.data.synthetic import write_synthetic_raw
 from pipeline.engine import adapt
 from pipeline.engine.augment import augment_state, policy_augment
 from pipeline.engine.device import FLOAT32
-from pipeline.engine.loop import DistillTargets, distillation_batch, distillation_loss
+from pipeline.engine.distillation import DistillTargets, distillation_batch, distillation_loss
 from pipeline.errors import PipelineError
 from pipeline.records.checkpoint import Checkpoint, Member, load_checkpoint, save_checkpoint
 from pipeline.stages import distill, distill_round, predict, prepare, select, train

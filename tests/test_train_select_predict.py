@@ -418,7 +418,7 @@ def test_a_diverging_run_stops_with_one_line_and_writes_no_checkpoint(
 
 
 def test_a_cpu_estimate_over_an_hour_names_the_cpu_profile() -> None:
-    from pipeline.engine.loop import cpu_estimate_warning
+    from pipeline.engine.cpu_estimate import cpu_estimate_warning
 
     assert "profile cpu" not in cpu_estimate_warning(59.0, 1000)
     assert "`python -m pipeline profile cpu`" in cpu_estimate_warning(61.0, 100_000)
@@ -429,7 +429,7 @@ def test_the_cpu_estimate_counts_low_resolution_steps_at_their_pixels_share() ->
     scaling that pace by the step count would promise about a third of the real time."""
     from types import SimpleNamespace
 
-    from pipeline.engine.loop import ETA_PROBE_BATCHES, estimated_run_seconds
+    from pipeline.engine.cpu_estimate import ETA_PROBE_BATCHES, estimated_run_seconds
 
     probe_seconds = 1.0 * (ETA_PROBE_BATCHES + 1)  # each probed step took 1 s
     full = SimpleNamespace(params=SimpleNamespace(low_res_pixels=0), low_res_steps=0, run_steps=100)

@@ -21,8 +21,8 @@ from rich.table import Table
 from pipeline.config.load import load_profile, profile_names
 from pipeline.config.params import Params, with_teacher_budget
 from pipeline.engine import gpu
+from pipeline.engine.cpu_estimate import AUTO_CPU_LIMIT_MINUTES
 from pipeline.engine.device import choose_precision, compile_choice, resolve_device
-from pipeline.engine.loop import AUTO_CPU_LIMIT_MINUTES
 from pipeline.engine.models import build_model, count_trainable_params
 from pipeline.engine.timing import TrainingEstimate, estimate_training, split_sizes
 from pipeline.errors import PipelineError

@@ -148,8 +148,8 @@ def fit_profile_to_minutes(
     from pipeline.config.load import load_params, load_profile
     from pipeline.config.params import with_teacher_budget
     from pipeline.engine import timing
+    from pipeline.engine.cpu_estimate import AUTO_CPU_LIMIT_MINUTES
     from pipeline.engine.device import resolve_device
-    from pipeline.engine.loop import AUTO_CPU_LIMIT_MINUTES
 
     if not 1 <= minutes <= 10_000:
         raise PipelineError(f"profile: --minutes {minutes:g} must be in [1, 10,000]")

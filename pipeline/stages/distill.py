@@ -7,7 +7,7 @@ test-time adaptation of `adapt`) gives each of them soft labels: its softmax at
 less sure of than `distill.confidence_threshold` are left out. A student (the `model` section,
 or `distill.student`; within `model.max_params`, checked before anything trains) then trains
 with the `train` recipe on the labelled training images plus those images (loss:
-engine/loop.py's `DistillTargets`), and its checkpoints go through select's scoring on the
+engine/distillation.py's `DistillTargets`), and its checkpoints go through select's scoring on the
 validation set. Its winner is the next round's teacher; the last one is models/final.pt, which
 predict labels the custom test set with. `distill.rounds: 0` (or `adapt.use_test_images:
 false`) makes final.pt a copy of best.pt: the pipeline without distillation.

@@ -26,8 +26,8 @@ from pipeline.config.params import (
 from pipeline.data.prepared import load_split
 from pipeline.engine.adapt import adapted_logits, prior_counts, sinkhorn
 from pipeline.engine.device import Precision, choose_precision, resolve_device
+from pipeline.engine.distillation import DistillTargets
 from pipeline.engine.distributed import current_world
-from pipeline.engine.loop import DistillTargets
 from pipeline.engine.normalise import to_device_set, to_device_tensor
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, file_md5, read_json, write_json_atomic

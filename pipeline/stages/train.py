@@ -37,8 +37,9 @@ from pipeline.config.params import TrainParams
 from pipeline.data.prepared import load_dataset_info, load_split
 from pipeline.engine import distributed
 from pipeline.engine.device import Precision, choose_precision, compile_choice, resolve_device
+from pipeline.engine.distillation import DistillTargets
 from pipeline.engine.distributed import RANK_SEED_STRIDE, current_world
-from pipeline.engine.loop import DistillTargets, EpochStats, StateMismatch, fit
+from pipeline.engine.loop import EpochStats, fit
 from pipeline.engine.models import (
     build_model,
     count_trainable_params,
@@ -53,6 +54,7 @@ from pipeline.engine.schedule import (
     steps_per_epoch,
     total_steps,
 )
+from pipeline.engine.trainer import StateMismatch
 from pipeline.errors import PipelineError
 from pipeline.models.airnet import WHITENING_IMAGES
 from pipeline.models.registry import ModelConfig
