@@ -22,7 +22,8 @@ from pipeline.config.load import (
     recipe,
     with_overrides,
 )
-from pipeline.config.params import SCHEDULE_DEFAULTS, Params, default_milestones
+from pipeline.config.params import Params
+from pipeline.config.train_params import SCHEDULE_DEFAULTS, default_milestones
 from pipeline.errors import PipelineError
 from pipeline.models.registry import registered_models
 

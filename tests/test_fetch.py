@@ -33,7 +33,7 @@ import requests
 from conftest import REPO_ROOT, SMALL_SYNTHETIC, write_small_custom_test
 
 from pipeline.config.params import DataParams, PrepareParams
-from pipeline.data import sources
+from pipeline.data import archives, sources
 from pipeline.data.formats import CIFAR_FILES, CIFAR_FOLDER
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_directory, recover_directory, write_text_atomic
@@ -970,7 +970,7 @@ def test_a_zip_bomb_is_refused_before_anything_is_unpacked(tmp_path: Path) -> No
 def test_a_tar_member_over_the_cap_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sources, "MAX_MEMBER_BYTES", 1 << 20)
+    monkeypatch.setattr(archives, "MAX_MEMBER_BYTES", 1 << 20)
     info = tarfile.TarInfo(f"{CIFAR_FOLDER}/data_batch_1")
     archive = _tar_with(tmp_path, info, bytes(2 << 20))
     with pytest.raises(PipelineError, match=r"bundle.tar.gz: refused member 'cifar-10-batches-py/"):
@@ -982,7 +982,7 @@ def test_a_tar_member_over_the_cap_is_refused(
 def test_all_members_together_are_capped_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sources, "MAX_UNPACKED_BYTES", 3 << 20)
+    monkeypatch.setattr(archives, "MAX_UNPACKED_BYTES", 3 << 20)
     archive = tmp_path / "bundle.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
         for batch in range(4):  # each under the member cap, 4 MiB together
@@ -995,9 +995,9 @@ def test_all_members_together_are_capped_too(
 def test_unpacking_counts_the_bytes_whatever_the_header_declared(tmp_path: Path) -> None:
     sink = io.BytesIO()
     with pytest.raises(PipelineError, match=r"bundle.zip: refused member 'data_batch_1'"):
-        sources._copy_capped(
+        archives._copy_capped(
             Path("bundle.zip"), "data_batch_1", io.BytesIO(bytes(3 << 20)), sink, 2 << 20,
-            sources.ZIP_READ_ERRORS, sources._unreadable_zip,
+            archives.ZIP_READ_ERRORS, archives._unreadable_zip,
         )  # fmt: skip
     assert sink.tell() <= 2 << 20
 

@@ -12,6 +12,7 @@ from pipeline.errors import PipelineError
 
 SEED_LIMIT = 2**32  # seeds are in [0, 2^32): what numpy's and torch's generators accept alike
 MAX_EPOCHS = 10_000  # the longest published CIFAR-10 recipes run 1,800
+MAX_BATCH_SIZE = 65_536  # images per batch; more than CIFAR-10's 60,000 images
 MAX_MODEL_PARAMS = 100_000_000  # any budget, a teacher's too: 400 MB of float32 weights
 MAX_CHANNELS = 4096  # channels of any one layer (model widths)
 MAX_BLOCKS = 256  # residual blocks per stage

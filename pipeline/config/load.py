@@ -23,14 +23,14 @@ from typing import Any, Literal
 
 import yaml
 
-from pipeline.config.params import (
+from pipeline.config.params import Params
+from pipeline.config.stage_params import STAGE_PARAMS
+from pipeline.config.train_params import (
     OPTIMIZER_DEFAULTS,
     SCHEDULE_DEFAULTS,
-    Params,
     TrainParams,
     not_read_message,
 )
-from pipeline.config.stage_params import STAGE_PARAMS
 from pipeline.errors import PipelineError
 from pipeline.files import write_text_atomic
 from pipeline.models.registry import DEFAULT_MODEL, ModelConfig, model_entry, registered_models

@@ -11,8 +11,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from pipeline.data.archives import extract_archive
 from pipeline.data.formats import CIFAR_FOLDER, find_raw_files, not_junk
-from pipeline.data.sources import extract_archive
 from pipeline.errors import PipelineError
 from pipeline.paths import INPUT_DIR
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from pipeline.config.params import TrainParams, default_milestones
+from pipeline.config.train_params import TrainParams, default_milestones
 from pipeline.errors import PipelineError
 
 

@@ -16,11 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.config.params import (
-    PrepareParams,
-    TrainParams,
-    milestones_within,
-)
+from pipeline.config.params import PrepareParams
+from pipeline.config.train_params import TrainParams, milestones_within
 from pipeline.engine.augment import augment_batch, augment_state, downscaled
 from pipeline.engine.device import choose_precision
 from pipeline.engine.models import build_model

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.config.params import TrainParams, equal_share_problem
+from pipeline.config.train_params import TrainParams, equal_share_problem
 from pipeline.engine.augment import AugmentState, augment_state
 from pipeline.engine.device import Precision, choose_precision
 from pipeline.engine.distillation import DistillTargets

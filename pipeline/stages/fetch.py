@@ -26,6 +26,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from pipeline.config.params import DataParams
+from pipeline.data.archives import extract_archive
 from pipeline.data.formats import (
     CIFAR_FILES,
     CIFAR_FOLDER,
@@ -45,7 +46,7 @@ from pipeline.data.locate import (
     locate_files,
     raw_files_present,
 )
-from pipeline.data.sources import download_file, extract_archive, redact_url, url_has_secrets
+from pipeline.data.sources import download_file, redact_url, url_has_secrets
 from pipeline.data.synthetic import write_synthetic_raw
 from pipeline.errors import PipelineError
 from pipeline.files import (
