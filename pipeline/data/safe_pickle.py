@@ -23,15 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.data.pickled_dtype import (
+    BadArray,
+    ForbiddenGlobal,
+    PickledDtype,
+    checked_dtype,
+    pickled_dtype,
+)
 from pipeline.errors import PipelineError
-
-
-class _ForbiddenGlobal(Exception):
-    pass
-
-
-class _BadArray(Exception):
-    """An array or numpy scalar whose bytes do not come from the file at the size it declares."""
 
 
 class _BadMemo(Exception):
@@ -50,88 +49,10 @@ _NUMPY_FROMBUFFER = _numpy_attribute("numpy.core.numeric", "_frombuffer")
 MAX_DIMENSIONS = 64  # numpy 2's limit; a longer shape is not an array numpy wrote
 
 
-def _plain(dtype: np.dtype) -> np.dtype:
-    """`dtype` if each of its items is a fixed number of bytes read as one value: no Python objects
-    (object arrays built from pickled bytes hold raw pointers), no fields or subarray (offsets and
-    sizes a BUILD state picks), and at least one byte (numpy reads 'V0' grown to 'V8' over none)."""
-    if dtype.hasobject:
-        raise _ForbiddenGlobal("numpy arrays of Python objects")
-    if dtype.fields is not None or dtype.subdtype is not None:
-        raise _ForbiddenGlobal(f"a structured dtype ({dtype}), not one plain number per item")
-    if dtype.itemsize == 0:
-        raise _ForbiddenGlobal(f"a dtype of no size ({dtype.str})")
-    return dtype
-
-
-def _from_type_code(type_code: Any) -> np.dtype:
-    """The plain dtype a type code ('u1', b'B') names. Anything else is refused unread: numpy
-    prints a nested list into its error, exponentially long when the list shares references."""
-    if not isinstance(type_code, (str, bytes)):
-        raise _ForbiddenGlobal(f"a dtype made from a {type(type_code).__name__}")
-    return _plain(np.dtype(type_code))
-
-
-class _PickledDtype:
-    """What `numpy.dtype(code, False, True)` gives a pickle: a type code, and the byte order (a
-    datetime's unit) its one BUILD state brings. numpy's own call would give a mutable copy that
-    any later BUILD reshapes (new fields, a new item size) under an array already checked."""
-
-    __hash__ = None  # like numpy's copy as a pickle holds it: never a dict key or a set member
-
-    def __init__(self, type_code: Any) -> None:
-        self.dtype = _from_type_code(type_code)  # before BUILD: native order, as numpy's copy
-        self._built = False
-
-    def __setstate__(self, state: Any) -> None:
-        """numpy's state: (3, byte order, subarray, names, fields, item size, alignment, flags),
-        and for version 4 a ninth item, the metadata: (None, (unit, count, 1, 1)) for datetimes.
-        Item size, alignment and flags are the type code's own; this keeps none of them."""
-        if self._built:
-            raise _BadArray(f"a {self.dtype} dtype changed by a second BUILD state")
-        self._built = True
-        if not (isinstance(state, tuple) and len(state) in (8, 9)):
-            raise _BadArray(f"a {self.dtype} dtype whose BUILD state is not numpy's")
-        byteorder = state[1].decode("latin1") if isinstance(state[1], bytes) else state[1]
-        if any(part is not None for part in state[2:5]):
-            raise _ForbiddenGlobal(f"a structured dtype ({self.dtype} given fields or a subarray)")
-        if byteorder not in ("<", ">", "=", "|"):  # never printed: it may be any object
-            raise _BadArray(f"a {self.dtype} dtype whose byte order is not one of < > = |")
-        dtype = self.dtype
-        if dtype.kind in "mM":  # 'M8' + (b's', 1, 1, 1): datetime64[s]
-            metadata = state[8] if len(state) == 9 else None
-            unit = metadata[1] if isinstance(metadata, tuple) and len(metadata) == 2 else None
-            if not (
-                isinstance(unit, tuple)
-                and len(unit) == 4
-                and isinstance(unit[0], (bytes, str))
-                and isinstance(unit[1], int)
-            ):
-                raise _BadArray(f"a {dtype} dtype without numpy's (unit, count) in its state")
-            name = unit[0].decode("ascii") if isinstance(unit[0], bytes) else unit[0]
-            dtype = np.dtype(f"{dtype.char}8[{unit[1]}{name}]")
-        self.dtype = _plain(dtype.newbyteorder(byteorder))
-
-
-def _checked_dtype(dtype: Any) -> np.dtype:
-    """The plain dtype of a `numpy.dtype` call or a type code, checked again where its bytes are
-    counted."""
-    if isinstance(dtype, _PickledDtype):
-        return _plain(dtype.dtype)
-    return _from_type_code(dtype)
-
-
-def _dtype(type_code: Any, *flags: Any) -> _PickledDtype:
-    """numpy.dtype as pickles call it: `dtype('u1', False, True)`, a type code and two flags
-    (align, copy: neither changes a plain dtype)."""
-    if len(flags) > 2 or not all(isinstance(flag, int) for flag in flags):
-        raise _ForbiddenGlobal("numpy.dtype with arguments other than a type code and two flags")
-    return _PickledDtype(type_code)
-
-
 def _empty_bytes(*args: Any) -> bytes:
     """builtins.bytes as protocol 2 writes b"": called with nothing (`bytes(n)` makes n bytes)."""
     if args:
-        raise _ForbiddenGlobal("builtins.bytes with arguments")
+        raise ForbiddenGlobal("builtins.bytes with arguments")
     return b""
 
 
@@ -140,7 +61,7 @@ class _NdarrayToken:
     can never be called with an attacker's shape, dtype and buffer."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise _ForbiddenGlobal("numpy.ndarray called directly (an array over raw bytes)")
+        raise ForbiddenGlobal("numpy.ndarray called directly (an array over raw bytes)")
 
 
 _NDARRAY = _NdarrayToken()
@@ -149,9 +70,9 @@ _NDARRAY = _NdarrayToken()
 def _array_nbytes(shape: Any, dtype: np.dtype) -> int:
     """Bytes an array of `shape` and `dtype` holds, in Python integers (numpy's product can wrap)."""
     if not isinstance(shape, tuple) or len(shape) > MAX_DIMENSIONS:
-        raise _BadArray(f"an array whose shape is a {type(shape).__name__}, not a tuple of sizes")
+        raise BadArray(f"an array whose shape is a {type(shape).__name__}, not a tuple of sizes")
     if not all(isinstance(size, int) and size >= 0 for size in shape):
-        raise _BadArray("an array whose shape is not a tuple of sizes ≥ 0")
+        raise BadArray("an array whose shape is not a tuple of sizes ≥ 0")
     return math.prod(shape) * dtype.itemsize
 
 
@@ -160,7 +81,7 @@ def _must_be_filled(what: str, nbytes: int, data: Any) -> None:
     if isinstance(data, (bytes, bytearray)) and len(data) == nbytes:
         return
     found = f"{len(data):,}" if isinstance(data, (bytes, bytearray)) else "none"
-    raise _BadArray(f"{what} needs {nbytes:,} bytes, found {found}")
+    raise BadArray(f"{what} needs {nbytes:,} bytes, found {found}")
 
 
 class _ByteBudget:
@@ -182,11 +103,11 @@ class _ByteBudget:
 
     def check(self, what: str, nbytes: int) -> None:
         if nbytes > self.file_bytes:
-            raise _BadArray(
+            raise BadArray(
                 f"{what} takes {nbytes:,} bytes, more than the whole file ({self.file_bytes:,} bytes) holds"
             )
         if self.used + nbytes > self.file_bytes:
-            raise _BadArray(
+            raise BadArray(
                 f"{what} takes {nbytes:,} bytes, but {self._earlier} already took {self.used:,} "
                 f"of the file's {self.file_bytes:,} ({self._repeated})"
             )
@@ -210,16 +131,14 @@ class _PendingArray:
     def __setstate__(self, state: Any) -> None:
         """ndarray's state: (version, shape, dtype, is_fortran, raw bytes), or without version."""
         if self.array is not None:
-            raise _BadArray("an array filled twice (two BUILD states)")
+            raise BadArray("an array filled twice (two BUILD states)")
         fields = state[1:] if isinstance(state, tuple) and len(state) == 5 else state
         if not (isinstance(fields, tuple) and len(fields) == 4):
-            raise _BadArray(
-                "an array whose BUILD state is not numpy's (shape, dtype, order, bytes)"
-            )
-        shape, pickled_dtype, is_fortran, data = fields
-        if not isinstance(pickled_dtype, _PickledDtype):
-            raise _BadArray(f"an array whose dtype is a {type(pickled_dtype).__name__}")
-        dtype = _checked_dtype(pickled_dtype)
+            raise BadArray("an array whose BUILD state is not numpy's (shape, dtype, order, bytes)")
+        shape, given_dtype, is_fortran, data = fields
+        if not isinstance(given_dtype, PickledDtype):
+            raise BadArray(f"an array whose dtype is a {type(given_dtype).__name__}")
+        dtype = checked_dtype(given_dtype)
         nbytes = _array_nbytes(shape, dtype)
         what = f"an array of shape {shape} {dtype}"
         _must_be_filled(what, nbytes, data if isinstance(data, bytes) else None)
@@ -230,7 +149,7 @@ class _PendingArray:
 
     def filled(self) -> np.ndarray:
         if self.array is None:
-            raise _BadArray("an array whose data never came (_reconstruct without a BUILD state)")
+            raise BadArray("an array whose data never came (_reconstruct without a BUILD state)")
         return self.array
 
 
@@ -245,7 +164,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         )
         self._allowed: dict[tuple[str, str], Any] = {
             ("numpy", "ndarray"): _NDARRAY,
-            ("numpy", "dtype"): _dtype,
+            ("numpy", "dtype"): pickled_dtype,
             ("_codecs", "encode"): self._latin1_bytes,  # how Python 3 writes bytes in protocol 2
             ("__builtin__", "bytes"): _empty_bytes,  # ... and b"" (an empty array's data)
             ("numpy.core.multiarray", "_reconstruct"): self._reconstruct,
@@ -256,7 +175,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         numpy_1_module = module.replace("numpy._core.", "numpy.core.", 1)  # numpy 2's spelling
         if (numpy_1_module, name) not in self._allowed:
-            raise _ForbiddenGlobal(f"{module}.{name}")
+            raise ForbiddenGlobal(f"{module}.{name}")
         return self._allowed[(numpy_1_module, name)]
 
     def _latin1_bytes(self, text: Any, encoding: Any) -> bytes:
@@ -264,20 +183,20 @@ class _RestrictedUnpickler(pickle.Unpickler):
         per character of the file's text, once (another codec, 'hex', doubles its input on every
         call; one text in the memo, encoded 300 times, would be 300 copies)."""
         if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-            raise _ForbiddenGlobal("_codecs.encode other than text to latin1 bytes")
+            raise ForbiddenGlobal("_codecs.encode other than text to latin1 bytes")
         self._encoded.take(f"_codecs.encode of {len(text):,} characters", len(text))
         return codecs.encode(text, "latin1")
 
     def _reconstruct(self, subtype: Any, shape: Any, dtype: Any) -> _PendingArray:
         if subtype is not _NDARRAY:
-            raise _ForbiddenGlobal("an array of a type other than numpy.ndarray")
-        declared = _checked_dtype(dtype)  # numpy writes (0,) and b'b'; BUILD brings the real ones
+            raise ForbiddenGlobal("an array of a type other than numpy.ndarray")
+        declared = checked_dtype(dtype)  # numpy writes (0,) and b'b'; BUILD brings the real ones
         nbytes = _array_nbytes(shape, declared)
         self._budget.check(f"an array of shape {shape} {declared}", nbytes)
         return _PendingArray(self._budget)
 
     def _scalar(self, dtype: Any, *data: Any) -> Any:
-        checked = _checked_dtype(dtype)
+        checked = checked_dtype(dtype)
         what = f"a numpy scalar of {checked}"
         _must_be_filled(what, checked.itemsize, data[0] if len(data) == 1 else None)
         self._budget.take(what, checked.itemsize)
@@ -286,7 +205,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def _frombuffer(
         self, buffer: Any, dtype: Any, shape: Any, order: Any, *axis_order: Any
     ) -> _PendingArray:
-        checked = _checked_dtype(dtype)
+        checked = checked_dtype(dtype)
         nbytes = _array_nbytes(shape, checked)
         what = f"an array of shape {shape} {checked}"
         _must_be_filled(what, nbytes, buffer)
@@ -294,7 +213,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             axes is None or (isinstance(axes, tuple) and all(isinstance(a, int) for a in axes))
             for axes in axis_order
         ):
-            raise _BadArray(f"{what} in an order numpy does not write")
+            raise BadArray(f"{what} in an order numpy does not write")
         self._budget.take(what, nbytes)
         array = _NUMPY_FROMBUFFER(buffer, checked, shape, order, *axis_order)
         return _PendingArray(self._budget, array)
@@ -322,15 +241,15 @@ def _filled_arrays(content: Any) -> Any:
         else:  # tuples; sets and frozensets cannot hold an unhashable pending array
             places = ((None, item) for item in container)
         for place, item in places:
-            if isinstance(item, (_PendingArray, _PickledDtype)):
+            if isinstance(item, (_PendingArray, PickledDtype)):
                 if place is None:
-                    raise _BadArray(
+                    raise BadArray(
                         "an array or dtype inside a tuple (arrays belong in dicts and lists)"
                     )
                 filled = item.filled() if isinstance(item, _PendingArray) else item.dtype
                 item = container[place] = filled
             if isinstance(item, np.ndarray) and item.dtype.hasobject:
-                raise _ForbiddenGlobal("numpy arrays of Python objects")
+                raise ForbiddenGlobal("numpy arrays of Python objects")
             if isinstance(item, _CONTAINERS) and id(item) not in seen:
                 seen.add(id(item))
                 unvisited.append(item)
@@ -378,7 +297,7 @@ def restricted_load(path: Path) -> Any:
         return _filled_arrays(content)
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found") from None
-    except _ForbiddenGlobal as error:
+    except ForbiddenGlobal as error:
         raise PipelineError(
             f"{path}: refused: the pickle asks for {error}; only numeric numpy arrays and plain "
             "containers are allowed (anything else could run code or corrupt memory); nothing in it was run"
@@ -388,7 +307,7 @@ def restricted_load(path: Path) -> Any:
             f"{path}: refused: {error}; a pickler numbers its memo 0, 1, 2, …, so the file is "
             "damaged or hostile"
         ) from None
-    except _BadArray as error:
+    except BadArray as error:
         raise PipelineError(
             f"{path}: refused: {error}; numpy's own pickles carry each array's bytes, so the file "
             "is damaged or hostile"
