@@ -36,7 +36,8 @@ from pipeline.config.params import DataParams, PrepareParams
 from pipeline.data import archives, sources
 from pipeline.data.formats import CIFAR_FILES, CIFAR_FOLDER
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_directory, recover_directory, write_text_atomic
+from pipeline.files import write_text_atomic
+from pipeline.folders import atomic_directory, recover_directory
 from pipeline.integrations import kaggle_client
 from pipeline.records.fetch_record import FETCH_RECORD
 from pipeline.stages import fetch, prepare

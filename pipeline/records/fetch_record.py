@@ -15,7 +15,8 @@ import os
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.files import FILESYSTEM_ENTRIES, file_md5, write_json_atomic
+from pipeline.files import file_md5, write_json_atomic
+from pipeline.folders import FILESYSTEM_ENTRIES
 from pipeline.paths import INPUT_DIR
 
 FETCH_RECORD = "fetch_record.json"  # in data/raw: the source and every entry fetch wrote there

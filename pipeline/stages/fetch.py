@@ -2,7 +2,7 @@
 
 `data.source` picks where they come from (kaggle, url, local, synthetic, or auto). Whatever the
 source, the files are assembled in a temporary folder, checked by structure through the same
-restricted loaders `prepare` uses, and only then swapped into `data/raw` (files.atomic_directory).
+restricted loaders `prepare` uses, and only then swapped into `data/raw` (folders.atomic_directory).
 Each fetch first undoes what a killed one left: a `data/raw` moved aside mid-swap is put back,
 and its temporary folders (`data/.fetch-pipeline-*`, `data/.raw.pipeline-*.tmp`) are removed;
 names a user might give their own folders (`.raw.old`, `.fetch-cache`) are never touched.
@@ -49,13 +49,8 @@ from pipeline.data.locate import (
 from pipeline.data.sources import download_file, redact_url, url_has_secrets
 from pipeline.data.synthetic import write_synthetic_raw
 from pipeline.errors import PipelineError
-from pipeline.files import (
-    atomic_directory,
-    disk_errors_reported,
-    folder_lock,
-    recover_directory,
-    remove_debris,
-)
+from pipeline.files import disk_errors_reported, folder_lock
+from pipeline.folders import atomic_directory, recover_directory, remove_debris
 from pipeline.integrations.kaggle_client import (
     CREDENTIALS_HELP,
     call,

@@ -26,7 +26,8 @@ from pipeline.data.formats import (
     load_custom_test,
 )
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_directory, disk_errors_reported, write_json_atomic
+from pipeline.files import disk_errors_reported, write_json_atomic
+from pipeline.folders import atomic_directory
 from pipeline.paths import DATA_REPORT_PATH, PREPARED_DIR, RAW_DIR
 from pipeline.reporting import console
 
