@@ -26,7 +26,7 @@ from pipeline.engine.device import choose_precision, compile_choice, resolve_dev
 from pipeline.engine.models import build_model, count_trainable_params
 from pipeline.engine.timing import TrainingEstimate, estimate_training, split_sizes
 from pipeline.errors import PipelineError
-from pipeline.integrations.kaggle_client import kaggle_credentials_source
+from pipeline.integrations.kaggle_credentials import kaggle_credentials_source
 from pipeline.paths import RAW_DIR
 from pipeline.reporting import table_console
 

@@ -14,13 +14,10 @@ off for our calls, and every text from Kaggle or the client that we print passes
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime
 import io
 import logging
-import os
-import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +28,14 @@ import requests
 import requests.adapters
 
 from pipeline.errors import PipelineError
+from pipeline.integrations.kaggle_credentials import (
+    CREDENTIALS_HELP,
+    credential_strings,
+    kaggle_credentials_source,
+    known_secrets,
+    redact,
+    warn_if_readable_by_others,
+)
 from pipeline.reporting import console
 
 if TYPE_CHECKING:
@@ -47,77 +52,6 @@ CONNECT_TIMEOUT_SECONDS = 10.0  # to open a connection to Kaggle (TCP + TLS)
 # whole answer may take longer. A hung call costs ATTEMPTS of these before it fails.
 READ_TIMEOUT_SECONDS = 60.0
 VERBOSE_FLAGS = ("--verbose", "-v")  # KaggleApi.args gets one at import when VERBOSE=1 is set
-REDACTED = "[redacted]"
-MIN_SECRET_LENGTH = 6  # characters: shorter "secrets" would blank ordinary words
-# an HTTP credential as servers echo it: "Basic <base64 user:key>", "Bearer <token>"
-HTTP_CREDENTIAL = re.compile(r"\b(Basic|Bearer)\s+[A-Za-z0-9+/=._~-]{8,}")
-CREDENTIALS_HELP = (
-    "put kaggle.json in ~/.kaggle/ (chmod 600), or set KAGGLE_USERNAME and KAGGLE_KEY, or set "
-    "KAGGLE_API_TOKEN (from kaggle.com/settings)"
-)
-
-
-def kaggle_config_dir() -> Path:
-    """Where the kaggle client looks for kaggle.json / access_token (its own rules)."""
-    if os.environ.get("KAGGLE_CONFIG_DIR"):
-        return Path(os.environ["KAGGLE_CONFIG_DIR"])
-    home_dir = Path.home() / ".kaggle"
-    if home_dir.exists():
-        return home_dir
-    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"
-
-
-def kaggle_credentials_source() -> str | None:
-    """Name where the kaggle client will find credentials (never their value), or None.
-
-    The client's own places: KAGGLE_API_TOKEN, KAGGLE_USERNAME + KAGGLE_KEY, kaggle.json in its
-    config folder, and ~/.kaggle/access_token(.txt) and ~/.kaggle/credentials.json (`kaggle auth
-    login`), which it reads from the home folder whatever KAGGLE_CONFIG_DIR says.
-    """
-    if os.environ.get("KAGGLE_API_TOKEN"):
-        return "KAGGLE_API_TOKEN"
-    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
-        return "KAGGLE_USERNAME/KAGGLE_KEY"
-    home_dir = Path.home() / ".kaggle"
-    candidates = [kaggle_config_dir() / "kaggle.json"] + [
-        home_dir / name for name in ("access_token", "access_token.txt", "credentials.json")
-    ]
-    return next((str(path) for path in candidates if path.is_file()), None)
-
-
-def warn_if_readable_by_others() -> None:
-    """kaggle.json holds the API key: other users of the machine must not be able to read it."""
-    for path in (kaggle_config_dir() / "kaggle.json", Path.home() / ".kaggle" / "access_token"):
-        if path.is_file() and path.stat().st_mode & 0o077:
-            console.print(
-                f"[yellow]warning: {path} (your Kaggle key) can be read by other users of this "
-                f"machine; run `chmod 600 {path}`"
-            )
-
-
-# --- keeping credentials off the console ----------------------------------------------------
-
-_known_secrets: set[str] = set()  # what connect() found, for redact()
-
-
-def credential_strings(username: str | None, key: str | None, token: str | None) -> set[str]:
-    """The strings that give the credentials away: key, token, base64 of username:key."""
-    found = {value for value in (key, token) if value}
-    if username and key:
-        pair = f"{username}:{key}".encode()
-        found |= {base64.b64encode(pair).decode(), base64.urlsafe_b64encode(pair).decode()}
-    return {value for value in found if len(value) >= MIN_SECRET_LENGTH}
-
-
-def redact(text: str) -> str:
-    """`text` (from Kaggle or the client) without credentials: the one filter for what we print."""
-    environment = os.environ.get
-    secrets = _known_secrets | credential_strings(
-        environment("KAGGLE_USERNAME"), environment("KAGGLE_KEY"), environment("KAGGLE_API_TOKEN")
-    )
-    for secret in sorted(secrets, key=len, reverse=True):  # longest first: b64 before the key
-        text = text.replace(secret, REDACTED)
-    return HTTP_CREDENTIAL.sub(rf"\1 {REDACTED}", text)
 
 
 def _quiet_client(api: KaggleApi) -> None:
@@ -193,7 +127,7 @@ def connect(command: str) -> KaggleApi:
             f"({CREDENTIALS_HELP})"
         ) from None
     config = getattr(api, "config_values", {})
-    _known_secrets.update(
+    known_secrets.update(
         credential_strings(config.get("username"), config.get("key"), config.get("token"))
     )
     return api
