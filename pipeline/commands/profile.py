@@ -24,10 +24,9 @@ from pipeline.config.load import (
     PROFILES_DIR,
     load_profile,
     params_from_dict,
-    parse_yaml,
     profile_path,
-    read_params_text,
 )
+from pipeline.config.yaml_files import parse_yaml, read_params_text
 from pipeline.errors import PipelineError
 from pipeline.files import write_text_atomic
 

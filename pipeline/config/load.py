@@ -31,6 +31,7 @@ from pipeline.config.train_params import (
     TrainParams,
     not_read_message,
 )
+from pipeline.config.yaml_files import parse_yaml, read_yaml
 from pipeline.errors import PipelineError
 from pipeline.files import write_text_atomic
 from pipeline.models.registry import DEFAULT_MODEL, ModelConfig, model_entry, registered_models
@@ -223,63 +224,11 @@ def model_from_config(config: dict[str, Any]) -> ModelConfig:
     return _build(ModelConfig, config, "model.", notes=[])
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.safe_load, refusing a key given twice in one mapping: PyYAML keeps the last value
-    and DVC's reader another, so the stages and dvc.lock would disagree about the run."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, (str, int, float, bool)) and key is not None:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"a key must be a plain value, found {type(key).__name__}",
-                    key_node.start_mark,
-                )  # fmt: skip
-            if key in seen:
-                line = key_node.start_mark.line + 1
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice (again on line {line})", None
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def parse_yaml(text: str, where: str = "params") -> Any:
-    """YAML as `yaml.safe_load` reads it, with a duplicate or non-scalar key an error; any
-    problem is one `PipelineError` that starts with `where` (a file, an override)."""
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as error:
-        detail = str(error).replace("\n", " ")
-        raise PipelineError(f"{where}: not valid YAML: {detail}") from None
-    except RecursionError:  # PyYAML builds nested values recursively
-        raise PipelineError(f"{where}: not valid YAML: nested too deeply") from None
-
-
-def read_params_text(path: Path) -> str:
-    """A params or profile file's text; a missing, unreadable or non-UTF-8 file is one line."""
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: file not found (run from the project root)") from None
-    except UnicodeDecodeError as error:
-        raise PipelineError(
-            f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8"
-        ) from None
-    except OSError as error:  # a folder, no read permission, an I/O error
-        raise PipelineError(f"{path}: cannot be read ({error.strerror or error})") from None
-
-
-def _read_yaml(path: Path) -> Any:
-    return parse_yaml(read_params_text(path), str(path))
-
-
 def load_params(path: Path = DEFAULT_PARAMS_PATH, notes: list[str] | None = None) -> Params:
     """Read and validate `params.yaml`; a missing section takes its defaults, and keys a variant
     switch left are dropped, with a line in `notes` (the train stage prints them)."""
     notes = [] if notes is None else notes
-    values = _read_yaml(path) or {}
+    values = read_yaml(path) or {}
     if not isinstance(values, dict):
         raise PipelineError(f"{path}: expected a mapping of sections, found {_describe(values)}")
     try:
@@ -328,7 +277,7 @@ def profile_values(name: str, profiles_dir: Path = PROFILES_DIR) -> dict[str, An
     """A profile's sections as plain data, checked: model and train, each what differs from
     the defaults; a key its model or schedule does not read is refused."""
     path = profile_path(name, profiles_dir)
-    values = _read_yaml(path) or {}
+    values = read_yaml(path) or {}
     if not isinstance(values, dict) or not set(values) <= set(PROFILE_SECTIONS):
         raise PipelineError(f"{path}: a profile holds only the sections {PROFILE_SECTIONS}")
     values = {section: values.get(section) or {} for section in PROFILE_SECTIONS}
@@ -393,7 +342,7 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
 
 def override_params_file(path: Path, overrides: dict[str, Any]) -> Params:
     """Set `overrides` in the params file at `path` (validated before it is written)."""
-    values = with_overrides(_read_yaml(path) or {}, overrides)
+    values = with_overrides(read_yaml(path) or {}, overrides)
     params = params_from_dict(values)
     write_text_atomic(Path(path), yaml.safe_dump(values, sort_keys=False))
     return params
