@@ -37,16 +37,14 @@ from common import (
     read_csv_labels,
     run_facts,
 )
-from torchvision.datasets.utils import calculate_md5
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from projects import (  # noqa: E402 - the tests' scratch projects, as a user's clone
+from projects import (  # the end-to-end tests' scratch projects, as a user's clone
     copy_project,
     kill_repro_in_third_epoch,
     new_project,
     resume_states,
     sh,
 )
+from torchvision.datasets.utils import calculate_md5
 
 from pipeline.config.load import parse_overrides, with_overrides  # noqa: E402
 from pipeline.data.formats import (  # noqa: E402

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import statistics
@@ -84,7 +85,14 @@ def import_airbench(sdist: Path | None, scratch: Path):
         with tarfile.open(sdist) as archive:
             archive.extractall(scratch / "airbench-sdist", filter="data")
         (package_root,) = (scratch / "airbench-sdist").iterdir()
-        sys.path.insert(0, str(package_root))
+        package = package_root / "airbench"
+        spec = importlib.util.spec_from_file_location(
+            "airbench", package / "__init__.py", submodule_search_locations=[str(package)]
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["airbench"] = module  # before it runs: its modules import `airbench.…`
+        spec.loader.exec_module(module)
+        return module
     import airbench
 
     return airbench

@@ -1,4 +1,5 @@
-"""Scratch projects for end-to-end tests: a copy of the repository as a fresh git + DVC project."""
+"""Scratch projects for the end-to-end tests and bench/gpu_pipeline.py: a copy of the repository
+as a fresh git + DVC project, as a user's clone."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import REPO_ROOT
-
 from pipeline.config.load import override_params_file
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Applied on top of the seed profile (`python -m pipeline profile seed`).
 TINY_PARAMS = {
