@@ -29,6 +29,7 @@ from pipeline.commands.scores import score_rows
 from pipeline.errors import PipelineError
 from pipeline.integrations import kaggle_client
 from pipeline.records.history import FIELDS, find_rows, read_history
+from pipeline.records.manifest import read_manifest
 
 pytestmark = pytest.mark.slow
 COMPETITION = "deep-learning-spring-2025-project-1"
@@ -82,7 +83,7 @@ def test_a_csv_that_is_not_the_competitions_ids_is_refused_with_the_counts(
     project: Path, fake_kaggle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """data.source local with a stand-in custom test (200 images): refused with the counts."""
-    summary = submit.read_manifest(project / "submissions/latest.json")
+    summary = read_manifest(project / "submissions/latest.json")
     assert summary.data_source == "synthetic"
     as_local = dataclasses.replace(summary, data_source="local")
     ids = list(range(200))

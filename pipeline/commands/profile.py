@@ -121,9 +121,9 @@ def apply_profile(
     recipe = load_profile(name, profiles_dir)  # refuse a broken profile before touching params.yaml
     current = split_sections(read_params_text(Path(params_path)))
     for section in PROFILE_SECTIONS:
-        values = {
-            k: v for k, v in dataclasses.asdict(getattr(recipe, section)).items() if v is not None
-        }
+        values = dataclasses.asdict(getattr(recipe, section))
+        if section == "train":  # the schedules and optimizers not chosen: their keys are unset
+            values = {key: value for key, value in values.items() if value is not None}
         block = section_text(name, section, values, profiles_dir)
         if section == "train" and train_values:
             block = with_train_values(block, train_values, comment)

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import yaml
 
 from pipeline.config.params import Params
-from pipeline.config.stage_params import STAGE_PARAMS
+from pipeline.config.stage_params import require_declared_keys
 from pipeline.config.train_params import (
     OPTIMIZER_DEFAULTS,
     SCHEDULE_DEFAULTS,
@@ -146,7 +146,11 @@ def _without_other_variants(
         for key in others:
             completed.pop(key, None)
         if chosen != chosen_by_default[chooser]:
-            filled += [key for key in reads if completed.get(key) is None]
+            # a model's key may default to None (written `null`): unset only when left out
+            filled += [
+                key for key in reads
+                if key not in completed or (completed[key] is None and chooser != "name")
+            ]  # fmt: skip
     if notes is not None and dropped:
         notes.append(
             f"warning: params: {'; '.join(dropped)}: ignored (left by a switch? delete them from "
@@ -171,6 +175,10 @@ def _unknown_key(prefix: str, key: object, known: set[str]) -> PipelineError:
 def _build(cls: type, values: dict[str, Any], prefix: str, notes: list[str] | None = None) -> Any:
     section = prefix.rstrip(".")
     chosen_by_default: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(cls)}
+    if cls is Params and isinstance((values.get("distill") or {}).get("student"), dict):
+        model = values.get("model") if isinstance(values.get("model"), dict) else {}
+        student = {"name": model.get("name", DEFAULT_MODEL)} | values["distill"]["student"]
+        values = values | {"distill": values["distill"] | {"student": student}}
     if cls is ModelConfig:  # the config of the model `name` names
         chosen_by_default["name"] = DEFAULT_MODEL
         values = {"name": DEFAULT_MODEL} | values
@@ -188,14 +196,17 @@ def _build(cls: type, values: dict[str, Any], prefix: str, notes: list[str] | No
     }
     try:
         built = cls(**kwargs)
-    except (
-        PipelineError
-    ) as error:  # a model's checks name its keys model.*: a student's are its own
+    except PipelineError as error:  # a model's checks say model.*: a student's keys are its own
         if issubclass(cls, ModelConfig) and prefix != "model.":
             raise PipelineError(str(error).replace("model.", prefix)) from None
         raise
-    except ValueError as error:  # a model file's own check
-        raise PipelineError(f"params: {section}: {error}") from None
+    except Exception as error:  # a model file's own check (ValueError, assert) or its bug
+        if not issubclass(cls, ModelConfig):
+            raise
+        source = model_entry(kwargs["name"]).source
+        text = (str(error).strip().splitlines() or [""])[0]  # one line
+        detail = text if isinstance(error, ValueError) else f"{type(error).__name__}: {text}"
+        raise PipelineError(f"params: {section}: {detail} ({source})") from None
     if notes is not None and filled:
         notes.append(
             "params: not in params.yaml, so the chosen variant's defaults: "
@@ -221,6 +232,9 @@ def model_from_config(config: dict[str, Any]) -> ModelConfig:
         raise PipelineError(f"params: model must be a mapping, found {_describe(config)}")
     if "name" not in config:
         raise PipelineError("params: model.name is missing")
+    fields = {f.name for f in dataclasses.fields(model_entry(config["name"]).config)}
+    # checkpoints from before each model had its own config hold every model's keys, None if unread
+    config = {key: value for key, value in config.items() if key in fields or value is not None}
     return _build(ModelConfig, config, "model.", notes=[])
 
 
@@ -236,24 +250,8 @@ def load_params(path: Path = DEFAULT_PARAMS_PATH, notes: list[str] | None = None
     except PipelineError as error:
         raise PipelineError(f"{path}: {error}") from None
     if (Path(path).parent / "dvc.yaml").is_file():
-        _require_declared_keys(Path(path), values, params)
+        require_declared_keys(Path(path), values, params)
     return params
-
-
-def _require_declared_keys(path: Path, values: dict, params: Params) -> None:
-    """A key dvc.yaml declares by name (`model.max_params` for select) must be written in the
-    params file even where it has a default: DVC stops the run without it. A section left out
-    whole is DVC's to name (its message is clear)."""
-    for stage, names in STAGE_PARAMS.items():
-        for name in names:
-            section, _, key = name.partition(".")
-            if key and isinstance(values.get(section), dict) and key not in values[section]:
-                default = getattr(getattr(params, section), key)
-                raise PipelineError(
-                    f"{path}: {name} is missing: dvc.yaml's {stage} stage declares it, and DVC "
-                    f"stops a run without it even though it has a default; write `{key}: "
-                    f"{default}` under `{section}:`"
-                )
 
 
 # --- profiles: named model + train sections ---------------------------------------------------

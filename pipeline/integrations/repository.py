@@ -125,7 +125,13 @@ def stage_code_md5s(stage: str, dvc_yaml: Path = Path("dvc.yaml")) -> dict[str, 
         if dep.suffix == ".py" and dep.is_file():
             code.add(dep)
         elif dep.is_dir() and dep.parts[0] == "pipeline":  # a code folder, never a data one
-            code |= set(dep.rglob("*.py"))
+            # not an editor's hidden copy (.ipynb_checkpoints/): Python never imports those
+            code |= {
+                path
+                for path in dep.rglob("*.py")
+                if not path.name.startswith(".")
+                and not any(part.startswith(".") for part in path.relative_to(dep).parts)
+            }
     return {path.as_posix(): file_md5(path) for path in sorted(code)}
 
 

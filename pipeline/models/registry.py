@@ -25,6 +25,8 @@ import functools
 import hashlib
 import importlib
 import pkgutil
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,21 +63,84 @@ class RegisteredModel:
     name: str
     config: type[ModelConfig]
     build: Callable[[Any], Any]  # config → nn.Module
-    residual: (
-        bool | Callable[[Any], bool]
-    )  # a ResNet in the assignment's sense (identity shortcuts)
+    # a ResNet in the assignment's sense (identity shortcuts), or a function of the config that says
+    residual: bool | Callable[[Any], bool]
     # Muon fixes each conv filter's norm, harmless only when a BatchNorm follows every conv
     muon_compatible: bool
     source: Path  # the file that registered it
 
     def own_defaults(self) -> dict[str, Any]:
-        """The model's own keys (besides name and max_params) and their defaults."""
-        values = dataclasses.asdict(self.config())
-        return {key: value for key, value in values.items() if key not in BASE_KEYS}
+        """The model's own keys (besides name and max_params) and their defaults, read from the
+        fields (the config's own checks are not run: a draft's cannot stop another model)."""
+        return {
+            f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(self.config)
+            if f.name not in BASE_KEYS
+        }
 
 
 _REGISTERED: dict[str, RegisteredModel] = {}
+_CONFLICTS: dict[str, list[Path]] = {}  # a name two files register: refused when asked for
 Builder = TypeVar("Builder", bound=Callable[..., Any])
+PARAMS_TYPES = "int, float, bool, str, a Literal of them, a list of one of those, or X | None"
+
+
+def _shown(annotation: Any) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation)
+
+
+def _params_type_problem(annotation: Any) -> str | None:
+    """Why a field of this type cannot be a params key (load.py reads exactly these), or None."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        rest = [arg for arg in args if arg is not type(None)]
+        if len(rest) != 1 or len(args) != 2:
+            return f"{_shown(annotation)} (only X | None unions)"
+        return _params_type_problem(rest[0])
+    if origin is typing.Literal:
+        ok = all(isinstance(arg, (str, int, bool)) for arg in args)
+        return None if ok else _shown(annotation)
+    if origin is list and len(args) == 1 and typing.get_origin(args[0]) is not list:
+        return _params_type_problem(args[0])
+    return None if annotation in (int, float, bool, str) else _shown(annotation)
+
+
+def _check_config(where: Path, name: str, config: Any, residual: Any) -> None:
+    """What `register_model` refuses, each in one line naming the file and the fix."""
+    if not (isinstance(config, type) and issubclass(config, ModelConfig)):
+        raise PipelineError(f"{where}: {name}'s config must be a subclass of ModelConfig")
+    if not dataclasses.is_dataclass(config) or "__dataclass_fields__" not in vars(config):
+        raise PipelineError(f"{where}: {config.__name__} must be a @dataclass(frozen=True)")
+    try:
+        hints = typing.get_type_hints(config)
+    except Exception as error:  # noqa: BLE001 - a name the annotations use is not defined
+        raise PipelineError(f"{where}: {config.__name__}'s annotations: {error}") from None
+    if hints.get("name") is not str or hints.get("max_params") is not int:
+        raise PipelineError(f"{where}: {config.__name__} redefines name or max_params (leave them)")
+    for field in dataclasses.fields(config):
+        problem = _params_type_problem(hints[field.name])
+        no_default = field.default is dataclasses.MISSING
+        if (
+            problem
+            or not field.init
+            or (no_default and field.default_factory is dataclasses.MISSING)
+        ):
+            why = (
+                f"is a {problem}: params hold {PARAMS_TYPES}" if problem
+                else "has init=False: every field is a key params.yaml may set" if not field.init
+                else "needs a default (a model's keys all have one, so params.yaml may leave "
+                "any of them out)"
+            )  # fmt: skip
+            raise PipelineError(f"{where}: {config.__name__}.{field.name} {why}")
+    try:
+        defaults = config(name=name)
+        declared = residual(defaults) if callable(residual) else residual
+    except Exception as error:  # noqa: BLE001 - the file's own check or its bug: named here
+        raise PipelineError(
+            f"{where}: {name} at its defaults fails: {type(error).__name__}: {error}"
+        ) from None
+    if not isinstance(declared, bool):
+        raise PipelineError(f"{where}: {name}'s residual must be true or false, found {declared!r}")
 
 
 def register_model(
@@ -86,24 +151,12 @@ def register_model(
     `residual`: whether it has identity shortcuts, or a function of its config that says."""
 
     def register(build: Builder) -> Builder:
-        defined_in = getattr(config, "__module__", build.__module__)  # the model's file
-        where = Path(getattr(importlib.import_module(defined_in), "__file__", None) or defined_in)
-        if not (isinstance(config, type) and issubclass(config, ModelConfig)):
-            raise PipelineError(f"{where}: {name}'s config must be a subclass of ModelConfig")
-        if not dataclasses.is_dataclass(config) or "__dataclass_fields__" not in vars(config):
-            raise PipelineError(f"{where}: {config.__name__} must be a @dataclass(frozen=True)")
-        no_default = [
-            f.name for f in dataclasses.fields(config)
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ]  # fmt: skip
-        if no_default:
-            raise PipelineError(
-                f"{where}: {config.__name__}.{no_default[0]} needs a default (a model's keys "
-                "all have one, so params.yaml may leave any of them out)"
-            )
+        module = importlib.import_module(build.__module__)  # the file that registers it
+        where = Path(getattr(module, "__file__", None) or build.__module__)
+        _check_config(where, name, config, residual)
         other = _REGISTERED.get(name)
         if other is not None and other.source != where:
-            raise PipelineError(f"model name '{name}' is registered twice: {other.source}, {where}")
+            _CONFLICTS.setdefault(name, [other.source]).append(where)
         _REGISTERED[name] = RegisteredModel(name, config, build, residual, muon_compatible, where)
         return build
 
@@ -120,7 +173,7 @@ def _import_failures() -> tuple[str, ...]:
             importlib.import_module(f"{__package__}.{module.name}")
         except PipelineError as error:
             failures.append(str(error))
-        except Exception as error:  # a student's draft: any error is the file's, named below
+        except (Exception, SystemExit) as error:  # a draft's: the file's, named when asked for
             line = f" line {error.lineno}" if isinstance(error, SyntaxError) else ""
             hint = " (every key of a model's config needs a default)" * (
                 "non-default argument" in str(error)
@@ -140,6 +193,12 @@ def model_entry(name: object, key: str = "model.name") -> RegisteredModel:
     """The model registered as `name`; else an error listing the known ones and any file of
     pipeline/models/ that could not be imported (where it may have been)."""
     models = registered_models()
+    if isinstance(name, str) and name in _CONFLICTS:
+        files = ", ".join(str(path) for path in _CONFLICTS[name])
+        raise PipelineError(
+            f"params: {key} '{name}' is registered by more than one file ({files}); "
+            "rename the model in one of them"
+        )
     if isinstance(name, str) and name in models:
         return models[name]
     failures = "".join(f"; not imported: {failure}" for failure in _import_failures())
