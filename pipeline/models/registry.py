@@ -13,6 +13,10 @@ something that builds an `nn.Module` from it (the class itself, or a function), 
         def __init__(self, config: MyResNetConfig) -> None: ...
 
 Then `model.name: my_resnet` in params.yaml (with any of its keys under `model:`) trains it.
+A key's type is one params can hold (int, float, bool, str, a Literal, a list of one of them,
+or X | None); `__post_init__` may check values (raise ValueError). `register_model` checks the
+config when the file is imported (every field a key with a default, the defaults passing the
+config's own checks, `residual` a bool), so a file that breaks a rule fails to import.
 The registry imports each file of the folder once, the first time a name is looked up; a file
 that fails to import is named only if the model asked for is not found (a draft beside the
 model in use does not stop a run).
