@@ -152,6 +152,8 @@ def test_a_broken_draft_beside_the_model_in_use_is_named_only_when_needed(tmp_pa
     shutil.copytree(REPO_ROOT / "pipeline", project / "pipeline")
     (project / "pipeline/models/draft.py").write_text("def broken(:\n")
     (project / "pipeline/models/scratch.py").write_text("import sys\nsys.exit(2)\n")  # argparse
+    (project / "pipeline/models/mine").mkdir()
+    (project / "pipeline/models/mine/net.py").write_text("x = 1\n")
     (project / "pipeline/models/no_default.py").write_text(
         "from dataclasses import dataclass\n"
         "from pipeline.models.registry import ModelConfig\n"
@@ -174,6 +176,7 @@ def test_a_broken_draft_beside_the_model_in_use_is_named_only_when_needed(tmp_pa
     assert lines[0] == "airnet"
     assert "model.name must be one of ['airnet', 'resnet_wide', 'seed_resnet']" in lines[1]
     assert "pipeline/models/draft.py line 1: SyntaxError" in lines[1]
+    assert "not searched: the subfolder mine/ (move its file up)" in lines[1]
     assert (
         "pipeline/models/no_default.py: TypeError: non-default argument 'width' follows default "
         "argument (every key of a model's config needs a default)" in lines[1]

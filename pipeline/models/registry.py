@@ -206,6 +206,12 @@ def model_entry(name: object, key: str = "model.name") -> RegisteredModel:
     if isinstance(name, str) and name in models:
         return models[name]
     failures = "".join(f"; not imported: {failure}" for failure in _import_failures())
+    nested = sorted(
+        path.parent.relative_to(MODELS_DIR).as_posix() for path in MODELS_DIR.glob("*/*.py")
+        if path.parent.name != "__pycache__" and not path.parent.name.startswith(".")
+    )  # fmt: skip
+    if nested:  # only the folder's own files are models: a subfolder's are never imported
+        failures += f"; not searched: the subfolder {nested[0]}/ (move its file up)"
     raise PipelineError(
         f"params: {key} must be one of {sorted(models)}, found {name!r} (a model is a file in "
         f"pipeline/models/ that calls register_model){failures}"
