@@ -73,11 +73,11 @@ DVC_YAML = Path(__file__).resolve().parents[1] / "dvc.yaml"
 @functools.cache
 def _dvc_stages() -> dict:
     """dvc.yaml's stages, read once per command ({} when it cannot be read)."""
-    import yaml
+    from pipeline.config.yaml_files import parse_yaml
 
     try:
-        stages = yaml.safe_load(DVC_YAML.read_text(encoding="utf-8"))["stages"]
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        stages = parse_yaml(DVC_YAML.read_text(encoding="utf-8"), str(DVC_YAML))["stages"]
+    except (OSError, KeyError, TypeError, PipelineError):
         return {}
     return stages if isinstance(stages, dict) else {}
 

@@ -457,3 +457,21 @@ def test_a_key_dvc_yaml_declares_by_name_must_be_written(tmp_path: Path) -> None
         load_params(path)
     path.write_text("model:\n  name: seed_resnet\n  max_params: 5000000\n")
     assert load_params(path).model.name == "seed_resnet"
+
+
+def test_params_are_read_as_dvc_reads_them(tmp_path: Path) -> None:
+    """PyYAML (YAML 1.1) trained `seed: 010` with seed 8 while dvc.lock recorded 10, and refused
+    `lr: 1e-3` as a string that DVC reads as a number: one reading (DVC's) for both."""
+    from dvc.utils.serialize import parse_yaml as dvc_reads
+
+    text = "train:\n  seed: 010\n  lr: 1e-3\n  schedule: multistep\n  milestones: [0x10]\n"
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    train = load_params(path).train
+    assert dvc_reads(text, str(path))["train"] == {
+        "seed": 10, "lr": 0.001, "schedule": "multistep", "milestones": [16]
+    }  # fmt: skip
+    assert (train.seed, train.lr, train.milestones) == (10, 0.001, [16])
+    path.write_text("train:\n  nesterov: yes\n")  # YAML 1.2 (and DVC): the string 'yes'
+    with pytest.raises(PipelineError, match="train.nesterov must be true or false, found 'yes'"):
+        load_params(path)

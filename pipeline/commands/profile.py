@@ -16,8 +16,6 @@ import dataclasses
 import re
 from pathlib import Path
 
-import yaml
-
 from pipeline.config.load import (
     DEFAULT_PARAMS_PATH,
     PROFILE_SECTIONS,
@@ -26,7 +24,7 @@ from pipeline.config.load import (
     params_from_dict,
     profile_path,
 )
-from pipeline.config.yaml_files import parse_yaml, read_params_text
+from pipeline.config.yaml_files import flow_yaml, parse_yaml, read_params_text
 from pipeline.errors import PipelineError
 from pipeline.files import write_text_atomic
 
@@ -80,7 +78,7 @@ def _key_lines(block: str) -> dict[str, str]:
 
 
 def _line_value(line: str) -> object:
-    return (yaml.safe_load(line) or {}).popitem()[1] if ":" in line else None
+    return (parse_yaml(line) or {}).popitem()[1] if ":" in line else None
 
 
 def section_text(name: str, section: str, values: dict, profiles_dir: Path = PROFILES_DIR) -> str:
@@ -107,8 +105,7 @@ def section_text(name: str, section: str, values: dict, profiles_dir: Path = PRO
                 lines.append(line)
                 break
         else:
-            flow = yaml.safe_dump(values[key], default_flow_style=True, width=200)
-            lines.append(f"  {key}: {flow.removesuffix(chr(10) + '...' + chr(10)).strip()}\n")
+            lines.append(f"  {key}: {flow_yaml(values[key])}\n")
     return "".join(lines)
 
 

@@ -21,8 +21,6 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from pipeline.config.params import Params
 from pipeline.config.stage_params import require_declared_keys
 from pipeline.config.train_params import (
@@ -31,7 +29,7 @@ from pipeline.config.train_params import (
     TrainParams,
     not_read_message,
 )
-from pipeline.config.yaml_files import parse_yaml, read_yaml
+from pipeline.config.yaml_files import dump_yaml, parse_yaml, read_yaml
 from pipeline.errors import PipelineError
 from pipeline.files import write_text_atomic
 from pipeline.models.registry import DEFAULT_MODEL, ModelConfig, model_entry, registered_models
@@ -342,7 +340,7 @@ def override_params_file(path: Path, overrides: dict[str, Any]) -> Params:
     """Set `overrides` in the params file at `path` (validated before it is written)."""
     values = with_overrides(read_yaml(path) or {}, overrides)
     params = params_from_dict(values)
-    write_text_atomic(Path(path), yaml.safe_dump(values, sort_keys=False))
+    write_text_atomic(Path(path), dump_yaml(values))
     return params
 
 

@@ -1,48 +1,83 @@
-"""Reading params and profile files: text that must be UTF-8, and YAML with no key given twice.
-Every problem is one `PipelineError` naming the file (or the override) it came from."""
+"""Reading and writing params and profile files: text that must be UTF-8, and YAML read as DVC
+reads it (ruamel.yaml, YAML 1.2) with no key given twice. Every problem is one `PipelineError`
+naming the file (or the override) it came from."""
 
 from __future__ import annotations
 
+import io
+import re
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ruamel.yaml import YAML, YAMLError
+from ruamel.yaml.constructor import DuplicateKeyError
 
 from pipeline.errors import PipelineError
 
+PLAIN_KEYS = (str, int, float, bool, type(None))
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.safe_load, refusing a key given twice in one mapping: PyYAML keeps the last value
-    and DVC's reader another, so the stages and dvc.lock would disagree about the run."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, (str, int, float, bool)) and key is not None:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"a key must be a plain value, found {type(key).__name__}",
-                    key_node.start_mark,
-                )  # fmt: skip
-            if key in seen:
-                line = key_node.start_mark.line + 1
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice (again on line {line})", None
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+def _yaml(flow: bool = False) -> YAML:
+    """ruamel.yaml's safe reader and writer: what DVC reads params.yaml and dvc.lock with."""
+    handler = YAML(typ="safe", pure=True)
+    handler.default_flow_style = flow
+    handler.sort_base_mapping_type_on_output = False
+    return handler
 
 
 def parse_yaml(text: str, where: str = "params") -> Any:
-    """YAML as `yaml.safe_load` reads it, with a duplicate or non-scalar key an error; any
-    problem is one `PipelineError` that starts with `where` (a file, an override)."""
+    """YAML as DVC reads it (YAML 1.2: `010` is 10, `1e-3` a number, `yes` and `1:30` strings;
+    PyYAML's 1.1 reads each otherwise, so the stages and dvc.lock would disagree), with a key
+    given twice or a key that is not a plain value an error. Any problem is one `PipelineError`
+    that starts with `where` (a file, an override)."""
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as error:
-        detail = str(error).replace("\n", " ")
+        data = _yaml().load(text)
+    except DuplicateKeyError as error:
+        found = re.search(r'duplicate key "(.*?)" with value', str(error.problem))
+        key = found.group(1) if found else "a key"
+        line = error.problem_mark.line + 1 if error.problem_mark else "?"
+        raise PipelineError(
+            f"{where}: not valid YAML: key {key!r} appears twice (again on line {line})"
+        ) from None
+    except YAMLError as error:
+        detail = " ".join(str(error).split("To suppress")[0].split())
         raise PipelineError(f"{where}: not valid YAML: {detail}") from None
-    except RecursionError:  # PyYAML builds nested values recursively
+    except RecursionError:  # nested values are built recursively
         raise PipelineError(f"{where}: not valid YAML: nested too deeply") from None
+    _require_plain_keys(data, where)
+    return data
+
+
+def _require_plain_keys(data: Any, where: str) -> None:
+    """Every mapping key a plain value (ruamel reads `[1]: x` as a tuple key); each container
+    walked once (anchors may share one)."""
+    seen, todo = set(), [data]
+    while todo:
+        item = todo.pop()
+        if id(item) in seen or not isinstance(item, (dict, list)):
+            continue
+        seen.add(id(item))
+        for key in item if isinstance(item, dict) else ():
+            if not isinstance(key, PLAIN_KEYS):
+                found = "list" if isinstance(key, tuple) else type(key).__name__  # YAML's name
+                raise PipelineError(
+                    f"{where}: not valid YAML: a key must be a plain value, found {found}"
+                )
+        todo.extend(item.values() if isinstance(item, dict) else item)
+
+
+def dump_yaml(data: Any) -> str:
+    """`data` as block-style YAML that `parse_yaml` (and DVC) read back as the same values."""
+    stream = io.StringIO()
+    _yaml().dump(data, stream)
+    return stream.getvalue()
+
+
+def flow_yaml(value: Any) -> str:
+    """One value as a flow-style YAML scalar or list (`[128, 304, 304]`), for one line."""
+    stream = io.StringIO()
+    _yaml(flow=True).dump(value, stream)
+    return stream.getvalue().removesuffix("\n...\n").strip()
 
 
 def read_params_text(path: Path) -> str:

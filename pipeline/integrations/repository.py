@@ -12,8 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
+from pipeline.config.yaml_files import parse_yaml
 from pipeline.errors import PipelineError
 from pipeline.files import file_md5
 
@@ -119,7 +118,9 @@ def stage_code_md5s(stage: str, dvc_yaml: Path = Path("dvc.yaml")) -> dict[str, 
     lists included (pipeline/models: a new model file too); {} without dvc.yaml."""
     if not dvc_yaml.exists():
         return {}
-    deps = yaml.safe_load(dvc_yaml.read_text())["stages"][stage].get("deps", [])
+    deps = parse_yaml(dvc_yaml.read_text(encoding="utf-8"), str(dvc_yaml))["stages"][stage].get(
+        "deps", []
+    )
     code: set[Path] = set()
     for dep in map(Path, deps):
         if dep.suffix == ".py" and dep.is_file():
@@ -139,6 +140,6 @@ def lock_output_hashes(lock_text: str) -> dict[str, str]:
     """Every output path a dvc.lock records, with its md5."""
     return {
         out["path"]: out.get("md5", "")
-        for stage in (yaml.safe_load(lock_text) or {}).get("stages", {}).values()
+        for stage in (parse_yaml(lock_text, "dvc.lock") or {}).get("stages", {}).values()
         for out in stage.get("outs", [])
     }

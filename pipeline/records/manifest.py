@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from pipeline.config.load import model_from_config
+from pipeline.config.yaml_files import parse_yaml
 from pipeline.errors import PipelineError
 from pipeline.files import file_md5, read_json, write_json_atomic
 from pipeline.integrations.repository import changed_files, git, head_commit, stage_code_md5s
@@ -52,7 +52,11 @@ def run_id(
     dvc_yaml: Path = Path("dvc.yaml"),
 ) -> str:  # fmt: skip
     """The digest described above; `input_files` are the files predict reads (hashed by content)."""
-    lock = yaml.safe_load(lock_path.read_text()) if lock_path.exists() else {}
+    lock = (
+        parse_yaml(lock_path.read_text(encoding="utf-8"), str(lock_path))
+        if lock_path.exists()
+        else {}
+    )
     stages = (lock or {}).get("stages", {})
     identity = {
         "upstream": {
