@@ -101,7 +101,7 @@ def sync_to_disk(path: Path) -> None:
 def read_json(path: Path) -> Any:
     """A JSON file's content; a missing or malformed file is a `PipelineError` naming it."""
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -110,7 +110,7 @@ def read_json(path: Path) -> Any:
 
 def write_text_atomic(path: Path, text: str) -> None:
     with atomic_path(path) as temp_path:
-        temp_path.write_text(text)
+        temp_path.write_text(text, encoding="utf-8")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -508,3 +511,45 @@ def test_the_fp16_path_a_t4_takes_runs_train_select_predict_on_the_cpu_to_a_vali
     assert manifest["run_id"] == run_id
     assert manifest["training"]["precision"] == "float16"
     assert manifest["inference_precision"] == "float16"
+
+
+@pytest.mark.parametrize("damage", ["not yaml", "not a lock"])
+def test_a_damaged_dvc_lock_stops_predict_before_the_csv_changes(
+    trained_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    """predict replaced latest.csv, then crashed reading dvc.lock: CSV and manifest out of step."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out/latest.csv"
+    out.parent.mkdir()
+    out.write_text("ID,Labels\n0,1\n")  # the last run's
+    (tmp_path / "dvc.lock").write_text(
+        {"not yaml": "stages: [\n", "not a lock": "- 1\n- 2\n"}[damage]
+    )
+    expected = "not valid YAML" if damage == "not yaml" else "not a DVC lock file"
+    with pytest.raises(PipelineError, match=f"dvc.lock: {expected}"):
+        predict.run(
+            PredictParams(tta="none", device="cpu"), trained_project / "data/prepared",
+            trained_project / "models/checkpoints/epoch_0004.pt", out, {},
+        )  # fmt: skip
+    assert out.read_text() == "ID,Labels\n0,1\n"
+    assert not (tmp_path / "out/latest.json").exists()
+
+
+def test_the_run_files_are_read_as_utf_8_whatever_the_locale(tmp_path: Path) -> None:
+    """`LC_ALL=C PYTHONUTF8=0`: a dvc.lock or dvc.yaml with a non-ASCII character crashed predict."""
+    (tmp_path / "dvc.lock").write_text("stages:\n  fetch:\n    cmd: caf\u00e9\n", encoding="utf-8")
+    (tmp_path / "dvc.yaml").write_text(
+        "# caf\u00e9\nstages:\n  predict:\n    deps: []\n", encoding="utf-8"
+    )
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    script = (
+        "import sys, pathlib\n"
+        "from pipeline.records.manifest import run_id\n"
+        "assert sys.flags.utf8_mode == 0\n"
+        "print(len(run_id({}, [])))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "12"

@@ -87,8 +87,8 @@ def section_text(name: str, section: str, values: dict, profiles_dir: Path = PRO
     else as `key: value`."""
     shipped = (profiles_dir / f"{TEMPLATE_PROFILE}.yaml").is_file()  # else the shipped template
     template_path = profile_path(TEMPLATE_PROFILE, profiles_dir if shipped else PROFILES_DIR)
-    template = split_sections(template_path.read_text())[section]
-    own = split_sections(profile_path(name, profiles_dir).read_text()).get(section, "")
+    template = split_sections(read_params_text(template_path))[section]
+    own = split_sections(read_params_text(profile_path(name, profiles_dir))).get(section, "")
     template_lines, own_lines = _key_lines(template), _key_lines(own)
     header = (
         (own or template)

@@ -123,7 +123,7 @@ def restore_outputs(worktree: Path) -> str:
 
 
 def _labels(path: Path) -> dict[str, str]:
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8") as handle:
         return {row["ID"]: row["Labels"] for row in csv.DictReader(handle)}
 
 
@@ -134,7 +134,7 @@ def committed_outputs(commit: str) -> dict[str, str]:
 
 def changed_outputs(committed: dict[str, str], worktree: Path) -> list[str]:
     """Outputs whose md5 in the worktree's dvc.lock differs from the `committed` one."""
-    reproduced = lock_output_hashes((worktree / "dvc.lock").read_text())
+    reproduced = lock_output_hashes((worktree / "dvc.lock").read_text(encoding="utf-8"))
     return [path for path, md5 in committed.items() if reproduced.get(path) != md5]
 
 

@@ -80,7 +80,7 @@ def read_history(path: Path = HISTORY_PATH) -> list[dict[str, str]]:
 
 def append_history(row: dict[str, str], path: Path = HISTORY_PATH) -> None:
     """Add `row` at the end; the file is rewritten whole (temp + rename), never half-appended."""
-    existing = path.read_text() if path.exists() else ""
+    existing = path.read_text(encoding="utf-8") if path.exists() else ""
     if existing:
         read_history(path)  # refuse to append to a file with another layout
     buffer = io.StringIO()

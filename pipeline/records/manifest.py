@@ -52,15 +52,19 @@ def run_id(
     dvc_yaml: Path = Path("dvc.yaml"),
 ) -> str:  # fmt: skip
     """The digest described above; `input_files` are the files predict reads (hashed by content)."""
-    lock = (
-        parse_yaml(lock_path.read_text(encoding="utf-8"), str(lock_path))
-        if lock_path.exists()
-        else {}
-    )
-    stages = (lock or {}).get("stages", {})
+    text = lock_path.read_text(encoding="utf-8") if lock_path.exists() else ""
+    lock = parse_yaml(text, str(lock_path)) or {}
+    stages = lock.get("stages") if isinstance(lock, dict) else None
+    if not isinstance(stages, dict) or not all(isinstance(s, dict) for s in stages.values()):
+        if text:
+            raise PipelineError(
+                f"{lock_path}: not a DVC lock file (no mapping of stages); restore it with "
+                f"`git checkout {lock_path}` and run `dvc repro`"
+            )
+        stages = {}
     identity = {
         "upstream": {
-            name: {key: (stages.get(name) or {}).get(key) for key in LOCK_INPUT_KEYS}
+            name: {key: stages.get(name, {}).get(key) for key in LOCK_INPUT_KEYS}
             for name in UPSTREAM_STAGES
         },
         "predict_params": predict_params,

@@ -149,15 +149,17 @@ def run(
     custom_test = load_split(prepared_dir, "custom_test")
     images = to_device_tensor(custom_test["images"], mean, std, device)
     labels, argmax_counts = label_custom_test(model, images, tta, adapt, params, precision)
+    # the run's id from dvc.lock and dvc.yaml before latest.csv changes: a damaged dvc.lock stops
+    # predict with the last run's CSV and manifest still in step
+    predict_inputs = {"predict": dataclasses.asdict(params), "adapt": dataclasses.asdict(adapt),
+                      "device": device.type, "torch": torch.__version__}  # fmt: skip
+    run_id = manifest.run_id(predict_inputs, [model_path, prepared_dir / "custom_test.npz"])
+    files = manifest.run_files(run_id, submission_path.parent)
     write_submission(submission_path, custom_test["ids"], labels)
     plain_accuracy = val_accuracy
     if tta != "none":
         plain_accuracy = evaluate(model, *val_set, "none", params.batch_size, precision)[0]
 
-    predict_inputs = {"predict": dataclasses.asdict(params), "adapt": dataclasses.asdict(adapt),
-                      "device": device.type, "torch": torch.__version__}  # fmt: skip
-    run_id = manifest.run_id(predict_inputs, [model_path, prepared_dir / "custom_test.npz"])
-    files = manifest.run_files(run_id, submission_path.parent)
     with atomic_path(files.csv) as temp_path:
         shutil.copyfile(submission_path, temp_path)
     # the plots only once the submission is in place: a failed run leaves the last run's
