@@ -78,6 +78,7 @@ class FakeKaggle:
         self.echo_authorization = False
         self.score_after_polls: int | None = None  # GetSubmission calls before it is scored
         self.public_score_to_give = "0.91230"
+        self.html_for: set[str] = set()  # methods answered with a login page, status 200 (a proxy)
         self._polls: dict[int, int] = defaultdict(int)
         self._released = threading.Event()  # set on exit: hung requests end without an answer
         self._uploads: dict[str, dict] = {}
@@ -218,8 +219,11 @@ def _handler_for(fake: FakeKaggle) -> type[http.server.BaseHTTPRequestHandler]:
 
         def _send(self, status: int, payload: dict) -> None:
             data = json.dumps(payload).encode()
+            kind = "application/json"
+            if self.path.rpartition("/")[2] in fake.html_for:
+                data, kind = b"<html><body>Please sign in to the network</body></html>", "text/html"
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import itertools
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ from conftest import FAKE_KAGGLE_KEY, FAKE_KAGGLE_USERNAME, REPO_ROOT
 from fake_kaggle import FakeSubmission, verbose_kaggle_client
 
 from pipeline.__main__ import main
-from pipeline.commands import submit
+from pipeline.commands import submit, submit_checks
 from pipeline.config.params import DataParams
 from pipeline.errors import PipelineError
 from pipeline.integrations import kaggle_client
@@ -150,11 +151,11 @@ def test_todays_submissions_are_counted_over_kaggles_utc_day() -> None:
         _listed(datetime.datetime(2026, 3, 3, 23, 59)),  # yesterday
         _listed(None),
     ]
-    assert kaggle_client.made_today(listed, now) == 2
+    assert submit_checks.made_today(listed, now) == 2
     # 01:30 in UTC+2 is 23:30 UTC of the day before: the same Kaggle day
     local = now.astimezone(datetime.timezone(datetime.timedelta(hours=2)))
-    assert kaggle_client.made_today(listed, local) == 2
-    assert kaggle_client.next_day_utc(local) == datetime.datetime(
+    assert submit_checks.made_today(listed, local) == 2
+    assert submit_checks.next_day_utc(local) == datetime.datetime(
         2026, 3, 5, tzinfo=datetime.timezone.utc
     )
 
@@ -220,3 +221,78 @@ def test_a_damaged_pending_record_is_one_line_and_never_reaches_history(
     path.write_text(json.dumps(damaged))
     with pytest.raises(PipelineError, match="pending_submission.json"):
         read_pending(path)
+
+
+def test_scores_reads_a_numeric_score_and_a_state_this_client_does_not_know(
+    fake_kaggle, scores_folder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A number for publicScore crashed the table; an unknown state (kagglesdk's KeyError)
+    failed every listing, and so every submit."""
+    for ref, status, score in ((1, "COMPLETE", 0.9123), (2, "FROM_THE_FUTURE", "")):
+        fake_kaggle.submissions.append(FakeSubmission(
+            ref=ref, competition=COMPETITION, description="by hand", file_name="x.csv",
+            content=b"x", date=datetime.datetime(2026, 3, 4), status=status, public_score=score,
+        ))  # fmt: skip
+    assert main(["scores"]) == 0
+    table = capsys.readouterr().out
+    assert "0.9123" in table and "from_the_future" in table
+
+
+def test_a_submission_list_that_never_ends_is_stopped(
+    fake_kaggle, scores_folder: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that kept sending a next-page token was read forever (614 MB in 60 s)."""
+    import fake_kaggle as fake_module
+
+    monkeypatch.setattr(kaggle_client, "MAX_LIST_PAGES", 3)
+    refs = itertools.count(1)
+
+    def endless(fake: object, request: dict) -> dict:
+        page = [FakeSubmission(ref=next(refs), competition=COMPETITION, description="x",
+                               file_name="x.csv", content=b"x", date=datetime.datetime(2026, 3, 4))
+                for _ in range(kaggle_client.LIST_PAGE_SIZE)]  # fmt: skip
+        return {"submissions": [item.to_json() for item in page], "nextPageToken": str(next(refs))}
+
+    monkeypatch.setitem(fake_module.METHODS, "ListSubmissions", endless)
+    assert main(["scores"]) == 1
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert "Kaggle kept sending pages past 300 submissions" in line
+    assert fake_kaggle.calls.count("ListSubmissions") == 3
+
+
+def test_a_page_that_is_not_kaggles_json_and_a_truncated_kaggle_json_are_said_in_words(
+    fake_kaggle, scores_folder: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_kaggle.html_for.add("ListSubmissions")  # a captive portal's page, with status 200
+    assert main(["scores"]) == 1
+    error = capsys.readouterr().err
+    assert "not Kaggle's JSON (a proxy's or a captive portal's page?)" in error
+    assert "JSONDecodeError" not in error
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    kaggle_json = Path(os.environ["KAGGLE_CONFIG_DIR"]) / "kaggle.json"
+    kaggle_json.write_text('{"username": "pipeline-tester", "ke')
+    assert main(["scores"]) == 1
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert f"{kaggle_json}: not the JSON object kaggle.com gives" in line
+    assert "authentication failed" not in line
+
+
+def test_scores_shows_a_run_whose_manifest_has_a_wrongly_typed_field(scores_folder: Path) -> None:
+    """A committed manifest with `val_accuracy: "0.9"` or `model: [...]` crashed scores."""
+    from pipeline.commands.scores import score_rows
+    from pipeline.records.history import FIELDS
+
+    run = "0123456789ab"
+    row = dict.fromkeys(FIELDS, "") | {"run_id": run, "competition": COMPETITION,
+                                       "kaggle_ref": "7", "submitted_utc": "2026-03-04T05:06"}  # fmt: skip
+    (scores_folder / "submissions").mkdir()
+    for damage in ({"val_accuracy": "0.9"}, {"model": ["airnet"]}, {"model_params": True}):
+        manifest = {"run_id": run, "model": "airnet", "val_accuracy": 0.9} | damage
+        (scores_folder / f"submissions/{run}.json").write_text(json.dumps(manifest))
+        [shown] = score_rows([], [row], COMPETITION)
+        assert shown["model"] == "unreadable manifest" and shown["run_id"] == run, damage
+    with pytest.raises(PipelineError, match=r"\.json: run manifest: model_params must be a numb"):
+        from pipeline.records.manifest import read_manifest
+
+        read_manifest(scores_folder / f"submissions/{run}.json")

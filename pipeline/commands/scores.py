@@ -43,6 +43,10 @@ def _manifest_fields(run_id: str, commit: str) -> dict[str, str]:
     }
 
 
+def _text(value: object) -> str:
+    return MISSING if value is None or value == "" else str(value)
+
+
 def score_rows(
     submissions: list, history: list[dict[str, str]], competition: str
 ) -> list[dict[str, str]]:
@@ -65,8 +69,8 @@ def score_rows(
             "kaggle_ref": str(item.ref),
             "run_id": record.get("run_id") or MISSING,
             "commit": (record.get("commit") or MISSING)[:7],
-            "public": item.public_score or MISSING,
-            "private": item.private_score or MISSING,
+            "public": _text(item.public_score),  # a string, or a number from another server
+            "private": _text(item.private_score),
             "status": status,
         } | _manifest_fields(record.get("run_id", ""), record.get("commit", "")))  # fmt: skip
     for record in history:

@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING
 
 from pipeline.commands.submit_checks import (
     learned_nothing,
+    made_today,
+    next_day_utc,
     not_for_the_competition,
     refusals,
     run_of_latest_csv,
@@ -149,10 +151,10 @@ def settle_pending(
 def refuse_over_daily_limit(submissions: list, competition: str, daily_limit: int) -> None:
     """Stop before uploading when today's submissions (Kaggle's day: UTC) reached the limit."""
     now = datetime.datetime.now(datetime.timezone.utc)
-    made = kaggle_client.made_today(submissions, now)
+    made = made_today(submissions, now)
     if made < daily_limit:
         return
-    reset = kaggle_client.next_day_utc(now)
+    reset = next_day_utc(now)
     hours, seconds = divmod(int((reset - now).total_seconds()), 3600)
     raise PipelineError(
         f"submit refused: {made} submissions to '{competition}' today, the daily limit of "

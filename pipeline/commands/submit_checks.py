@@ -1,10 +1,12 @@
 """What submit checks before it sends a CSV: that it is the last run's, made for the
 competition (not synthetic, its 10,000 ids), not sent before, and from a run that learned
-something. Each refusal says why and what to do (commands/submit.py sends)."""
+something; and how many submissions Kaggle's UTC day has left. Each refusal says why and what
+to do (commands/submit.py sends)."""
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from pathlib import Path
 
 from pipeline.classes import CIFAR10_CLASS_NAMES, NUM_CLASSES
@@ -108,3 +110,34 @@ def learned_nothing(manifest: RunSummary, csv_path: Path, labels: list[int]) -> 
             f"({CIFAR10_CLASS_NAMES[labels[0]]}): it would score at chance"
         )
     return found
+
+
+# --- Kaggle's daily limit, counted over its UTC day ----------------------------------------
+
+
+def made_today(submissions: list, now: datetime.datetime) -> int:
+    """How many of `submissions` count against today's limit: Kaggle's day is UTC (00:00 to
+    00:00), and a submission that failed to score (ERROR) does not count."""
+    today = now.astimezone(datetime.timezone.utc).date()
+    return sum(
+        1
+        for item in submissions
+        if item.date is not None
+        and _as_utc(item.date).date() == today
+        and getattr(item.status, "name", "") != "ERROR"
+    )
+
+
+def next_day_utc(now: datetime.datetime) -> datetime.datetime:
+    """When Kaggle's day after `now` starts: the next 00:00 UTC."""
+    today = now.astimezone(datetime.timezone.utc).date()
+    return datetime.datetime.combine(
+        today + datetime.timedelta(days=1), datetime.time(), tzinfo=datetime.timezone.utc
+    )
+
+
+def _as_utc(moment: datetime.datetime) -> datetime.datetime:
+    """kagglesdk gives naive datetimes in UTC."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.astimezone(datetime.timezone.utc)

@@ -15,8 +15,8 @@ off for our calls, and every text from Kaggle or the client that we print passes
 from __future__ import annotations
 
 import contextlib
-import datetime
 import io
+import json
 import logging
 import tempfile
 import time
@@ -30,6 +30,7 @@ import requests.adapters
 from pipeline.errors import PipelineError
 from pipeline.integrations.kaggle_credentials import (
     CREDENTIALS_HELP,
+    check_kaggle_json,
     credential_strings,
     kaggle_credentials_source,
     known_secrets,
@@ -47,6 +48,7 @@ T = TypeVar("T")
 ATTEMPTS = 4  # one call and up to three retries
 RETRY_DELAY_SECONDS = 2.0  # before the first retry; doubled after each
 LIST_PAGE_SIZE = 100  # submissions per ListSubmissions page
+MAX_LIST_PAGES = 100  # 10,000 submissions: a semester at Kaggle's 10 a day is ~1,500
 CONNECT_TIMEOUT_SECONDS = 10.0  # to open a connection to Kaggle (TCP + TLS)
 # the longest silence while waiting for Kaggle's answer (or the next block of a download): the
 # whole answer may take longer. A hung call costs ATTEMPTS of these before it fails.
@@ -87,15 +89,33 @@ def guarded() -> Iterator[None]:
     if adapter.send is _send_with_timeouts:
         yield
         return
+    from kagglesdk.kaggle_object import EnumSerializer
+
     urllib3_log = logging.getLogger("urllib3")
     level = urllib3_log.level
+    strict_enum = EnumSerializer.__dict__["_from_str"]
     adapter.send = _send_with_timeouts
     urllib3_log.setLevel(max(level, logging.WARNING))
+    EnumSerializer._from_str = staticmethod(_lenient_enum(strict_enum.__func__))
     try:
         yield
     finally:
         adapter.send = _library_send
         urllib3_log.setLevel(level)
+        EnumSerializer._from_str = strict_enum
+
+
+def _lenient_enum(strict: Callable) -> Callable:
+    """kagglesdk's enum reading, keeping a value this client does not know yet (a new state of
+    one submission) as its text: otherwise its KeyError fails every listing, and so submit."""
+
+    def from_str(cls: type, value: object) -> object:
+        try:
+            return strict(cls, value)
+        except KeyError:
+            return str(value)
+
+    return from_str
 
 
 # --- the client -------------------------------------------------------------------------------
@@ -109,6 +129,7 @@ def connect(command: str) -> KaggleApi:
     """
     if kaggle_credentials_source() is None:
         raise PipelineError(f"{command}: no Kaggle credentials found: {CREDENTIALS_HELP}")
+    check_kaggle_json()
     warn_if_readable_by_others()
     # imported late, and quietly: at import the client authenticates once (kaggle/__init__.py),
     # printing its help, or with VERBOSE=1 the request it sends, to stdout
@@ -169,6 +190,11 @@ def _describe(error: Exception) -> str:
         return f"Kaggle did not answer within {READ_TIMEOUT_SECONDS:g} s"
     if isinstance(error, requests.ConnectionError):
         return "could not connect to Kaggle (network down or Kaggle unreachable)"
+    if isinstance(error, json.JSONDecodeError):  # requests' too: an HTML page with status 200
+        return (
+            "the answer was not Kaggle's JSON (a proxy's or a captive portal's page?); check the "
+            "network, or try again later"
+        )
     return f"{type(error).__name__}: {error}"
 
 
@@ -221,6 +247,12 @@ def list_submissions(api: KaggleApi, competition: str) -> list:
     page, token = 1, ""
     with api.build_kaggle_client() as client:
         while True:
+            if page > MAX_LIST_PAGES:  # a server that never stops sending pages
+                raise PipelineError(
+                    f"listing the submissions to '{competition}': Kaggle kept sending pages past "
+                    f"{MAX_LIST_PAGES * LIST_PAGE_SIZE:,} submissions (more than an account "
+                    "makes); stopped: try again later"
+                )
             request = ApiListSubmissionsRequest()
             request.competition_name = competition
             request.page_size = LIST_PAGE_SIZE
@@ -241,7 +273,7 @@ def list_submissions(api: KaggleApi, competition: str) -> list:
             token = response.next_page_token or ""
             if not new or (not token and len(batch) < LIST_PAGE_SIZE):
                 return submissions
-            page += 1
+            page += 1  # (counted for a token's pages too: they end at MAX_LIST_PAGES)
 
 
 def get_submission(api: KaggleApi, ref: int) -> ApiSubmission:
@@ -261,34 +293,6 @@ def find_submission(submissions: list, message: str, refs_before: set[int]) -> i
     """The ref of a submission with `message` that is not one of `refs_before`, or None."""
     found = [s.ref for s in submissions if s.ref not in refs_before and s.description == message]
     return found[0] if found else None
-
-
-def made_today(submissions: list, now: datetime.datetime) -> int:
-    """How many of `submissions` count against today's limit: Kaggle's day is UTC (00:00 to
-    00:00), and a submission that failed to score (ERROR) does not count."""
-    today = now.astimezone(datetime.timezone.utc).date()
-    return sum(
-        1
-        for item in submissions
-        if item.date is not None
-        and _as_utc(item.date).date() == today
-        and getattr(item.status, "name", "") != "ERROR"
-    )
-
-
-def next_day_utc(now: datetime.datetime) -> datetime.datetime:
-    """When Kaggle's day after `now` starts: the next 00:00 UTC."""
-    today = now.astimezone(datetime.timezone.utc).date()
-    return datetime.datetime.combine(
-        today + datetime.timedelta(days=1), datetime.time(), tzinfo=datetime.timezone.utc
-    )
-
-
-def _as_utc(moment: datetime.datetime) -> datetime.datetime:
-    """kagglesdk gives naive datetimes in UTC."""
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=datetime.timezone.utc)
-    return moment.astimezone(datetime.timezone.utc)
 
 
 def submit_file(

@@ -4,10 +4,12 @@ the one filter every text from Kaggle or the client passes before we print it.""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 from pathlib import Path
 
+from pipeline.errors import PipelineError
 from pipeline.reporting import console
 
 REDACTED = "[redacted]"
@@ -46,6 +48,29 @@ def kaggle_credentials_source() -> str | None:
         home_dir / name for name in ("access_token", "access_token.txt", "credentials.json")
     ]
     return next((str(path) for path in candidates if path.is_file()), None)
+
+
+def check_kaggle_json() -> None:
+    """A kaggle.json the client would read (no key in the environment) must be the JSON object
+    kaggle.com gives: a truncated or hand-edited one was reported as "authentication failed"."""
+    if os.environ.get("KAGGLE_API_TOKEN") or (
+        os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")
+    ):
+        return
+    path = kaggle_config_dir() / "kaggle.json"
+    if not path.is_file():
+        return
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = None
+    if not (isinstance(data, dict) and isinstance(data.get("username"), str)
+            and isinstance(data.get("key"), str)):  # fmt: skip
+        raise PipelineError(
+            f'{path}: not the JSON object kaggle.com gives ({{"username": …, "key": …}}: '
+            "truncated or edited?); download a new token on kaggle.com → Settings → API, and "
+            "replace it"
+        )
 
 
 def warn_if_readable_by_others() -> None:

@@ -175,7 +175,15 @@ class RunSummary:
 
     @classmethod
     def from_json(cls, data: dict) -> RunSummary:
+        """The summary of a manifest's fields; one of the wrong type (hand-edited, or a merge)
+        is a PipelineError naming it, never a crash where it is printed."""
         fields = {name: data.get(name) for name in cls.__dataclass_fields__}
+        for name, value in fields.items():
+            number = name in ("model_params", "val_accuracy")
+            expected = (int,) if name == "model_params" else (int, float) if number else (str,)
+            if value is not None and (not isinstance(value, expected) or isinstance(value, bool)):
+                kind = "a number" if number else "text"
+                raise PipelineError(f"run manifest: {name} must be {kind}, found {value!r:.60}")
         params = data.get("params")
         data_params = params.get("data") if isinstance(params, dict) else None
         source = data_params.get("source") if isinstance(data_params, dict) else None
@@ -190,7 +198,10 @@ def read_manifest(path: Path) -> RunSummary:
     data = read_json(path)
     if not isinstance(data, dict):
         raise PipelineError(f"{path}: not a run manifest (expected a JSON object)")
-    return RunSummary.from_json(data)
+    try:
+        return RunSummary.from_json(data)
+    except PipelineError as error:
+        raise PipelineError(f"{path}: {error}") from None
 
 
 def _committed_json(commit: str | None, relative: Path) -> object:
