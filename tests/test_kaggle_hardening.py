@@ -296,3 +296,23 @@ def test_scores_shows_a_run_whose_manifest_has_a_wrongly_typed_field(scores_fold
         from pipeline.records.manifest import read_manifest
 
         read_manifest(scores_folder / f"submissions/{run}.json")
+
+
+def test_a_home_the_kaggle_client_cannot_write_is_one_line_with_the_fix(
+    scores_folder: Path, tmp_path: Path
+) -> None:
+    """On a read-only HOME (HPC nodes, containers) the client's import crashed making its
+    config folder, outside connect()'s error handling. A path under a file fails the same way."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    env = {**os.environ, "HOME": str(blocked), "KAGGLE_CONFIG_DIR": str(blocked / "kaggle"),
+           "KAGGLE_USERNAME": FAKE_KAGGLE_USERNAME, "KAGGLE_KEY": FAKE_KAGGLE_KEY}  # fmt: skip
+    env.pop("KAGGLE_API_TOKEN", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "scores"], cwd=scores_folder, env=env,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "the kaggle client could not start" in line and "set KAGGLE_CONFIG_DIR" in line
+    assert FAKE_KAGGLE_KEY not in result.stderr + result.stdout

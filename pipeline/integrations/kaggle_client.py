@@ -133,8 +133,16 @@ def connect(command: str) -> KaggleApi:
     warn_if_readable_by_others()
     # imported late, and quietly: at import the client authenticates once (kaggle/__init__.py),
     # printing its help, or with VERBOSE=1 the request it sends, to stdout
-    with guarded(), contextlib.redirect_stdout(io.StringIO()):
-        from kaggle.api.kaggle_api_extended import KaggleApi
+    try:
+        with guarded(), contextlib.redirect_stdout(io.StringIO()):
+            from kaggle.api.kaggle_api_extended import KaggleApi
+    except (SystemExit, Exception) as error:  # noqa: BLE001 - e.g. its config folder (HOME) read-only
+        reason = "" if isinstance(error, SystemExit) else f" ({describe(error)})"
+        raise PipelineError(
+            f"{command}: the kaggle client could not start{reason}; where the home folder is "
+            "read-only (a cluster node, a container), set KAGGLE_CONFIG_DIR to a writable folder "
+            "holding kaggle.json"
+        ) from None
 
     api = KaggleApi()
     _quiet_client(api)

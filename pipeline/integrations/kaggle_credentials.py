@@ -22,12 +22,20 @@ CREDENTIALS_HELP = (
 )
 
 
+def _exists(path: Path, file: bool = False) -> bool:
+    """`path` exists (is a file); a folder we may not look into (an odd HOME) is "no"."""
+    try:
+        return path.is_file() if file else path.exists()
+    except OSError:
+        return False
+
+
 def kaggle_config_dir() -> Path:
     """Where the kaggle client looks for kaggle.json / access_token (its own rules)."""
     if os.environ.get("KAGGLE_CONFIG_DIR"):
         return Path(os.environ["KAGGLE_CONFIG_DIR"])
     home_dir = Path.home() / ".kaggle"
-    if home_dir.exists():
+    if _exists(home_dir):
         return home_dir
     return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"
 
@@ -47,7 +55,7 @@ def kaggle_credentials_source() -> str | None:
     candidates = [kaggle_config_dir() / "kaggle.json"] + [
         home_dir / name for name in ("access_token", "access_token.txt", "credentials.json")
     ]
-    return next((str(path) for path in candidates if path.is_file()), None)
+    return next((str(path) for path in candidates if _exists(path, file=True)), None)
 
 
 def check_kaggle_json() -> None:
@@ -58,7 +66,7 @@ def check_kaggle_json() -> None:
     ):
         return
     path = kaggle_config_dir() / "kaggle.json"
-    if not path.is_file():
+    if not _exists(path, file=True):
         return
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -76,7 +84,7 @@ def check_kaggle_json() -> None:
 def warn_if_readable_by_others() -> None:
     """kaggle.json holds the API key: other users of the machine must not be able to read it."""
     for path in (kaggle_config_dir() / "kaggle.json", Path.home() / ".kaggle" / "access_token"):
-        if path.is_file() and path.stat().st_mode & 0o077:
+        if _exists(path, file=True) and path.stat().st_mode & 0o077:
             console.print(
                 f"[yellow]warning: {path} (your Kaggle key) can be read by other users of this "
                 f"machine; run `chmod 600 {path}`"
