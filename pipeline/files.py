@@ -113,6 +113,13 @@ def write_text_atomic(path: Path, text: str) -> None:
         temp_path.write_text(text, encoding="utf-8")
 
 
+def rewrite_user_file(path: Path, text: str) -> None:
+    """Rewrite a file of the user's (params.yaml) atomically; a symbolic link stays one, and
+    its target gets the text, keeping its mode (never used for an output: DVC may link those
+    into its cache)."""
+    write_text_atomic(Path(os.path.realpath(path)), text)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 

@@ -116,3 +116,20 @@ def test_a_failed_stage_says_how_to_get_back_to_the_last_commit(
     copy.mkdir(parents=True)
     monkeypatch.chdir(copy)
     assert restore_hint(Path("params.yaml")) == ""  # dvc exp run --temp: the workspace is intact
+
+
+def test_a_dvc_failure_without_an_error_line_is_said_in_dvcs_words(tmp_path: Path) -> None:
+    """A corrupted dvc.lock made `dvc status --json` fail with a snippet, and the message said
+    only "dvc status failed: 5" (the snippet's line number)."""
+    from pipeline.errors import PipelineError
+    from pipeline.integrations.repository import stale_stages
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "dvc.yaml").write_text("stages:\n  s:\n    cmd: echo hi > o\n    outs: [o]\n")
+    (tmp_path / "dvc.lock").write_text('schema: "2.0"\nstages:\n  s:\n    cmd: [\n')
+    with pytest.raises(PipelineError) as raised:
+        stale_stages(tmp_path)
+    message = str(raised.value)
+    assert message.startswith("dvc status failed: './dvc.lock' is invalid. While parsing")
+    assert "line 5, column 1" in message and "\n" not in message

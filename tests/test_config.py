@@ -121,6 +121,10 @@ def test_params_are_frozen() -> None:
             "model.blocks must be 1 to 8 block counts",
         ),
         ({"train": []}, "train must be a mapping"),
+        (  # each share finite, their sum not: the balancing divided by infinity
+            {"adapt": {"prior": [1e308] * 10}},
+            r"adapt.prior must be \[\] \(uniform\) or ten positive class shares with a finite sum",
+        ),
         (
             {"train": {"low_res_pixels": 12, "low_res_fraction": 0.5}},
             r"train.low_res_pixels must be 0 or in \[16, 31\], found 12",

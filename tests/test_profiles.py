@@ -107,3 +107,16 @@ def test_profile_on_an_unreadable_params_file_is_one_line(tmp_path: Path, damage
     result = _cli(tmp_path, "profile", "cpu")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "params.yaml: " in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_linked_params_yaml_stays_a_link_and_its_target_keeps_its_mode(tmp_path: Path) -> None:
+    """`profile` on a symlinked params.yaml replaced the link with a 644 file."""
+    target = tmp_path / "shared/params.yaml"
+    target.parent.mkdir()
+    target.write_text((REPO_ROOT / "params.yaml").read_text())
+    target.chmod(0o600)
+    link = tmp_path / "params.yaml"
+    link.symlink_to(target)
+    apply_profile("fast", link)
+    assert link.is_symlink() and load_params(link).train.epochs == 10
+    assert (target.stat().st_mode & 0o777) == 0o600

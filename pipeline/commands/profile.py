@@ -26,7 +26,7 @@ from pipeline.config.load import (
 )
 from pipeline.config.yaml_files import flow_yaml, parse_yaml, read_params_text
 from pipeline.errors import PipelineError
-from pipeline.files import write_text_atomic
+from pipeline.files import rewrite_user_file
 
 _TOP_LEVEL_KEY = re.compile(r"^([A-Za-z_]\w*):")
 
@@ -130,7 +130,7 @@ def apply_profile(
         params_from_dict(parse_yaml(text, str(params_path)))
     except PipelineError as error:
         raise PipelineError(f"{params_path}: with profile {name!r}: {error}") from None
-    write_text_atomic(Path(params_path), text)
+    rewrite_user_file(Path(params_path), text)
 
 
 def fit_profile_to_minutes(

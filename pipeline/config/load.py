@@ -31,7 +31,7 @@ from pipeline.config.train_params import (
 )
 from pipeline.config.yaml_files import dump_yaml, parse_yaml, read_yaml
 from pipeline.errors import PipelineError
-from pipeline.files import write_text_atomic
+from pipeline.files import rewrite_user_file
 from pipeline.models.registry import DEFAULT_MODEL, ModelConfig, model_entry, registered_models
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
@@ -340,7 +340,7 @@ def override_params_file(path: Path, overrides: dict[str, Any]) -> Params:
     """Set `overrides` in the params file at `path` (validated before it is written)."""
     values = with_overrides(read_yaml(path) or {}, overrides)
     params = params_from_dict(values)
-    write_text_atomic(Path(path), dump_yaml(values))
+    rewrite_user_file(Path(path), dump_yaml(values))
     return params
 
 

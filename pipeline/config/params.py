@@ -9,6 +9,7 @@ types and unknown keys first).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -119,8 +120,10 @@ class AdaptParams:
     def __post_init__(self) -> None:
         if self.prior:
             require(
-                len(self.prior) == 10 and all(share > 0 for share in self.prior),
-                "adapt.prior", "[] (uniform) or ten positive class shares", self.prior,
+                len(self.prior) == 10 and all(share > 0 for share in self.prior)
+                and math.isfinite(sum(self.prior)),  # 1e308 each: the shares' sum overflowed
+                "adapt.prior", "[] (uniform) or ten positive class shares with a finite sum",
+                self.prior,
             )  # fmt: skip
 
     @property

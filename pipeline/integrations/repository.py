@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -80,7 +81,16 @@ def last_error_line(result: subprocess.CompletedProcess[str]) -> str:
         return f"exit status {result.returncode}; dvc's own message is above"
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if "ERROR" in line]
-    return (errors or lines or [f"exit status {result.returncode}"])[-1].strip()
+    if errors:
+        return errors[-1].strip()
+    # no ERROR line (`--json` mode): the message's first lines, up to the file snippet DVC adds
+    # (its lines start with a line number: "  5  …"), else only a number would be left
+    message = []
+    for line in lines:
+        if re.match(r"\s*\d+(\s|$)", line):
+            break
+        message.append(line.strip())
+    return " ".join(message) or f"exit status {result.returncode}"
 
 
 def stale_stages(cwd: Path = Path(".")) -> list[str]:
