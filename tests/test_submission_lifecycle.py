@@ -408,6 +408,15 @@ def test_without_a_remote_submit_says_how_to_add_one_and_reproduce_uses_the_cach
 
     assert main(["reproduce", run_id, "--into", str(tmp_path / "from-cache")]) == 0
     assert "identical" in capsys.readouterr().err
+    assert main(["reproduce", run_id, "--into", str(tmp_path / "from-cache")]) == 1  # again
+    assert f"`git worktree remove --force {tmp_path / 'from-cache'}`" in _error_line(capsys)
+    (tmp_path / "mine").mkdir()  # a folder of the user's: never `git worktree remove --force` it
+    assert main(["reproduce", run_id, "--into", str(tmp_path / "mine")]) == 1
+    line = _error_line(capsys)
+    assert "is not a worktree of this repository (nothing was changed)" in line
+    assert "worktree remove" not in line
+    assert main(["reproduce", run_id, "--into", "submissions"]) == 1
+    assert f"{project / 'submissions'}: inside this project" in _error_line(capsys)
 
     clone = _clone(project, tmp_path / "clone")  # no cache, no remote: nothing to restore from
     monkeypatch.chdir(clone)

@@ -212,6 +212,15 @@ def environment_reasons(row: dict[str, str], worktree: Path) -> list[str]:
     return lines
 
 
+def _is_worktree(folder: Path) -> bool:
+    """Whether `folder` is one of this repository's git worktrees (one reproduce made)."""
+    listed = git("worktree", "list", "--porcelain").splitlines()
+    return any(
+        Path(line.removeprefix("worktree ")).resolve() == folder
+        for line in listed if line.startswith("worktree ")
+    )  # fmt: skip
+
+
 def run(key: str, into: Path | None = None) -> bool:
     """Reproduce the run RUN names as described above; True when the CSV is identical."""
     row = resolve(key, read_history(HISTORY_PATH))
@@ -225,10 +234,21 @@ def run(key: str, into: Path | None = None) -> bool:
             f"commit {commit[:7]} of run {run_id} is not in this clone; `git fetch` it first"
         ) from None
     worktree = (into or default_folder(run_id)).resolve()
-    if worktree.exists():
+    project = Path.cwd().resolve()
+    if worktree == project or project in worktree.parents:  # `--into submissions`: yours
+        raise PipelineError(
+            f"{worktree}: inside this project; pass --into a new folder outside it (the default "
+            f"is {default_folder(run_id)})"
+        )
+    if worktree.exists() and _is_worktree(worktree):
         raise PipelineError(
             f"{worktree}: already exists; remove it (`git worktree remove --force {worktree}`) or "
             "pass --into another folder"
+        )
+    if worktree.exists():
+        raise PipelineError(
+            f"{worktree}: already exists and is not a worktree of this repository (nothing was "
+            "changed); pass --into a new folder"
         )
     worktree.parent.mkdir(parents=True, exist_ok=True)
     git("worktree", "add", "--detach", str(worktree), commit)
