@@ -243,6 +243,7 @@ def run_command(args: argparse.Namespace) -> int:
         return 0 if reproduce.run(args.run, args.into) else 1
     else:
         notes: list[str] = []
+        require_project_root(args.params)
         try:
             params = load_params(args.params, notes)
             if args.command == "train":  # the first stage that reads model and train
@@ -252,6 +253,18 @@ def run_command(args: argparse.Namespace) -> int:
         except PipelineError as error:
             raise PipelineError(f"{error}{restore_hint(args.params)}") from None
     return 0
+
+
+def require_project_root(params_path: Path) -> None:
+    """Stages write data/, models/ and metrics/ where they run: started in a sub-folder with
+    `--params ../params.yaml`, fetch wrote data/data/raw. A params file beside a dvc.yaml marks
+    the project's root, and a stage runs there."""
+    root = Path(params_path).resolve().parent
+    if root != Path.cwd().resolve() and (root / "dvc.yaml").is_file():
+        raise PipelineError(
+            f"{params_path}: a stage runs from the project's root, where params.yaml and "
+            f"dvc.yaml are: `cd {root}` first (nothing was written)"
+        )
 
 
 def restore_hint(params_path: Path) -> str:

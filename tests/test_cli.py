@@ -133,3 +133,21 @@ def test_a_dvc_failure_without_an_error_line_is_said_in_dvcs_words(tmp_path: Pat
     message = str(raised.value)
     assert message.startswith("dvc status failed: './dvc.lock' is invalid. While parsing")
     assert "line 5, column 1" in message and "\n" not in message
+
+
+def test_a_stage_run_from_a_sub_folder_writes_nothing_there(tmp_path: Path) -> None:
+    """`python -m pipeline fetch --params ../params.yaml` in data/ wrote data/data/raw."""
+    (tmp_path / "dvc.yaml").write_text((REPO_ROOT / "dvc.yaml").read_text())
+    (tmp_path / "params.yaml").write_text("data:\n  source: synthetic\n")
+    (tmp_path / "data").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "fetch", "--params", "../params.yaml"],
+        cwd=tmp_path / "data", env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert (
+        f"a stage runs from the project's root, where params.yaml and dvc.yaml are: `cd {tmp_path}`"
+        in result.stderr
+    )
+    assert list((tmp_path / "data").iterdir()) == []
