@@ -167,7 +167,7 @@ _held_locks: dict[str, int] = {}  # real path → nesting depth, for this proces
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
+def folder_lock(folder: Path, holder: str = "fetch or prepare") -> Iterator[None]:
     """Keep other processes from writing outputs in `folder` while the block runs.
 
     Debris removal relies on it: a `.NAME.pipeline-*.tmp` left in a locked folder belongs to a
@@ -191,8 +191,8 @@ def folder_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise PipelineError(
-                f"{folder}: another pipeline process is writing here (fetch or prepare); wait "
-                "for it to finish, then run again"
+                f"{folder}: another pipeline process is writing here ({holder}); wait for it "
+                "to finish, then run again"
             ) from None
         except OSError:  # ENOLCK, EOPNOTSUPP: no locks on this file system
             pass

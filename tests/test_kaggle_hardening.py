@@ -316,3 +316,27 @@ def test_a_home_the_kaggle_client_cannot_write_is_one_line_with_the_fix(
     [line] = result.stderr.strip().splitlines()
     assert "the kaggle client could not start" in line and "set KAGGLE_CONFIG_DIR" in line
     assert FAKE_KAGGLE_KEY not in result.stderr + result.stdout
+
+
+def test_a_second_submit_while_one_is_sending_stops_before_anything(tmp_path: Path) -> None:
+    """Two submits at once sent the same CSV twice (two Kaggle refs, two of the day's quota),
+    and one died on the other's pending_submission.json."""
+    folder = tmp_path / "submissions"
+    folder.mkdir()
+    holder = subprocess.Popen(  # another submit's process, holding the folder
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         "descriptor = os.open(sys.argv[1], os.O_RDONLY)\n"
+         "fcntl.flock(descriptor, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(60)\n",
+         str(folder)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(PipelineError, match=r"another pipeline process is writing here "
+                           r"\(another submit\); wait for it to finish"):  # fmt: skip
+            submit.run(COMPETITION, csv_path=folder / "latest.csv",
+                       pending_path=folder / "pending_submission.json")  # fmt: skip
+    finally:
+        holder.kill()
+        holder.wait()
+    assert list(folder.iterdir()) == []

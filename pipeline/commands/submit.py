@@ -47,7 +47,7 @@ from pipeline.commands.submit_checks import (
 )
 from pipeline.data.prepared import load_split
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_path, read_json, write_json_atomic
+from pipeline.files import atomic_path, folder_lock, read_json, write_json_atomic
 from pipeline.integrations import kaggle_client
 from pipeline.integrations.repository import (
     NO_REMOTE_HELP,
@@ -226,7 +226,21 @@ def run(
 ) -> dict[str, str]:  # fmt: skip
     """Submit `csv_path` as described above; return the history row written.
 
-    Options left None take the constants above (WAIT_LIMIT_SECONDS, ...)."""
+    One submit at a time: two at once sent the same CSV twice (two of the day's submissions),
+    and one died on the other's pending record. Options left None take the constants above."""
+    pending_path.parent.mkdir(parents=True, exist_ok=True)
+    with folder_lock(pending_path.parent, holder="another submit"):
+        return _submit(
+            competition, message, force, push, csv_path, history_path, wait, wait_limit,
+            poll_interval, daily_limit, pending_path,
+        )  # fmt: skip
+
+
+def _submit(
+    competition: str, message: str | None, force: bool, push: bool, csv_path: Path,
+    history_path: Path, wait: bool, wait_limit: float | None, poll_interval: float | None,
+    daily_limit: int | None, pending_path: Path,
+) -> dict[str, str]:  # fmt: skip
     wait_limit = WAIT_LIMIT_SECONDS if wait_limit is None else wait_limit
     poll_interval = POLL_INTERVAL_SECONDS if poll_interval is None else poll_interval
     daily_limit = DAILY_LIMIT if daily_limit is None else daily_limit
