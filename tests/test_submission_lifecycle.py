@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import FAKE_KAGGLE_KEY, FAKE_KAGGLE_USERNAME
 from fake_kaggle import FakeSubmission, verbose_kaggle_client
 from projects import commit_all, copy_project, sh
@@ -417,6 +418,17 @@ def test_without_a_remote_submit_says_how_to_add_one_and_reproduce_uses_the_cach
     assert "worktree remove" not in line
     assert main(["reproduce", run_id, "--into", "submissions"]) == 1
     assert f"{project / 'submissions'}: inside this project" in _error_line(capsys)
+    # a damaged object in the cache: restored, yet not the bytes the commit's dvc.lock records
+    recorded = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["predict"]["outs"]
+    md5 = next(out["md5"] for out in recorded if out["path"] == "submissions/latest.csv")
+    cached = project / ".dvc/cache/files/md5" / md5[:2] / md5[2:]
+    cached.chmod(0o644)
+    text = cached.read_text().rstrip()
+    cached.write_text(text[:-1] + ("2" if text.endswith("1") else "1") + "\n")  # one label
+    assert main(["reproduce", run_id, "--into", str(tmp_path / "damaged")]) == 1
+    printed = " ".join(capsys.readouterr().err.split())
+    assert "DIFFERENT" in printed and "DVC's cache or remote holds a damaged copy" in printed
+    assert md5[2:] in printed.replace(" ", "")  # the object to delete
 
     clone = _clone(project, tmp_path / "clone")  # no cache, no remote: nothing to restore from
     monkeypatch.chdir(clone)

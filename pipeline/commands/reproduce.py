@@ -23,6 +23,7 @@ from pipeline.integrations.repository import (
     NO_REMOTE_HELP,
     default_remote,
     dvc,
+    dvc_cache_dir,
     git,
     last_error_line,
     lock_output_hashes,
@@ -148,6 +149,14 @@ def differences(
     """
     lines = [f"CSV md5: submitted {row['csv_md5']}, reproduced {reproduced_md5}"]
     committed = committed_outputs(row["commit"])
+    recorded = committed.get(SUBMISSION_PATH.as_posix())
+    if not recomputed and recorded and reproduced_md5 != recorded:  # restored, yet not those bytes
+        cache = dvc_cache_dir() or Path(".dvc/cache")
+        lines.append(
+            f"the restored {SUBMISSION_PATH} is not the one the commit's dvc.lock records (md5 "
+            f"{recorded}): DVC's cache or remote holds a damaged copy; delete "
+            f"{cache / 'files/md5' / recorded[:2] / recorded[2:]} and reproduce again"
+        )
     if committed.get(SUBMISSION_PATH.as_posix()) != row["csv_md5"]:
         lines.append(
             f"the commit's dvc.lock records {SUBMISSION_PATH} md5 "
