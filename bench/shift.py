@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 from common import bench_arguments, markdown_table, read_csv_labels, run_facts
 
 from pipeline.config.load import (
@@ -42,6 +41,7 @@ from pipeline.config.load import (
     with_overrides,
 )
 from pipeline.config.stage_params import STAGE_PARAMS, STAGES
+from pipeline.config.yaml_files import dump_yaml, read_yaml
 from pipeline.data.formats import find_custom_test, write_custom_test
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -185,7 +185,7 @@ def run_variant(
         return json.loads(result_path.read_text())
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    (folder / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+    (folder / "params.yaml").write_text(dump_yaml(values))
     (folder / "data").mkdir()
     os.symlink(raw_dir.resolve(), folder / "data/raw")
     seconds: dict[str, float] = {}
@@ -243,8 +243,8 @@ def shared_raw_data(workdir: Path, archive: Path | None, shift: dict, env: dict,
     if not (shared / "data/raw").exists():
         shared.mkdir(parents=True, exist_ok=True)
         write_custom_test(pickle_path, shift["images"], np.arange(shift["labels"].size))
-        values = yaml.safe_load((REPO_ROOT / DEFAULT_PARAMS_PATH).read_text()) | {"data": data}
-        (shared / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+        values = read_yaml(REPO_ROOT / DEFAULT_PARAMS_PATH) | {"data": data}
+        (shared / "params.yaml").write_text(dump_yaml(values))
         run_stage(shared, "fetch", env, log)
         if archive is None:
             shutil.copyfile(pickle_path, find_custom_test(shared / "data/raw"))
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     log = lambda text: print(text, flush=True)  # noqa: E731
     data = shared_raw_data(workdir, None if args.dry_run else args.archive, shift, env, log)
     raw_dir = workdir / "shared/data/raw"
-    base_values = yaml.safe_load((REPO_ROOT / DEFAULT_PARAMS_PATH).read_text())
+    base_values = read_yaml(REPO_ROOT / DEFAULT_PARAMS_PATH)
     variants = [combined(name) for name in args.variants.split(",")]
     values = {v.name: variant_values(base_values, args.profile, v, args.set, data)
               for v in variants}  # fmt: skip

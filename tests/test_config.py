@@ -403,6 +403,9 @@ def test_select_and_predict_have_their_own_device() -> None:
     [
         ("data:\n  ? [a, b]\n  : 1\n", "a key must be a plain value, found list"),
         ("data: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
+        # a plain scalar or a tag whose value the reader cannot build
+        ("data:\n  path: 2025-02-30\n", r"a value cannot be read \(ValueError: day is out"),
+        ("train:\n  seed: !!int ''\n", r"a value cannot be read \(IndexError"),
     ],
 )
 def test_yaml_that_breaks_the_parser_is_one_line(tmp_path: Path, text: str, expected: str) -> None:
@@ -479,3 +482,11 @@ def test_params_are_read_as_dvc_reads_them(tmp_path: Path) -> None:
     path.write_text("train:\n  nesterov: yes\n")  # YAML 1.2 (and DVC): the string 'yes'
     with pytest.raises(PipelineError, match="train.nesterov must be true or false, found 'yes'"):
         load_params(path)
+
+
+def test_a_long_value_is_written_on_one_line() -> None:
+    """The flow writer wrapped values over ~80 characters onto lines `profile` never edits."""
+    from pipeline.config.yaml_files import flow_yaml, parse_yaml
+
+    written = flow_yaml(list(range(60)))
+    assert "\n" not in written and parse_yaml(f"a: {written}") == {"a": list(range(60))}

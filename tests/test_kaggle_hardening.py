@@ -274,7 +274,7 @@ def test_a_page_that_is_not_kaggles_json_and_a_truncated_kaggle_json_are_said_in
     kaggle_json.write_text('{"username": "pipeline-tester", "ke')
     assert main(["scores"]) == 1
     [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert f"{kaggle_json}: not the JSON object kaggle.com gives" in line
+    assert f"{kaggle_json}: not a JSON object (truncated or edited?)" in line
     assert "authentication failed" not in line
 
 
@@ -340,3 +340,49 @@ def test_a_second_submit_while_one_is_sending_stops_before_anything(tmp_path: Pa
         holder.kill()
         holder.wait()
     assert list(folder.iterdir()) == []
+
+
+def test_odd_fields_from_the_server_and_a_settings_only_kaggle_json_list_fine(
+    fake_kaggle, scores_folder: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An integer or null state (proto3 JSON allows integer enums) failed every listing; a
+    kaggle.json holding only settings (`kaggle config set`) was refused though the credentials
+    are elsewhere."""
+    import fake_kaggle as fake_module
+
+    def odd(fake: object, request: dict) -> dict:
+        item = FakeSubmission(
+            ref=5,
+            competition=COMPETITION,
+            description="by hand",
+            file_name="x.csv",
+            content=b"x",
+            date=datetime.datetime(2026, 3, 4),
+        )
+        return {"submissions": [item.to_json() | {"status": 1},
+                                item.to_json() | {"ref": 6, "status": None, "description": 5}],
+                "nextPageToken": ""}  # fmt: skip
+
+    monkeypatch.setitem(fake_module.METHODS, "ListSubmissions", odd)
+    (Path(os.environ["KAGGLE_CONFIG_DIR"]) / "kaggle.json").write_text(
+        json.dumps({"competition": COMPETITION})
+    )
+    assert main(["scores"]) == 0
+    table = capsys.readouterr().out
+    assert " 5 " in table and " 6 " in table
+
+
+def test_git_is_read_as_utf_8_whatever_the_locale(tmp_path: Path) -> None:
+    """A non-ASCII file name in the tree crashed predict's manifest (after the CSV was written)
+    under `LC_ALL=C PYTHONUTF8=0`: git's output was decoded as ASCII."""
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "notes_caf\u00e9.txt").write_text("x")
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    script = (
+        "import sys\nfrom pathlib import Path\n"
+        "from pipeline.integrations.repository import changed_files\n"
+        "assert sys.flags.utf8_mode == 0\nprint(len(changed_files(Path('.'))))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0 and result.stdout.strip() == "1", result.stderr

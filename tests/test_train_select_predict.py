@@ -553,3 +553,12 @@ def test_the_run_files_are_read_as_utf_8_whatever_the_locale(tmp_path: Path) -> 
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "12"
+
+
+def test_a_dvc_yaml_without_the_predict_stage_is_one_line(tmp_path: Path) -> None:
+    from pipeline.integrations.repository import stage_code_md5s
+
+    for text in ("", "stages:\n  train: {}\n", "stages:\n  predict:\n    deps: pipeline\n"):
+        (tmp_path / "dvc.yaml").write_text(text)
+        with pytest.raises(PipelineError, match="dvc.yaml: no 'predict' stage with a list of deps"):
+            stage_code_md5s("predict", tmp_path / "dvc.yaml")

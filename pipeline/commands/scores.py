@@ -58,12 +58,12 @@ def score_rows(
     for item in submissions:
         listed_refs.add(str(item.ref))
         record = by_ref.get(str(item.ref))
-        if record is None and (match := RUN_IN_MESSAGE.search(item.description or "")):
+        if record is None and (match := RUN_IN_MESSAGE.search(str(item.description or ""))):
             record = by_run.get(match.group(1), {"run_id": match.group(1), "commit": ""})
         record = record or {}
         status = getattr(item.status, "name", str(item.status)).lower()
         if item.error_description:
-            status += f": {kaggle_client.redact(item.error_description)}"  # Kaggle's text
+            status += f": {kaggle_client.redact(str(item.error_description))}"  # Kaggle's text
         rows.append({
             "date": item.date.strftime("%Y-%m-%d %H:%M") if item.date else MISSING,
             "kaggle_ref": str(item.ref),

@@ -17,11 +17,17 @@ from pipeline.errors import PipelineError
 PLAIN_KEYS = (str, int, float, bool, type(None))
 
 
-def _yaml(flow: bool = False) -> YAML:
-    """ruamel.yaml's safe reader and writer: what DVC reads params.yaml and dvc.lock with."""
-    handler = YAML(typ="safe", pure=True)
+def _reader() -> YAML:
+    """What DVC reads params.yaml and dvc.lock with, chosen as DVC chooses it (ruamel.yaml's C
+    parser where ruamel.yaml.clib is installed: it reads a `%YAML 1.1` file otherwise)."""
+    return YAML(typ="safe")
+
+
+def _writer(flow: bool = False) -> YAML:
+    handler = YAML(typ="safe", pure=True)  # one formatting everywhere
     handler.default_flow_style = flow
     handler.sort_base_mapping_type_on_output = False
+    handler.width = 4096  # a long value stays on its line (profile edits lines)
     return handler
 
 
@@ -31,7 +37,7 @@ def parse_yaml(text: str, where: str = "params") -> Any:
     given twice or a key that is not a plain value an error. Any problem is one `PipelineError`
     that starts with `where` (a file, an override)."""
     try:
-        data = _yaml().load(text)
+        data = _reader().load(text)
     except DuplicateKeyError as error:
         found = re.search(r'duplicate key "(.*?)" with value', str(error.problem))
         key = found.group(1) if found else "a key"
@@ -44,6 +50,10 @@ def parse_yaml(text: str, where: str = "params") -> Any:
         raise PipelineError(f"{where}: not valid YAML: {detail}") from None
     except RecursionError:  # nested values are built recursively
         raise PipelineError(f"{where}: not valid YAML: nested too deeply") from None
+    except Exception as error:  # noqa: BLE001 - a tag's value: `2025-02-30`, `!!int ""`
+        raise PipelineError(
+            f"{where}: not valid YAML: a value cannot be read ({type(error).__name__}: {error})"
+        ) from None
     _require_plain_keys(data, where)
     return data
 
@@ -69,14 +79,14 @@ def _require_plain_keys(data: Any, where: str) -> None:
 def dump_yaml(data: Any) -> str:
     """`data` as block-style YAML that `parse_yaml` (and DVC) read back as the same values."""
     stream = io.StringIO()
-    _yaml().dump(data, stream)
+    _writer().dump(data, stream)
     return stream.getvalue()
 
 
 def flow_yaml(value: Any) -> str:
     """One value as a flow-style YAML scalar or list (`[128, 304, 304]`), for one line."""
     stream = io.StringIO()
-    _yaml(flow=True).dump(value, stream)
+    _writer(flow=True).dump(value, stream)
     return stream.getvalue().removesuffix("\n...\n").strip()
 
 

@@ -112,7 +112,7 @@ def _lenient_enum(strict: Callable) -> Callable:
     def from_str(cls: type, value: object) -> object:
         try:
             return strict(cls, value)
-        except KeyError:
+        except (KeyError, AttributeError, TypeError):  # a name it lacks; a number; null
             return str(value)
 
     return from_str
@@ -265,7 +265,7 @@ def list_submissions(api: KaggleApi, competition: str) -> list:
             request.competition_name = competition
             request.page_size = LIST_PAGE_SIZE
             if token:
-                request.page_token = token
+                request.page_token = str(token)  # (a number from an odd server)
             else:
                 request.page = page
             response = call(

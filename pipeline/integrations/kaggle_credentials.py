@@ -59,25 +59,20 @@ def kaggle_credentials_source() -> str | None:
 
 
 def check_kaggle_json() -> None:
-    """A kaggle.json the client would read (no key in the environment) must be the JSON object
-    kaggle.com gives: a truncated or hand-edited one was reported as "authentication failed"."""
-    if os.environ.get("KAGGLE_API_TOKEN") or (
-        os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")
-    ):
-        return
+    """A kaggle.json that is not a JSON object (truncated, half-edited) was reported as
+    "authentication failed". Its keys are the client's to judge: it may hold only settings,
+    with the credentials elsewhere (an access token, `kaggle auth login`)."""
     path = kaggle_config_dir() / "kaggle.json"
     if not _exists(path, file=True):
         return
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         data = None
-    if not (isinstance(data, dict) and isinstance(data.get("username"), str)
-            and isinstance(data.get("key"), str)):  # fmt: skip
+    if not isinstance(data, dict):
         raise PipelineError(
-            f'{path}: not the JSON object kaggle.com gives ({{"username": …, "key": …}}: '
-            "truncated or edited?); download a new token on kaggle.com → Settings → API, and "
-            "replace it"
+            f"{path}: not a JSON object (truncated or edited?); download a new token on "
+            "kaggle.com → Settings → API, and replace it"
         )
 
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.config.yaml_files import parse_yaml
+from pipeline.config.yaml_files import parse_yaml, read_params_text
 from pipeline.errors import PipelineError
 from pipeline.files import file_md5
 
@@ -21,7 +21,9 @@ from pipeline.files import file_md5
 def git(*args: str, cwd: Path = Path("."), strip: bool = True) -> str:
     """Run git; return its stdout (stripped). A failure raises `PipelineError` with git's words."""
     try:
-        result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+        result = subprocess.run(  # UTF-8 whatever the locale: file names may be any text
+            ["git", *args], cwd=cwd, capture_output=True, encoding="utf-8", errors="replace"
+        )
     except OSError as error:
         raise PipelineError(f"git is not available ({error})") from None
     if result.returncode != 0:
@@ -70,8 +72,8 @@ def dvc(
     pipe = subprocess.PIPE if capture else None
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, text=True,
-        stdout=pipe, stderr=pipe,
+        [sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, encoding="utf-8",
+        errors="replace", stdout=pipe, stderr=pipe,
     )  # fmt: skip
 
 
@@ -128,9 +130,15 @@ def stage_code_md5s(stage: str, dvc_yaml: Path = Path("dvc.yaml")) -> dict[str, 
     lists included (pipeline/models: a new model file too); {} without dvc.yaml."""
     if not dvc_yaml.exists():
         return {}
-    deps = parse_yaml(dvc_yaml.read_text(encoding="utf-8"), str(dvc_yaml))["stages"][stage].get(
-        "deps", []
-    )
+    data = parse_yaml(read_params_text(dvc_yaml), str(dvc_yaml))
+    stages = data.get("stages") if isinstance(data, dict) else None
+    entry = stages.get(stage) if isinstance(stages, dict) else None
+    deps = entry.get("deps", []) if isinstance(entry, dict) else None
+    if not isinstance(deps, list) or not all(isinstance(dep, str) for dep in deps):
+        raise PipelineError(
+            f"{dvc_yaml}: no '{stage}' stage with a list of deps; restore it with "
+            f"`git checkout {dvc_yaml}`"
+        )
     code: set[Path] = set()
     for dep in map(Path, deps):
         if dep.suffix == ".py" and dep.is_file():
@@ -148,8 +156,12 @@ def stage_code_md5s(stage: str, dvc_yaml: Path = Path("dvc.yaml")) -> dict[str, 
 
 def lock_output_hashes(lock_text: str) -> dict[str, str]:
     """Every output path a dvc.lock records, with its md5."""
-    return {
+    lock = parse_yaml(lock_text, "dvc.lock")
+    stages = lock.get("stages") if isinstance(lock, dict) else None
+    return {  # a damaged entry is no output: the comparison then names it as different
         out["path"]: out.get("md5", "")
-        for stage in (parse_yaml(lock_text, "dvc.lock") or {}).get("stages", {}).values()
-        for out in stage.get("outs", [])
+        for stage in (stages.values() if isinstance(stages, dict) else ())
+        if isinstance(stage, dict) and isinstance(stage.get("outs"), list)
+        for out in stage["outs"]
+        if isinstance(out, dict) and isinstance(out.get("path"), str)
     }

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config.load import model_from_config
-from pipeline.config.yaml_files import parse_yaml
+from pipeline.config.yaml_files import parse_yaml, read_params_text
 from pipeline.errors import PipelineError
 from pipeline.files import file_md5, read_json, write_json_atomic
 from pipeline.integrations.repository import changed_files, git, head_commit, stage_code_md5s
@@ -52,7 +52,7 @@ def run_id(
     dvc_yaml: Path = Path("dvc.yaml"),
 ) -> str:  # fmt: skip
     """The digest described above; `input_files` are the files predict reads (hashed by content)."""
-    text = lock_path.read_text(encoding="utf-8") if lock_path.exists() else ""
+    text = read_params_text(lock_path) if lock_path.exists() else ""
     lock = parse_yaml(text, str(lock_path)) or {}
     stages = lock.get("stages") if isinstance(lock, dict) else None
     if not isinstance(stages, dict) or not all(isinstance(s, dict) for s in stages.values()):
@@ -137,7 +137,7 @@ def model_sources(checkpoint: Checkpoint) -> dict[str, dict]:
 
 def write_manifest(
     run_id: str, checkpoint: Checkpoint, model_params: int, submission_path: Path,
-    report: dict, all_params: dict | None, device: torch.device,
+    report: dict, all_params: dict | None, device: torch.device, git: dict | None = None,
 ) -> None:  # fmt: skip
     """submissions/latest.json: what made the CSV (see the module's docstring); `report` is
     predict's metrics (accuracy, TTA, counts)."""
@@ -146,7 +146,7 @@ def write_manifest(
     write_json_atomic(
         submission_path.parent / LATEST_MANIFEST_PATH.name,
         {
-            "run_id": run_id, "created_utc": created, "git": git_state(),
+            "run_id": run_id, "created_utc": created, "git": git or git_state(),
             "dvc_lock_sha256": lock_sha256(), "params": without_secrets(all_params),
             "model": checkpoint.model_name, "model_config": checkpoint.model_config,
             "models": model_sources(checkpoint),

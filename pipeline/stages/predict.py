@@ -155,6 +155,7 @@ def run(
                       "device": device.type, "torch": torch.__version__}  # fmt: skip
     run_id = manifest.run_id(predict_inputs, [model_path, prepared_dir / "custom_test.npz"])
     files = manifest.run_files(run_id, submission_path.parent)
+    git = manifest.git_state()  # (the run's own outputs are not counted as changes)
     write_submission(submission_path, custom_test["ids"], labels)
     plain_accuracy = val_accuracy
     if tta != "none":
@@ -194,7 +195,14 @@ def run(
         "inference_precision": precision.name,
     } | ({"ensemble_members": members} if members else {})  # fmt: skip
     manifest.write_manifest(
-        run_id, checkpoint, trainable, submission_path, report | details, all_params, device
+        run_id,
+        checkpoint,
+        trainable,
+        submission_path,
+        report | details,
+        all_params,
+        device,
+        git,
     )
     write_class_shares(names, np.load(prepared_dir / "train.npz")["labels"], argmax_counts, counts)
     write_json_atomic(PREDICT_DETAILS_PATH, details)
