@@ -149,3 +149,22 @@ def test_a_fifo_a_folder_and_a_huge_file_are_refused_without_reading_them(tmp_pa
         read_submission(folder)
     with pytest.raises(PipelineError, match="huge.csv: over 16 MiB"):
         read_submission(huge)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ("ID,Labels\n0,\u00b2\n1,1\n2,1\n3,1\n4,1\n".encode(), "line 2 must be two integers"),
+        (b"ID,Labels\n--0,1\n1,1\n2,1\n3,1\n4,1\n", "line 2 must be two integers"),
+        (b"ID,Labels\n0,\xff\n1,1\n2,1\n3,1\n4,1\n", r"not UTF-8 text \(byte 12\)"),
+        (b"ID,Labels\n0," + b"1" * 140_000 + b"\n1,1\n2,1\n3,1\n4,1\n", "not a valid CSV"),
+    ],
+)
+def test_hand_edited_csvs_are_one_line_not_a_traceback(
+    tmp_path: Path, data: bytes, expected: str
+) -> None:
+    """Issue 29's round: a `²` label, an id `--0`, non-UTF-8 bytes, a field over csv's 131,072."""
+    path = tmp_path / "latest.csv"
+    path.write_bytes(data)
+    with pytest.raises(PipelineError, match=expected):
+        validate_submission(path, IDS)
