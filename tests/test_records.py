@@ -17,7 +17,7 @@ from pipeline.classes import CIFAR10_CLASS_NAMES
 from pipeline.engine.models import build_model, model_config
 from pipeline.errors import PipelineError
 from pipeline.records.checkpoint import Checkpoint, Member, load_checkpoint, save_checkpoint
-from pipeline.records.manifest import load_manifest, read_manifest, run_files
+from pipeline.records.manifest import RunSummary, load_manifest, read_manifest, run_files
 from pipeline.records.plot_csv import write_plot_csv
 
 TINY = seed_model(base_width=8, blocks=[1, 1, 1], dropout=0.0)
@@ -239,3 +239,24 @@ def test_a_damaged_latest_json_never_hides_another_runs_manifest(tmp_path: Path)
     (tmp_path / "latest.json").write_text(json.dumps({"run_id": "0123456789ab", "device": "new"}))
     assert load_manifest("0123456789ab", folder=tmp_path, fresh=True).device == "new"
     assert load_manifest("0123456789ab", folder=tmp_path).device is None
+
+
+def test_a_manifest_names_the_cpu_threads_training_used_and_reproduce_says_why_they_matter(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A CPU rerun with another thread count gives other weights; reproduce called the run
+    identical without a word on why the checkpoints differed, and no manifest held the count."""
+    from pipeline.commands import reproduce
+    from pipeline.records import manifest
+
+    original = RunSummary.from_json({"device": "cpu: x86_64", "torch": "2.14.1",
+                                     "training": {"cpu_threads": 16}})  # fmt: skip
+    rerun = dataclasses.replace(original, cpu_threads=2)
+    assert original.environment == "cpu: x86_64, torch 2.14.1, 16 CPU threads"
+    monkeypatch.setattr(reproduce, "load_manifest", lambda *args, **kwargs: (
+        original if not kwargs.get("fresh") else rerun))  # fmt: skip
+    monkeypatch.setattr(reproduce, "last_run_id", lambda worktree: "0123456789ab")
+    lines = reproduce.environment_reasons({"run_id": "0123456789ab", "commit": "abc"}, tmp_path)
+    assert any("training used 16 CPU threads then and 2 now" in line
+               and "OMP_NUM_THREADS=16" in line for line in lines), lines  # fmt: skip
+    assert manifest.RunSummary.from_json({}).cpu_threads is None  # an older manifest

@@ -207,6 +207,12 @@ def environment_reasons(row: dict[str, str], worktree: Path) -> list[str]:
         lines.append(f"submitted run: {was}; this run: {now}")
     if original and rerun and original.torch != rerun.torch:
         lines.append("why: another torch version has other kernels, which round differently")
+    threads = (original.cpu_threads, rerun.cpu_threads) if original and rerun else (None, None)
+    if None not in threads and threads[0] != threads[1]:
+        lines.append(
+            f"why: training used {threads[0]} CPU threads then and {threads[1]} now: float sums "
+            f"split over other threads round differently (OMP_NUM_THREADS={threads[0]} matches)"
+        )
     if original and str(original.device or "").startswith("cuda"):
         lines.append(
             "why: GPU training is not bit-reproducible by default (cuDNN's convolution backward and "
@@ -280,10 +286,12 @@ def run(key: str, into: Path | None = None) -> bool:
     if reproduced_md5 == row["csv_md5"]:
         console.print(f"reproduce: identical: {SUBMISSION_PATH} md5 {reproduced_md5}; {where}")
         changed = changed_outputs(committed_outputs(commit), worktree)
-        if changed:  # recomputed: e.g. metrics holding timings
+        if changed:  # recomputed: e.g. metrics holding timings, or weights
             console.print(
                 f"  (outputs that differ from the commit's dvc.lock: {', '.join(changed)})"
             )
+            for line in environment_reasons(row, worktree):
+                console.print(f"  - {line}")
         return True
     console.print(f"reproduce: DIFFERENT: {where}")
     for line in differences(row, worktree, reproduced_md5, restored == "recomputed"):

@@ -121,7 +121,8 @@ def default_remote(cwd: Path = Path("."), project_only: bool = True) -> str | No
 
 NO_REMOTE_HELP = (
     "add one once with `dvc remote add -d storage /path/to/dvc-storage` (a local folder, S3, "
-    "GCS, SSH, ...; its credentials go in .dvc/config.local) and commit .dvc/config"
+    "GCS, SSH, ...; its credentials go in .dvc/config.local) and commit .dvc/config; give an "
+    "ASCII path (DVC fails on others and leaves .dvc/config empty: `git checkout .dvc/config`)"
 )
 
 

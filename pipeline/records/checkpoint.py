@@ -111,7 +111,8 @@ class Checkpoint:
     normalization: dict[str, list[float]]  # {"mean", "std"} of the training set, 0–1 scale
     class_names: list[str] = dataclasses.field(default_factory=list)
     model_params: int | None = None  # trainable parameters
-    training: dict | None = None  # {"device", "deterministic"}: is it bit-reproducible
+    # {"device", "deterministic", "precision", "compiled", "cpu_threads"}: is it bit-reproducible
+    training: dict | None = None
     ema_state: dict[str, torch.Tensor] | None = None  # the EMA weights, when train kept one
     val_accuracy_ema: float | None = None
     weights: str | None = None  # select: which weights model_state holds (raw or ema)

@@ -172,6 +172,7 @@ class RunSummary:
     torch: str | None
 
     data_source: str | None = None  # params' data.source: "synthetic" is never submitted
+    cpu_threads: int | None = None  # training's torch threads (None: an older manifest)
 
     @classmethod
     def from_json(cls, data: dict) -> RunSummary:
@@ -184,6 +185,9 @@ class RunSummary:
             if value is not None and (not isinstance(value, expected) or isinstance(value, bool)):
                 kind = "a number" if number else "text"
                 raise PipelineError(f"run manifest: {name} must be {kind}, found {value!r:.60}")
+        training = data.get("training")
+        threads = training.get("cpu_threads") if isinstance(training, dict) else None
+        fields["cpu_threads"] = threads if isinstance(threads, int) else None
         params = data.get("params")
         data_params = params.get("data") if isinstance(params, dict) else None
         source = data_params.get("source") if isinstance(data_params, dict) else None
@@ -191,7 +195,8 @@ class RunSummary:
 
     @property
     def environment(self) -> str:
-        return f"{self.device or '?'}, torch {self.torch or '?'}"
+        threads = f", {self.cpu_threads} CPU threads" if self.cpu_threads else ""
+        return f"{self.device or '?'}, torch {self.torch or '?'}{threads}"
 
 
 def read_manifest(path: Path) -> RunSummary:

@@ -194,7 +194,9 @@ class RunRecorder:
             training={"device": device.type,
                       "deterministic": device.type == "cpu" or self.params.deterministic,
                       "precision": self.setup.precision.name,
-                      "compiled": self.setup.compiled[0]},
+                      "compiled": self.setup.compiled[0],
+                      # CPU float sums split over this many threads: another count, other bits
+                      "cpu_threads": torch.get_num_threads()},
             ema_state=ema_model.state_dict() if ema_model is not None else None,
             val_accuracy_ema=stats.val_accuracy_ema,
         )  # fmt: skip
