@@ -73,11 +73,11 @@ DVC_YAML = Path(__file__).resolve().parents[1] / "dvc.yaml"
 @functools.cache
 def _dvc_stages() -> dict:
     """dvc.yaml's stages, read once per command ({} when it cannot be read)."""
-    from pipeline.config.yaml_files import parse_yaml
+    from pipeline.config.yaml_files import read_yaml
 
     try:
-        stages = parse_yaml(DVC_YAML.read_text(encoding="utf-8"), str(DVC_YAML))["stages"]
-    except (OSError, KeyError, TypeError, PipelineError):
+        stages = read_yaml(DVC_YAML)["stages"]
+    except (KeyError, TypeError, PipelineError):
         return {}
     return stages if isinstance(stages, dict) else {}
 

@@ -33,10 +33,13 @@ def require_seed(value: int, key: str) -> None:
     require(0 <= value < SEED_LIMIT, key, "in [0, 2^32)", value)
 
 
-def require_channels(values: list[int], key: str, count: int) -> None:
-    """`count` channel counts, each in [1, MAX_CHANNELS]."""
-    words = {1: "one", 2: "two", 3: "three", 4: "four"}.get(count, str(count))
-    ok = len(values) == count and all(1 <= v <= MAX_CHANNELS for v in values)
+def require_channels(values: list[int], key: str, count: int | None = None) -> None:
+    """`count` channel counts (None: one per stage, 1 to 8), each in [1, MAX_CHANNELS]."""
+    words = (
+        {1: "one", 2: "two", 3: "three", 4: "four"}.get(count, str(count)) if count else "1 to 8"
+    )
+    length_ok = len(values) == count if count else 1 <= len(values) <= 8
+    ok = length_ok and all(1 <= v <= MAX_CHANNELS for v in values)
     require(ok, key, f"{words} channel counts, each in [1, {MAX_CHANNELS}]", values)
 
 

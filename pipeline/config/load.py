@@ -32,7 +32,13 @@ from pipeline.config.train_params import (
 from pipeline.config.yaml_files import dump_yaml, parse_yaml, read_yaml
 from pipeline.errors import PipelineError
 from pipeline.files import rewrite_user_file
-from pipeline.models.registry import DEFAULT_MODEL, ModelConfig, model_entry, registered_models
+from pipeline.models.registry import (
+    DEFAULT_MODEL,
+    PARAMS_TYPES,
+    ModelConfig,
+    model_entry,
+    registered_models,
+)
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
@@ -100,8 +106,7 @@ def _convert(value: Any, annotation: Any, key: str, notes: list[str] | None = No
             raise PipelineError(f"params: {key} must be a string, found {_describe(value)}")
         return value
     raise PipelineError(
-        f"params: {key} is declared as {annotation}, a type params cannot hold: use int, float, "
-        "bool, str, a Literal of strings, or a list of one of them"
+        f"params: {key} is declared as {annotation}, a type params cannot hold: {PARAMS_TYPES}"
     )
 
 

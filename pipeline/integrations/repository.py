@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.config.yaml_files import parse_yaml, read_params_text
+from pipeline.config.yaml_files import parse_yaml, read_yaml
 from pipeline.errors import PipelineError
 from pipeline.files import file_md5
 
@@ -131,7 +131,7 @@ def stage_code_md5s(stage: str, dvc_yaml: Path = Path("dvc.yaml")) -> dict[str, 
     lists included (pipeline/models: a new model file too); {} without dvc.yaml."""
     if not dvc_yaml.exists():
         return {}
-    data = parse_yaml(read_params_text(dvc_yaml), str(dvc_yaml))
+    data = read_yaml(dvc_yaml)
     stages = data.get("stages") if isinstance(data, dict) else None
     entry = stages.get(stage) if isinstance(stages, dict) else None
     deps = entry.get("deps", []) if isinstance(entry, dict) else None

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pipeline.classes import NUM_CLASSES
-from pipeline.config.checks import MAX_CHANNELS, require, require_blocks
+from pipeline.config.checks import require, require_blocks, require_channels
 from pipeline.models.layers import GlobalMeanPool, conv3x3
 from pipeline.models.registry import ModelConfig, register_model
 
@@ -22,10 +22,7 @@ class WideResNetConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(
-            1 <= len(self.widths) <= 8 and all(1 <= w <= MAX_CHANNELS for w in self.widths),
-            "model.widths", f"1 to 8 channel counts, each in [1, {MAX_CHANNELS}]", self.widths,
-        )  # fmt: skip
+        require_channels(self.widths, "model.widths")
         require_blocks(self.blocks, "model.blocks")
         require(
             len(self.blocks) == len(self.widths), "model.blocks",
