@@ -122,7 +122,7 @@ def first_changed_stage(values: dict, base_values: dict) -> str:
     """The first stage (after fetch) that reads a param where the two differ."""
     mine, theirs = flat(values), flat(base_values)
     changed = {key for key in mine.keys() | theirs.keys() if mine.get(key) != theirs.get(key)}
-    for stage in STAGES[1:]:
+    for stage in STAGES[STAGES.index("prepare") :]:
         declared = STAGE_PARAMS[stage]
         if stage == "predict" or any(
             key == name or key.startswith(name + ".") for key in changed for name in declared
@@ -194,7 +194,7 @@ def run_variant(
         base_folder = workdir / f"{tag}{variant.base}"
         first = first_changed_stage(values, base_values)
         base_seconds = json.loads((base_folder / "result.json").read_text())["stage_seconds"]
-        for stage in STAGES[1 : STAGES.index(first)]:
+        for stage in STAGES[STAGES.index("prepare") : STAGES.index(first)]:
             seconds[stage] = base_seconds.get(stage, 0.0)
         for item in ("data/prepared", "models", "metrics"):
             link_tree(base_folder / item, folder / item)

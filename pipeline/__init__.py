@@ -1,1 +1,2 @@
-"""cifar-kaggle-pipeline: fetch → prepare → train → select → predict for the CIFAR-10 Kaggle competition."""
+"""cifar-kaggle-pipeline: the CIFAR-10 Kaggle competition's files to a submission CSV, in stages
+check → fetch → prepare → train → select → distill → predict (dvc.yaml)."""

@@ -24,7 +24,11 @@ def run_stage(stage: str, params: Params, params_path: Path = DEFAULT_PARAMS_PAT
     """Run `stage` with the params config/stage_params.py declares for it (and only those)."""
     declared = StageParams(stage, params)
     # Each stage's module is imported only when it runs: fetch and prepare never load dvclive.
-    if stage == "fetch":
+    if stage == "check":
+        from pipeline.stages import check
+
+        check.run(params)
+    elif stage == "fetch":
         from pipeline.stages import fetch
 
         fetch.run(declared.get("data"))
@@ -251,6 +255,10 @@ def run_command(args: argparse.Namespace) -> int:
                     print(printable(note), file=sys.stderr)
             run_stage(args.command, params, args.params)
         except PipelineError as error:
+            if args.command == "check":  # it runs before the other stages remove anything
+                raise PipelineError(
+                    f"{error} (checked before any stage ran: no output was removed)"
+                ) from None
             raise PipelineError(f"{error}{restore_hint(args.params)}") from None
     return 0
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# check: a file of fixed text that prepare depends on, so DVC checks params before any stage runs
+PARAMS_CHECKED_PATH = Path("metrics/params_checked.txt")
 INPUT_DIR = Path("data/input")  # yours: the competition's zip or files (never a DVC output)
 RAW_DIR = Path("data/raw")  # fetch: cifar-10-batches-py/ and the custom test pickle
 PREPARED_DIR = Path("data/prepared")  # prepare: train/val/custom_test .npz and dataset.json

@@ -151,3 +151,79 @@ def test_a_stage_run_from_a_sub_folder_writes_nothing_there(tmp_path: Path) -> N
         in result.stderr
     )
     assert list((tmp_path / "data").iterdir()) == []
+
+
+CHECKED = "metrics/params_checked.txt"
+
+
+def _check(folder: Path, params_text: str, capsys: pytest.CaptureFixture) -> str:
+    """`python -m pipeline check` in `folder` on `params_text`: its error line ("" if it passed)."""
+    from pipeline.__main__ import main
+
+    (folder / "params.yaml").write_text(params_text)
+    code = main(["check"])
+    said = capsys.readouterr().err
+    errors = [line for line in said.splitlines() if line.startswith("error: ")]
+    assert (code == 0) == (errors == []) and len(errors) <= 1, said
+    return errors[0] if errors else ""
+
+
+@pytest.mark.parametrize(
+    "params_text, refusal",
+    [
+        # milestones past the epochs: train refuses them only after DVC removed its outputs
+        ("train:\n  schedule: multistep\n  epochs: 3\n  milestones: [2, 5]\n",
+         "train.milestones [2, 5] lie at or past the last epoch"),
+        # the distilled student over budget: distill refuses it after select ran
+        ("model:\n  name: seed_resnet\n  blocks: [1, 1, 1]\ndistill:\n  rounds: 1\n  student:\n"
+         "    name: seed_resnet\n    base_width: 500\n    blocks: [1, 1, 1]\n",
+         "has 74,554,510 trainable parameters"),
+        ("model:\n  name: seed_resnet\n  base_width: 500\n  blocks: [1, 1, 1]\n",
+         "has 74,554,510 trainable parameters"),
+        ("train:\n  epochs: 2.5\n", "train.epochs must be an integer"),
+    ],
+)  # fmt: skip
+def test_check_refuses_what_a_later_stage_would_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+    params_text: str, refusal: str,
+) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    error = _check(tmp_path, params_text, capsys)
+    assert error.startswith("error: ") and refusal in error, error
+    assert error.endswith("(checked before any stage ran: no output was removed)")
+    assert not (tmp_path / CHECKED).exists()
+
+
+def test_check_refuses_a_gpu_this_torch_cannot_use_before_any_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A Kaggle P100 with a torch built for newer GPUs: the stages would refuse it one by one."""
+    from test_device import machine_with
+
+    from pipeline.engine import gpu
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(gpu, "this_machine", lambda: machine_with("Tesla P100", (6, 0)))
+    error = _check(tmp_path, "train:\n  device: cpu\nselect:\n  device: cpu\n", capsys)
+    assert "predict.device is 'auto'" in error and "Tesla P100" in error, error
+    assert (
+        _check(
+            tmp_path,
+            "train:\n  device: cpu\nselect:\n  device: cpu\npredict:\n  device: cpu\n",
+            capsys,
+        )
+        == ""
+    )
+
+
+def test_check_passes_with_the_same_file_whatever_the_params(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """prepare depends on check's file: its md5 never changes, so a passed check reruns nothing."""
+    from pipeline.stages.check import CHECKED_TEXT
+
+    monkeypatch.chdir(tmp_path)
+    assert _check(tmp_path, "train:\n  device: cpu\n", capsys) == ""
+    first = (tmp_path / CHECKED).read_bytes()
+    assert _check(tmp_path, "train:\n  device: cpu\n  epochs: 7\n  lr: 1e-3\n", capsys) == ""
+    assert (tmp_path / CHECKED).read_bytes() == first == CHECKED_TEXT.encode()

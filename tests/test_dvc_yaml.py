@@ -61,7 +61,8 @@ def stages() -> dict:
 # Modules that only word messages and draw progress: no stage depends on them, so rewording one
 # reruns nothing. They import nothing of the pipeline, so they cannot compute anything for a stage.
 MESSAGE_MODULES = {"pipeline/errors.py", "pipeline/reporting.py"}
-MODEL_STAGES = ("train", "select", "distill", "predict")  # they build models from pipeline/models
+# they build (or count) models from pipeline/models
+MODEL_STAGES = ("check", "train", "select", "distill", "predict")
 
 
 def _covered(module: str, deps: list[str]) -> bool:

@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 import yaml
 from conftest import REPO_ROOT
-from projects import TINY_PARAMS, commit_all, copy_project, copy_repo, new_project, override, sh
+from projects import (
+    TINY_PARAMS,
+    commit_all,
+    copy_project,
+    copy_repo,
+    new_project,
+    override,
+    run_tool,
+    sh,
+)
 
 from pipeline.records.submission_csv import validate_submission
 
@@ -22,14 +31,16 @@ def test_dvc_repro_runs_every_stage_then_nothing(
 ) -> None:
     finished, first_output = tiny_run
     project = copy_project(finished, tmp_path / "project")
-    for stage in ("fetch", "prepare", "train", "select", "distill", "predict"):
-        assert f"Running stage '{stage}'" in first_output
+    stages = ("check", "fetch", "prepare", "train", "select", "distill", "predict")
+    assert [line for line in first_output.splitlines() if line.startswith("Running stage")] == [
+        f"Running stage '{stage}':" for stage in stages
+    ]
     # a normal run warns of nothing (DVC of an empty models/distill, train of a CPU it was told
     # to use), and select's candidates are one short table, not a line each
     assert "warning" not in first_output.lower(), first_output
     assert "select: the best 5 of 9 candidates" in first_output  # 3 checkpoints × 3 TTAs
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"fetch", "prepare", "train", "select", "distill", "predict"}
+    assert set(lock["stages"]) == set(stages)
 
     ids = np.arange(TINY_PARAMS["data"]["synthetic"]["custom_test_images"])
     validate_submission(project / "submissions/latest.csv", ids)
@@ -67,6 +78,43 @@ def test_dvc_repro_runs_every_stage_then_nothing(
         "metrics/select_candidates.csv",
     ):
         assert any(path in name for name in plots), (path, list(plots))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "setting, refusal",
+    [
+        ("train.epochs=abc", "train.epochs must be an integer, found 'abc'"),
+        # over model.max_params: train would refuse it once its outputs were gone
+        ("model.base_width=900", "has 241,478,110 trainable parameters"),
+        ("predict.tta=sideways", "predict.tta"),  # the last stage's own section
+    ],
+)
+def test_a_refused_param_removes_no_output_of_the_committed_run(
+    tiny_run: tuple[Path, str], tmp_path: Path, setting: str, refusal: str
+) -> None:
+    """DVC removes a stage's outputs before it runs it: the check stage, first, refuses what a
+    later stage would, so `dvc exp run -S` with a typo costs no checkpoint or training curve."""
+    project = copy_project(tiny_run[0], tmp_path / "project")
+    commit_all(project, "run")
+    outputs = sorted(project.glob("models/**/*.pt")) + sorted(project.glob("metrics/**/*.*"))
+    stamps = {path: path.stat().st_mtime_ns for path in outputs}
+    run = run_tool(project, "dvc", "exp", "run", "-S", setting)
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and refusal in errors[0], run.stderr
+    assert errors[0].endswith("(checked before any stage ran: no output was removed)")
+    assert "Running stage 'check'" in run.stdout and "Running stage 'train'" not in run.stdout
+    changed = sh(project, "git", "status", "--porcelain").stdout.split("\n")
+    # check's own fixed-text file is DVC's to remove; nothing a run computed is touched
+    assert {line[3:] for line in changed if line} <= {"params.yaml", "metrics/params_checked.txt"}
+    assert {path: path.stat().st_mtime_ns for path in outputs if path.exists()} == {
+        path: stamp for path, stamp in stamps.items() if path.name != "params_checked.txt"
+    }
+    sh(project, "git", "checkout", "params.yaml")
+    again = sh(project, "dvc", "repro")
+    assert "Running stage 'train'" not in again.stdout and "Running stage 'check'" in again.stdout
+    assert sh(project, "git", "status", "--porcelain").stdout == ""
 
 
 SMOKE_DATA = {  # ten images of each class to train on: the real models are slow on a CPU

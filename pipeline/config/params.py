@@ -162,6 +162,13 @@ class DistillParams:
         require_range(self.teacher_max_params, "distill.teacher_max_params", 0, MAX_MODEL_PARAMS)
 
 
+def student_model(distill: DistillParams, model_params: ModelConfig) -> ModelConfig:
+    """The model distill trains: `distill.student` or the `model` section, within the submitted
+    model's budget (`model.max_params`)."""
+    student = distill.student or model_params
+    return replace(student, max_params=min(student.max_params, model_params.max_params))
+
+
 @dataclass(frozen=True)
 class PredictParams:
     tta: Literal["auto", TtaPolicy] = "auto"  # auto: select's choice; else one of TtaPolicy

@@ -19,6 +19,8 @@ from pipeline.errors import PipelineError
 
 SECTIONS = tuple(field.name for field in dataclasses.fields(Params))
 STAGE_PARAMS: dict[str, tuple[str, ...]] = {
+    # every section: DVC runs it first whenever a param changes (stages/check.py)
+    "check": SECTIONS,
     "fetch": ("data",),
     "prepare": ("prepare",),
     # a teacher that distill shrinks may be larger than model.max_params (teacher_max_params)

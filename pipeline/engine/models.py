@@ -34,14 +34,20 @@ def _build(params: ModelConfig) -> nn.Module:
     return model
 
 
-def build_model(params: ModelConfig) -> nn.Module:
-    """Build `params.name`; refuse it, before allocating it, if it is over `params.max_params`."""
+def check_budget(params: ModelConfig) -> int:
+    """`params`'s trainable parameters, refused over `params.max_params` (nothing allocated)."""
     trainable = count_model_params(params)
     if trainable > params.max_params:
         raise PipelineError(
             f"params: model '{params.name}' has {trainable:,} trainable parameters, over the "
             f"budget model.max_params = {params.max_params:,}; make it smaller"
         )
+    return trainable
+
+
+def build_model(params: ModelConfig) -> nn.Module:
+    """Build `params.name`; refuse it, before allocating it, if it is over `params.max_params`."""
+    check_budget(params)
     return _build(params)
 
 

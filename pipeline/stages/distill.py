@@ -31,6 +31,7 @@ from pipeline.config.params import (
     DistillParams,
     SelectParams,
     TrainParams,
+    student_model,
 )
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, write_json_atomic
@@ -76,7 +77,7 @@ def run(
     # the student's machinery imports torch: only a run with rounds pays for it
     from pipeline.engine.distributed import current_world
     from pipeline.engine.models import build_model, count_trainable_params
-    from pipeline.stages.distill_round import run_round, student_model
+    from pipeline.stages.distill_round import run_round
     from pipeline.stages.train import finish_workers, start_workers
 
     student = student_model(distill, model_params)

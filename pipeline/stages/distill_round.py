@@ -61,12 +61,6 @@ class TeacherLabels:
             return cls(arrays["rows"], arrays["probabilities"], arrays["confidence"])
 
 
-def student_model(distill: DistillParams, model_params: ModelConfig) -> ModelConfig:
-    """The student's model, within the submitted model's budget (`model.max_params`)."""
-    student = distill.student or model_params
-    return dataclasses.replace(student, max_params=min(student.max_params, model_params.max_params))
-
-
 def teacher_labels(
     teacher_path: Path, images: np.ndarray, distill: DistillParams, adapt: AdaptParams,
     select: SelectParams, device: torch.device, precision: Precision,
