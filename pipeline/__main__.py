@@ -246,6 +246,9 @@ def run_command(args: argparse.Namespace) -> int:
 
         return 0 if reproduce.run(args.run, args.into) else 1
     else:
+        from pipeline.integrations.dvc_parent import stop_with_dvc
+
+        stop_with_dvc(args.command)  # under `dvc repro`: never outlive it (an orphan's outputs)
         notes: list[str] = []
         require_project_root(args.params)
         try:
