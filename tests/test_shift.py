@@ -79,10 +79,20 @@ def test_balanced_assignment_gives_the_priors_counts_on_a_skewed_example() -> No
     assert np.bincount(probabilities.argmax(1), minlength=10).max() > 40
 
     uniform = adapt.balanced_assignment(probabilities, [])
-    assert np.bincount(uniform, minlength=10).tolist() == [6, 6, 6, 5, 5, 5, 5, 5, 5, 5]
+    # 53 = 10 × 5 + 3: the 3 spare labels go where the probability mass is, "cat" first (they
+    # went to classes 0, 1 and 2, whatever the model said)
+    mass = probabilities.sum(0).numpy()
+    spares = set(np.argsort(-mass, kind="stable")[:3].tolist())
+    assert 3 in spares
+    expected = [6 if label in spares else 5 for label in range(10)]
+    assert np.bincount(uniform, minlength=10).tolist() == expected
     prior = [4.0, 1, 1, 1, 1, 1, 1, 1, 1, 1]  # a quarter... well, 4/13 of them airplanes
     skewed = adapt.balanced_assignment(probabilities, prior)
-    assert np.bincount(skewed, minlength=10).tolist() == adapt.prior_counts(prior, 53).tolist()
+    assert (
+        np.bincount(skewed, minlength=10).tolist()
+        == adapt.prior_counts(prior, 53, probabilities).tolist()
+        == [16, 4, 4, 5, 4, 4, 4, 4, 4, 4]  # 16.3 and 4.08 each: the spare to "cat", not 0
+    )
     # the image the model finds most dog-like (after balancing) is labelled dog
     balanced = adapt.sinkhorn(probabilities, adapt.prior_counts([], 53))
     assert uniform[int(balanced[:, 5].argmax())] == 5
@@ -94,6 +104,22 @@ def test_sinkhorn_balances_columns_and_keeps_rows_distributions() -> None:
     balanced = adapt.sinkhorn(probabilities + 1e-3, counts)
     assert torch.allclose(balanced.sum(1), torch.ones(10), atol=1e-5)
     assert torch.allclose(balanced.sum(0), torch.ones(10), atol=1e-3)
+
+
+def test_the_spare_labels_go_to_the_classes_the_model_sees_most() -> None:
+    """13 images, a uniform prior: 1 each and 3 spares. By index, one image was always
+    "airplane" and the model's top class got 1; now the spares follow the model's mass."""
+    probabilities = torch.full((13, 10), 0.01)
+    probabilities[:, 7] = 0.5  # mostly horses
+    probabilities[:4, 9] = 0.4  # some trucks
+    probabilities[4:6, 2] = 0.45  # two birds
+    probabilities = probabilities / probabilities.sum(1, keepdim=True)
+    counts = adapt.prior_counts([], 13, probabilities)
+    assert counts.tolist() == [1, 1, 2, 1, 1, 1, 1, 2, 1, 2]
+    labels = adapt.balanced_assignment(probabilities, [])
+    assert np.bincount(labels, minlength=10).tolist() == counts.tolist()
+    # a total the shares divide: no spare, the same counts as before
+    assert adapt.prior_counts([], 2540, torch.rand(2540, 10)).tolist() == [254] * 10
 
 
 def test_prior_counts_sum_to_the_total_and_follow_the_shares() -> None:

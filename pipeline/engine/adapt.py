@@ -61,14 +61,24 @@ def recalibrate_batchnorm(
     return adapted.eval()
 
 
-def prior_counts(prior: list[float], total: int) -> np.ndarray:
-    """Integer counts ∝ `prior` that sum to `total` (largest remainders get the spare ones);
-    an empty prior is uniform."""
+def prior_counts(
+    prior: list[float], total: int, probabilities: torch.Tensor | None = None
+) -> np.ndarray:
+    """Integer counts ∝ `prior` (empty: uniform) that sum to `total`: each class's share rounded
+    down, and the spare ones (`total` not a multiple of the shares) where the probability mass
+    is: to the classes whose expected count under `probabilities` (N, C), their column sums,
+    most exceeds that floor. Without `probabilities`, to the largest remainders. Spares by
+    class index gave one custom-test image to "airplane" whatever the model said, and left
+    the model's top class one short."""
     shares = np.asarray(prior if prior else [1.0] * 10, dtype=np.float64)
     exact = shares / shares.sum() * total
     counts = np.floor(exact).astype(np.int64)
     spare = total - int(counts.sum())
-    counts[np.argsort(-(exact - counts), kind="stable")[:spare]] += 1
+    if probabilities is None:
+        wanted = exact - counts
+    else:
+        wanted = probabilities.double().sum(0).cpu().numpy() - counts
+    counts[np.argsort(-wanted, kind="stable")[:spare]] += 1
     return counts
 
 
@@ -84,13 +94,14 @@ def sinkhorn(probabilities: torch.Tensor, counts: np.ndarray) -> torch.Tensor:
 
 
 def balanced_assignment(probabilities: torch.Tensor, prior: list[float]) -> np.ndarray:
-    """One label per row of `probabilities` (N, C), with exactly `prior_counts(prior, N)` of each
+    """One label per row of `probabilities` (N, C), with exactly `prior_counts(prior, N, probabilities)` of each
     class: the Sinkhorn-balanced (image, class) pairs taken most probable first, each image
     once, each class until full. Ties go to the lower image index, then the lower class."""
     count, classes = probabilities.shape
-    capacity = prior_counts(prior, count)
-    if capacity.size != classes:
-        raise ValueError(f"a prior of {capacity.size} classes for {classes}-class predictions")
+    prior_classes = len(prior) if prior else 10
+    if prior_classes != classes:
+        raise ValueError(f"a prior of {prior_classes} classes for {classes}-class predictions")
+    capacity = prior_counts(prior, count, probabilities)
     scores = sinkhorn(probabilities, capacity).cpu().numpy().ravel()
     order = np.lexsort((np.arange(scores.size), -scores))  # by score, then position
     labels = np.full(count, -1, dtype=np.int64)

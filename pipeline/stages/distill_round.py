@@ -76,7 +76,8 @@ def teacher_labels(
     confidence = logits.softmax(1).max(1).values
     probabilities = (logits / distill.temperature).softmax(1)
     if adapt.balance_on == "prior":
-        probabilities = sinkhorn(probabilities, prior_counts(adapt.prior, logits.shape[0]))
+        counts = prior_counts(adapt.prior, logits.shape[0], probabilities)
+        probabilities = sinkhorn(probabilities, counts)
     keep = (confidence >= distill.confidence_threshold).cpu().numpy()
     return TeacherLabels(
         rows=np.flatnonzero(keep).astype(np.int64),
