@@ -1,4 +1,9 @@
-"""Console output and progress bars (rich), shared by every stage."""
+"""Console output and progress bars (rich), shared by every stage.
+
+The consoles read no rich markup: what they print holds paths, params, checkpoint fields and
+Kaggle's text, and a `[/x]` there crashed a command, or a `[bold]` restyled it. Colour is a
+`style=` argument (`warn`), never markup in the text.
+"""
 
 from __future__ import annotations
 
@@ -14,20 +19,26 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-console = Console(stderr=True, soft_wrap=True)  # long paths stay on one line in logs
+console = Console(stderr=True, soft_wrap=True, markup=False)  # long paths stay on one line
 TABLE_WIDTH = 180  # characters for tables on stdout when it is not a terminal (a pipe, a log)
 
 
-def table_console() -> Console:
+def table_console(markup: bool = False) -> Console:
     """stdout for tables (scores, experiments): the terminal's width, else TABLE_WIDTH, so a
-    piped table keeps its columns instead of rich's 80-character default."""
-    output = Console()
-    return output if output.is_terminal else Console(width=TABLE_WIDTH)
+    piped table keeps its columns instead of rich's 80-character default. `markup` only for
+    text written here, with data escaped (doctor's)."""
+    output = Console(markup=markup)
+    return output if output.is_terminal else Console(width=TABLE_WIDTH, markup=markup)
+
+
+def warn(text: str) -> None:
+    """`warning: text` in yellow on stderr (text, never markup)."""
+    console.print(f"warning: {text}", style="yellow")
 
 
 def download_progress() -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
@@ -40,10 +51,10 @@ def download_progress() -> Progress:
 def training_progress() -> Progress:
     """Epoch and batch bars; the batch bar's fields carry loss, accuracy and images/s."""
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
+        TextColumn("{task.fields[status]}", markup=False),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),

@@ -14,7 +14,7 @@ The misbehaviours the client must survive: `hang_next[method]` queues "before"/"
 interrupt the client) and `unresponsive` hangs every request; `echo_authorization` answers
 every error with a message that quotes the request's Authorization header;
 GetSubmission scores a submission (COMPLETE, `public_score_to_give`) once it has been polled
-`score_after_polls` times.
+`score_after_polls` times; `description_limit` cuts the descriptions it stores.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ class FakeKaggle:
         self.score_after_polls: int | None = None  # GetSubmission calls before it is scored
         self.public_score_to_give = "0.91230"
         self.html_for: set[str] = set()  # methods answered with a login page, status 200 (a proxy)
+        self.description_limit: int | None = None  # characters of a description it keeps
         self._polls: dict[int, int] = defaultdict(int)
         self._released = threading.Event()  # set on exit: hung requests end without an answer
         self._uploads: dict[str, dict] = {}
@@ -123,7 +124,8 @@ class FakeKaggle:
             raise _Answer(400, "no uploaded file for this token")
         submission = FakeSubmission(
             ref=next(self._refs), competition=request["competitionName"],
-            description=request.get("submissionDescription", ""), file_name=upload["file_name"],
+            description=request.get("submissionDescription", "")[: self.description_limit],
+            file_name=upload["file_name"],
             content=upload["content"],
             date=datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None),
         )  # fmt: skip

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_SYNTHETIC, python2_style_pickle, seed_model
+from conftest import REPO_ROOT, SMALL_SYNTHETIC, python2_style_pickle, seed_model
 
 from pipeline.__main__ import main
 from pipeline.data.formats import CIFAR_FOLDER, CUSTOM_TEST_NAMES
@@ -443,3 +443,29 @@ def test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_keeps_the_earlie
     assert load_checkpoint(project / "models/checkpoints/epoch_0001.pt")["epoch"] == 1
     assert not (project / "models/checkpoints/epoch_0002.pt").exists()
     assert not _leftovers(project)
+
+
+def test_the_consoles_print_paths_and_kaggle_text_as_text(capsys: pytest.CaptureFixture) -> None:
+    """One cause behind five crashes (`[/x]` in a score, a source path, a competition slug, a
+    project folder `cifar[v2]`): console.print read data as rich markup. The consoles read
+    none, so no call site can forget an escape(); only doctor writes markup, escaping its data."""
+    import re
+
+    from rich.table import Table
+
+    from pipeline.reporting import console, table_console, warn
+
+    console.print("reproduce: ../cifar[v2]-runs/x [/x] [bold]y")
+    warn("a [/] b")
+    table = Table(title="submissions to comp[/x]")
+    table.add_column("public")
+    table.add_row("[/x][bold]0.9")
+    table_console().print(table)
+    said = capsys.readouterr()
+    assert "../cifar[v2]-runs/x [/x] [bold]y" in said.err and "warning: a [/] b" in said.err
+    assert "comp[/x]" in said.out and "[/x][bold]0.9" in said.out
+    for path in (REPO_ROOT / "pipeline").rglob("*.py"):
+        text = path.read_text()
+        if path.name != "doctor.py":  # its own console reads markup; it escapes its data
+            assert "rich.markup" not in text, f"{path}: escape() is not needed, nor right"
+            assert not re.search(r"""["']\[(yellow|red|bold|green)\]""", text), f"{path}: markup"

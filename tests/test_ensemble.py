@@ -294,3 +294,25 @@ def test_ensemble_add_takes_a_checkpoint_file_and_refuses_what_cannot_be_a_membe
 
 def member_files(workspace: Path) -> list[str]:
     return sorted(p.name for p in (workspace / "models/ensemble").iterdir())
+
+
+def test_a_source_path_in_rich_markup_is_added_and_listed_as_text(
+    seeds: Path, workspace: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`ensemble add '/x/a[/]b/best.pt'` added the member, then crashed on printing it, and
+    `ensemble list` crashed until it was removed."""
+    sh(workspace, "git", "init", "-q")
+    sh(workspace, "dvc", "init", "-q")
+    (workspace / "params.yaml").write_text(
+        yaml.safe_dump({"model": dataclasses.asdict(TINY_MODEL)})
+    )
+    folder = workspace / "a[/]b [bold]"
+    folder.mkdir()
+    source = folder / "best.pt"
+    source.write_bytes((seeds / "runs/seed_1/epoch_0004.pt").read_bytes())
+    assert main(["ensemble", "add", str(source), "--name", "bracketed"]) == 0
+    said = capsys.readouterr()
+    assert f"from {source})" in said.err and "within the budget" in said.out
+    assert main(["ensemble", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "bracketed" in listed and "a[/]b [bold]" in listed, listed

@@ -123,7 +123,7 @@ def test_submit_sends_the_csv_pushes_the_run_and_records_it(
 
     [sent] = fake_kaggle.submissions
     assert sent.md5 == csv_md5 and sent.file_name == f"{run_id}.csv"
-    assert sent.description == f"tiny seed run | run {run_id} @ {commit[:7]}"
+    assert sent.description == f"run {run_id} @ {commit[:7]} | tiny seed run"
     assert sent.competition == "deep-learning-spring-2025-project-1"
     assert fake_kaggle.calls == [
         "ListSubmissions",
@@ -225,6 +225,33 @@ def test_a_submission_recorded_on_the_last_failing_attempt_is_found_not_lost(
     assert row["kaggle_ref"] == str(sent.ref)
 
 
+def test_a_description_kaggle_cut_short_is_still_found_after_a_5xx_not_sent_twice(
+    project: Path, fake_kaggle
+) -> None:
+    """Kaggle stores the submission with its description shortened, then answers 502: the
+    retry finds it by the run its description starts with (and its file name)."""
+    fake_kaggle.description_limit = 30  # "run <run_id> @ <commit> | …" keeps its run
+    fake_kaggle.fail_next["CreateSubmission"].append((502, "after"))
+    assert main(["submit", "--no-push", "-m", "a long note " * 40]) == 0
+    [sent] = fake_kaggle.submissions
+    assert sent.description == f"run {_run_id(project)} @ "[:30]
+    [row] = read_history(project / "submissions/history.csv")
+    assert row["kaggle_ref"] == str(sent.ref) and row["message"].endswith("a long note")
+
+
+def test_a_message_kaggle_or_history_could_not_keep_is_refused_before_sending(
+    project: Path, fake_kaggle, capsys: pytest.CaptureFixture
+) -> None:
+    """A 2,001-character -m was sent, and history.csv then refused its own row."""
+    assert main(["submit", "--no-push", "-m", "x" * 2001]) == 1
+    assert "the -m message is 2,001 characters long; say it in at most 500" in _error_line(capsys)
+    assert fake_kaggle.calls == [] and not (project / "submissions/history.csv").exists()
+    assert main(["submit", "--no-push", "-m", "two\nlines  and   spaces"]) == 0
+    [row] = read_history(project / "submissions/history.csv")
+    assert row["message"].endswith(" | two lines and spaces")
+    assert main(["scores"]) == 0  # the history it wrote reads back
+
+
 def test_a_lasting_server_error_gives_up_with_the_reason(
     project: Path, fake_kaggle, capsys: pytest.CaptureFixture
 ) -> None:
@@ -297,7 +324,7 @@ def test_scores_joins_kaggle_with_history_and_manifests(
     fake_kaggle.upload(token, b"x\n")
     fake_kaggle.create_submission(
         {"competitionName": "deep-learning-spring-2025-project-1", "blobFileTokens": token,
-         "submissionDescription": "uploaded by hand"}
+         "submissionDescription": f"better than run {_run_id(project)} @ abc1234"}
     )  # fmt: skip
     capsys.readouterr()
     assert main(["scores"]) == 0
@@ -318,7 +345,21 @@ def test_scores_joins_kaggle_with_history_and_manifests(
     assert ours["status"] == "complete" and ours["model"] == "seed_resnet"
     assert ours["params"] == f"{manifest['model_params']:,}" and ours["tta"] == manifest["tta"]
     assert ours["val_accuracy"] == f"{manifest['val_accuracy']:.4f}"
+    # it only mentions a run: not that run's submission
     assert by_hand["run_id"] == "—" and by_hand["status"] == "pending"
+
+
+def test_a_submission_is_a_runs_by_submits_marks_only() -> None:
+    from pipeline.records.history import run_of_submission
+
+    run = "0123456789ab"
+    assert run_of_submission(f"run {run} @ abcdef0 | try 3", "x.csv") == run
+    assert run_of_submission(f"run {run} @ abc", "x.csv") == run  # cut short by Kaggle
+    assert run_of_submission(f"try 3 | run {run} @ abcdef0", "x.csv") == run  # older submits
+    assert run_of_submission("", f"{run}.csv") == run  # its upload, or predict's copy
+    for mention in (f"better than run {run}", f"run {run} was better", f"xrun {run} @ a"):
+        assert run_of_submission(mention, "latest.csv") is None, mention
+    assert run_of_submission(None, None) is None
 
 
 def test_history_lookup_by_run_id_md5_prefix_or_kaggle_ref() -> None:
@@ -617,3 +658,24 @@ def test_submit_wait_prints_the_public_score_beside_the_run_id(
     monkeypatch.setattr(submit, "MIN_POLL_INTERVAL_SECONDS", 5.0)
     assert main([*args, "--poll-interval", "1"]) == 1
     assert "--poll-interval 1 is under 5 s" in _error_line(capsys)
+
+
+def test_kaggle_text_in_rich_markup_is_printed_as_text(
+    project: Path, fake_kaggle, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A public score holding `[/x]` crashed `submit --wait` (and `[bold]` restyled it)."""
+    monkeypatch.setattr(submit, "MIN_POLL_INTERVAL_SECONDS", 0.0)
+    fake_kaggle.score_after_polls = 1
+    fake_kaggle.public_score_to_give = "[bold]0.9[/x]"
+    assert main(["submit", "--no-push", "--wait", "--poll-interval", "0.01"]) == 0
+    assert "public score [bold]0.9[/x] (Kaggle ref" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("slug", ["", "comp[/x]", "Deep-Learning", "a slug"])
+def test_a_competition_that_is_not_a_kaggle_slug_is_refused_as_a_param(
+    tmp_path: Path, capsys: pytest.CaptureFixture, slug: str
+) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  competition: '{slug}'\n")
+    assert main(["scores", "--params", str(params)]) == 1
+    assert "data.competition must be a Kaggle competition's slug" in _error_line(capsys)

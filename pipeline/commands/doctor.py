@@ -126,7 +126,7 @@ def duration(seconds: float) -> str:
 
 
 def run(params: Params, profiles: list[str] | None = None) -> None:
-    out = table_console()
+    out = table_console(markup=True)  # its data escaped below
     out.print("[bold]This machine[/bold]")
     for line in machine_lines():
         out.print(f"  {escape(line)}")

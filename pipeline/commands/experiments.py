@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 
-from rich.markup import escape
 from rich.table import Table
 
 from pipeline.errors import PipelineError
@@ -93,8 +92,8 @@ def run(apply: bool = False) -> list[dict]:
         changed = ", ".join(f"{k}={v}" for k, v in sorted(row["changed"].items())) or MISSING
         name = row["name"] + (" (synthetic demo)" if row["synthetic"] else "")
         table.add_row(  # names and params are the user's text: never rich markup
-            str(rank), escape(str(name)), escape(str(row["state"])), accuracy,
-            escape(str(row["tta"] or MISSING)), escape(changed),
+            str(rank), str(name), str(row["state"]), accuracy,
+            str(row["tta"] or MISSING), changed,
         )  # fmt: skip
     table_console().print(table)
     if apply:

@@ -9,13 +9,12 @@ list (another account, or deleted) are shown too, marked so.
 
 from __future__ import annotations
 
-from rich.markup import escape
 from rich.table import Table
 
 from pipeline.errors import PipelineError
 from pipeline.integrations import kaggle_client
 from pipeline.paths import HISTORY_PATH
-from pipeline.records.history import RUN_IN_MESSAGE, read_history
+from pipeline.records.history import read_history, run_of_submission
 from pipeline.records.manifest import load_manifest
 from pipeline.reporting import table_console
 
@@ -58,8 +57,8 @@ def score_rows(
     for item in submissions:
         listed_refs.add(str(item.ref))
         record = by_ref.get(str(item.ref))
-        if record is None and (match := RUN_IN_MESSAGE.search(str(item.description or ""))):
-            record = by_run.get(match.group(1), {"run_id": match.group(1), "commit": ""})
+        if record is None and (run := run_of_submission(item.description, item.file_name)):
+            record = by_run.get(run, {"run_id": run, "commit": ""})
         record = record or {}
         status = getattr(item.status, "name", str(item.status)).lower()
         if item.error_description:
@@ -93,7 +92,7 @@ def run(competition: str) -> list[dict[str, str]]:
             column, justify="right" if column in ("params", "public", "private") else "left"
         )
     for row in rows:
-        table.add_row(*(escape(row[column]) for column in COLUMNS))  # text, not rich markup
+        table.add_row(*(row[column] for column in COLUMNS))  # text, not rich markup
     console = table_console()
     console.print(table if rows else f"no submissions to {competition} yet")
     return rows

@@ -19,7 +19,7 @@ In order, and nothing is sent or recorded unless every step passes:
    it), so the scored run can be pulled back;
 6. the run's manifest is kept as submissions/<run_id>.json and the attempt is recorded
    (pending_submission.json), then the kaggle client submits the CSV
-   (uploaded as <run_id>.csv) with a message that always ends with the run_id and short commit;
+   (uploaded as <run_id>.csv) with a description that starts with the run_id and short commit;
    transient failures are retried without submitting twice;
 7. a row goes to submissions/history.csv and the pending record is removed;
 8. with `--wait`, Kaggle is polled until it has scored the submission, and the public score is
@@ -64,7 +64,14 @@ from pipeline.paths import (
     PREPARED_DIR,
     SUBMISSION_PATH,
 )
-from pipeline.records.history import FIELDS, append_history, check_row, read_history
+from pipeline.records.history import (
+    FIELDS,
+    MAX_MESSAGE_CHARACTERS,
+    append_history,
+    check_row,
+    read_history,
+    submission_description,
+)
 from pipeline.records.manifest import run_files
 from pipeline.records.submission_csv import (
     check_submission_text,
@@ -135,7 +142,7 @@ def settle_pending(
         f"the earlier submit of run {row['run_id']} ({row['submitted_utc']}) that got no answer"
     )
     submissions = kaggle_client.list_submissions(api, row["competition"])
-    ref = kaggle_client.find_submission(submissions, row["message"], set(pending.refs_before))
+    ref = kaggle_client.find_submission(submissions, row["run_id"], set(pending.refs_before))
     if ref is None:
         console.print(f"submit: {earlier} never arrived (Kaggle's list does not show it)")
         pending_path.unlink()
@@ -189,6 +196,20 @@ def wait_for_score(
                 )
             display.update(f"{shown}: {state}, {waited:.0f} s of at most {wait_limit:g} s")
             time.sleep(min(poll_interval, wait_limit - waited))
+
+
+def one_line_message(message: str | None) -> str | None:
+    """`-m`'s text on one line (newlines and runs of spaces as one space), refused when long:
+    Kaggle may cut a long description, and history.csv keeps it whole."""
+    if message is None or not message.strip():
+        return None
+    text = " ".join(message.split())
+    if len(text) > MAX_MESSAGE_CHARACTERS:
+        raise PipelineError(
+            f"submit: the -m message is {len(text):,} characters long; say it in at most "
+            f"{MAX_MESSAGE_CHARACTERS} (nothing was sent)"
+        )
+    return text
 
 
 def check_options(poll_interval: float, wait_limit: float, daily_limit: int) -> None:
@@ -245,6 +266,7 @@ def _submit(
     poll_interval = POLL_INTERVAL_SECONDS if poll_interval is None else poll_interval
     daily_limit = DAILY_LIMIT if daily_limit is None else daily_limit
     check_options(poll_interval, wait_limit, daily_limit)
+    message = one_line_message(message)
     # read once: the bytes validated and hashed are the bytes uploaded
     csv_bytes = read_submission(csv_path, dvc_cache_dir() if csv_path.is_symlink() else None)
     custom_test_ids = load_split(PREPARED_DIR, "custom_test")["ids"]
@@ -292,7 +314,7 @@ def _submit(
         f"{manifest.model or '?'} {manifest.model_params or '?'} params, "
         f"val {accuracy_text} TTA {manifest.tta or '?'}"
     )
-    full_message = f"{message.strip() if message else summary} | run {run_id} @ {short_commit}"
+    full_message = submission_description(run_id, short_commit, message or summary)
     # the submitted run's manifest, kept before sending: a pending attempt that turns out to
     # have arrived (settle_pending) then has its record even if predict ran again since
     with atomic_path(run_files(run_id).manifest) as temp_path:
@@ -330,8 +352,8 @@ def send(
     write_pending(pending, pending_path)  # before sending: a kill from here on is found later
     try:
         ref = kaggle_client.submit_file(
-            api, row["competition"], csv_path, csv_bytes, f"{row['run_id']}.csv",
-            row["message"], set(pending.refs_before),
+            api, row["competition"], csv_path, csv_bytes, row["run_id"], row["message"],
+            set(pending.refs_before),
         )  # fmt: skip
     except KeyboardInterrupt:
         console.print(

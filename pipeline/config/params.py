@@ -10,6 +10,7 @@ types and unknown keys first).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -26,6 +27,9 @@ from pipeline.models.registry import ModelConfig, default_model_config, model_en
 
 COMPETITION_SLUG = "deep-learning-spring-2025-project-1"
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+# a Kaggle competition's slug, as in its URL: lowercase letters, digits and single hyphens
+COMPETITION_SLUG_PATTERN = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
+MAX_SLUG_CHARACTERS = 100
 
 MAX_IMAGES = 1_000_000  # synthetic or held-out image counts (3 GB of uint8 at 32×32×3)
 
@@ -55,6 +59,15 @@ class DataParams:
     custom_test_path: str = ""  # url / CIFAR-10-only local sources: the custom test pickle
     cifar_url: str = CIFAR10_URL
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
+
+    def __post_init__(self) -> None:
+        require(
+            len(self.competition) <= MAX_SLUG_CHARACTERS
+            and COMPETITION_SLUG_PATTERN.fullmatch(self.competition) is not None,
+            "data.competition",
+            f"a Kaggle competition's slug, as in its URL (e.g. '{COMPETITION_SLUG}')",
+            self.competition if len(self.competition) <= MAX_SLUG_CHARACTERS else "(too long)",
+        )
 
 
 @dataclass(frozen=True)

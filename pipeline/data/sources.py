@@ -224,7 +224,8 @@ def download_file(url: str, destination: Path, md5: str | None) -> None:
             last_problem = str(error)
         if attempt < DOWNLOAD_ATTEMPTS:
             console.print(
-                f"[yellow]download attempt {attempt} failed ({last_problem}); retrying in {delay:.0f} s"
+                f"download attempt {attempt} failed ({last_problem}); retrying in {delay:.0f} s",
+                style="yellow",
             )
             time.sleep(delay)
             delay *= 2

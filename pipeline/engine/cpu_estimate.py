@@ -28,7 +28,8 @@ def probe_cpu_time(trainer: Trainer, epoch_started: float) -> None:
         dist.all_reduce(estimate, op=dist.ReduceOp.MAX)
     minutes = estimate.item() / 60
     check_auto_cpu_estimate(minutes, trainer.run_steps, trainer.params.device)
-    console.print(cpu_estimate_warning(minutes, trainer.run_steps, trainer.params.device))
+    text = cpu_estimate_warning(minutes, trainer.run_steps, trainer.params.device)
+    console.print(text, style="yellow" if text.startswith("warning") else None)
 
 
 def estimated_run_seconds(probe_seconds: float, trainer: Trainer) -> float:
@@ -57,7 +58,7 @@ def cpu_estimate_warning(minutes: float, steps: int, device_setting: str = "auto
     text = f"train: on the CPU ({where}), estimated {minutes:.1f} min for {steps} steps"
     if minutes > CPU_PROFILE_HINT_MINUTES:
         text = (
-            f"[yellow]warning: {text}; without a GPU, `python -m pipeline profile cpu` trains "
+            f"warning: {text}; without a GPU, `python -m pipeline profile cpu` trains "
             "the best model this pipeline measured in about 15 minutes on 2 cores (BENCHMARKS.md)"
         )
     return text

@@ -37,6 +37,7 @@ from pipeline.integrations.kaggle_credentials import (
     redact,
     warn_if_readable_by_others,
 )
+from pipeline.records.history import run_of_submission
 from pipeline.reporting import console
 
 if TYPE_CHECKING:
@@ -297,21 +298,25 @@ def get_submission(api: KaggleApi, ref: int) -> ApiSubmission:
         )
 
 
-def find_submission(submissions: list, message: str, refs_before: set[int]) -> int | None:
-    """The ref of a submission with `message` that is not one of `refs_before`, or None."""
-    found = [s.ref for s in submissions if s.ref not in refs_before and s.description == message]
+def find_submission(submissions: list, run_id: str, refs_before: set[int]) -> int | None:
+    """The ref of a submission of run `run_id` (by submit's marks: a description Kaggle cut
+    short still counts) that is not one of `refs_before`, or None."""
+    found = [
+        s.ref for s in submissions
+        if s.ref not in refs_before and run_of_submission(s.description, s.file_name) == run_id
+    ]  # fmt: skip
     return found[0] if found else None
 
 
 def submit_file(
-    api: KaggleApi, competition: str, csv_path: Path, csv_bytes: bytes, upload_name: str,
+    api: KaggleApi, competition: str, csv_path: Path, csv_bytes: bytes, run_id: str,
     message: str, refs_before: set[int],
 ) -> int:  # fmt: skip
-    """Submit `csv_bytes` (read from `csv_path`, uploaded as `upload_name`) with `message`;
+    """Submit `csv_bytes` (read from `csv_path`, uploaded as `<run_id>.csv`) with `message`;
     return Kaggle's reference.
 
-    After a transient failure it looks for a submission Kaggle stored despite the error (this
-    message, a reference not in `refs_before`), so a 5xx after the fact never makes a second one.
+    After a transient failure it looks for a submission Kaggle stored despite the error (of this
+    run, a reference not in `refs_before`), so a 5xx after the fact never makes a second one.
     """
     may_be_recorded = (
         "; it may have been recorded anyway: the next `python -m pipeline submit` looks for it "
@@ -323,10 +328,10 @@ def submit_file(
             submissions = list_submissions(api, competition)
         except PipelineError as error:
             raise PipelineError(f"{error}{may_be_recorded}") from None
-        return find_submission(submissions, message, refs_before)
+        return find_submission(submissions, run_id, refs_before)
 
     with tempfile.TemporaryDirectory(prefix="submit-") as folder:
-        upload = Path(folder) / upload_name  # Kaggle shows the file name: it carries the run_id
+        upload = Path(folder) / f"{run_id}.csv"  # Kaggle shows the file name: it carries the run_id
         upload.write_bytes(csv_bytes)  # the bytes submit checked, not a second read
 
         def attempt() -> int:

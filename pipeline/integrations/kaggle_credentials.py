@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.reporting import console
+from pipeline.reporting import warn
 
 REDACTED = "[redacted]"
 MIN_SECRET_LENGTH = 6  # characters: shorter "secrets" would blank ordinary words
@@ -80,8 +80,8 @@ def warn_if_readable_by_others() -> None:
     """kaggle.json holds the API key: other users of the machine must not be able to read it."""
     for path in (kaggle_config_dir() / "kaggle.json", Path.home() / ".kaggle" / "access_token"):
         if _exists(path, file=True) and path.stat().st_mode & 0o077:
-            console.print(
-                f"[yellow]warning: {path} (your Kaggle key) can be read by other users of this "
+            warn(
+                f"{path} (your Kaggle key) can be read by other users of this "
                 f"machine; run `chmod 600 {path}`"
             )
 

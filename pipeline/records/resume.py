@@ -32,7 +32,7 @@ from pipeline.files import atomic_path, file_md5
 from pipeline.integrations.repository import stage_code_md5s
 from pipeline.models.registry import ModelConfig
 from pipeline.records.checkpoint import save_checkpoint
-from pipeline.reporting import console
+from pipeline.reporting import warn
 
 RESUME_ROOT = Path(".resume")
 STATE_NAME = "state.pt"
@@ -80,9 +80,7 @@ def set_aside(key: str, reason: str, root: Path = RESUME_ROOT) -> None:
         aside = folder.with_name(folder.name.replace("train-", "unusable-", 1))
         shutil.rmtree(aside, ignore_errors=True)
         os.replace(folder, aside)
-        console.print(
-            f"[yellow]warning: {folder}: {reason}; moved to {aside}, training starts over"
-        )
+        warn(f"{folder}: {reason}; moved to {aside}, training starts over")
 
 
 def load(key: str, root: Path = RESUME_ROOT) -> dict[str, Any] | None:

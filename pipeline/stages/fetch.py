@@ -23,8 +23,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from rich.markup import escape
-
 from pipeline.config.params import DataParams
 from pipeline.data.archives import extract_archive
 from pipeline.data.formats import (
@@ -67,7 +65,7 @@ from pipeline.records.fetch_record import (
     user_entries,
     write_fetch_record,
 )
-from pipeline.reporting import console
+from pipeline.reporting import console, warn
 
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # the official cifar-10-python.tar.gz
 CIFAR_URL_VARIABLE = "PIPELINE_CIFAR_URL"  # replaces data.cifar_url: a secret URL stays untracked
@@ -118,9 +116,7 @@ def cifar_url(params: DataParams) -> str:
     """
     override = os.environ.get(CIFAR_URL_VARIABLE, "").strip()
     if override:
-        console.print(
-            escape(f"fetch: CIFAR-10 from ${CIFAR_URL_VARIABLE} ({redact_url(override)})")
-        )
+        console.print(f"fetch: CIFAR-10 from ${CIFAR_URL_VARIABLE} ({redact_url(override)})")
         return override
     return params.cifar_url
 
@@ -128,8 +124,8 @@ def cifar_url(params: DataParams) -> str:
 def warn_of_secrets_in_params(params: DataParams) -> None:
     """After a download (an error stays one line): say where a URL's secret is better kept."""
     if not os.environ.get(CIFAR_URL_VARIABLE, "").strip() and url_has_secrets(params.cifar_url):
-        console.print(
-            "[yellow]warning: data.cifar_url holds user info or query values, which params.yaml "
+        warn(
+            "data.cifar_url holds user info or query values, which params.yaml "
             "and dvc.lock keep in plain text; put credentials in ~/.netrc, or the whole URL in "
             f"${CIFAR_URL_VARIABLE}"
         )
@@ -257,7 +253,7 @@ def _chosen_source(params: DataParams, raw_dir: Path) -> tuple[str, DataParams] 
         return params.source, params
     input_dir = input_folder(raw_dir)
     if input_files(input_dir):
-        console.print(escape(f"fetch: the files you put in {input_dir}/ → {raw_dir}"))
+        console.print(f"fetch: the files you put in {input_dir}/ → {raw_dir}")
         return "local", dataclasses.replace(params, path=str(input_dir))
     dropped = archives_in(raw_dir)
     if dropped:  # even beside files: it would be silently left unused
@@ -275,20 +271,18 @@ def _chosen_source(params: DataParams, raw_dir: Path) -> tuple[str, DataParams] 
                 problem = f"{raw_dir}: holds the synthetic demo's data, not the competition's"
         else:
             console.print(
-                escape(f"fetch: using the files already in {raw_dir} ({count} custom test images)")
+                f"fetch: using the files already in {raw_dir} ({count} custom test images)"
             )
             if user_entries(raw_dir):  # not fetch's: DVC may restore data/raw without them
                 console.print(
-                    escape(
-                        f"fetch: keep your own copy in {input_dir}/ rather than {raw_dir}: "
-                        f"`dvc exp run` and `dvc checkout` put {raw_dir} back as dvc.lock records it"
-                    )
+                    f"fetch: keep your own copy in {input_dir}/ rather than {raw_dir}: "
+                    f"`dvc exp run` and `dvc checkout` put {raw_dir} back as dvc.lock records it"
                 )
             return None
     mounted = kaggle_notebook_data(params.competition)
     if mounted is not None:
         console.print(
-            escape(f"fetch: the competition's files are mounted at {mounted} (a Kaggle notebook)")
+            f"fetch: the competition's files are mounted at {mounted} (a Kaggle notebook)"
         )
         return "local", dataclasses.replace(params, path=str(mounted))
     if kaggle_credentials_source() is None:
@@ -325,15 +319,13 @@ def _fetch(source: str, params: DataParams, raw_dir: Path) -> None:
         if linked is None:
             with atomic_directory(raw_dir) as raw_tmp:
                 count = _fetch_checked(raw_tmp, source, params, Path(scratch))
-            console.print(escape(f"fetch: {source} → {raw_dir} ({count} custom test images)"))
+            console.print(f"fetch: {source} → {raw_dir} ({count} custom test images)")
             return
         fetched = Path(scratch) / "raw"
         fetched.mkdir()
         count = _fetch_checked(fetched, source, params, Path(scratch))
         require_same_files(fetched, linked, raw_dir, source)
     console.print(
-        escape(
-            f"fetch: {raw_dir} links to {linked}, which already holds these files ({count} custom "
-            "test images); left as it is"
-        )
+        f"fetch: {raw_dir} links to {linked}, which already holds these files ({count} custom "
+        "test images); left as it is"
     )

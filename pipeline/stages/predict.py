@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.markup import escape
 from torch import nn
 
 from pipeline.classes import CIFAR10_CLASS_NAMES
@@ -50,7 +49,7 @@ from pipeline.records import manifest
 from pipeline.records.checkpoint import Checkpoint
 from pipeline.records.plot_csv import write_plot_csv
 from pipeline.records.submission_csv import write_submission
-from pipeline.reporting import console
+from pipeline.reporting import console, warn
 
 
 def predicted_classes(
@@ -136,7 +135,7 @@ def run(
     model = checkpoint.model(model_path).to(device, memory_format=torch.channels_last)
     mean, std = checkpoint.normalization["mean"], checkpoint.normalization["std"]
     tta = (checkpoint.tta or "none") if params.tta == "auto" else params.tta
-    console.print(f"predict: {device.type}, {precision.name} ({escape(precision.reason)})")
+    console.print(f"predict: {device.type}, {precision.name} ({precision.reason})")
     names = CIFAR10_CLASS_NAMES  # the checkpoint's own, if it has them, are these (checked on load)
 
     val_split = load_split(prepared_dir, "val")
@@ -208,8 +207,8 @@ def run(
     write_json_atomic(PREDICT_DETAILS_PATH, details)
     write_json_atomic(PREDICT_METRICS_PATH, headline)
     if report["argmax_imbalance"] > IMBALANCE_WARNING:
-        console.print(
-            f"[yellow]warning: the model's own labels of the custom test set are far from the "
+        warn(
+            f"the model's own labels of the custom test set are far from the "
             f"class prior (a class off by {report['argmax_imbalance']:.0%} of its expected count: "
             f"{', '.join(f'{n} {c}' for n, c in zip(names, argmax_counts, strict=True))}), a sign "
             "that its images differ from the training images"

@@ -29,7 +29,6 @@ import dataclasses
 from pathlib import Path
 
 import torch
-from rich.markup import escape
 from rich.table import Table
 from torch import nn
 
@@ -116,9 +115,7 @@ def candidates_table(candidates: list[dict], top: int = SHOWN_CANDIDATES) -> Tab
     for column in ("checkpoint", "weights", "TTA", "val accuracy"):
         table.add_column(column, justify="right" if column == "val accuracy" else "left")
     for row in ranked[:top]:
-        table.add_row(
-            escape(row["checkpoint"]), row["weights"], row["tta"], f"{row['val_accuracy']:.4f}"
-        )
+        table.add_row(row["checkpoint"], row["weights"], row["tta"], f"{row['val_accuracy']:.4f}")
     return table
 
 
@@ -248,7 +245,7 @@ def run(
         check_members(last_checkpoint, paths[-1], members, max_params)
     device = resolve_device(params.device, "select.device")
     precision = choose_precision(device, params.mixed_precision, autocast_dtype)
-    console.print(f"select: {device.type}, {precision.name} ({escape(precision.reason)})")
+    console.print(f"select: {device.type}, {precision.name} ({precision.reason})")
     val_split = load_split(prepared_dir, "val")
     norm = last_checkpoint.normalization  # the training statistics, as every checkpoint holds
     eval_set = to_device_set(
@@ -324,7 +321,7 @@ def report_choice(
     max_params: int, best_path: Path,
 ) -> None:  # fmt: skip
     console.print(
-        f"select: best single model is {escape(best['checkpoint'])} {best['weights']} weights, TTA "
+        f"select: best single model is {best['checkpoint']} {best['weights']} weights, TTA "
         f"{best['tta']} (val accuracy {best['val_accuracy']:.4f}, "
         f"{best['val_accuracy'] - last['val_accuracy']:+.4f} over the last epoch's raw weights "
         f"with TTA {baseline_tta})"

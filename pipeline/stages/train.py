@@ -28,7 +28,6 @@ from typing import NoReturn
 import numpy as np
 import torch
 import torch.distributed as dist
-from rich.markup import escape
 from rich.progress import Progress
 from torch import nn
 
@@ -279,8 +278,7 @@ def train_model(
             f"{setup.device}, {setup.train_set[1].shape[0]} images, {recorder.last_epoch} epochs"
         )
         console.print(
-            f"train: {setup.precision.name} ({escape(setup.precision.reason)}); "
-            f"{escape(setup.compiled[1])}"
+            f"train: {setup.precision.name} ({setup.precision.reason}); {setup.compiled[1]}"
         )
         if resume_state is not None:
             console.print(
