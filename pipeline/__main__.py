@@ -301,7 +301,17 @@ def restore_hint(params_path: Path) -> str:
     )
 
 
+def tolerate_narrow_terminals() -> None:
+    """Under a C locale (LC_ALL=C on an HPC node, a bare container) stdout is ASCII, and a
+    table's "—" or doctor's "→" crashed the command: what the stream cannot encode becomes "?"."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    tolerate_narrow_terminals()
     args = build_parser().parse_args(argv)
     try:
         return run_command(args)

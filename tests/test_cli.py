@@ -227,3 +227,19 @@ def test_check_passes_with_the_same_file_whatever_the_params(
     first = (tmp_path / CHECKED).read_bytes()
     assert _check(tmp_path, "train:\n  device: cpu\n  epochs: 7\n  lr: 1e-3\n", capsys) == ""
     assert (tmp_path / CHECKED).read_bytes() == first == CHECKED_TEXT.encode()
+
+
+def test_a_c_locale_terminal_gets_question_marks_not_a_traceback(tmp_path: Path) -> None:
+    """LC_ALL=C (an HPC node, a bare container) makes stdout ASCII: doctor's "→" and the tables'
+    "—" crashed the command with UnicodeEncodeError."""
+    (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text())
+    env = {
+        **os.environ, "PYTHONPATH": str(REPO_ROOT), "LC_ALL": "C", "LANG": "C",
+        "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "PYTHONIOENCODING": "",
+    }  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "doctor", "--profiles", "cpu"],
+        cwd=tmp_path, env=env, capture_output=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0 and b"Traceback" not in result.stderr, result.stderr
+    assert b"train.device: auto ? cpu" in result.stdout  # "→", which ASCII cannot say

@@ -233,9 +233,18 @@ def test_scores_reads_a_numeric_score_and_a_state_this_client_does_not_know(
             ref=ref, competition=COMPETITION, description="by hand", file_name="x.csv",
             content=b"x", date=datetime.datetime(2026, 3, 4), status=status, public_score=score,
         ))  # fmt: skip
+    # a score of exactly 0, as a number: kagglesdk's getter (`value or ""`) said "no score"
+    fake_kaggle.submissions.append(FakeSubmission(
+        ref=3, competition=COMPETITION, description="all wrong", file_name="y.csv", content=b"y",
+        date=datetime.datetime(2026, 3, 5), status="COMPLETE", public_score=0,
+    ))  # fmt: skip
     assert main(["scores"]) == 0
     table = capsys.readouterr().out
     assert "0.9123" in table and "from_the_future" in table
+    header = next(line for line in table.splitlines() if "public" in line)
+    columns = [cell.strip() for cell in header.split("┃")]
+    [zero] = [line for line in table.splitlines() if "│ 3 " in line]
+    assert [cell.strip() for cell in zero.split("│")][columns.index("public")] == "0", table
 
 
 def test_a_submission_list_that_never_ends_is_stopped(

@@ -68,8 +68,8 @@ def score_rows(
             "kaggle_ref": str(item.ref),
             "run_id": record.get("run_id") or MISSING,
             "commit": (record.get("commit") or MISSING)[:7],
-            "public": _text(item.public_score),  # a string, or a number from another server
-            "private": _text(item.private_score),
+            "public": _text(kaggle_client.score_text(item, "public")),
+            "private": _text(kaggle_client.score_text(item, "private")),
             "status": status,
         } | _manifest_fields(record.get("run_id", ""), record.get("commit", "")))  # fmt: skip
     for record in history:

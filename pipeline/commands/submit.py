@@ -181,7 +181,7 @@ def wait_for_score(
             submission = kaggle_client.get_submission(api, ref)
             state = getattr(submission.status, "name", str(submission.status)).lower()
             if state == "complete":
-                return submission.public_score or "(not published)"
+                return kaggle_client.score_text(submission, "public") or "(not published)"
             if state == "error":
                 reason = kaggle_client.redact(submission.error_description or "no reason given")
                 raise PipelineError(

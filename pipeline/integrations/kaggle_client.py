@@ -285,6 +285,16 @@ def list_submissions(api: KaggleApi, competition: str) -> list:
             page += 1  # (counted for a token's pages too: they end at MAX_LIST_PAGES)
 
 
+def score_text(submission: ApiSubmission, which: str) -> str:
+    """A submission's `which` ("public" or "private") score as text, "" when it has none.
+    Kaggle sends a string; a number (another server's) is kept as kagglesdk stored it, where
+    its getter (`value or ""`) turns a score of exactly 0 into "none"."""
+    stored = getattr(submission, f"_{which}_score", None)
+    if isinstance(stored, (int, float)) and not isinstance(stored, bool):
+        return f"{stored:g}"
+    return str(getattr(submission, f"{which}_score", "") or "")
+
+
 def get_submission(api: KaggleApi, ref: int) -> ApiSubmission:
     """One submission, as Kaggle sees it now (status, public_score, error_description)."""
     from kagglesdk.competitions.types.competition_api_service import ApiGetSubmissionRequest
