@@ -120,3 +120,14 @@ def test_a_linked_params_yaml_stays_a_link_and_its_target_keeps_its_mode(tmp_pat
     apply_profile("fast", link)
     assert link.is_symlink() and load_params(link).train.epochs == 10
     assert (target.stat().st_mode & 0o777) == 0o600
+
+
+def test_a_byte_order_mark_before_model_keeps_one_model_section(tmp_path: Path) -> None:
+    """An editor's BOM in front of `model:` hid the section from the split: profile added a
+    second `model:` and refused its own result."""
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text("\ufeffmodel:\n  name: airnet\ntrain:\n  epochs: 3\n", encoding="utf-8")
+    apply_profile("seed", params_path)
+    text = params_path.read_text(encoding="utf-8")
+    assert text.startswith("\ufeffmodel:") and text.count("\nmodel:") == 0
+    assert load_params(params_path).model.name == "seed_resnet"

@@ -35,11 +35,13 @@ def split_sections(text: str) -> dict[str, str]:
     """Top-level sections of a YAML file as text, keyed by name ('' for what precedes the first).
 
     A section runs from its `name:` line to the next top-level key; comments and blank lines
-    inside it stay with it.
+    inside it stay with it. A byte-order mark (an editor's) stays in front, with the preamble:
+    before `model:` it hid the section, and profile added a second one.
     """
-    sections: dict[str, str] = {"": ""}
+    bom = "\ufeff" if text.startswith("\ufeff") else ""
+    sections: dict[str, str] = {"": bom}
     current = ""
-    for line in text.splitlines(keepends=True):
+    for line in text[len(bom) :].splitlines(keepends=True):
         match = _TOP_LEVEL_KEY.match(line)
         if match:
             current = match.group(1)
