@@ -110,6 +110,17 @@ def test_an_ensemble_over_budget_is_refused_before_any_inference(
     assert not Path("models/best.pt").exists() and not Path("metrics").exists()
 
 
+def test_a_member_file_whose_name_best_pt_could_not_keep_is_refused_before_any_inference(
+    seeds: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file dropped in models/ensemble by hand: best.pt keeps its name, which predict checks."""
+    add_member(seeds, workspace, 1).rename(workspace / "models/ensemble/my seed [1].pt")
+    forbid_inference(monkeypatch)
+    with pytest.raises(PipelineError, match=r"my seed \[1\].pt: not a member's name"):
+        run_select(seeds, SelectParams(device="cpu"))
+    assert not Path("models/best.pt").exists()
+
+
 def test_a_member_trained_on_other_data_is_refused_before_any_inference(
     seeds: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -306,8 +317,8 @@ def test_a_source_path_in_rich_markup_is_added_and_listed_as_text(
     (workspace / "params.yaml").write_text(
         yaml.safe_dump({"model": dataclasses.asdict(TINY_MODEL)})
     )
-    folder = workspace / "a[/]b [bold]"
-    folder.mkdir()
+    folder = workspace / "a[/]b [bold]"  # folders "a[" and "]b [bold]"
+    folder.mkdir(parents=True)
     source = folder / "best.pt"
     source.write_bytes((seeds / "runs/seed_1/epoch_0004.pt").read_bytes())
     assert main(["ensemble", "add", str(source), "--name", "bracketed"]) == 0

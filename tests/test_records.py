@@ -47,7 +47,7 @@ def test_a_training_checkpoint_round_trips_with_exactly_its_keys(tmp_path: Path)
 
 def test_a_selected_ensemble_checkpoint_keeps_its_members(tmp_path: Path) -> None:
     checkpoint = Checkpoint.from_dict(_training_record(), "x")
-    member = Member("seed_1", {"file": "x.pt"}, "abc", model_config(TINY),
+    member = Member("seed_1", {"file": "x.pt"}, "ab" * 16, model_config(TINY),
                     build_model(TINY).state_dict(), 1)  # fmt: skip
     best = dataclasses.replace(checkpoint, weights="ema", tta="flip", members=(member,))
     best.save(tmp_path / "best.pt")
@@ -55,7 +55,7 @@ def test_a_selected_ensemble_checkpoint_keeps_its_members(tmp_path: Path) -> Non
     assert record["weights"] == "ema" and [m["name"] for m in record["ensemble"]] == ["seed_1"]
     loaded = Checkpoint.load(tmp_path / "best.pt")
     assert (
-        loaded.members[0].md5 == "abc"
+        loaded.members[0].md5 == "ab" * 16
         and loaded.model_name == "ensemble: seed_resnet + seed_resnet"
     )
     assert len(loaded.model(tmp_path / "best.pt").members) == 2
@@ -65,6 +65,38 @@ def test_a_damaged_member_entry_names_the_file(tmp_path: Path) -> None:
     record = _training_record() | {"ensemble": [{"name": "m"}]}
     with pytest.raises(PipelineError, match="best.pt: ensemble member 1 lacks model_config"):
         Checkpoint.from_dict(record, tmp_path / "best.pt")
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        ({"model_params": "4,836,736"}, "model_params is not a whole number"),
+        ({"model_params": -1}, "model_params is not a whole number"),
+        ({"training": 5}, "training is not a mapping of plain values"),
+        ({"training": {"device": torch.zeros(2)}}, "training is not a mapping of plain values"),
+        ({"distillation": ["round", 1]}, "distillation is not a mapping"),
+        ({"source": {"revision": {"a": {"b": {"c": {"d": 1}}}}}}, "source is not a mapping"),
+        ({"model_config": "airnet"}, "model_config is not a mapping"),
+        ({"ensemble": "seed_1"}, "ensemble is not a list of members"),
+        ({"ensemble": [{"name": "../../x y", "model_config": {}, "model_state": {}}]},
+         "ensemble member 1 has a name that is not a member's"),
+        ({"ensemble": [{"name": "m", "md5": 5, "model_config": {}, "model_state": {}}]},
+         "ensemble member 1 has an md5 that is not 32 hex digits"),
+        ({"ensemble": [{"model_params": 1.5, "model_config": {}, "model_state": {}}]},
+         "ensemble member 1 has a model_params that is not a whole number"),
+        ({"ensemble": [{"source": "x", "model_config": {}, "model_state": {}}]},
+         "ensemble member 1 has a source that is not a mapping"),
+    ],
+)  # fmt: skip
+def test_a_checkpoint_field_of_the_wrong_kind_is_one_line_naming_it(
+    tmp_path: Path, damage: dict, problem: str
+) -> None:
+    """A checkpoint from a shared remote or a friend: these fields reach select.json, the run
+    manifest, the ensemble table and messages; of the wrong kind they were tracebacks there."""
+    record = _training_record() | damage
+    with pytest.raises(PipelineError, match="best.pt: ") as refused:
+        Checkpoint.from_dict(record, tmp_path / "best.pt")
+    assert problem in str(refused.value) and "\n" not in str(refused.value)
 
 
 def test_an_older_checkpoint_with_keys_its_model_ignores_still_loads() -> None:

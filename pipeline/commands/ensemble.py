@@ -31,11 +31,11 @@ from pipeline.files import file_md5
 from pipeline.integrations.repository import dvc, git, last_error_line
 from pipeline.models.registry import ModelConfig
 from pipeline.paths import BEST_PATH, ENSEMBLE_DIR
-from pipeline.records.checkpoint import Checkpoint
+from pipeline.records.checkpoint import MEMBER_NAME, Checkpoint
 from pipeline.records.ensemble import load_members
 from pipeline.reporting import console, table_console
 
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+NAME_PATTERN = MEMBER_NAME  # a file name, never a path; best.pt keeps it
 
 
 def resolve_revision(revision: str) -> str | None:
@@ -59,7 +59,8 @@ def member_names(ensemble_dir: Path = ENSEMBLE_DIR) -> list[str]:
 def check_name(name: str) -> str:
     if not NAME_PATTERN.fullmatch(name):
         raise PipelineError(
-            f"ensemble: member name {name!r} must be letters, digits, '.', '_' or '-' (not first)"
+            f"ensemble: member name {name!r} must be letters, digits, '.', '_' or '-' (not "
+            "first), at most 100 characters"
         )
     return name
 
@@ -83,7 +84,7 @@ def fetch_source(source: str, scratch: Path) -> tuple[Path, dict, str]:
         raise PipelineError(
             f"ensemble: could not read {BEST_PATH} at {source} ({last_error_line(fetched)})"
         )
-    default_name = re.sub(r"[^A-Za-z0-9._-]", "-", source).lstrip("-._") or commit[:8]
+    default_name = re.sub(r"[^A-Za-z0-9._-]", "-", source).lstrip("-._")[:100] or commit[:8]
     return checkpoint_path, {"revision": source, "commit": commit}, default_name
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,29 @@ REQUIRED_KEYS = ("model_state", "model_config", "epoch", "val_accuracy", "normal
 MEMBER_KEYS = ("name", "source", "md5", "model_config", "model_state", "model_params")
 MAX_ERROR_DETAIL = 200  # characters of torch's load error kept in the one-line message
 WEIGHTS = ("raw", "ema")  # select's names for model_state's origin
+RECORD_FIELDS = ("training", "distillation", "source")  # mappings the manifests and reports copy
+MAX_RECORD_DEPTH = 4  # nesting of those mappings: ours go 2 deep
+MEMBER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # models/ensemble/NAME.pt's NAME
+MD5 = re.compile(r"[0-9a-f]{32}")
+
+
+def plain_data(value: object, depth: int = 0) -> bool:
+    """JSON's kinds only (text, numbers, booleans, None, lists, mappings with text keys), at most
+    MAX_RECORD_DEPTH deep: what select.json and the run manifest write as they are."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return True
+    if depth >= MAX_RECORD_DEPTH:
+        return False
+    if isinstance(value, list):
+        return all(plain_data(item, depth + 1) for item in value)
+    return isinstance(value, dict) and all(
+        isinstance(key, str) and plain_data(item, depth + 1) for key, item in value.items()
+    )
+
+
+def is_count(value: object) -> bool:
+    """A whole number ≥ 0 (not a bool): a count of parameters."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def check_record(record: dict[str, Any], where: object) -> None:
@@ -84,6 +108,41 @@ def check_record(record: dict[str, Any], where: object) -> None:
         refuse(f"weights is not one of {list(WEIGHTS)}")
     if record.get("tta") not in (None, *TTA_POLICIES):
         refuse(f"tta is not one of {list(TTA_POLICIES)}")
+    if not isinstance(record["model_config"], dict):
+        refuse("model_config is not a mapping of the model's params")
+    if record.get("model_params") is not None and not is_count(record["model_params"]):
+        refuse("model_params is not a whole number")
+    for key in RECORD_FIELDS:
+        value = record.get(key)
+        if value is not None and not (isinstance(value, dict) and plain_data(value)):
+            refuse(f"{key} is not a mapping of plain values (text, numbers, lists)")
+
+
+def check_member(entry: object, number: int, where: object) -> None:
+    """An ensemble member's entry in a best.pt: the same kinds as a checkpoint's own fields."""
+
+    def refuse(problem: str) -> typing.NoReturn:
+        raise PipelineError(
+            f"{where}: ensemble member {number} {problem}; run select again, or pull the file "
+            "again from where it came"
+        )
+
+    if not isinstance(entry, dict) or "model_config" not in entry or "model_state" not in entry:
+        refuse("lacks model_config or model_state")
+    if not isinstance(entry["model_config"], dict) or not isinstance(entry["model_state"], dict):
+        refuse("has a model_config or model_state that is not a mapping")
+    name = entry.get("name", str(number))
+    if not isinstance(name, str) or not MEMBER_NAME.fullmatch(name):
+        refuse("has a name that is not a member's (letters, digits, . _ -, at most 100)")
+    if entry.get("md5") is not None and not (
+        isinstance(entry["md5"], str) and MD5.fullmatch(entry["md5"])
+    ):
+        refuse("has an md5 that is not 32 hex digits")
+    if entry.get("model_params") is not None and not is_count(entry["model_params"]):
+        refuse("has a model_params that is not a whole number")
+    source = entry.get("source")
+    if source is not None and not (isinstance(source, dict) and plain_data(source)):
+        refuse("has a source that is not a mapping of plain values")
 
 
 @dataclass(frozen=True)
@@ -135,17 +194,13 @@ class Checkpoint:
         """The checkpoint a file's dict describes; a damaged member entry names the file."""
         check_record(record, where)
         members = []
-        for number, entry in enumerate(record.get("ensemble") or [], start=1):
-            if (
-                not isinstance(entry, dict)
-                or "model_config" not in entry
-                or "model_state" not in entry
-            ):
-                raise PipelineError(
-                    f"{where}: ensemble member {number} lacks model_config or model_state"
-                )
+        entries = record.get("ensemble") or []
+        if not isinstance(entries, list):
+            raise PipelineError(f"{where}: ensemble is not a list of members; run select again")
+        for number, entry in enumerate(entries, start=1):
+            check_member(entry, number, where)
             values = {key: entry.get(key) for key in MEMBER_KEYS}
-            members.append(Member(**(values | {"name": str(entry.get("name", number))})))
+            members.append(Member(**(values | {"name": entry.get("name", str(number))})))
         known = {item.name for item in dataclasses.fields(cls)} - {"members"}
         return cls(**{key: value for key, value in record.items() if key in known},
                    members=tuple(members))  # fmt: skip

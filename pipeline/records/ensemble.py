@@ -16,7 +16,7 @@ from torch import nn
 from pipeline.engine.models import check_ensemble_budget, count_trainable_params
 from pipeline.errors import PipelineError
 from pipeline.files import file_md5
-from pipeline.records.checkpoint import Checkpoint, Member
+from pipeline.records.checkpoint import MEMBER_NAME, Checkpoint, Member
 
 SAME_DATA_KEYS = ("normalization", "class_names")  # what says two runs saw the same data
 
@@ -57,6 +57,11 @@ def load_members(ensemble_dir: Path) -> list[MemberFile]:
     """The members in `ensemble_dir`, by file name; none if the folder is absent."""
     members = []
     for path in sorted(ensemble_dir.glob("*.pt")):
+        if not MEMBER_NAME.fullmatch(path.stem):  # best.pt keeps it; predict reads it back
+            raise PipelineError(
+                f"{path}: not a member's name (letters, digits, . _ -, at most 100 characters); "
+                "remove it and `python -m pipeline ensemble add` it with --name"
+            )
         checkpoint, model = read_member(path)
         members.append(MemberFile(path, checkpoint, model, file_md5(path)))
     return members
