@@ -80,6 +80,7 @@ class FakeKaggle:
         self.public_score_to_give = "0.91230"
         self.html_for: set[str] = set()  # methods answered with a login page, status 200 (a proxy)
         self.description_limit: int | None = None  # characters of a description it keeps
+        self.json_for: dict[str, object] = {}  # methods answered with this JSON, status 200
         self._polls: dict[int, int] = defaultdict(int)
         self._released = threading.Event()  # set on exit: hung requests end without an answer
         self._uploads: dict[str, dict] = {}
@@ -220,7 +221,8 @@ def _handler_for(fake: FakeKaggle) -> type[http.server.BaseHTTPRequestHandler]:
             return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
         def _send(self, status: int, payload: dict) -> None:
-            data = json.dumps(payload).encode()
+            method = self.path.rpartition("/")[2]
+            data = json.dumps(fake.json_for.get(method, payload)).encode()
             kind = "application/json"
             if self.path.rpartition("/")[2] in fake.html_for:
                 data, kind = b"<html><body>Please sign in to the network</body></html>", "text/html"

@@ -287,6 +287,23 @@ def test_a_page_that_is_not_kaggles_json_and_a_truncated_kaggle_json_are_said_in
     assert "authentication failed" not in line
 
 
+@pytest.mark.parametrize(
+    "answer", [{"error": "session expired"}, [], {"submissions": "none"}, {"submissions": [1]}]
+)
+def test_a_list_answer_of_the_wrong_shape_is_not_read_as_no_submissions(
+    fake_kaggle, scores_folder: Path, capsys: pytest.CaptureFixture, answer: object
+) -> None:
+    """kagglesdk read `{"error": ...}` with status 200 as an empty list: scores said "no
+    submissions", and submit saw no earlier attempt and a day with nothing sent."""
+    fake_kaggle.json_for["ListSubmissions"] = answer
+    assert main(["scores"]) == 1
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert "the answer was JSON but not Kaggle's list of submissions" in line
+    fake_kaggle.json_for["ListSubmissions"] = {}  # what Kaggle sends for none (proto3 JSON)
+    assert main(["scores"]) == 0
+    assert "no submissions to" in capsys.readouterr().out
+
+
 def test_scores_shows_a_run_whose_manifest_has_a_wrongly_typed_field(scores_folder: Path) -> None:
     """A committed manifest with `val_accuracy: "0.9"` or `model: [...]` crashed scores."""
     from pipeline.commands.scores import score_rows

@@ -74,7 +74,38 @@ def _send_with_timeouts(
     """HTTPAdapter.send, with our timeouts where the caller (kagglesdk, its upload) set none."""
     if timeout is None:
         timeout = (CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS)
-    return _library_send(adapter, request, stream=stream, timeout=timeout, **options)
+    response = _library_send(adapter, request, stream=stream, timeout=timeout, **options)
+    if response.status_code == 200 and (request.url or "").endswith("/ListSubmissions"):
+        check_list_answer(response)
+    return response
+
+
+LIST_FIELDS = ("submissions", "nextPageToken")  # of ListSubmissions' answer ({} when none)
+
+
+class UnexpectedAnswer(Exception):
+    """Kaggle's status was 200, but the JSON is not the shape the call answers with."""
+
+
+def check_list_answer(response: requests.Response) -> None:
+    """A ListSubmissions answer with none of its fields (`{"error": ...}` from a proxy, an API
+    that moved) was read by kagglesdk as no submissions: submit then saw no earlier attempt
+    and a day with nothing sent. Refused instead; a field added beside them passes."""
+    try:
+        answer = response.json()
+    except ValueError:  # not JSON at all: kagglesdk's own reading says so (describe)
+        return
+    submissions = answer.get("submissions", []) if isinstance(answer, dict) else None
+    if (
+        not isinstance(answer, dict)
+        or (answer and not any(field in answer for field in LIST_FIELDS))
+        or not isinstance(submissions, list)
+        or not all(isinstance(item, dict) for item in submissions)
+    ):
+        raise UnexpectedAnswer(
+            "the answer was JSON but not Kaggle's list of submissions (a proxy's, or an API "
+            "that changed?); try again later, or update the kaggle package"
+        )
 
 
 @contextlib.contextmanager
@@ -199,6 +230,8 @@ def _describe(error: Exception) -> str:
         return f"Kaggle did not answer within {READ_TIMEOUT_SECONDS:g} s"
     if isinstance(error, requests.ConnectionError):
         return "could not connect to Kaggle (network down or Kaggle unreachable)"
+    if isinstance(error, UnexpectedAnswer):
+        return str(error)
     if isinstance(error, json.JSONDecodeError):  # requests' too: an HTML page with status 200
         return (
             "the answer was not Kaggle's JSON (a proxy's or a captive portal's page?); check the "
