@@ -169,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse once N submissions were made today, UTC (default 10; set your competition's)",
     )  # fmt: skip
     command("scores", help="Kaggle's scores joined with history.csv and the manifests")
+    plots = command(
+        "plots", help="dvc plots show (or diff REV ...), once every plot file is checked"
+    )
+    plots.add_argument("revisions", nargs="*", metavar="REV",
+                       help="git revisions to compare with the workspace (dvc plots diff)")  # fmt: skip
     experiments = command("experiments", help="DVC experiments ranked by validation accuracy")
     experiments.add_argument("--apply", action="store_true", help="dvc exp apply the best one")
     ensemble = command(
@@ -228,6 +233,10 @@ def run_command(args: argparse.Namespace) -> int:
         from pipeline.commands import scores
 
         scores.run(load_params(args.params).data.competition)
+    elif args.command == "plots":
+        from pipeline.commands import plots
+
+        return plots.run(args.revisions)
     elif args.command == "experiments":
         from pipeline.commands import experiments
 

@@ -209,3 +209,47 @@ def test_the_readme_demo_leaves_params_and_data_as_they_were(tmp_path: Path) -> 
     assert not (project / "submissions/latest.csv").exists()
     listed = sh(project, sys.executable, "-m", "pipeline", "experiments").stdout
     assert "(synthetic demo)" in listed and "1.0000" in listed
+
+
+def test_declared_plots_are_every_file_dvc_plots_show_draws() -> None:
+    from pipeline.commands.plots import declared_plots
+
+    drawn = declared_plots((REPO_ROOT / "dvc.yaml").read_text(), "dvc.yaml")
+    assert drawn == sorted([
+        "metrics/select_candidates.csv", "metrics/class_shares.csv",
+        "metrics/val_predictions.csv", "metrics/val_per_class.csv",
+        "metrics/train/learning_rate.csv",
+        *(f"metrics/train/plots/metrics/{name}.tsv"
+          for name in ("train_loss", "val_loss", "train_accuracy", "val_accuracy")),
+    ])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_plots_draws_only_files_of_numbers_and_labels(
+    tiny_run: tuple[Path, str], tmp_path: Path
+) -> None:
+    """dvc-render puts a plot file's rows unescaped into dvc_plots/index.html: a committed plot
+    CSV holding `</script><script>…` (someone else's commit) ran in the browser."""
+    project = copy_project(tiny_run[0], tmp_path / "project")
+    commit_all(project, "run")
+    page = project / "dvc_plots/index.html"
+    sh(project, sys.executable, "-m", "pipeline", "plots")
+    assert page.is_file()
+    page.unlink()
+    hostile = "</script><script>alert(document.cookie)</script>"
+    candidates = project / "metrics/select_candidates.csv"
+    clean = candidates.read_text()
+    candidates.write_text(clean.replace("none", hostile, 1))
+    refused = run_tool(project, sys.executable, "-m", "pipeline", "plots")
+    assert refused.returncode == 1 and not page.exists()
+    assert refused.stderr.startswith("error: metrics/select_candidates.csv: row ")
+    assert hostile not in refused.stderr
+    commit_all(project, "someone else's commit")
+    candidates.write_text(clean)  # the workspace is clean again; the revision is not
+    loss = project / "metrics/train/plots/metrics/val_loss.tsv"
+    refused = run_tool(project, sys.executable, "-m", "pipeline", "plots", "HEAD")
+    assert refused.returncode == 1 and not page.exists()
+    assert "error: HEAD:metrics/select_candidates.csv: row " in refused.stderr
+    loss.write_text(loss.read_text() + f"7\t{hostile}\n")  # dvclive's TSVs too
+    refused = run_tool(project, sys.executable, "-m", "pipeline", "plots")
+    assert "error: metrics/train/plots/metrics/val_loss.tsv: row 8, column 2" in refused.stderr
