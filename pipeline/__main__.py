@@ -269,7 +269,7 @@ def run_command(args: argparse.Namespace) -> int:
         except PipelineError as error:
             if args.command == "check":  # it runs before the other stages remove anything
                 raise PipelineError(
-                    f"{error} (checked before any stage ran: no output was removed)"
+                    f"{error} (checked before the other stages ran: their outputs are as they were)"
                 ) from None
             raise PipelineError(f"{error}{restore_hint(args.params)}") from None
     return 0

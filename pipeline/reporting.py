@@ -23,12 +23,11 @@ console = Console(stderr=True, soft_wrap=True, markup=False)  # long paths stay 
 TABLE_WIDTH = 180  # characters for tables on stdout when it is not a terminal (a pipe, a log)
 
 
-def table_console(markup: bool = False) -> Console:
+def table_console() -> Console:
     """stdout for tables (scores, experiments): the terminal's width, else TABLE_WIDTH, so a
-    piped table keeps its columns instead of rich's 80-character default. `markup` only for
-    text written here, with data escaped (doctor's)."""
-    output = Console(markup=markup)
-    return output if output.is_terminal else Console(width=TABLE_WIDTH, markup=markup)
+    piped table keeps its columns instead of rich's 80-character default."""
+    output = Console(markup=False)
+    return output if output.is_terminal else Console(width=TABLE_WIDTH, markup=False)
 
 
 def warn(text: str) -> None:

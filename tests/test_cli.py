@@ -181,6 +181,14 @@ def _check(folder: Path, params_text: str, capsys: pytest.CaptureFixture) -> str
         ("model:\n  name: seed_resnet\n  base_width: 500\n  blocks: [1, 1, 1]\n",
          "has 74,554,510 trainable parameters"),
         ("train:\n  epochs: 2.5\n", "train.epochs must be an integer"),
+        # prepare's own rule, on the data's sizes: prepare refused it after data/prepared went
+        ("prepare:\n  val: holdout\n  holdout_images: 50000\n",
+         "asks for 5000 images of class 0, but the training set has only 5000"),
+        ("data:\n  source: synthetic\n  synthetic:\n    train_images: 1000\n"
+         "prepare:\n  val: holdout\n  holdout_images: 995\n",
+         "asks for 100 images of class 0, but the training set has only 100"),
+        ("train:\n  device: cpu\n  nproc: 2\n  sync_batchnorm: true\n  drop_last: true\n",
+         "train.sync_batchnorm: needs CUDA"),
     ],
 )  # fmt: skip
 def test_check_refuses_what_a_later_stage_would_and_writes_nothing(
@@ -190,7 +198,7 @@ def test_check_refuses_what_a_later_stage_would_and_writes_nothing(
     monkeypatch.chdir(tmp_path)
     error = _check(tmp_path, params_text, capsys)
     assert error.startswith("error: ") and refusal in error, error
-    assert error.endswith("(checked before any stage ran: no output was removed)")
+    assert error.endswith("(checked before the other stages ran: their outputs are as they were)")
     assert not (tmp_path / CHECKED).exists()
 
 
@@ -243,3 +251,28 @@ def test_a_c_locale_terminal_gets_question_marks_not_a_traceback(tmp_path: Path)
     )  # fmt: skip
     assert result.returncode == 0 and b"Traceback" not in result.stderr, result.stderr
     assert b"train.device: auto ? cpu" in result.stdout  # "→", which ASCII cannot say
+
+
+def test_check_stops_a_run_auto_would_put_on_this_cpu_for_hours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """train measured its first steps, then stopped the run, after DVC had removed its outputs;
+    check times the recipe as doctor does (faked here: 10 s a step) before any stage runs."""
+    from pipeline.engine import gpu, timing
+    from pipeline.engine.timing import TrainingEstimate
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(gpu, "this_machine", lambda: gpu.Machine(False, (), (), None, None, False))
+    timed = []
+
+    def estimate(model, train, device, train_images, val_images):  # noqa: ANN001, ANN202
+        timed.append((train.device, train_images, val_images))
+        return TrainingEstimate(10.0, 100, train.epochs, 0.0)
+
+    monkeypatch.setattr(timing, "estimate_training", estimate)
+    error = _check(tmp_path, "train:\n  device: auto\n  epochs: 20\n", capsys)
+    assert "no GPU found (train.device: auto), and on this CPU the run's 2000 steps" in error
+    assert timed == [("cpu", 50_000, 10_000)]
+    assert _check(tmp_path, "train:\n  device: auto\n  epochs: 2\n", capsys) == ""  # 33 min
+    assert _check(tmp_path, "train:\n  device: cpu\n  epochs: 20\n", capsys) == ""  # asked for
+    assert len(timed) == 2

@@ -103,7 +103,9 @@ def test_a_refused_param_removes_no_output_of_the_committed_run(
     assert run.returncode != 0
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and refusal in errors[0], run.stderr
-    assert errors[0].endswith("(checked before any stage ran: no output was removed)")
+    assert errors[0].endswith(
+        "(checked before the other stages ran: their outputs are as they were)"
+    )
     assert "Running stage 'check'" in run.stdout and "Running stage 'train'" not in run.stdout
     changed = sh(project, "git", "status", "--porcelain").stdout.split("\n")
     # check's own fixed-text file is DVC's to remove; nothing a run computed is touched

@@ -78,10 +78,11 @@ def test_sigterm_to_dvc_alone_stops_its_stage_and_the_next_repro_finishes(tmp_pa
         process.kill()
     assert left == [], "the train stage outlived the dvc repro that ran it"
     said = (tmp_path / "repro.log").read_text()
-    assert "train: stopping, as the dvc process that ran it ended" in said, said
+    assert "train: stopping, as the dvc repro that ran it has stopped" in said, said
     assert not (project / "models/checkpoints/epoch_0030.pt").exists()  # stopped mid-run
 
-    again = sh(project, "dvc", "repro").stdout
+    rerun = sh(project, "dvc", "repro")
+    again = rerun.stdout + rerun.stderr
     assert "train: resuming after epoch" in again, again
     checkpoints = sorted(path.name for path in (project / "models/checkpoints").iterdir())
     assert checkpoints == [f"epoch_{epoch:04d}.pt" for epoch in range(5, epochs + 1, 5)]

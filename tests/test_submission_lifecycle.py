@@ -234,9 +234,10 @@ def test_a_description_kaggle_cut_short_is_still_found_after_a_5xx_not_sent_twic
     fake_kaggle.fail_next["CreateSubmission"].append((502, "after"))
     assert main(["submit", "--no-push", "-m", "a long note " * 40]) == 0
     [sent] = fake_kaggle.submissions
-    assert sent.description == f"run {_run_id(project)} @ "[:30]
     [row] = read_history(project / "submissions/history.csv")
     assert row["kaggle_ref"] == str(sent.ref) and row["message"].endswith("a long note")
+    assert sent.description == row["message"][:30] != row["message"]
+    assert sent.description.startswith(f"run {_run_id(project)} @ ")
 
 
 def test_a_message_kaggle_or_history_could_not_keep_is_refused_before_sending(
@@ -350,7 +351,7 @@ def test_scores_joins_kaggle_with_history_and_manifests(
 
 
 def test_a_submission_is_a_runs_by_submits_marks_only() -> None:
-    from pipeline.records.history import run_of_submission
+    from pipeline.integrations.kaggle_marks import run_of_submission
 
     run = "0123456789ab"
     assert run_of_submission(f"run {run} @ abcdef0 | try 3", "x.csv") == run
@@ -360,6 +361,9 @@ def test_a_submission_is_a_runs_by_submits_marks_only() -> None:
     for mention in (f"better than run {run}", f"run {run} was better", f"xrun {run} @ a"):
         assert run_of_submission(mention, "latest.csv") is None, mention
     assert run_of_submission(None, None) is None
+    # an older description whose own message began like a new one: the upload's name decides
+    other = "bbbbbbbbbbbb"
+    assert run_of_submission(f"run {other} @ x | note | run {run} @ abc1234", f"{run}.csv") == run
 
 
 def test_history_lookup_by_run_id_md5_prefix_or_kaggle_ref() -> None:
@@ -671,7 +675,7 @@ def test_kaggle_text_in_rich_markup_is_printed_as_text(
     assert "public score [bold]0.9[/x] (Kaggle ref" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("slug", ["", "comp[/x]", "Deep-Learning", "a slug"])
+@pytest.mark.parametrize("slug", ["", "comp[/x]", "-flag", "a slug", "a/b"])
 def test_a_competition_that_is_not_a_kaggle_slug_is_refused_as_a_param(
     tmp_path: Path, capsys: pytest.CaptureFixture, slug: str
 ) -> None:

@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 
 import torch
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from pipeline.config.load import load_profile, profile_names
 from pipeline.config.params import Params, with_teacher_budget
@@ -126,31 +126,33 @@ def duration(seconds: float) -> str:
 
 
 def run(params: Params, profiles: list[str] | None = None) -> None:
-    out = table_console(markup=True)  # its data escaped below
-    out.print("[bold]This machine[/bold]")
+    out = table_console()  # text only: colour by style (profile and model names are files')
+    out.print("This machine", style="bold")
     for line in machine_lines():
-        out.print(f"  {escape(line)}")
+        out.print(f"  {line}")
     setting = params.train.device
     problem = gpu.unusable_gpu_problem(gpu.this_machine())
     try:
         device = resolve_device(setting)
     except PipelineError as error:
-        out.print(f"[bold]train.device: {setting}[/bold] → [red]stops[/red]: {escape(str(error))}")
+        out.print(Text.assemble((f"train.device: {setting}", "bold"), " → ", ("stops", "red"),
+                                f": {error}"))  # fmt: skip
         if problem is None:
             return
         device = torch.device("cpu")  # the estimates below: what `train.device: cpu` would take
         out.print("  (the estimates below are for the CPU, which `train.device: cpu` would use)")
     else:
-        out.print(f"[bold]train.device: {setting}[/bold] → {device.type}")
+        out.print(Text.assemble((f"train.device: {setting}", "bold"), f" → {device.type}"))
     try:
         precision = choose_precision(
             device, params.train.mixed_precision, params.train.autocast_dtype
         )
-        out.print(f"  precision: {precision.name} ({escape(precision.reason)})")
+        out.print(f"  precision: {precision.name} ({precision.reason})")
     except PipelineError as error:
-        out.print(f"  precision: [red]refused[/red]: {escape(str(error))}")
-    out.print(f"  compile: {escape(compile_choice(params.train.compile, device)[1])}")
-    out.print(f"[bold]Data[/bold]\n  {escape(data_line(params))}")
+        out.print(Text.assemble("  precision: ", ("refused", "red"), f": {error}"))
+    out.print(f"  compile: {compile_choice(params.train.compile, device)[1]}")
+    out.print("Data", style="bold")
+    out.print(f"  {data_line(params)}")
     names = profile_names() if profiles is None else profiles
     table = Table(
         title=f"Training time on this machine ({device.type}, measured)", title_justify="left"
@@ -166,12 +168,12 @@ def run(params: Params, profiles: list[str] | None = None) -> None:
         model = recipe.model
         if isinstance(estimate, str):
             table.add_row(name, model.name, "", str(recipe.train.epochs), "",
-                          f"[red]{escape(estimate)}[/red]")  # fmt: skip
+                          Text(estimate, style="red"))  # fmt: skip
             continue
         size = f"{count_trainable_params(build_model(with_teacher_budget(model, budget))):,}"
-        time_text = duration(estimate.total_seconds)
+        time_text = Text(duration(estimate.total_seconds))
         if auto_cpu and estimate.total_seconds > AUTO_CPU_LIMIT_MINUTES * 60:
-            time_text += " [red](stops: over 2 h on the CPU)[/red]"
+            time_text.append(" (stops: over 2 h on the CPU)", style="red")
         table.add_row(
             name, model.name, size, str(recipe.train.epochs), f"{estimate.seconds_per_step:.3f}",
             time_text,

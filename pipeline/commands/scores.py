@@ -12,9 +12,9 @@ from __future__ import annotations
 from rich.table import Table
 
 from pipeline.errors import PipelineError
-from pipeline.integrations import kaggle_client
+from pipeline.integrations import kaggle_client, kaggle_marks
 from pipeline.paths import HISTORY_PATH
-from pipeline.records.history import read_history, run_of_submission
+from pipeline.records.history import read_history
 from pipeline.records.manifest import load_manifest
 from pipeline.reporting import table_console
 
@@ -57,7 +57,9 @@ def score_rows(
     for item in submissions:
         listed_refs.add(str(item.ref))
         record = by_ref.get(str(item.ref))
-        if record is None and (run := run_of_submission(item.description, item.file_name)):
+        if record is None and (
+            run := kaggle_marks.run_of_submission(item.description, item.file_name)
+        ):
             record = by_run.get(run, {"run_id": run, "commit": ""})
         record = record or {}
         status = getattr(item.status, "name", str(item.status)).lower()
@@ -68,8 +70,8 @@ def score_rows(
             "kaggle_ref": str(item.ref),
             "run_id": record.get("run_id") or MISSING,
             "commit": (record.get("commit") or MISSING)[:7],
-            "public": _text(kaggle_client.score_text(item, "public")),
-            "private": _text(kaggle_client.score_text(item, "private")),
+            "public": _text(kaggle_marks.score_text(item, "public")),
+            "private": _text(kaggle_marks.score_text(item, "private")),
             "status": status,
         } | _manifest_fields(record.get("run_id", ""), record.get("commit", "")))  # fmt: skip
     for record in history:

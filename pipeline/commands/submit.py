@@ -48,7 +48,7 @@ from pipeline.commands.submit_checks import (
 from pipeline.data.prepared import load_split
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, folder_lock, read_json, write_json_atomic
-from pipeline.integrations import kaggle_client
+from pipeline.integrations import kaggle_client, kaggle_marks
 from pipeline.integrations.repository import (
     NO_REMOTE_HELP,
     default_remote,
@@ -64,14 +64,7 @@ from pipeline.paths import (
     PREPARED_DIR,
     SUBMISSION_PATH,
 )
-from pipeline.records.history import (
-    FIELDS,
-    MAX_MESSAGE_CHARACTERS,
-    append_history,
-    check_row,
-    read_history,
-    submission_description,
-)
+from pipeline.records.history import FIELDS, append_history, check_row, read_history
 from pipeline.records.manifest import run_files
 from pipeline.records.submission_csv import (
     check_submission_text,
@@ -90,6 +83,7 @@ DAILY_LIMIT = 10  # submissions per UTC day; --daily-limit changes it
 WAIT_LIMIT_SECONDS = 600.0  # `--wait`: the longest wait for Kaggle's score; --wait-limit
 POLL_INTERVAL_SECONDS = 10.0  # `--wait`: between two looks at the submission; --poll-interval
 MIN_POLL_INTERVAL_SECONDS = 5.0  # the kaggle CLI's own floor: faster polling only loads Kaggle
+MAX_MESSAGE_CHARACTERS = 500  # a -m message: Kaggle may cut a long description
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +136,7 @@ def settle_pending(
         f"the earlier submit of run {row['run_id']} ({row['submitted_utc']}) that got no answer"
     )
     submissions = kaggle_client.list_submissions(api, row["competition"])
-    ref = kaggle_client.find_submission(submissions, row["run_id"], set(pending.refs_before))
+    ref = kaggle_marks.find_submission(submissions, row["run_id"], set(pending.refs_before))
     if ref is None:
         console.print(f"submit: {earlier} never arrived (Kaggle's list does not show it)")
         pending_path.unlink()
@@ -181,7 +175,7 @@ def wait_for_score(
             submission = kaggle_client.get_submission(api, ref)
             state = getattr(submission.status, "name", str(submission.status)).lower()
             if state == "complete":
-                return kaggle_client.score_text(submission, "public") or "(not published)"
+                return kaggle_marks.score_text(submission, "public") or "(not published)"
             if state == "error":
                 reason = kaggle_client.redact(submission.error_description or "no reason given")
                 raise PipelineError(
@@ -314,7 +308,7 @@ def _submit(
         f"{manifest.model or '?'} {manifest.model_params or '?'} params, "
         f"val {accuracy_text} TTA {manifest.tta or '?'}"
     )
-    full_message = submission_description(run_id, short_commit, message or summary)
+    full_message = kaggle_marks.submission_description(run_id, short_commit, message or summary)
     # the submitted run's manifest, kept before sending: a pending attempt that turns out to
     # have arrived (settle_pending) then has its record even if predict ran again since
     with atomic_path(run_files(run_id).manifest) as temp_path:

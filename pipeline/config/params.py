@@ -27,8 +27,8 @@ from pipeline.models.registry import ModelConfig, default_model_config, model_en
 
 COMPETITION_SLUG = "deep-learning-spring-2025-project-1"
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-# a Kaggle competition's slug, as in its URL: lowercase letters, digits and single hyphens
-COMPETITION_SLUG_PATTERN = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
+# a Kaggle competition's slug, as in its URL (older ones have capitals: GiveMeSomeCredit)
+COMPETITION_SLUG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 MAX_SLUG_CHARACTERS = 100
 
 MAX_IMAGES = 1_000_000  # synthetic or held-out image counts (3 GB of uint8 at 32×32×3)

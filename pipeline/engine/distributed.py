@@ -55,6 +55,15 @@ def current_world() -> World:
     return World()
 
 
+def nproc_problem(nproc: int, device_kind: str) -> str | None:
+    """train.nproc processes on CUDA need as many visible GPUs (one each)."""
+    if nproc > 1 and device_kind == "cuda" and torch.cuda.device_count() < nproc:
+        return (
+            f"train.nproc: {nproc} processes need {nproc} GPUs, {torch.cuda.device_count()} visible"
+        )
+    return None
+
+
 def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
 

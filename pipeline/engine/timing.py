@@ -35,12 +35,16 @@ CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 CIFAR_TRAIN_IMAGES, CIFAR_TEST_IMAGES = 50_000, 10_000  # the real data's split
 
 
-def split_sizes(prepare: PrepareParams) -> tuple[int, int]:
-    """(training images, validation images) that prepare makes of the real CIFAR-10."""
+def split_sizes(
+    prepare: PrepareParams, batches: tuple[int, int] = (CIFAR_TRAIN_IMAGES, CIFAR_TEST_IMAGES)
+) -> tuple[int, int]:
+    """(training images, validation images) that prepare makes of `batches` (the training
+    batches' and test_batch's image counts: the real CIFAR-10's unless given)."""
+    train_batches, test_batch = batches
     if prepare.val == "test_batch":
-        return CIFAR_TRAIN_IMAGES, CIFAR_TEST_IMAGES
-    train = CIFAR_TRAIN_IMAGES - prepare.holdout_images
-    return train + (CIFAR_TEST_IMAGES if prepare.train_on_test_batch else 0), prepare.holdout_images
+        return train_batches, test_batch
+    train = train_batches - prepare.holdout_images
+    return train + (test_batch if prepare.train_on_test_batch else 0), prepare.holdout_images
 
 
 def _synchronize(device: torch.device) -> None:

@@ -120,6 +120,12 @@ class Trainer:
             raise StateMismatch(f"{type(error).__name__}: {error}") from None
 
 
+def sync_batchnorm_problem(params: TrainParams, world_size: int, device_kind: str) -> str | None:
+    if params.sync_batchnorm and world_size > 1 and device_kind != "cuda":
+        return "train.sync_batchnorm: needs CUDA (torch's SyncBatchNorm is GPU-only)"
+    return None
+
+
 def build_trainer(
     model: nn.Module, params: TrainParams, image_count: int,
     normalization: tuple[list[float], list[float]], device: torch.device,
@@ -131,11 +137,10 @@ def build_trainer(
     order_generator = torch.Generator().manual_seed(params.seed)  # the same on every rank
     rank_seed = params.seed + world.rank * RANK_SEED_STRIDE if world.rank else None
     augment = augment_state(image_count, *normalization, params.seed, device, rank_seed)
+    problem = sync_batchnorm_problem(params, world.size, device.type)
+    if problem:
+        raise PipelineError(problem)
     if params.sync_batchnorm and world.size > 1:
-        if device.type != "cuda":
-            raise PipelineError(
-                "train.sync_batchnorm: needs CUDA (torch's SyncBatchNorm is GPU-only)"
-            )
         nn.SyncBatchNorm.convert_sync_batchnorm(model)  # its BatchNorm children, in place
     batches_per_epoch = steps_per_epoch(image_count, params)
     run_steps = total_steps(batches_per_epoch, params)

@@ -65,9 +65,9 @@ def stop_with_dvc(stage: str) -> None:
             if gone is not None:
                 with contextlib.suppress(OSError, ValueError):  # its terminal went with it
                     print(
-                        f"{stage}: stopping, as the dvc process that ran it ended (pid "
-                        f"{gone.pid}); run `dvc repro` again to go on (training resumes from "
-                        "its last saved epoch)",
+                        f"{stage}: stopping, as the dvc repro that ran it has stopped (pid "
+                        f"{gone.pid} ended); run `dvc repro` again to go on (training resumes "
+                        "from its last saved epoch)",
                         file=sys.stderr,
                         flush=True,
                     )

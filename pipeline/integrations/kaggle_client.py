@@ -37,7 +37,7 @@ from pipeline.integrations.kaggle_credentials import (
     redact,
     warn_if_readable_by_others,
 )
-from pipeline.records.history import run_of_submission
+from pipeline.integrations.kaggle_marks import find_submission
 from pipeline.reporting import console
 
 if TYPE_CHECKING:
@@ -318,16 +318,6 @@ def list_submissions(api: KaggleApi, competition: str) -> list:
             page += 1  # (counted for a token's pages too: they end at MAX_LIST_PAGES)
 
 
-def score_text(submission: ApiSubmission, which: str) -> str:
-    """A submission's `which` ("public" or "private") score as text, "" when it has none.
-    Kaggle sends a string; a number (another server's) is kept as kagglesdk stored it, where
-    its getter (`value or ""`) turns a score of exactly 0 into "none"."""
-    stored = getattr(submission, f"_{which}_score", None)
-    if isinstance(stored, (int, float)) and not isinstance(stored, bool):
-        return f"{stored:g}"
-    return str(getattr(submission, f"{which}_score", "") or "")
-
-
 def get_submission(api: KaggleApi, ref: int) -> ApiSubmission:
     """One submission, as Kaggle sees it now (status, public_score, error_description)."""
     from kagglesdk.competitions.types.competition_api_service import ApiGetSubmissionRequest
@@ -339,16 +329,6 @@ def get_submission(api: KaggleApi, ref: int) -> ApiSubmission:
             lambda: client.competitions.competition_api_client.get_submission(request),
             f"reading submission {ref}",
         )
-
-
-def find_submission(submissions: list, run_id: str, refs_before: set[int]) -> int | None:
-    """The ref of a submission of run `run_id` (by submit's marks: a description Kaggle cut
-    short still counts) that is not one of `refs_before`, or None."""
-    found = [
-        s.ref for s in submissions
-        if s.ref not in refs_before and run_of_submission(s.description, s.file_name) == run_id
-    ]  # fmt: skip
-    return found[0] if found else None
 
 
 def submit_file(

@@ -21,14 +21,6 @@ FIELDS = (
     "submitted_utc", "run_id", "commit", "csv_md5", "competition", "message", "kaggle_ref",
     "forced",
 )  # fmt: skip
-# submit's description of a submission starts with its run ("run <run_id> @ <commit> | <message>"),
-# so a description Kaggle shortens keeps it; submits before this put it last. A description that
-# only mentions a run somewhere (a manual upload's) is not one of ours.
-RUN_MARK = re.compile(
-    r"^run (?P<first>[0-9a-f]{12}) @ \S+( \||$)|\| run (?P<last>[0-9a-f]{12}) @ \S+$"
-)
-UPLOAD_NAME = re.compile(r"(?P<run>[0-9a-f]{12})\.csv")  # submit uploads <run_id>.csv
-MAX_MESSAGE_CHARACTERS = 500  # a submit -m message: Kaggle may cut a long description
 MIN_KEY_LENGTH = 4  # hex characters: shorter run_id / md5 prefixes match too much
 
 
@@ -97,22 +89,6 @@ def append_history(row: dict[str, str], path: Path = HISTORY_PATH) -> None:
     writer.writerow({field: row.get(field, "") for field in FIELDS})
     separator = "" if not existing or existing.endswith("\n") else "\n"
     write_text_atomic(path, existing + separator + buffer.getvalue())
-
-
-def submission_description(run_id: str, short_commit: str, message: str) -> str:
-    """What submit sends as the submission's description: the run first, then the message."""
-    return f"run {run_id} @ {short_commit} | {message}"
-
-
-def run_of_submission(description: object, file_name: object) -> str | None:
-    """The run_id a Kaggle submission came from, by submit's marks: its description begins with
-    `run <run_id> @ <commit>` (ends, for older submits), or its file is `<run_id>.csv` (the
-    upload's name, and predict's copy of a run's CSV). None for anything else."""
-    if isinstance(description, str) and (mark := RUN_MARK.search(description)):
-        return mark.group("first") or mark.group("last")
-    if isinstance(file_name, str) and (upload := UPLOAD_NAME.fullmatch(file_name)):
-        return upload.group("run")
-    return None
 
 
 def find_rows(rows: list[dict[str, str]], key: str) -> list[dict[str, str]]:

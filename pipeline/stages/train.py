@@ -246,12 +246,9 @@ def start_or_resume(key: str, checkpoint_dir: Path, main: bool) -> dict | None:
 
 def launch_under_torchrun(params: TrainParams, params_path: Path, stage: str) -> NoReturn:
     """train.nproc > 1: this stage becomes torchrun running `train.nproc` workers of itself."""
-    device_kind = resolve_device(params.device).type
-    if device_kind == "cuda" and torch.cuda.device_count() < params.nproc:
-        raise PipelineError(
-            f"train.nproc: {params.nproc} processes need {params.nproc} GPUs, "
-            f"{torch.cuda.device_count()} visible"
-        )
+    problem = distributed.nproc_problem(params.nproc, resolve_device(params.device).type)
+    if problem:
+        raise PipelineError(problem)
     console.print(f"{stage}: starting {params.nproc} processes with torchrun")
     distributed.launch(params.nproc, params_path, stage)
 
