@@ -356,6 +356,20 @@ def test_an_ensemble_teacher_labels_with_every_member(project: Path, trained: Pa
     assert report["rounds"] == 1 and not Checkpoint.load(project / "models/final.pt").members
 
 
+def test_a_teacher_with_diverged_weights_labels_nothing(project: Path) -> None:
+    """NaN logits became soft labels of NaN (and balancing assigned them all the same)."""
+    teacher = Checkpoint.load(project / "models/best.pt")
+    nan_state = {
+        name: torch.full_like(value, float("nan")) if value.is_floating_point() else value
+        for name, value in teacher.model_state.items()
+    }
+    dataclasses.replace(teacher, model_state=nan_state).save(project / "models/nan.pt")
+    images = load_split(Path("data/prepared"), "custom_test")["images"]
+    with pytest.raises(PipelineError, match="distill: the teacher's outputs .* not finite"):
+        distill_round.teacher_labels(project / "models/nan.pt", images, DistillParams(),
+                                     AdaptParams(), SELECT, torch.device("cpu"), FLOAT32)  # fmt: skip
+
+
 def test_distill_params_are_checked() -> None:
     with pytest.raises(PipelineError, match="distill.rounds"):
         DistillParams(rounds=-1)

@@ -25,6 +25,7 @@ from torch import nn
 
 from pipeline.engine.device import FLOAT32, Precision
 from pipeline.engine.tta import predict_logits
+from pipeline.errors import PipelineError
 
 SINKHORN_ITERATIONS = 100  # column/row rescalings; the column sums agree to <1e-6 well before
 
@@ -121,6 +122,16 @@ def adapted_logits(
     if batchnorm:
         model = recalibrate_batchnorm(model, images, batch_size, precision)
     return predict_logits(model, images, tta, batch_size, precision, tta_fraction)
+
+
+def require_finite(logits: torch.Tensor, stage: str, whose: str) -> None:
+    """Diverged weights give NaN or inf logits, where argmax says class 0 for every image and
+    balancing assigns labels all the same: refused, before anything is written."""
+    if not torch.isfinite(logits).all():
+        raise PipelineError(
+            f"{stage}: {whose} outputs on the custom test set are not finite (NaN or inf): its "
+            "weights diverged in training; nothing was written (retrain with a lower train.lr)"
+        )
 
 
 def assign_labels(logits: torch.Tensor, balance: str, prior: list[float]) -> np.ndarray:

@@ -24,7 +24,7 @@ from pipeline.config.params import (
     TrainParams,
 )
 from pipeline.data.prepared import load_split
-from pipeline.engine.adapt import adapted_logits, prior_counts, sinkhorn
+from pipeline.engine.adapt import adapted_logits, prior_counts, require_finite, sinkhorn
 from pipeline.engine.device import Precision, choose_precision, resolve_device
 from pipeline.engine.distillation import DistillTargets
 from pipeline.engine.distributed import current_world
@@ -73,6 +73,7 @@ def teacher_labels(
         model, normalised, checkpoint.tta or "none", adapt.batchnorm_on, select.batch_size,
         precision, select.tta_fraction,
     ).float()  # fmt: skip
+    require_finite(logits, "distill", "the teacher's")
     confidence = logits.softmax(1).max(1).values
     probabilities = (logits / distill.temperature).softmax(1)
     if adapt.balance_on == "prior":

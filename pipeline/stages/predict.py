@@ -28,12 +28,11 @@ from torch import nn
 from pipeline.classes import CIFAR10_CLASS_NAMES
 from pipeline.config.params import AdaptParams, PredictParams
 from pipeline.data.prepared import load_split
-from pipeline.engine.adapt import adapted_logits, assign_labels, prior_counts
+from pipeline.engine.adapt import adapted_logits, assign_labels, prior_counts, require_finite
 from pipeline.engine.device import Precision, choose_precision, resolve_device
 from pipeline.engine.models import count_trainable_params
 from pipeline.engine.normalise import to_device_set, to_device_tensor
 from pipeline.engine.tta import evaluate, predict_logits
-from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, write_json_atomic
 from pipeline.paths import (
     CLASS_SHARES_PATH,
@@ -77,11 +76,7 @@ def label_custom_test(
     logits = adapted_logits(
         model, images, tta, adapt.batchnorm_on, params.batch_size, precision, params.tta_fraction
     )
-    if not torch.isfinite(logits).all():  # diverged weights: argmax would say class 0 for all
-        raise PipelineError(
-            "predict: the model's outputs on the custom test set are not finite (NaN or inf): "
-            "its weights diverged in training; nothing was written (retrain with a lower train.lr)"
-        )
+    require_finite(logits, "predict", "the model's")
     argmax_counts = torch.bincount(logits.argmax(1).cpu(), minlength=logits.shape[1]).tolist()
     return assign_labels(logits, adapt.balance_on, adapt.prior), argmax_counts
 
