@@ -27,7 +27,7 @@ def run_stage(stage: str, params: Params, params_path: Path = DEFAULT_PARAMS_PAT
     if stage == "check":
         from pipeline.stages import check
 
-        check.run(params)
+        check.run(params, params_path)  # it declares every section
     elif stage == "fetch":
         from pipeline.stages import fetch
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO_ROOT
 
 
@@ -274,5 +275,34 @@ def test_check_stops_a_run_auto_would_put_on_this_cpu_for_hours(
     assert "no GPU found (train.device: auto), and on this CPU the run's 2000 steps" in error
     assert timed == [("cpu", 50_000, 10_000)]
     assert _check(tmp_path, "train:\n  device: auto\n  epochs: 2\n", capsys) == ""  # 33 min
+    # train.max_steps ends the run early: 8 steps, not 2,000
+    assert _check(tmp_path, "train:\n  device: auto\n  epochs: 20\n  max_steps: 8\n", capsys) == ""
     assert _check(tmp_path, "train:\n  device: cpu\n  epochs: 20\n", capsys) == ""  # asked for
-    assert len(timed) == 2
+    assert len(timed) == 3
+
+
+def test_check_leaves_this_machine_out_for_a_training_that_will_not_rerun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A run trained on a GPU machine, then predict.tta changed on a laptop: train will not
+    rerun, so its CPU time (or GPUs) must not stop predict; once a train param changes, it does."""
+    from pipeline.config.yaml_files import read_yaml
+    from pipeline.engine import gpu, timing
+    from pipeline.engine.timing import TrainingEstimate
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(gpu, "this_machine", lambda: gpu.Machine(False, (), (), None, None, False))
+    monkeypatch.setattr(
+        timing, "estimate_training",
+        lambda model, train, *sizes: TrainingEstimate(10.0, 100, train.epochs, 0.0),
+    )  # fmt: skip
+    trained = "model:\n  name: airnet\ntrain:\n  device: auto\n  epochs: 200\ndistill:\n  teacher_max_params: 0\n"
+    (tmp_path / "params.yaml").write_text(trained)
+    values = read_yaml(tmp_path / "params.yaml")
+    record = {"model": values["model"], "train": values["train"], "distill.teacher_max_params": 0}
+    (tmp_path / "dvc.lock").write_text(
+        yaml.safe_dump({"schema": "2.0", "stages": {"train": {"params": {"params.yaml": record}}}})
+    )
+    assert _check(tmp_path, trained + "predict:\n  tta: flip\n", capsys) == ""
+    error = _check(tmp_path, trained.replace("epochs: 200", "epochs: 300"), capsys)
+    assert "no GPU found (train.device: auto)" in error

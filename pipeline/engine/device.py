@@ -48,7 +48,9 @@ def resolve_device(
             f"(or set {key}: cpu to train on the CPU)"
         )
     if name == "cuda" and not machine.cuda_available:
-        raise PipelineError(f"params: {key} is 'cuda' but no CUDA device is available")
+        raise PipelineError(
+            f"params: {key} is 'cuda' but no CUDA device is available; set {key}: auto (or cpu)"
+        )
     if name == "auto":
         return torch.device("cuda" if machine.cuda_available else "cpu")
     return torch.device(name)

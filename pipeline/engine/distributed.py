@@ -58,8 +58,10 @@ def current_world() -> World:
 def nproc_problem(nproc: int, device_kind: str) -> str | None:
     """train.nproc processes on CUDA need as many visible GPUs (one each)."""
     if nproc > 1 and device_kind == "cuda" and torch.cuda.device_count() < nproc:
+        visible = torch.cuda.device_count()
         return (
-            f"train.nproc: {nproc} processes need {nproc} GPUs, {torch.cuda.device_count()} visible"
+            f"train.nproc: {nproc} processes need {nproc} GPUs, {visible} visible; set "
+            f"train.nproc: {max(visible, 1)}"
         )
     return None
 

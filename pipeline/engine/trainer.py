@@ -122,7 +122,10 @@ class Trainer:
 
 def sync_batchnorm_problem(params: TrainParams, world_size: int, device_kind: str) -> str | None:
     if params.sync_batchnorm and world_size > 1 and device_kind != "cuda":
-        return "train.sync_batchnorm: needs CUDA (torch's SyncBatchNorm is GPU-only)"
+        return (
+            "train.sync_batchnorm: needs CUDA (torch's SyncBatchNorm is GPU-only); set "
+            "train.sync_batchnorm: false to train with train.nproc processes on the CPU"
+        )
     return None
 
 

@@ -13,37 +13,43 @@ that passes reruns nothing after it.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
 from pipeline.classes import NUM_CLASSES
-from pipeline.config.params import Params, student_model, with_teacher_budget
+from pipeline.config.params import Params, TrainParams, student_model, with_teacher_budget
+from pipeline.config.stage_params import STAGE_PARAMS
+from pipeline.config.yaml_files import read_yaml
 from pipeline.engine import timing
 from pipeline.engine.cpu_estimate import check_auto_cpu_estimate
 from pipeline.engine.device import resolve_device
 from pipeline.engine.distributed import nproc_problem
 from pipeline.engine.models import check_budget
-from pipeline.engine.schedule import check_milestones
+from pipeline.engine.schedule import check_milestones, run_epochs, total_steps
 from pipeline.engine.trainer import sync_batchnorm_problem
 from pipeline.errors import PipelineError
 from pipeline.files import write_text_atomic
+from pipeline.models.registry import ModelConfig
 from pipeline.paths import PARAMS_CHECKED_PATH
 from pipeline.reporting import console
 from pipeline.stages.prepare import stratified_holdout
 
+MISSING = object()  # a declared key the params file (or dvc.lock's record) does not hold
 CHECKED_TEXT = (
     "params.yaml passed `python -m pipeline check`. The prepare stage depends on this file, "
     "so that DVC runs the check before any stage removes its outputs; its text never changes.\n"
 )
 
 
-def run(params: Params) -> None:
+def run(params: Params, params_path: Path, lock_path: Path = Path("dvc.lock")) -> None:
     """Refuse what a stage would refuse of its params before computing anything (load_params
     has checked each key's type and range): the hold-out against the images per class, the
     milestones against the epochs, the model and the distilled student against their budgets
-    (counted on PyTorch's meta device, nothing allocated), the devices and processes, and a run
-    that `train.device: auto` would put on this GPU-less machine for over two hours (timed as
-    doctor times it)."""
+    (counted on PyTorch's meta device, nothing allocated). What also depends on this machine
+    (its GPUs, the time a run `train.device: auto` would take on its CPU) is checked only for a
+    stage whose params differ from dvc.lock's record, which DVC will run: a predict-only change
+    on a CPU machine is not refused for a training that will not rerun."""
     batches = (
         (params.data.synthetic.train_images, params.data.synthetic.val_images)
         if params.data.source == "synthetic"
@@ -57,21 +63,65 @@ def run(params: Params) -> None:
     trainable = check_budget(model)
     if params.distill.rounds and params.adapt.use_test_images:
         check_budget(student_model(params.distill, params.model))
-    for key, name in (("select.device", params.select.device),
-                      ("predict.device", params.predict.device)):  # fmt: skip
-        resolve_device(name, key)
-    device = resolve_device(params.train.device, "train.device")
+    will_run = stages_to_run(read_yaml(params_path), lock_path)
+    for stage, key, name in (("select", "select.device", params.select.device),
+                             ("predict", "predict.device", params.predict.device)):  # fmt: skip
+        if stage in will_run:
+            resolve_device(name, key)
+    if "train" in will_run:
+        check_training_here(model, params.train, timing.split_sizes(params.prepare, batches))
+    write_text_atomic(PARAMS_CHECKED_PATH, CHECKED_TEXT)
+    console.print(f"check: params.yaml is fine (model '{params.model.name}', {trainable:,} params)")
+
+
+def stages_to_run(values: object, lock_path: Path) -> set[str]:
+    """The stages DVC will run for their params: those whose declared params in `values` (the
+    params file as DVC reads it) differ from what dvc.lock recorded for them, or that it has
+    no record of."""
+    try:
+        lock = read_yaml(lock_path) if lock_path.exists() else {}
+    except PipelineError:  # a damaged lock: DVC reruns what it cannot compare
+        lock = {}
+    recorded = lock.get("stages") if isinstance(lock, dict) else None
+    values = values if isinstance(values, dict) else {}
+    changed = set()
+    for stage, names in STAGE_PARAMS.items():
+        entry = recorded.get(stage) if isinstance(recorded, dict) else None
+        params = entry.get("params") if isinstance(entry, dict) else None
+        kept = params.get("params.yaml") if isinstance(params, dict) else None
+        if not isinstance(kept, dict) or any(
+            kept.get(name, MISSING) != declared_value(values, name) for name in names
+        ):
+            changed.add(stage)
+    return changed
+
+
+def declared_value(values: dict, name: str) -> object:
+    """`values[section]` or `values[section][key]` for a declared name like "model.max_params"."""
+    section, _, key = name.partition(".")
+    if section not in values:
+        return MISSING
+    if not key:
+        return values[section]
+    inner = values[section]
+    return inner.get(key, MISSING) if isinstance(inner, dict) else MISSING
+
+
+def check_training_here(model: ModelConfig, train: TrainParams, sizes: tuple[int, int]) -> None:
+    """The train stage's machine checks: its device, processes and SyncBatchNorm, and a run
+    that `auto` would put on this GPU-less machine for over two hours (timed as doctor does)."""
+    device = resolve_device(train.device, "train.device")
     for problem in (
-        nproc_problem(params.train.nproc, device.type),
-        sync_batchnorm_problem(params.train, params.train.nproc, device.type),
+        nproc_problem(train.nproc, device.type),
+        sync_batchnorm_problem(train, train.nproc, device.type),
     ):
         if problem:
             raise PipelineError(problem)
-    if params.train.device == "auto" and device.type == "cpu":
-        train = dataclasses.replace(params.train, device="cpu")
-        estimate = timing.estimate_training(model, train, device, *timing.split_sizes(
-            params.prepare, batches))  # fmt: skip
-        steps = estimate.steps_per_epoch * estimate.epochs
-        check_auto_cpu_estimate(estimate.total_seconds / 60, steps, "auto")
-    write_text_atomic(PARAMS_CHECKED_PATH, CHECKED_TEXT)
-    console.print(f"check: params.yaml is fine (model '{params.model.name}', {trainable:,} params)")
+    if train.device == "auto" and device.type == "cpu":
+        cpu_train = dataclasses.replace(train, device="cpu")
+        estimate = timing.estimate_training(model, cpu_train, device, *sizes)
+        steps = total_steps(estimate.steps_per_epoch, train)  # train.max_steps counts
+        seconds = estimate.seconds_per_step * steps + estimate.validation_seconds * run_epochs(
+            estimate.steps_per_epoch, train
+        )
+        check_auto_cpu_estimate(seconds / 60, steps, "auto")

@@ -44,7 +44,8 @@ def stratified_holdout(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
         if members.size <= wanted:
             raise PipelineError(
                 f"params: prepare.holdout_images={count} asks for {wanted} images of class "
-                f"{class_index}, but the training set has only {members.size}"
+                f"{class_index}, but the training set has only {members.size}: make it smaller "
+                "(each class keeps images to train on)"
             )
         chosen.append(rng.choice(members, size=wanted, replace=False))
     return np.sort(np.concatenate(chosen))
