@@ -97,7 +97,9 @@ def stage_files(stage: str) -> tuple[list[str], list[str]]:
 
     reads = [path for path in names(entry.get("deps")) if not path.startswith("pipeline/")]
     writes = names(entry.get("outs")) + names(entry.get("metrics")) + names(entry.get("plots"))
-    return reads or ["the files data.source names"], writes
+    if not reads:  # fetch reads where data.source points; check, which stages will run
+        reads = ["the files data.source names"] if stage == "fetch" else ["dvc.lock"]
+    return reads, writes
 
 
 def add_common_options(parser: argparse.ArgumentParser, defaults: bool) -> argparse.ArgumentParser:
