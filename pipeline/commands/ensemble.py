@@ -35,8 +35,6 @@ from pipeline.records.checkpoint import MEMBER_NAME, Checkpoint
 from pipeline.records.ensemble import load_members
 from pipeline.reporting import console, table_console
 
-NAME_PATTERN = MEMBER_NAME  # a file name, never a path; best.pt keeps it
-
 
 def resolve_revision(revision: str) -> str | None:
     """The commit of a git revision or of a DVC experiment's name (refs/exps/…/NAME); else None."""
@@ -57,7 +55,7 @@ def member_names(ensemble_dir: Path = ENSEMBLE_DIR) -> list[str]:
 
 
 def check_name(name: str) -> str:
-    if not NAME_PATTERN.fullmatch(name):
+    if not MEMBER_NAME.fullmatch(name):
         raise PipelineError(
             f"ensemble: member name {name!r} must be letters, digits, '.', '_' or '-' (not "
             "first), at most 100 characters"
@@ -128,7 +126,7 @@ def add(
 
 
 def remove(name: str, ensemble_dir: Path = ENSEMBLE_DIR) -> None:
-    if not NAME_PATTERN.fullmatch(name):  # never a path: "../best" would delete models/best.pt
+    if not MEMBER_NAME.fullmatch(name):  # never a path: "../best" would delete models/best.pt
         raise PipelineError(f"ensemble: {name!r} is not a member name (ensemble list shows them)")
     destination = ensemble_dir / f"{name}.pt"
     if not destination.exists() and not Path(f"{destination}.dvc").exists():

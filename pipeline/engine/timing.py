@@ -22,7 +22,7 @@ from pipeline.engine.augment import augment_batch, augment_state, downscaled
 from pipeline.engine.device import choose_precision
 from pipeline.engine.models import build_model
 from pipeline.engine.optim import compiled, make_optimizer, optimizer_step
-from pipeline.engine.schedule import steps_per_epoch
+from pipeline.engine.schedule import run_epochs, steps_per_epoch, total_steps
 from pipeline.engine.tta import predict_logits
 from pipeline.models.airnet import WHITENING_IMAGES
 from pipeline.models.registry import ModelConfig
@@ -163,6 +163,13 @@ class TrainingEstimate:
     @property
     def total_seconds(self) -> float:
         return self.epoch_seconds * self.epochs
+
+    def run_length(self, params: TrainParams) -> tuple[int, float]:
+        """(optimizer steps, seconds) of a run of `params`, which train.max_steps may end
+        before its last epoch."""
+        steps = total_steps(self.steps_per_epoch, params)
+        validations = run_epochs(self.steps_per_epoch, params)
+        return steps, self.seconds_per_step * steps + self.validation_seconds * validations
 
     def epochs_for(self, seconds: float) -> int:
         """Whole epochs that fill `seconds` most closely (at least one)."""

@@ -60,8 +60,13 @@ def plain_data(value: object, depth: int = 0) -> bool:
     )
 
 
+def plain_mapping(value: object) -> bool:
+    """A mapping of text keys to plain data (`training`, `distillation`, `source`)."""
+    return isinstance(value, dict) and plain_data(value)
+
+
 def is_count(value: object) -> bool:
-    """A whole number ≥ 0 (not a bool): a count of parameters."""
+    """A whole number ≥ 0 (not a bool): a count of epochs or parameters."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
@@ -80,8 +85,7 @@ def check_record(record: dict[str, Any], where: object) -> None:
     names = record.get("class_names", [])
     if names not in ([], CIFAR10_CLASS_NAMES):
         refuse(f"class_names are not CIFAR-10's {len(CIFAR10_CLASS_NAMES)} names in label order")
-    epoch = record["epoch"]
-    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+    if not is_count(record["epoch"]):
         refuse("epoch is not a whole number of epochs")
     for key in ("val_accuracy", "val_accuracy_ema"):
         value = record.get(key)
@@ -114,7 +118,7 @@ def check_record(record: dict[str, Any], where: object) -> None:
         refuse("model_params is not a whole number")
     for key in RECORD_FIELDS:
         value = record.get(key)
-        if value is not None and not (isinstance(value, dict) and plain_data(value)):
+        if value is not None and not plain_mapping(value):
             refuse(f"{key} is not a mapping of plain values (text, numbers, lists)")
 
 
@@ -140,8 +144,7 @@ def check_member(entry: object, number: int, where: object) -> None:
         refuse("has an md5 that is not 32 hex digits")
     if entry.get("model_params") is not None and not is_count(entry["model_params"]):
         refuse("has a model_params that is not a whole number")
-    source = entry.get("source")
-    if source is not None and not (isinstance(source, dict) and plain_data(source)):
+    if entry.get("source") is not None and not plain_mapping(entry["source"]):
         refuse("has a source that is not a mapping of plain values")
 
 

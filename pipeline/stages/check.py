@@ -26,7 +26,7 @@ from pipeline.engine.cpu_estimate import check_auto_cpu_estimate
 from pipeline.engine.device import resolve_device
 from pipeline.engine.distributed import nproc_problem
 from pipeline.engine.models import check_budget
-from pipeline.engine.schedule import check_milestones, run_epochs, total_steps
+from pipeline.engine.schedule import check_milestones
 from pipeline.engine.trainer import sync_batchnorm_problem
 from pipeline.errors import PipelineError
 from pipeline.files import write_text_atomic
@@ -120,8 +120,5 @@ def check_training_here(model: ModelConfig, train: TrainParams, sizes: tuple[int
     if train.device == "auto" and device.type == "cpu":
         cpu_train = dataclasses.replace(train, device="cpu")
         estimate = timing.estimate_training(model, cpu_train, device, *sizes)
-        steps = total_steps(estimate.steps_per_epoch, train)  # train.max_steps counts
-        seconds = estimate.seconds_per_step * steps + estimate.validation_seconds * run_epochs(
-            estimate.steps_per_epoch, train
-        )
+        steps, seconds = estimate.run_length(train)  # train.max_steps counts
         check_auto_cpu_estimate(seconds / 60, steps, "auto")
